@@ -1,0 +1,281 @@
+"""Configuration: frozen dataclasses, one per profile section, validated once.
+
+A profile is TOML whose tables are the sections below. Every key has a default, so an empty
+profile is valid. Validation rejects unknown keys (suggesting the closest valid one) and values
+of the wrong type, naming the key in `section.key` form. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from kdtui.errors import KdtuiError
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where the run directory goes and what makes the run repeatable."""
+
+    output_dir: str = "runs"  # run directories are created under this folder
+    name: str = ""  # run directory name; empty = "<command>-<timestamp>"
+    seed: int = 42
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Multi-domain text classification data."""
+
+    # "synthetic" (generated from `seed`, no files), a file, a folder with train/dev/test files,
+    # or a hub dataset name.
+    source: str = "synthetic"
+    text_column: str = "text"
+    text_pair_column: str = ""  # set for sentence pairs (NLI); empty = single texts
+    label_column: str = "label"
+    domain_column: str = "domain"  # empty = the whole data set is one domain named "all"
+    domains: tuple[str, ...] = ()  # keep only these domains; empty = all
+    train_split: str = "train"
+    dev_split: str = "dev"
+    test_split: str = "test"
+    max_length: int = 128
+    train_fraction: float = 1.0  # keep this fraction of each domain's training examples
+    max_train_per_domain: int = 0  # cap per domain after the fraction; 0 = no cap
+    max_eval_per_domain: int = 0  # cap per domain on dev/test; 0 = no cap
+    seed: int = 0  # drives subsampling and the synthetic generator
+    # Synthetic data only.
+    synthetic_domains: tuple[str, ...] = ("books", "dvd", "electronics", "kitchen")
+    synthetic_train_per_domain: int = 400
+    synthetic_eval_per_domain: int = 100
+    synthetic_label_noise: float = 0.05
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The model to fine-tune (teacher) or start from."""
+
+    # "minilm" (bundled all-MiniLM-L6-v2), "tiny" (small random BERT for tests),
+    # a local checkpoint folder, or a hub name.
+    name: str = "minilm"
+    trust_remote_code: bool = False
+    tiny_hidden: int = 32
+    tiny_layers: int = 2
+    tiny_heads: int = 2
+    tiny_intermediate: int = 64
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop: optimiser, schedule, evaluation, checkpoints."""
+
+    epochs: float = 1.0
+    max_steps: int = 0  # if > 0, overrides epochs
+    batch_size: int = 16  # per optimiser step, summed over processes and accumulation
+    eval_batch_size: int = 64
+    grad_accum: int = 1
+    lr: float = 5e-5
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    bf16: bool = False
+    eval_every: int = 0  # steps between dev evaluations; 0 = once per epoch
+    checkpoint_every: int = 0  # steps between checkpoints; 0 = at every evaluation
+    early_stopping_patience: int = 0  # evaluations without improvement; 0 = off
+    log_every: int = 1  # steps between step events
+    keep_checkpoints: int = 2
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """`kdtui teacher`: how the teacher is fine-tuned."""
+
+    method: str = "mix"  # "mix" (all domains pooled), "single" (one domain), "meta" (Meta-KD)
+    domain: str = ""  # the domain for method "single"
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """`kdtui evaluate`: which split, and the latency grid."""
+
+    split: str = "test"
+    batch_sizes: tuple[int, ...] = (1, 32)
+    lengths: tuple[int, ...] = (32, 128)
+    latency_repeats: int = 5
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: _plain(value) for name, value in asdict(self).items()}
+
+
+def _section_types() -> dict[str, type]:
+    hints = get_type_hints(Config)
+    return {f.name: hints[f.name] for f in fields(Config)}
+
+
+SECTIONS: dict[str, type] = _section_types()
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "teacher.method": ("mix", "single", "meta"),
+}
+
+
+def build_config(data: dict[str, Any]) -> Config:
+    """Turn a nested dict (parsed TOML + overrides) into a validated Config."""
+    if not isinstance(data, dict):
+        raise KdtuiError("a profile must be a TOML table of sections")
+    _reject_unknown(data.keys(), SECTIONS.keys(), "section")
+    sections = {}
+    for name, cls in SECTIONS.items():
+        values = data.get(name, {})
+        if not isinstance(values, dict):
+            raise KdtuiError(f"'{name}' must be a table ([{name}]), got {type(values).__name__}")
+        sections[name] = _build_section(cls, name, values)
+    config = Config(**sections)
+    _validate(config)
+    return config
+
+
+def _build_section(cls: type, section: str, values: dict[str, Any]) -> Any:
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    _reject_unknown(values.keys(), known, "key", prefix=f"{section}.")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in values:
+            continue
+        kwargs[f.name] = _coerce(values[f.name], hints[f.name], f"{section}.{f.name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        options = [a for a in get_args(annotation) if a is not type(None)]
+        if value is None and len(options) < len(get_args(annotation)):
+            return None
+        annotation = options[0]
+        origin = get_origin(annotation)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            if isinstance(value, str):  # a single name is a one-element list
+                value = [value] if value else []
+            else:
+                raise KdtuiError(f"{key} must be a list, got {_describe(value)}")
+        (item_type, *_) = get_args(annotation)
+        return tuple(_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value))
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise KdtuiError(f"{key} must be true or false, got {_describe(value)}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise KdtuiError(f"{key} must be an integer, got {_describe(value)}")
+    if annotation is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise KdtuiError(f"{key} must be a number, got {_describe(value)}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise KdtuiError(f"{key} must be a string, got {_describe(value)}")
+    raise AssertionError(f"unsupported config type {annotation!r} for {key}")
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _reject_unknown(given: Any, known: Any, what: str, prefix: str = "") -> None:
+    known = sorted(known)
+    for name in given:
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid: {', '.join(known)}"
+        raise KdtuiError(f"unknown {what} '{prefix}{name}'{hint}")
+
+
+def _validate(config: Config) -> None:
+    """Range checks that types alone cannot express; each names its key."""
+    checks: list[tuple[bool, str]] = [
+        (config.data.max_length >= 8, "data.max_length must be at least 8"),
+        (config.data.max_length <= 4096, "data.max_length must be at most 4096"),
+        (0 < config.data.train_fraction <= 1, "data.train_fraction must be in (0, 1]"),
+        (config.data.max_train_per_domain >= 0, "data.max_train_per_domain must be >= 0"),
+        (config.data.max_eval_per_domain >= 0, "data.max_eval_per_domain must be >= 0"),
+        (bool(config.data.source), "data.source must not be empty"),
+        (bool(config.data.text_column), "data.text_column must not be empty"),
+        (bool(config.data.label_column), "data.label_column must not be empty"),
+        (len(config.data.synthetic_domains) >= 1, "data.synthetic_domains must not be empty"),
+        (config.data.synthetic_train_per_domain >= 2, "data.synthetic_train_per_domain >= 2"),
+        (config.data.synthetic_eval_per_domain >= 1, "data.synthetic_eval_per_domain >= 1"),
+        (
+            0 <= config.data.synthetic_label_noise < 0.5,
+            "data.synthetic_label_noise must be in [0, 0.5)",
+        ),
+        (bool(config.model.name), "model.name must not be empty"),
+        (config.train.epochs > 0 or config.train.max_steps > 0, "train.epochs must be > 0"),
+        (config.train.max_steps >= 0, "train.max_steps must be >= 0"),
+        (config.train.batch_size >= 1, "train.batch_size must be at least 1"),
+        (config.train.batch_size <= 65536, "train.batch_size must be at most 65536"),
+        (config.train.eval_batch_size >= 1, "train.eval_batch_size must be at least 1"),
+        (config.train.grad_accum >= 1, "train.grad_accum must be at least 1"),
+        (
+            config.train.batch_size % config.train.grad_accum == 0,
+            "train.batch_size must be divisible by train.grad_accum",
+        ),
+        (config.train.lr > 0, "train.lr must be > 0"),
+        (0 <= config.train.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)"),
+        (config.train.weight_decay >= 0, "train.weight_decay must be >= 0"),
+        (config.train.max_grad_norm >= 0, "train.max_grad_norm must be >= 0 (0 = no clipping)"),
+        (config.train.eval_every >= 0, "train.eval_every must be >= 0"),
+        (config.train.checkpoint_every >= 0, "train.checkpoint_every must be >= 0"),
+        (config.train.early_stopping_patience >= 0, "train.early_stopping_patience must be >= 0"),
+        (config.train.log_every >= 1, "train.log_every must be at least 1"),
+        (config.train.keep_checkpoints >= 1, "train.keep_checkpoints must be at least 1"),
+        (config.run.threads >= 0, "run.threads must be >= 0"),
+        (
+            config.teacher.method in CHOICES["teacher.method"],
+            f"teacher.method must be one of {', '.join(CHOICES['teacher.method'])}, "
+            f"got '{config.teacher.method}'",
+        ),
+        (
+            config.teacher.method != "single" or bool(config.teacher.domain),
+            "teacher.method 'single' needs teacher.domain (or --domain)",
+        ),
+        (all(b >= 1 for b in config.evaluate.batch_sizes), "evaluate.batch_sizes must be >= 1"),
+        (all(n >= 2 for n in config.evaluate.lengths), "evaluate.lengths must be >= 2"),
+        (config.evaluate.latency_repeats >= 1, "evaluate.latency_repeats must be at least 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise KdtuiError(message)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def default_of(section: str, key: str) -> Any:
+    """The default value of a key (used by the CLI's help texts)."""
+    for f in fields(SECTIONS[section]):
+        if f.name == key:
+            return f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+    raise KeyError(f"{section}.{key}")
