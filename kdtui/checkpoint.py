@@ -1,0 +1,159 @@
+"""Checkpoints: everything a resumed run needs, written atomically, verified on load.
+
+A checkpoint is a folder `RUN/checkpoints/step-00000123/` holding
+  model.safetensors   model weights (safetensors: loading never unpickles)
+  train_state.pt      optimizer, scheduler, hook states and RNG states (tensors and plain
+                      values only, loaded with `weights_only=True`)
+  state.json          engine position and bookkeeping, plus a SHA-256 of every other file
+It is first written under a temporary name and renamed when complete, so a crash or SIGKILL
+mid-write leaves the previous checkpoint untouched; a folder whose checksums do not match is
+reported and skipped in favour of the one before it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from kdtui.errors import KdtuiError
+
+STATE_FILE = "state.json"
+MODEL_FILE = "model.safetensors"
+TRAIN_STATE_FILE = "train_state.pt"
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: Path
+    state: dict[str, Any]  # from state.json
+    model: dict[str, torch.Tensor]
+    train_state: dict[str, Any]
+
+
+def save_checkpoint(
+    folder: Path,
+    *,
+    model_state: dict[str, torch.Tensor],
+    train_state: dict[str, Any],
+    state: dict[str, Any],
+) -> Path:
+    """Write a checkpoint folder atomically (temp folder + fsync + rename)."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        # safetensors refuses shared or non-contiguous storage; clone keeps the saved file exact
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in model_state.items()}, tmp / MODEL_FILE
+        )
+        torch.save(train_state, tmp / TRAIN_STATE_FILE)
+        files = {name: _sha256(tmp / name) for name in (MODEL_FILE, TRAIN_STATE_FILE)}
+        _write_json(tmp / STATE_FILE, {**state, "files": files})
+        for name in (MODEL_FILE, TRAIN_STATE_FILE):
+            _fsync(tmp / name)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+        _fsync_dir(folder.parent)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise KdtuiError(f"could not write checkpoint {folder}: {e.strerror or e}") from None
+    return folder
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoint folders, oldest first (temporary folders are ignored)."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+
+
+def load_latest(root: Path, warn: Callable[[str], None]) -> LoadedCheckpoint | None:
+    """The newest checkpoint that verifies; damaged ones are reported through `warn`."""
+    for path in reversed(list_checkpoints(root)):
+        try:
+            return load_checkpoint(path)
+        except KdtuiError as e:
+            warn(f"{e}; falling back to the previous checkpoint")
+    return None
+
+
+def load_checkpoint(path: Path) -> LoadedCheckpoint:
+    try:
+        state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        raise KdtuiError(f"checkpoint {path} is damaged (unreadable {STATE_FILE})") from None
+    for name, digest in state.get("files", {}).items():
+        if not (path / name).is_file() or _sha256(path / name) != digest:
+            raise KdtuiError(f"checkpoint {path} is damaged ({name} fails its checksum)")
+    try:
+        model = load_file(path / MODEL_FILE)
+        train_state = torch.load(path / TRAIN_STATE_FILE, weights_only=True, map_location="cpu")
+    except Exception as e:  # noqa: BLE001 - any decoding failure means a damaged file
+        raise KdtuiError(f"checkpoint {path} is damaged: {e}") from None
+    return LoadedCheckpoint(path, state, model, train_state)
+
+
+def prune_old(root: Path, keep: int) -> None:
+    for path in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def rng_state() -> dict[str, Any]:
+    import random
+
+    version, internal, gauss = random.getstate()
+    return {"python": [version, list(internal), gauss], "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    _write_json(tmp, data)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

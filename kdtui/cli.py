@@ -1,0 +1,392 @@
+"""The kdtui command line: a thin Typer layer over the recipes.
+
+Heavy libraries (torch, transformers, datasets, accelerate) are imported inside the commands so
+`kdtui --help` answers at once. Every command turns `KdtuiError` into one line on stderr and exit
+code 2; an unexpected error exits 1 (with the traceback saved in the run's error.log).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from kdtui import __version__
+from kdtui.errors import KdtuiError
+
+app = typer.Typer(
+    name="kdtui",
+    help="Compress BERT-family models: Meta-KD distillation and CAP contrastive pruning.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Options shared by every training command.
+ProfileOpt = Annotated[
+    str | None,
+    typer.Option("--profile", "-p", help="Profile name in profiles/, a TOML file, or a run dir."),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override any key: section.key=value (repeatable)."),
+]
+ResumeOpt = Annotated[
+    Path | None,
+    typer.Option("--resume", help="Continue an interrupted run from its last checkpoint."),
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing run directory.")]
+NameOpt = Annotated[str | None, typer.Option("--name", help="Run directory name [run.name].")]
+OutputOpt = Annotated[
+    str | None,
+    typer.Option("--output-dir", "-o", help="Where run directories go [run.output_dir]."),
+]
+DataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data", help="'synthetic', a csv/tsv/jsonl/parquet file or folder [data.source]."
+    ),
+]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Run seed [run.seed].")]
+EpochsOpt = Annotated[
+    float | None, typer.Option("--epochs", help="Training epochs [train.epochs].")
+]
+MaxStepsOpt = Annotated[
+    int | None, typer.Option("--max-steps", help="Stop after N steps [train.max_steps].")
+]
+BatchOpt = Annotated[
+    int | None, typer.Option("--batch-size", help="Global batch [train.batch_size].")
+]
+LrOpt = Annotated[float | None, typer.Option("--lr", help="Peak learning rate [train.lr].")]
+Bf16Opt = Annotated[
+    bool | None, typer.Option("--bf16/--no-bf16", help="bf16 autocast [train.bf16].")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+DashboardOpt = Annotated[
+    bool, typer.Option("--dashboard", help="Run in the background and follow it in the dashboard.")
+]
+
+
+def handles_errors(fn: F) -> F:
+    """The one place where errors become messages and exit codes."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KdtuiError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: the last checkpoint is kept; continue with --resume", err=True)
+            raise typer.Exit(130) from None
+        except typer.Exit:
+            raise
+        except Exception as e:
+            if os.environ.get("KDTUI_DEBUG"):
+                raise
+            typer.echo(
+                f"internal error: {type(e).__name__}: {e}\n"
+                "(the traceback is in the run's error.log; set KDTUI_DEBUG=1 to see it here)",
+                err=True,
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"kdtui {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """Compress BERT-family models: Meta-KD distillation and CAP contrastive pruning."""
+
+
+def _run_training(
+    command: str,
+    body_path: str,
+    *,
+    profile: str | None,
+    overrides: list[str] | None,
+    options: dict[str, Any],
+    resume: Path | None,
+    force: bool,
+    quiet: bool,
+    dashboard: bool,
+) -> None:
+    from kdtui.profile import resolve
+
+    if resume is not None:
+        if profile or overrides or any(v is not None for v in options.values()):
+            raise KdtuiError(
+                "--resume continues a run with the configuration it was started with; "
+                "drop --profile/--set/options, or start a new run"
+            )
+        from kdtui.recipes.common import load_resume_config
+
+        config = load_resume_config(resume)
+    else:
+        config, _ = resolve(profile, overrides or [], options)
+    if dashboard:
+        _launch_with_dashboard(command, config)
+        return
+    import importlib
+
+    from kdtui.recipes.common import execute
+
+    module_name, _, func_name = body_path.rpartition(".")
+    body = getattr(importlib.import_module(module_name), func_name)
+    progress = _ProgressListener(enabled=not quiet and sys.stderr.isatty())
+    try:
+        path, metrics = execute(
+            command,
+            config,
+            body,
+            profile=profile or "",
+            resume=resume,
+            force=force,
+            listeners=[progress],
+        )
+    finally:
+        progress.close()
+    _print_summary(path, metrics, quiet=quiet)
+
+
+def _launch_with_dashboard(command: str, config: Any) -> None:
+    from kdtui.dashboard.launch import launch_and_follow
+    from kdtui.profile import to_toml
+    from kdtui.rundir import default_run_name
+
+    name = config.run.name or default_run_name(command)
+    run_dir = Path(config.run.output_dir).expanduser() / name
+    profile_file = Path(config.run.output_dir).expanduser() / f".{name}.profile.toml"
+    profile_file.parent.mkdir(parents=True, exist_ok=True)
+    profile_file.write_text(to_toml(config), encoding="utf-8")
+    argv = [command, "--profile", str(profile_file), "--name", name, "--quiet"]
+    code = launch_and_follow(argv, run_dir)
+    raise typer.Exit(code)
+
+
+class _ProgressListener:
+    """Turns engine events into a Rich progress bar (step/total, loss, ETA) and eval lines."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.progress: Any = None
+        self.task: Any = None
+
+    def __call__(self, event: Any) -> None:
+        if not self.enabled:
+            return
+        kind = event.type
+        if kind == "run_started":
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                transient=False,
+            )
+            self.progress.start()
+            start = max(0, event.resumed_from_step)
+            self.task = self.progress.add_task(
+                event.command, total=event.total_steps, completed=start, loss="-"
+            )
+        elif self.progress is None:
+            return
+        elif kind == "step":
+            self.progress.update(
+                self.task, completed=event.step, total=event.total_steps, loss=f"{event.loss:.4f}"
+            )
+        elif kind == "eval":
+            parts = "  ".join(f"{k} {v:.3f}" for k, v in event.accuracy.items() if v == v)
+            mark = "  (best)" if event.best else ""
+            self.progress.console.print(f"step {event.step}  dev accuracy: {parts}{mark}")
+        elif kind == "message" and event.level != "info":
+            self.progress.console.print(f"[yellow]{event.level}:[/] {event.text}")
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def _print_summary(path: Path, metrics: dict[str, Any], *, quiet: bool) -> None:
+    typer.echo(f"run: {path}")
+    if quiet:
+        return
+    test = metrics.get("test")
+    if isinstance(test, dict):
+        typer.echo("test accuracy: " + "  ".join(f"{k} {v:.4f}" for k, v in test.items()))
+    if metrics.get("best_dev") is not None:
+        typer.echo(f"best dev accuracy: {metrics['best_dev']:.4f} (step {metrics['best_step']})")
+
+
+@app.command()
+@handles_errors
+def teacher(
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    method: Annotated[
+        str | None,
+        typer.Option("--method", help="mix (all domains), single (one domain), meta (Meta-KD)."),
+    ] = None,
+    domain: Annotated[
+        str | None, typer.Option("--domain", help="Domain for --method single [teacher.domain].")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="'minilm', 'tiny', a checkpoint folder or hub name."),
+    ] = None,
+    data: DataOpt = None,
+    epochs: EpochsOpt = None,
+    max_steps: MaxStepsOpt = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None,
+    bf16: Bf16Opt = None,
+    seed: SeedOpt = None,
+    name: NameOpt = None,
+    output_dir: OutputOpt = None,
+    resume: ResumeOpt = None,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+    dashboard: DashboardOpt = False,
+) -> None:
+    """Fine-tune a teacher on multi-domain data; writes RUN/model and RUN/metrics.json."""
+    _run_training(
+        "teacher",
+        "kdtui.recipes.teacher.run_teacher",
+        profile=profile,
+        overrides=set_,
+        options={
+            "teacher.method": method,
+            "teacher.domain": domain,
+            "model.name": model,
+            "data.source": data,
+            "train.epochs": epochs,
+            "train.max_steps": max_steps,
+            "train.batch_size": batch_size,
+            "train.lr": lr,
+            "train.bf16": bf16,
+            "run.seed": seed,
+            "run.name": name,
+            "run.output_dir": output_dir,
+        },
+        resume=resume,
+        force=force,
+        quiet=quiet,
+        dashboard=dashboard,
+    )
+
+
+@app.command()
+@handles_errors
+def evaluate(
+    models: Annotated[
+        list[str],
+        typer.Argument(help="Models or run directories; several are shown side by side."),
+    ],
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    data: DataOpt = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="Split to score [evaluate.split].")
+    ] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the report as JSON here.")
+    ] = None,
+) -> None:
+    """Accuracy per domain, parameters, size on disk and latency of one or more models.
+
+    Data: the first run directory's data config, unless --profile/--set/--data is given."""
+    from kdtui.profile import resolve
+
+    options = {"data.source": data, "evaluate.split": split}
+    first_run_config = Path(models[0]) / "config.toml"
+    if profile is None and first_run_config.is_file():
+        profile = str(first_run_config)
+    config, _ = resolve(profile, set_ or [], options)
+    from kdtui.recipes.evaluate import evaluate_models
+
+    report = evaluate_models(models, config)
+    _print_report(report)
+    if json_path is not None:
+        import json
+
+        try:
+            json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        except OSError as e:
+            raise KdtuiError(f"cannot write {json_path}: {e.strerror}") from None
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    models = report["models"]
+    table = Table(
+        title=f"{report['split']} split of {report['data']} ({report['examples']} examples)"
+    )
+    table.add_column("")
+    for m in models:
+        table.add_column(m["model"], justify="right")
+    for domain in [*report["domains"], "all"]:
+        table.add_row(
+            f"accuracy {domain}",
+            *(f"{m['accuracy'][domain]:.4f}" if domain in m["accuracy"] else "-" for m in models),
+        )
+    table.add_row("parameters", *(f"{m['parameters']:,}" for m in models))
+    table.add_row("non-zero parameters", *(f"{m['nonzero_parameters']:,}" for m in models))
+    table.add_row("size on disk", *(f"{m['size_bytes'] / 2**20:.1f} MiB" for m in models))
+    for i, row in enumerate(models[0]["latency"]):
+        label = f"latency b{row['batch']} len{row['length']}"
+        table.add_row(label, *(f"{m['latency'][i]['ms']:.1f} ms" for m in models))
+    console.print(table)
+    console.print(f"latency: median forward time on {report['threads']} CPU threads")
+    for m in models:
+        for note in m["notes"]:
+            console.print(f"[yellow]note[/] ({m['model']}): {note}")
+
+
+@app.command()
+@handles_errors
+def profiles() -> None:
+    """List the shipped profiles and what each is for."""
+    from kdtui.profile import shipped_profiles
+
+    for info in shipped_profiles():
+        typer.echo(f"{info.name:<16} {info.purpose}")
+
+
+def main() -> None:
+    app()

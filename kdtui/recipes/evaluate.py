@@ -1,0 +1,119 @@
+"""`kdtui evaluate`: accuracy per domain, size and speed of one or more models, side by side.
+
+No run directory is written: evaluation only reads. The report is a plain dict (the CLI renders
+it as a table or writes it as JSON)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdtui.config import Config
+from kdtui.data import MultiDomainData, encode, load_data
+from kdtui.engine.evaluate import accuracy_by_domain
+from kdtui.errors import KdtuiError
+from kdtui.models import label_names_of, load_tokenizer, resolve_model_path
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+SPARSITY_NOTE = (
+    "unstructured sparsity makes the model smaller on disk but not faster: dense PyTorch "
+    "kernels multiply the zeros too"
+)
+
+
+def evaluate_models(paths: list[str], config: Config) -> dict[str, Any]:
+    data = load_data(config.data)
+    split = data.split(config.evaluate.split)
+    report: dict[str, Any] = {
+        "split": config.evaluate.split,
+        "data": config.data.source,
+        "domains": data.domain_names,
+        "examples": len(split),
+        "threads": torch.get_num_threads(),
+        "models": [],
+    }
+    for path in paths:
+        report["models"].append(evaluate_one(path, config, data))
+    return report
+
+
+def evaluate_one(path: str, config: Config, data: MultiDomainData) -> dict[str, Any]:
+    from kdtui.models import load_any
+
+    folder = Path(resolve_model_path(path))
+    model = load_any(folder)
+    model.eval()
+    model_labels = label_names_of(model)
+    if len(model_labels) != len(data.label_names):
+        raise KdtuiError(
+            f"model {path} predicts {len(model_labels)} labels but the data has "
+            f"{len(data.label_names)} ({', '.join(data.label_names)})"
+        )
+    tokenizer = load_tokenizer_for(folder, config)
+    split = data.split(config.evaluate.split)
+    encoded = encode(split, tokenizer, config.data.max_length)
+    accuracy = accuracy_by_domain(
+        model,
+        encoded,
+        data.domain_names,
+        batch_size=config.train.eval_batch_size,
+        pad_id=tokenizer.pad_token_id or 0,
+        device=torch.device("cpu"),
+    )
+    params = list(model.parameters())
+    total = sum(p.numel() for p in params)
+    nonzero = sum(int(torch.count_nonzero(p)) for p in params)
+    result: dict[str, Any] = {
+        "model": path,
+        "accuracy": accuracy,
+        "parameters": total,
+        "nonzero_parameters": nonzero,
+        "size_bytes": weights_size(folder),
+        "latency": latency_grid(model, config, vocab_size=model.config.vocab_size),
+        "notes": [],
+    }
+    if nonzero < 0.9 * total:
+        result["notes"].append(SPARSITY_NOTE)
+    return result
+
+
+def load_tokenizer_for(folder: Path, config: Config) -> Any:
+    from dataclasses import replace
+
+    return load_tokenizer(replace(config.model, name=str(folder)))
+
+
+def weights_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
+
+
+@torch.no_grad()
+def latency_grid(model: Any, config: Config, *, vocab_size: int) -> list[dict[str, float]]:
+    """Median forward time over `latency_repeats` runs per (batch, length), after a warm-up."""
+    rows = []
+    generator = torch.Generator().manual_seed(0)
+    for batch in config.evaluate.batch_sizes:
+        for length in config.evaluate.lengths:
+            ids = torch.randint(1000, min(vocab_size, 20000), (batch, length), generator=generator)
+            inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+            model(**inputs)
+            times = []
+            for _ in range(config.evaluate.latency_repeats):
+                start = time.perf_counter()
+                model(**inputs)
+                times.append(time.perf_counter() - start)
+            median = statistics.median(times)
+            rows.append(
+                {
+                    "batch": batch,
+                    "length": length,
+                    "ms": median * 1000,
+                    "examples_per_s": batch / median,
+                }
+            )
+    return rows

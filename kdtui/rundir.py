@@ -1,0 +1,100 @@
+"""The run directory: the unit a user keeps.
+
+    RUN/config.toml     the fully resolved config (a profile: `--profile RUN/config.toml` reruns it)
+    RUN/events.jsonl    append-only event log (the dashboard's only input)
+    RUN/checkpoints/    atomic checkpoints for --resume
+    RUN/best/           the best weights so far (by dev accuracy)
+    RUN/model/          the final model in Hugging Face layout
+    RUN/metrics.json    the final summary
+
+Only the main process writes; other processes get a RunDir whose writes are no-ops.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kdtui.checkpoint import write_json_atomic
+from kdtui.errors import KdtuiError
+from kdtui.events import Event
+from kdtui.runlog import EVENTS_FILE, EventSink
+
+Listener = Callable[[Event], None]
+
+
+def default_run_name(command: str) -> str:
+    return f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def check_new_run_path(path: Path, *, force: bool) -> None:
+    """Refuse to overwrite a run unless asked to (`--force`); `--resume` is the other way."""
+    if path.exists() and not path.is_dir():
+        raise KdtuiError(f"output path {path} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise KdtuiError(
+            f"{path} already holds a run; use --resume {path} to continue it, "
+            "--force to replace it, or choose another --name"
+        )
+
+
+class RunDir:
+    def __init__(self, path: Path, *, is_main: bool = True) -> None:
+        self.path = path
+        self.is_main = is_main
+        self.listeners: list[Listener] = []
+        self._sink: EventSink | None = None
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best"
+
+    @property
+    def model(self) -> Path:
+        return self.path / "model"
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.toml"
+
+    @property
+    def events_file(self) -> Path:
+        return self.path / EVENTS_FILE
+
+    def open(self, *, fresh: bool) -> None:
+        """Create (or reopen, on resume) the directory and its event log."""
+        if self.is_main:
+            if fresh and self.path.exists():
+                shutil.rmtree(self.path)  # only reached with --force (checked before)
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._sink = EventSink(self.events_file)
+
+    def write_text(self, name: str, text: str) -> None:
+        if self.is_main:
+            tmp = self.path / f".{name}.tmp"
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(self.path / name)
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        if self.is_main:
+            write_json_atomic(self.path / "metrics.json", metrics)
+
+    def log(self, event: Event) -> None:
+        if not self.is_main:
+            return
+        if self._sink is not None:
+            self._sink.write(event)
+        for listener in self.listeners:
+            listener(event)
+
+    def close(self) -> None:
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None
