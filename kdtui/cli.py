@@ -144,6 +144,8 @@ def _run_training(
         config = load_resume_config(resume)
     else:
         config, _ = resolve(profile, overrides or [], options)
+        if command in UPSTREAM:
+            config = _with_upstream_data(command, config, profile, overrides or [], options)
     if dashboard:
         _launch_with_dashboard(command, config)
         return
@@ -167,6 +169,36 @@ def _run_training(
     finally:
         progress.close()
     _print_summary(path, metrics, quiet=quiet)
+
+
+# Commands that start from another run, and the key naming it.
+UPSTREAM = {"distill": "distill.teacher", "prune": "prune.model"}
+
+
+def _with_upstream_data(
+    command: str, config: Any, profile: str | None, overrides: list[str], options: dict[str, Any]
+) -> Any:
+    """Train on the upstream run's data unless told otherwise: its [data] section becomes the
+    base under the profile. `kdtui prune` without --model takes the newest finished teacher run."""
+    from kdtui.profile import read_profile, resolve
+    from kdtui.rundir import latest_finished_run
+
+    section, key = UPSTREAM[command].split(".")
+    upstream = getattr(getattr(config, section), key)
+    if not upstream and command == "prune":
+        found = latest_finished_run(Path(config.run.output_dir).expanduser(), "teacher")
+        if found is None:
+            raise KdtuiError(
+                f"no model to prune: no finished teacher run in {config.run.output_dir}/; "
+                "train one (kdtui teacher --profile quickstart) or give --model"
+            )
+        upstream = str(found)
+        options = {**options, UPSTREAM[command]: upstream}
+    run_config = Path(upstream).expanduser() / "config.toml"
+    if not run_config.is_file():
+        return resolve(profile, overrides, options)[0]
+    base = {"data": read_profile(run_config).get("data", {})}
+    return resolve(profile, overrides, options, base=base)[0]
 
 
 def _launch_with_dashboard(command: str, config: Any) -> None:
@@ -244,6 +276,24 @@ def _print_summary(path: Path, metrics: dict[str, Any], *, quiet: bool) -> None:
     typer.echo(f"run: {path}")
     if quiet:
         return
+    students = metrics.get("domains")
+    if isinstance(students, dict) and len(students) > 1:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"students ({metrics.get('method')})")
+        for column in ("domain", "best dev (own domain)", "test (own domain)", "model"):
+            table.add_column(column)
+        for domain, m in students.items():
+            test = m.get("test", {}).get(domain)
+            table.add_row(
+                domain,
+                f"{m['best_dev']:.4f}" if m.get("best_dev") is not None else "-",
+                f"{test:.4f}" if test is not None else "-",
+                str(path / m["model"]),
+            )
+        Console().print(table)
+        return
     test = metrics.get("test")
     if isinstance(test, dict):
         typer.echo("test accuracy: " + "  ".join(f"{k} {v:.4f}" for k, v in test.items()))
@@ -294,6 +344,80 @@ def teacher(
             "data.source": data,
             "train.epochs": epochs,
             "train.max_steps": max_steps,
+            "train.batch_size": batch_size,
+            "train.lr": lr,
+            "train.bf16": bf16,
+            "run.seed": seed,
+            "run.name": name,
+            "run.output_dir": output_dir,
+        },
+        resume=resume,
+        force=force,
+        quiet=quiet,
+        dashboard=dashboard,
+    )
+
+
+@app.command()
+@handles_errors
+def distill(
+    teacher: Annotated[
+        str | None,
+        typer.Option("--teacher", "-t", help="Teacher run directory or model [distill.teacher]."),
+    ] = None,
+    domain: Annotated[
+        str | None,
+        typer.Option("--domain", "-d", help="Target domain, or 'all' [distill.domain]."),
+    ] = None,
+    method: Annotated[
+        str | None,
+        typer.Option("--method", help="meta, vanilla or logits; default meta for a meta-teacher."),
+    ] = None,
+    student: Annotated[
+        str | None, typer.Option("--student", help="Student checkpoint folder [distill.student].")
+    ] = None,
+    student_layers: Annotated[
+        int | None, typer.Option("--student-layers", help="Student depth [distill.student_layers].")
+    ] = None,
+    student_hidden: Annotated[
+        int | None,
+        typer.Option(
+            "--student-hidden", help="Student width; 0 = teacher's [distill.student_hidden]."
+        ),
+    ] = None,
+    train_fraction: Annotated[
+        float | None,
+        typer.Option("--train-fraction", help="Keep this share of the domain's training data."),
+    ] = None,
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    data: DataOpt = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None,
+    bf16: Bf16Opt = None,
+    seed: SeedOpt = None,
+    name: NameOpt = None,
+    output_dir: OutputOpt = None,
+    resume: ResumeOpt = None,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+    dashboard: DashboardOpt = False,
+) -> None:
+    """Distil a small single-domain student from a (meta-)teacher (Meta-KD or baselines)."""
+    _run_training(
+        "distill",
+        "kdtui.recipes.distill.run_distill",
+        profile=profile,
+        overrides=set_,
+        options={
+            "distill.teacher": teacher,
+            "distill.domain": domain,
+            "distill.method": method,
+            "distill.student": student,
+            "distill.student_layers": student_layers,
+            "distill.student_hidden": student_hidden,
+            "data.train_fraction": train_fraction,
+            "data.source": data,
             "train.batch_size": batch_size,
             "train.lr": lr,
             "train.bf16": bf16,

@@ -93,6 +93,60 @@ class TeacherConfig:
 
     method: str = "mix"  # "mix" (all domains pooled), "single" (one domain), "meta" (Meta-KD)
     domain: str = ""  # the domain for method "single"
+    # Meta-KD meta-teacher (method "meta"); see METHODS.md.
+    prototype: str = "class"  # "class" (paper: class-wise prototypes) or "centroid" (authors' code)
+    alpha: float = 0.5  # weight of the own-domain prototype similarity
+    zeta: float = 0.5  # weight of the other domains' prototype similarity
+    domain_loss_weight: float = 0.5  # γ1, the transferable domain-adversarial loss
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """`kdtui distill`: a single-domain student from a (meta-)teacher, in two stages."""
+
+    teacher: str = ""  # a `kdtui teacher` run directory or a classifier checkpoint folder
+    domain: str = ""  # target domain, or "all" for one student per domain
+    method: str = ""  # "meta", "vanilla" or "logits"; empty = "meta" for a meta-teacher
+    student: str = ""  # a student checkpoint folder; empty = build one from the teacher
+    student_layers: int = 2
+    student_hidden: int = 0  # 0 = the teacher's width (then layers are copied from the teacher)
+    student_init: str = "teacher"  # "teacher" (copy evenly spaced layers) or "random"
+    layer_map: tuple[tuple[int, ...], ...] = ()  # [[student, teacher], ...]; empty = uniform
+    intermediate_epochs: float = 1.0  # stage 1: hidden/attention/domain MSE (0 = skip)
+    prediction_epochs: float = 1.0  # stage 2: soft cross-entropy on the teacher's logits
+    temperature: float = 2.0
+    domain_weight: float = 0.5  # γ2, the domain-representation MSE
+    cache_teacher_logits: bool = True  # stage 2 reads the teacher's logits from a cache
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """`kdtui prune`: CAP contrastive pruning of a fine-tuned model."""
+
+    model: str = ""  # a `kdtui teacher` run directory or a classifier checkpoint folder
+    sparsity: float = 0.9  # fraction of encoder weights (or parameters, for heads-ffn) removed
+    structure: str = "weights"  # "weights" (unstructured) or "heads-ffn" (structured)
+    criterion: str = "soft-movement"  # weights: "magnitude", "movement", "soft-movement"
+    scope: str = "matrix"  # "matrix" (each Linear reaches the sparsity) or "global"
+    cap: bool = True  # contrastive modules on top of the criterion; false = plain baseline
+    prc: bool = True  # pre-trained model bank
+    fic: bool = True  # fine-tuned model bank
+    snc: bool = True  # snapshot bank
+    pretrained: str = ""  # the pre-trained model for PrC; empty = the teacher run's model.name
+    temperature: float = 0.1  # τ of the contrastive losses
+    w_unsup: float = 0.1  # weight of each unsupervised contrastive term
+    w_sup: float = 10.0  # weight of each supervised contrastive term
+    num_negatives: int = 4096
+    snapshot_views: int = 4
+    pooling: str = "cls"  # sentence representation: "cls" (pooler) or "mean"
+    ce_weight: float = 0.1
+    kd_weight: float = 0.9
+    kd_temperature: float = 2.0
+    l1_weight: float = 1.0  # soft movement's λ on mean σ(S)
+    warmup_ratio: float = 0.1  # share of steps before pruning starts
+    cooldown_ratio: float = 0.2  # share of steps at the final sparsity
+    structured_step: float = 0.1  # heads-ffn: sparsity added per pruning round
+    sparse_values: str = "float32"  # stored values of the compressed sparse model
 
 
 @dataclass(frozen=True)
@@ -112,6 +166,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -128,6 +184,14 @@ SECTIONS: dict[str, type] = _section_types()
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "teacher.method": ("mix", "single", "meta"),
+    "teacher.prototype": ("class", "centroid"),
+    "distill.method": ("", "meta", "vanilla", "logits"),
+    "distill.student_init": ("teacher", "random"),
+    "prune.structure": ("weights", "heads-ffn"),
+    "prune.criterion": ("magnitude", "movement", "soft-movement"),
+    "prune.scope": ("matrix", "global"),
+    "prune.pooling": ("cls", "mean"),
+    "prune.sparse_values": ("float32", "float16"),
 }
 
 
@@ -247,15 +311,32 @@ def _validate(config: Config) -> None:
         (config.train.log_every >= 1, "train.log_every must be at least 1"),
         (config.train.keep_checkpoints >= 1, "train.keep_checkpoints must be at least 1"),
         (config.run.threads >= 0, "run.threads must be >= 0"),
-        (
-            config.teacher.method in CHOICES["teacher.method"],
-            f"teacher.method must be one of {', '.join(CHOICES['teacher.method'])}, "
-            f"got '{config.teacher.method}'",
-        ),
+        *_choice_checks(config),
         (
             config.teacher.method != "single" or bool(config.teacher.domain),
             "teacher.method 'single' needs teacher.domain (or --domain)",
         ),
+        (config.teacher.domain_loss_weight >= 0, "teacher.domain_loss_weight must be >= 0"),
+        (config.distill.student_layers >= 1, "distill.student_layers must be at least 1"),
+        (config.distill.student_hidden >= 0, "distill.student_hidden must be >= 0"),
+        (config.distill.intermediate_epochs >= 0, "distill.intermediate_epochs must be >= 0"),
+        (config.distill.prediction_epochs > 0, "distill.prediction_epochs must be > 0"),
+        (config.distill.temperature > 0, "distill.temperature must be > 0"),
+        (
+            all(len(pair) == 2 for pair in config.distill.layer_map),
+            "distill.layer_map must be a list of [student_layer, teacher_layer] pairs",
+        ),
+        (0 <= config.prune.sparsity < 1, "prune.sparsity must be in [0, 1)"),
+        (config.prune.temperature > 0, "prune.temperature must be > 0"),
+        (config.prune.num_negatives >= 0, "prune.num_negatives must be >= 0"),
+        (config.prune.snapshot_views >= 1, "prune.snapshot_views must be at least 1"),
+        (0 <= config.prune.warmup_ratio < 1, "prune.warmup_ratio must be in [0, 1)"),
+        (0 <= config.prune.cooldown_ratio < 1, "prune.cooldown_ratio must be in [0, 1)"),
+        (
+            config.prune.warmup_ratio + config.prune.cooldown_ratio < 1,
+            "prune.warmup_ratio + prune.cooldown_ratio must be below 1",
+        ),
+        (0 < config.prune.structured_step <= 1, "prune.structured_step must be in (0, 1]"),
         (all(b >= 1 for b in config.evaluate.batch_sizes), "evaluate.batch_sizes must be >= 1"),
         (all(n >= 2 for n in config.evaluate.lengths), "evaluate.lengths must be >= 2"),
         (config.evaluate.latency_repeats >= 1, "evaluate.latency_repeats must be at least 1"),
@@ -263,6 +344,16 @@ def _validate(config: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise KdtuiError(message)
+
+
+def _choice_checks(config: Config) -> list[tuple[bool, str]]:
+    checks = []
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        shown = ", ".join(a for a in allowed if a)
+        checks.append((value in allowed, f"{key} must be one of {shown}, got '{value}'"))
+    return checks
 
 
 def _plain(value: Any) -> Any:

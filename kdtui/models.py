@@ -182,6 +182,7 @@ def build_student(
     num_layers: int,
     hidden_size: int = 0,
     init_layers: list[int] | None = None,
+    copy_weights: bool = True,
     attn_implementation: str = "sdpa",
     seed: int = 0,
 ) -> Any:
@@ -209,7 +210,7 @@ def build_student(
     config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
     student = AutoModelForSequenceClassification.from_config(config)
-    if narrower:
+    if narrower or not copy_weights:
         return student
     if init_layers is None:
         step = teacher_layers / num_layers

@@ -92,11 +92,19 @@ def resolve(
     profile: str | None,
     overrides: list[str] | tuple[str, ...] = (),
     options: dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None,
 ) -> tuple[Config, dict[str, Any]]:
-    """Merge profile < --set < explicit options; return the config and the merged dict.
+    """Merge base < profile < --set < explicit options; return the config and the merged dict.
 
-    `options` maps "section.key" to a value, None meaning "not given on the command line"."""
-    merged: dict[str, Any] = read_profile(find_profile(profile)) if profile else {}
+    `options` maps "section.key" to a value, None meaning "not given on the command line".
+    `base` sits just above the defaults: distill and prune use the teacher run's [data]
+    section, so a student is trained on the teacher's data unless told otherwise."""
+    merged: dict[str, Any] = {k: dict(v) for k, v in (base or {}).items()}
+    for section, values in (read_profile(find_profile(profile)) if profile else {}).items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section].update(values)
+        else:
+            merged[section] = values
     pairs = [parse_override(o) for o in overrides]
     pairs += [(k.split("."), v) for k, v in (options or {}).items() if v is not None]
     for (section, key), value in pairs:

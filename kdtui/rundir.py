@@ -41,6 +41,22 @@ def check_new_run_path(path: Path, *, force: bool) -> None:
         )
 
 
+def latest_finished_run(root: Path, command: str) -> Path | None:
+    """The most recently finished run of `command` under `root` (by metrics.json time)."""
+    import json
+
+    candidates = []
+    for metrics in root.glob("*/metrics.json"):
+        run = metrics.parent
+        try:
+            first = json.loads((run / EVENTS_FILE).open(encoding="utf-8").readline())
+        except (OSError, ValueError):
+            continue
+        if first.get("type") == "run_started" and first.get("command") == command:
+            candidates.append((metrics.stat().st_mtime, run))
+    return max(candidates)[1] if candidates else None
+
+
 class RunDir:
     def __init__(self, path: Path, *, is_main: bool = True) -> None:
         self.path = path

@@ -1,0 +1,96 @@
+"""`kdtui teacher` then `kdtui evaluate` through the real CLI on the smoke profile."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdtui.events import Checkpoint, Eval, RunFinished, RunStarted, Step
+from tests.conftest import events_of, invoke, metrics_of
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    runs = tmp_path_factory.mktemp("runs")
+    result = invoke("teacher", "--profile", "smoke", "--output-dir", str(runs), "--name", "t")
+    assert result.exit_code == 0, result.stderr
+    return runs / "t"
+
+
+def test_teacher_writes_a_complete_run_directory(teacher_run: Path) -> None:
+    events = events_of(teacher_run)
+    started = [e for e in events if isinstance(e, RunStarted)]
+    assert len(started) == 1 and started[0].command == "teacher" and started[0].total_steps == 12
+    steps = [e for e in events if isinstance(e, Step)]
+    assert [s.step for s in steps] == list(range(1, 13))
+    assert all("ce" in s.losses and s.lr >= 0 for s in steps)
+    assert steps[1].lr > steps[0].lr  # warm-up, then decay
+    assert steps[-1].lr < steps[2].lr
+    evals = [e for e in events if isinstance(e, Eval)]
+    assert [e.step for e in evals] == [4, 8, 12]
+    assert set(evals[0].accuracy) == {"books", "dvd", "electronics", "kitchen", "all"}
+    assert any(e.best for e in evals)
+    assert any(isinstance(e, Checkpoint) and e.kind == "best" for e in events)
+    assert isinstance(events[-1], RunFinished)
+
+    metrics = metrics_of(teacher_run)
+    assert metrics["steps"] == 12
+    assert metrics["best_dev"] == max(e.accuracy["all"] for e in evals)
+    assert set(metrics["test"]) == {"books", "dvd", "electronics", "kitchen", "all"}
+    assert (teacher_run / "config.toml").is_file()
+
+
+def test_saved_model_loads_with_plain_transformers(teacher_run: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(teacher_run / "model")
+    tokenizer = AutoTokenizer.from_pretrained(teacher_run / "model")
+    inputs = tokenizer(["a great read"], return_tensors="pt")
+    assert model(**inputs).logits.shape == (1, 2)
+    assert model.config.kdtui_labels == ["0", "1"]
+
+
+def test_evaluate_reports_accuracy_size_and_latency(teacher_run: Path, tmp_path: Path) -> None:
+    report_path = tmp_path / "report.json"
+    result = invoke("evaluate", str(teacher_run), "--json", str(report_path))
+    assert result.exit_code == 0, result.stderr
+    assert "accuracy books" in result.stdout and "size on disk" in result.stdout
+    report = json.loads(report_path.read_text())
+    (model,) = report["models"]
+    test_accuracy = metrics_of(teacher_run)["test"]
+    assert model["accuracy"] == pytest.approx(test_accuracy)
+    assert model["parameters"] > model["size_bytes"] / 8  # fp32 weights: 4 bytes each
+    assert model["size_bytes"] > 0
+    assert {(r["batch"], r["length"]) for r in model["latency"]} == {(1, 16), (8, 16)}
+
+
+def test_rerun_from_config_toml_reproduces_the_run(teacher_run: Path, tmp_path: Path) -> None:
+    result = invoke(
+        "teacher",
+        "--profile",
+        str(teacher_run / "config.toml"),
+        "--output-dir",
+        str(tmp_path),
+        "--name",
+        "again",
+    )
+    assert result.exit_code == 0, result.stderr
+    assert metrics_of(tmp_path / "again")["test"] == metrics_of(teacher_run)["test"]
+    from safetensors.torch import load_file
+
+    first = load_file(teacher_run / "model" / "model.safetensors")
+    second = load_file(tmp_path / "again" / "model" / "model.safetensors")
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_existing_run_is_not_overwritten(teacher_run: Path) -> None:
+    before = (teacher_run / "events.jsonl").read_bytes()
+    result = invoke(
+        "teacher", "--profile", "smoke", "--output-dir", str(teacher_run.parent), "--name", "t"
+    )
+    assert result.exit_code == 2
+    assert "already holds a run" in result.stderr and "--resume" in result.stderr
+    assert (teacher_run / "events.jsonl").read_bytes() == before
