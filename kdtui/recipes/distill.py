@@ -34,7 +34,7 @@ from kdtui.models import (
 from kdtui.profile import read_profile
 from kdtui.recipes.common import RunContext
 from kdtui.recipes.meta import SCORES_FILE, load_scores
-from kdtui.recipes.teacher import domain_index, final_metrics, restore_best
+from kdtui.recipes.teacher import domain_index, final_metrics
 
 
 @dataclass
