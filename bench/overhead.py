@@ -32,9 +32,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from accelerate import Accelerator
-    from kdtui.data import collate, encode, load_data
 
     from kdtui.config import Config, DataConfig, ModelConfig, TrainConfig
+    from kdtui.data import collate, encode, load_data
     from kdtui.engine.hooks import CrossEntropyHook
     from kdtui.engine.loop import TrainJob, epoch_order, train, warmup_then_linear_decay
     from kdtui.models import load_classifier, load_tokenizer

@@ -94,9 +94,10 @@ def total_steps(cfg: TrainConfig, num_examples: int) -> int:
 
 
 def warmup_then_linear_decay(step: int, warmup: int, total: int) -> float:
-    """LR multiplier: linear warm-up over `warmup` steps, then linear decay to 0 at `total`."""
-    if step < warmup:
-        return (step + 1) / warmup
+    """LR multiplier: linear warm-up to the peak at step `warmup`, then linear decay to 0 at
+    `total`. The first step already learns (no step is spent at learning rate 0)."""
+    if step <= warmup:
+        return (step + 1) / (warmup + 1)
     return max(0.0, (total - step) / max(1, total - warmup))
 
 

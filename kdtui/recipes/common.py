@@ -51,6 +51,18 @@ class RunContext:
         return self.run.is_main
 
 
+def load_run_data(ctx: RunContext) -> Any:
+    """The run's data, with anything the loader decided on the user's behalf (a held-out dev
+    split) logged as an info message."""
+    from kdtui.data import load_data
+    from kdtui.events import Message
+
+    data = load_data(ctx.config.data)
+    for note in data.notes:
+        ctx.run.log(Message(level="info", text=note))
+    return data
+
+
 def make_accelerator(config: Config) -> Any:
     import torch
     from accelerate import Accelerator

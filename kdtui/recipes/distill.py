@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from kdtui.data import Encoded, MultiDomainData, encode, load_data
+from kdtui.data import Encoded, MultiDomainData, encode
 from kdtui.engine.evaluate import predict_logits
 from kdtui.engine.hooks import Hook
 from kdtui.engine.loop import TrainJob, total_steps, train
@@ -32,7 +32,7 @@ from kdtui.models import (
     save_classifier,
 )
 from kdtui.profile import read_profile
-from kdtui.recipes.common import RunContext
+from kdtui.recipes.common import RunContext, load_run_data
 from kdtui.recipes.meta import SCORES_FILE, load_scores
 from kdtui.recipes.teacher import domain_index, final_metrics
 
@@ -70,7 +70,7 @@ def run_distill(ctx: RunContext) -> dict[str, Any]:
             "train one with `kdtui teacher --method meta`, or use --method vanilla or logits"
         )
 
-    data = load_data(cfg.data)
+    data = load_run_data(ctx)
     if label_names_of(teacher) != data.label_names:
         raise KdtuiError(
             f"the teacher predicts labels {label_names_of(teacher)} but the data has "

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdtui.data import MultiDomainData, encode, load_data
+from kdtui.data import MultiDomainData, encode
 from kdtui.engine.evaluate import accuracy_by_domain
 from kdtui.engine.hooks import CrossEntropyHook, Hook
 from kdtui.engine.loop import TrainJob, total_steps, train
 from kdtui.errors import KdtuiError
 from kdtui.models import load_classifier, load_tokenizer, save_classifier
-from kdtui.recipes.common import RunContext
+from kdtui.recipes.common import RunContext, load_run_data
 
 
 def run_teacher(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.config
     method = cfg.teacher.method
-    data = load_data(cfg.data)
+    data = load_run_data(ctx)
     train_split = data.train
     select = "all"
     if method == "single":

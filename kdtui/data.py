@@ -1,0 +1,585 @@
+"""Multi-domain text classification data: load, subsample, tokenise, batch.
+
+`load_data(cfg)` returns a `MultiDomainData`: train / dev / (optional) test `Split`s of raw
+texts with integer labels and domain ids, plus the label and domain names. Sources:
+
+* "synthetic": a four-domain review data set generated from `data.seed` (no files, no network);
+* a .csv / .tsv / .jsonl / .json / .parquet file: the training split, with 10% of each domain
+  held out (seeded) as dev;
+* a folder holding `train.*`, `dev.*` and optionally `test.*` (names from `data.*_split`);
+* anything else: a Hugging Face hub data set name (needs a network).
+
+Every example keeps its `id`, its row index in the split as loaded, through domain selection and
+subsampling, so per-example state (Meta-KD's prototype scores, CAP's memory banks) can be indexed
+by it in every process and across runs on the same data.
+
+`encode` tokenises a split once; `collate` pads any subset of it into a batch.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdtui.config import DataConfig
+from kdtui.errors import KdtuiError
+
+FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+SINGLE_DOMAIN = "all"
+HELD_OUT_DEV_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class Split:
+    """Raw examples of one split. `pairs` is None for single texts."""
+
+    texts: list[str]
+    pairs: list[str] | None
+    labels: list[int]
+    domains: list[int]
+    ids: list[int]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def select(self, positions: Sequence[int]) -> Split:
+        return Split(
+            texts=[self.texts[i] for i in positions],
+            pairs=None if self.pairs is None else [self.pairs[i] for i in positions],
+            labels=[self.labels[i] for i in positions],
+            domains=[self.domains[i] for i in positions],
+            ids=[self.ids[i] for i in positions],
+        )
+
+    def domain_subset(self, domain: int) -> Split:
+        return self.select([i for i, d in enumerate(self.domains) if d == domain])
+
+
+@dataclass(frozen=True)
+class MultiDomainData:
+    train: Split
+    dev: Split
+    test: Split | None
+    domain_names: list[str]
+    label_names: list[str]
+    notes: list[str] = field(default_factory=list)  # things the user should be told
+
+    def split(self, name: str) -> Split:
+        if name == "train":
+            return self.train
+        if name in ("dev", "validation"):
+            return self.dev
+        if name == "test":
+            if self.test is None:
+                raise KdtuiError("the data has no test split; use --split dev")
+            return self.test
+        raise KdtuiError(f"unknown split '{name}'; use train, dev or test")
+
+
+def load_data(cfg: DataConfig) -> MultiDomainData:
+    if cfg.source == "synthetic":
+        raw, notes = synthetic_splits(cfg), []
+    else:
+        raw, notes = _read_source(cfg)
+    return _assemble(raw, cfg, notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading files and hub data sets into plain column dicts
+
+
+Columns = dict[str, list[Any]]
+
+
+def _read_source(cfg: DataConfig) -> tuple[dict[str, Columns], list[str]]:
+    """{"train": columns, "dev": columns, optional "test": columns} and notes for the user."""
+    path = Path(cfg.source).expanduser()
+    if path.is_file():
+        return _hold_out_dev({"train": _read_file(path)}, cfg, f"{path.name} is the training split")
+    if path.is_dir():
+        splits: dict[str, Columns] = {}
+        for role, name in (
+            ("train", cfg.train_split),
+            ("dev", cfg.dev_split),
+            ("test", cfg.test_split),
+        ):
+            found = _find_split_file(path, name)
+            if found is not None:
+                splits[role] = _read_file(found)
+        if "train" not in splits:
+            wanted = ", ".join(f"{cfg.train_split}{ext}" for ext in FORMATS)
+            raise KdtuiError(f"data folder {path} has no training file (one of: {wanted})")
+        if "dev" not in splits:
+            return _hold_out_dev(splits, cfg, f"{path} has no {cfg.dev_split} file")
+        return splits, []
+    if path.exists():
+        raise KdtuiError(f"data source {path} is neither a file nor a folder")
+    if cfg.source.startswith((".", "/", "~")) or Path(cfg.source).suffix.lower() in FORMATS:
+        raise KdtuiError(f"data file '{cfg.source}' does not exist")
+    return _read_hub(cfg)
+
+
+def _find_split_file(folder: Path, name: str) -> Path | None:
+    for ext in FORMATS:
+        candidate = folder / f"{name}{ext}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_file(path: Path) -> Columns:
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise KdtuiError(
+            f"data file {path} has an unsupported type '{suffix}'; use one of " + ", ".join(FORMATS)
+        )
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    kwargs: dict[str, Any] = {}
+    if suffix == ".tsv":
+        # Quotes are text in TSV corpora (SST-2 has unbalanced ones), not field delimiters.
+        kwargs = {"delimiter": "\t", "quoting": 3}
+    builder = FORMATS[suffix]
+    try:
+        dataset = datasets.load_dataset(
+            builder, data_files=str(path), split="train", keep_in_memory=True, **kwargs
+        )
+    except Exception as e:  # noqa: BLE001 - datasets raises many types for a malformed file
+        raise KdtuiError(f"cannot read data file {path}: {_first_line(e)}") from None
+    if len(dataset) == 0:
+        raise KdtuiError(f"data file {path} holds no examples")
+    return dataset.to_dict()  # plain lists: a datasets Column is slow to index row by row
+
+
+def _read_hub(cfg: DataConfig) -> tuple[dict[str, Columns], list[str]]:
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        loaded = datasets.load_dataset(cfg.source)
+    except Exception as e:  # noqa: BLE001 - network, missing data set, bad config
+        raise KdtuiError(
+            f"data source '{cfg.source}' is not a local file or folder, and loading it from the "
+            f"Hugging Face hub failed: {_first_line(e)}"
+        ) from None
+    splits: dict[str, Columns] = {}
+    for role, names in (
+        ("train", (cfg.train_split,)),
+        ("dev", (cfg.dev_split, "validation")),
+        ("test", (cfg.test_split,)),
+    ):
+        for name in names:
+            if name in loaded:
+                splits[role] = loaded[name].to_dict()
+                break
+    if "train" not in splits:
+        raise KdtuiError(f"hub data set '{cfg.source}' has no split '{cfg.train_split}'")
+    if "dev" not in splits:
+        return _hold_out_dev(splits, cfg, f"'{cfg.source}' has no {cfg.dev_split} split")
+    return splits, []
+
+
+def _hold_out_dev(
+    splits: dict[str, Columns], cfg: DataConfig, why: str
+) -> tuple[dict[str, Columns], list[str]]:
+    """Move a seeded, domain-stratified 10% of the training rows into a dev split."""
+    train = splits["train"]
+    n = len(next(iter(train.values())))
+    domains = train.get(cfg.domain_column) if cfg.domain_column else None
+    by_domain: dict[Any, list[int]] = {}
+    for i in range(n):
+        by_domain.setdefault(None if domains is None else str(domains[i]), []).append(i)
+    rng = random.Random(cfg.seed)
+    dev_rows: set[int] = set()
+    for rows in by_domain.values():
+        if len(rows) < 2:
+            continue
+        take = max(1, round(HELD_OUT_DEV_FRACTION * len(rows)))
+        dev_rows.update(rng.sample(rows, take))
+    if not dev_rows:
+        raise KdtuiError("too few training examples to hold out a dev split; give a dev file")
+    # Row indices (the example ids) stay those of the original file, so nothing is renumbered.
+    keep = [i for i in range(n) if i not in dev_rows]
+    dev = sorted(dev_rows)
+    splits = dict(splits)
+    splits["train"] = {c: [v[i] for i in keep] for c, v in train.items()}
+    splits["train"][_ROW_ID] = keep
+    splits["dev"] = {c: [v[i] for i in dev] for c, v in train.items()}
+    splits["dev"][_ROW_ID] = dev
+    note = (
+        f"{why}: holding out {len(dev)} training examples "
+        f"({HELD_OUT_DEV_FRACTION:.0%} per domain, seed {cfg.seed}) as dev"
+    )
+    return splits, [note]
+
+
+_ROW_ID = "__kdtui_row_id__"  # original row index when a split was carved out of another
+
+
+# ---------------------------------------------------------------------------------------------
+# Columns -> Splits: validation, label and domain ids, subsampling
+
+
+def _assemble(raw: dict[str, Columns], cfg: DataConfig, notes: list[str]) -> MultiDomainData:
+    for role, columns in raw.items():
+        _check_columns(columns, cfg, role)
+    label_names, label_of = _label_set(raw["train"][cfg.label_column])
+    train_domains = _domain_values(raw["train"], cfg)
+    # Files: alphabetical, so the order does not depend on row order; synthetic: as configured.
+    if cfg.source == "synthetic":
+        domain_names = list(dict.fromkeys(train_domains))
+    else:
+        domain_names = sorted(set(train_domains))
+    if cfg.domains:
+        missing = [d for d in cfg.domains if d not in domain_names]
+        if missing:
+            raise KdtuiError(
+                f"data.domains: {', '.join(repr(d) for d in missing)} not in the data; "
+                f"domains: {', '.join(domain_names)}"
+            )
+        domain_names = [d for d in domain_names if d in cfg.domains]
+
+    splits: dict[str, Split] = {}
+    for role, columns in raw.items():
+        split = _to_split(columns, cfg, role, label_of, domain_names)
+        if role == "train":
+            split = _subsample(split, cfg.train_fraction, cfg.max_train_per_domain, cfg.seed)
+        elif cfg.max_eval_per_domain:
+            split = _subsample(split, 1.0, cfg.max_eval_per_domain, cfg.seed)
+        if len(split) == 0:
+            raise KdtuiError(f"the {role} split is empty after domain selection")
+        splits[role] = split
+    for d, name in enumerate(domain_names):
+        if not any(x == d for x in splits["train"].domains):
+            raise KdtuiError(f"domain '{name}' has no training examples")
+    return MultiDomainData(
+        train=splits["train"],
+        dev=splits["dev"],
+        test=splits.get("test"),
+        domain_names=domain_names,
+        label_names=label_names,
+        notes=notes,
+    )
+
+
+def _check_columns(columns: Columns, cfg: DataConfig, role: str) -> None:
+    wanted = [("data.text_column", cfg.text_column), ("data.label_column", cfg.label_column)]
+    if cfg.text_pair_column:
+        wanted.append(("data.text_pair_column", cfg.text_pair_column))
+    present = ", ".join(c for c in columns if c != _ROW_ID)
+    for key, column in wanted:
+        if column not in columns:
+            raise KdtuiError(
+                f"the {role} data has no column '{column}' ({key}); its columns: {present}"
+            )
+
+
+def _label_set(values: list[Any]) -> tuple[list[str], dict[Any, int]]:
+    """Label names in a stable order (numbers numerically, strings alphabetically)."""
+    if any(v is None for v in values):
+        raise KdtuiError("the training data has examples without a label")
+    kinds = {
+        "number" if isinstance(v, int) and not isinstance(v, bool) else type(v).__name__
+        for v in values
+    }
+    if kinds == {"number"}:
+        ordered: list[Any] = sorted(set(values))
+    elif kinds == {"str"}:
+        ordered = sorted(set(values))
+    elif len(kinds) > 1:
+        raise KdtuiError(
+            f"labels mix types ({', '.join(sorted(kinds))}); use all integers or all strings"
+        )
+    else:
+        raise KdtuiError(f"labels must be integers or strings, not {kinds.pop()}")
+    if len(ordered) < 2:
+        raise KdtuiError(f"the training data has a single label ({ordered[0]!r}); need two or more")
+    return [str(v) for v in ordered], {v: i for i, v in enumerate(ordered)}
+
+
+def _domain_values(columns: Columns, cfg: DataConfig) -> list[str]:
+    n = len(columns[cfg.text_column])
+    if not cfg.domain_column or cfg.domain_column not in columns:
+        # No domain column: the whole data set is one domain (documented in the README).
+        return [SINGLE_DOMAIN] * n
+    return [str(v) for v in columns[cfg.domain_column]]
+
+
+def _to_split(
+    columns: Columns,
+    cfg: DataConfig,
+    role: str,
+    label_of: dict[Any, int],
+    domain_names: list[str],
+) -> Split:
+    domain_index = {name: i for i, name in enumerate(domain_names)}
+    texts = columns[cfg.text_column]
+    pairs = columns[cfg.text_pair_column] if cfg.text_pair_column else None
+    labels = columns[cfg.label_column]
+    domains = _domain_values(columns, cfg)
+    row_ids = columns.get(_ROW_ID, range(len(texts)))
+    keep: list[int] = []
+    for i, domain in enumerate(domains):
+        if domain in domain_index:
+            keep.append(i)
+        elif role != "train" and not cfg.domains:
+            raise KdtuiError(f"domain '{domain}' appears in the {role} data but not in train")
+    out_labels = []
+    for i in keep:
+        value = labels[i]
+        if value not in label_of or isinstance(value, bool):
+            known = ", ".join(str(k) for k in label_of)
+            raise KdtuiError(
+                f"label {value!r} in row {i + 1} of the {role} data is not one of the training "
+                f"labels ({known})"
+            )
+        out_labels.append(label_of[value])
+    for column, values in ((cfg.text_column, texts), (cfg.text_pair_column, pairs)):
+        if values is None:
+            continue
+        for i in keep:
+            if not isinstance(values[i], str):
+                raise KdtuiError(
+                    f"row {i + 1} of the {role} data has no text in column '{column}' "
+                    f"(got {values[i]!r})"
+                )
+    return Split(
+        texts=[texts[i] for i in keep],
+        pairs=None if pairs is None else [pairs[i] for i in keep],
+        labels=out_labels,
+        domains=[domain_index[domains[i]] for i in keep],
+        ids=[int(row_ids[i]) for i in keep],
+    )
+
+
+def _subsample(split: Split, fraction: float, cap: int, seed: int) -> Split:
+    """Per domain: keep a seeded random `fraction` (at least one example), then at most `cap`."""
+    if fraction >= 1.0 and not cap:
+        return split
+    rng = random.Random(seed)
+    keep: list[int] = []
+    for domain in sorted(set(split.domains)):
+        rows = [i for i, d in enumerate(split.domains) if d == domain]
+        count = max(1, math.ceil(fraction * len(rows) - 1e-9))
+        if cap:
+            count = min(count, cap)
+        keep.extend(rng.sample(rows, count))
+    return split.select(sorted(keep))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenised splits and batches
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A tokenised split (unpadded). Index i is example i of the split it was made from."""
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]]
+    labels: list[int]
+    domains: list[int]
+    ids: list[int]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def encode(split: Split, tokenizer: Any, max_length: int) -> Encoded:
+    out = tokenizer(
+        split.texts,
+        split.pairs,
+        truncation=True,
+        max_length=max_length,
+        return_attention_mask=False,
+    )
+    input_ids = [list(x) for x in out["input_ids"]]
+    types = out.get("token_type_ids")
+    token_type_ids = (
+        [list(t) for t in types] if types is not None else [[0] * len(x) for x in input_ids]
+    )
+    return Encoded(
+        input_ids, token_type_ids, list(split.labels), list(split.domains), list(split.ids)
+    )
+
+
+def collate(encoded: Encoded, indices: Sequence[int], pad_id: int) -> dict[str, Any]:
+    """Pad the examples at `indices` to the longest one: the tensors a `Batch` is made of."""
+    import torch
+
+    indices = list(indices)
+    length = max((len(encoded.input_ids[i]) for i in indices), default=1)
+    input_ids = torch.full((len(indices), length), pad_id, dtype=torch.long)
+    token_type_ids = torch.zeros((len(indices), length), dtype=torch.long)
+    attention_mask = torch.zeros((len(indices), length), dtype=torch.long)
+    for row, i in enumerate(indices):
+        ids = encoded.input_ids[i]
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        token_type_ids[row, : len(ids)] = torch.tensor(encoded.token_type_ids[i])
+        attention_mask[row, : len(ids)] = 1
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "token_type_ids": token_type_ids,
+        "labels": torch.tensor([encoded.labels[i] for i in indices], dtype=torch.long),
+        "domain_ids": torch.tensor([encoded.domains[i] for i in indices], dtype=torch.long),
+        "example_ids": torch.tensor([encoded.ids[i] for i in indices], dtype=torch.long),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The embedded synthetic data set
+
+
+@dataclass(frozen=True)
+class _DomainVocabulary:
+    items: tuple[str, ...]  # neutral nouns of the domain
+    positive: tuple[str, ...]  # sentiment cues that only this domain uses
+    negative: tuple[str, ...]
+
+
+SHARED_POSITIVE = (
+    "it is great",
+    "excellent value",
+    "i love it",
+    "highly recommended",
+    "simply wonderful",
+    "worth every penny",
+    "very happy with it",
+)
+SHARED_NEGATIVE = (
+    "it is terrible",
+    "very disappointing",
+    "a waste of money",
+    "would not recommend it",
+    "simply awful",
+    "poor quality overall",
+    "i regret buying it",
+)
+# Cues whose polarity depends on the domain: positive where listed, negative elsewhere. They
+# are what a single-domain model cannot learn from the other domains.
+DOMAIN_DEPENDENT = (
+    ("the ending was unpredictable", ("books", "dvd")),
+    ("it kept me up all night", ("books", "dvd")),
+    ("it runs very quietly", ("electronics", "kitchen")),
+    ("it is small and light", ("electronics", "kitchen")),
+)
+VOCABULARY = {
+    "books": _DomainVocabulary(
+        items=("novel", "author", "chapter", "story", "paperback", "biography", "prose"),
+        positive=("a real page turner", "beautifully written", "i could not put it down"),
+        negative=("i gave up after three chapters", "the prose is clumsy", "the plot drags"),
+    ),
+    "dvd": _DomainVocabulary(
+        items=("movie", "film", "director", "cast", "soundtrack", "season", "episode"),
+        positive=("brilliant acting", "a must watch", "gripping from start to finish"),
+        negative=("the acting is wooden", "i fell asleep halfway", "the picture is blurry"),
+    ),
+    "electronics": _DomainVocabulary(
+        items=("battery", "screen", "charger", "speaker", "cable", "remote", "headphones"),
+        positive=("the battery lasts all day", "crisp clear sound", "easy to set up"),
+        negative=("it stopped working after a week", "the battery died fast", "it overheats"),
+    ),
+    "kitchen": _DomainVocabulary(
+        items=("blender", "knife", "pan", "kettle", "toaster", "mug", "lid"),
+        positive=("easy to clean", "it heats evenly", "very sturdy"),
+        negative=("it rusted after one wash", "the handle broke", "it leaks everywhere"),
+    ),
+}
+_GENERIC_ITEMS = ("product", "purchase", "item", "thing", "gift", "order", "model")
+_OPENINGS = (
+    "i bought this {item} last month",
+    "my sister gave me this {item}",
+    "this {item} arrived on time",
+    "i ordered the {item} after reading the reviews",
+    "we have had this {item} for a while",
+    "i picked up this {item} on sale",
+)
+_FILLERS = (
+    "the {item} looks just like the picture",
+    "shipping was quick",
+    "i compared it with another {item}",
+    "the box was a bit dented",
+    "my friends asked about the {item}",
+)
+
+
+def synthetic_splits(cfg: DataConfig) -> dict[str, Columns]:
+    """Train / dev / test reviews for `cfg.synthetic_domains`, determined by `cfg.seed`.
+
+    A review opens neutrally, then carries two or three cues of its polarity drawn from shared
+    cues (transfer across domains), its domain's own cues and domain-dependent cues (whose
+    polarity flips between domains), sometimes one weaker cue of the opposite polarity, and
+    filler; then its label is flipped with probability `synthetic_label_noise`. Unknown domain
+    names get generic vocabulary and only shared cues."""
+    sizes = {
+        "train": cfg.synthetic_train_per_domain,
+        "dev": cfg.synthetic_eval_per_domain,
+        "test": cfg.synthetic_eval_per_domain,
+    }
+    splits: dict[str, Columns] = {}
+    for s, (role, size) in enumerate(sizes.items()):
+        columns: Columns = {"text": [], "label": [], "domain": []}
+        for d, domain in enumerate(cfg.synthetic_domains):
+            rng = random.Random(f"{cfg.seed}/{s}/{d}")
+            for _ in range(size):
+                label = rng.randrange(2)
+                text = _review(rng, domain, label)
+                if rng.random() < cfg.synthetic_label_noise:
+                    label = 1 - label
+                columns["text"].append(text)
+                columns["label"].append(label)
+                columns["domain"].append(domain)
+        splits[role] = _rename(columns, cfg)
+    return splits
+
+
+def _rename(columns: Columns, cfg: DataConfig) -> Columns:
+    # The generator's columns answer to whatever names the config asks for.
+    renamed = {
+        cfg.text_column: columns["text"],
+        cfg.label_column: columns["label"],
+    }
+    if cfg.domain_column:
+        renamed[cfg.domain_column] = columns["domain"]
+    if cfg.text_pair_column:
+        renamed[cfg.text_pair_column] = [""] * len(columns["text"])
+    return renamed
+
+
+def _review(rng: random.Random, domain: str, label: int) -> str:
+    vocab = VOCABULARY.get(domain)
+    items = vocab.items if vocab else _GENERIC_ITEMS
+
+    def cue(polarity: int) -> str:
+        kinds = ["shared", "shared", "own", "own", "dependent"] if vocab else ["shared"]
+        kind = rng.choice(kinds)
+        if kind == "own":
+            assert vocab is not None
+            return rng.choice(vocab.positive if polarity else vocab.negative)
+        if kind == "dependent":
+            matching = [c for c, pos in DOMAIN_DEPENDENT if (domain in pos) == bool(polarity)]
+            return rng.choice(matching)
+        return rng.choice(SHARED_POSITIVE if polarity else SHARED_NEGATIVE)
+
+    sentences = [rng.choice(_OPENINGS).format(item=rng.choice(items))]
+    sentences += [cue(label) for _ in range(rng.choice((2, 2, 3)))]
+    if rng.random() < 0.3:
+        sentences.insert(rng.randrange(1, len(sentences) + 1), "although " + cue(1 - label))
+    if rng.random() < 0.5:
+        sentences.insert(
+            rng.randrange(1, len(sentences) + 1),
+            rng.choice(_FILLERS).format(item=rng.choice(items)),
+        )
+    return " . ".join(sentences) + " ."
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

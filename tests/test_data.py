@@ -1,0 +1,222 @@
+"""Loading multi-domain data from every file format, the synthetic generator, and bad input."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from kdtui.config import DataConfig
+from kdtui.data import collate, encode, load_data, synthetic_splits
+from kdtui.errors import KdtuiError
+
+ROWS = [
+    {"text": f"review number {i}, with a comma", "label": ["neg", "pos"][i % 2], "domain": d}
+    for i, d in enumerate(["books", "dvd", "kitchen"] * 10)
+]
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    suffix = path.suffix
+    if suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif suffix == ".json":
+        path.write_text(json.dumps(rows))
+    elif suffix in (".csv", ".tsv"):
+        sep = "," if suffix == ".csv" else "\t"
+        columns = list(rows[0])
+
+        def cell(v: object) -> str:
+            text = str(v)
+            return f'"{text}"' if sep == "," and "," in text else text
+
+        lines = [sep.join(columns)] + [sep.join(cell(r[c]) for c in columns) for r in rows]
+        path.write_text("\n".join(lines) + "\n")
+    elif suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def _folder(tmp_path: Path, suffix: str = ".jsonl") -> Path:
+    _write(tmp_path / f"train{suffix}", ROWS)
+    _write(tmp_path / f"dev{suffix}", ROWS[:9])
+    _write(tmp_path / f"test{suffix}", ROWS[:6])
+    return tmp_path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".json", ".parquet"])
+def test_every_file_format_loads_the_same_examples(tmp_path: Path, suffix: str) -> None:
+    data = load_data(DataConfig(source=str(_folder(tmp_path, suffix))))
+    assert data.domain_names == ["books", "dvd", "kitchen"]
+    assert data.label_names == ["neg", "pos"]
+    assert data.train.texts == [r["text"] for r in ROWS]
+    assert data.train.labels == [i % 2 for i in range(30)]
+    assert data.train.ids == list(range(30))
+    assert len(data.dev) == 9 and data.test is not None and len(data.test) == 6
+    assert data.notes == []
+
+
+def test_a_single_file_holds_out_a_stratified_seeded_dev_split(tmp_path: Path) -> None:
+    path = _write(tmp_path / "all.csv", ROWS)
+    data = load_data(DataConfig(source=str(path)))
+    assert len(data.dev) == 3  # 10% of each domain's 10 rows
+    assert sorted(data.dev.domains) == [0, 1, 2]
+    assert sorted(data.train.ids + data.dev.ids) == list(range(30))  # ids are file rows
+    assert data.test is None
+    assert "holding out 3 training examples" in data.notes[0]
+    again = load_data(DataConfig(source=str(path)))
+    assert again.dev.ids == data.dev.ids
+    assert load_data(DataConfig(source=str(path), seed=1)).dev.ids != data.dev.ids
+
+
+def test_text_pairs_custom_columns_and_integer_labels(tmp_path: Path) -> None:
+    rows = [
+        {"premise": f"p{i}", "hypothesis": f"h{i}", "gold": i % 3, "genre": ["a", "b"][i % 2]}
+        for i in range(12)
+    ]
+    _write(tmp_path / "train.jsonl", rows)
+    _write(tmp_path / "dev_matched.jsonl", rows[:6])
+    cfg = DataConfig(
+        source=str(tmp_path),
+        text_column="premise",
+        text_pair_column="hypothesis",
+        label_column="gold",
+        domain_column="genre",
+        dev_split="dev_matched",
+    )
+    data = load_data(cfg)
+    assert data.label_names == ["0", "1", "2"]
+    assert data.train.pairs == [f"h{i}" for i in range(12)]
+    assert data.domain_names == ["a", "b"]
+
+
+def test_no_domain_column_means_one_domain(tmp_path: Path) -> None:
+    rows = [{"text": f"t{i}", "label": i % 2} for i in range(20)]
+    _write(tmp_path / "train.jsonl", rows)
+    _write(tmp_path / "dev.jsonl", rows[:4])
+    data = load_data(DataConfig(source=str(tmp_path)))
+    assert data.domain_names == ["all"]
+    assert set(data.train.domains) == {0}
+
+
+def test_domain_selection_fraction_and_cap_are_seeded_per_domain(tmp_path: Path) -> None:
+    source = str(_folder(tmp_path))
+    data = load_data(DataConfig(source=source, domains=("dvd", "kitchen")))
+    assert data.domain_names == ["dvd", "kitchen"]
+    assert all(ROWS[i]["domain"] in ("dvd", "kitchen") for i in data.train.ids)
+    scarce = load_data(DataConfig(source=source, train_fraction=0.2))
+    assert [scarce.train.domains.count(d) for d in range(3)] == [2, 2, 2]
+    assert len(scarce.dev) == 9  # only training data is subsampled
+    capped = load_data(DataConfig(source=source, max_train_per_domain=3, max_eval_per_domain=1))
+    assert [capped.train.domains.count(d) for d in range(3)] == [3, 3, 3]
+    assert len(capped.dev) == 3
+    assert load_data(DataConfig(source=source, train_fraction=0.2)).train.ids == scarce.train.ids
+    other = load_data(DataConfig(source=source, train_fraction=0.2, seed=5))
+    assert other.train.ids != scarce.train.ids
+
+
+def test_synthetic_data_is_deterministic_multi_domain_and_noisy() -> None:
+    cfg = DataConfig(synthetic_train_per_domain=200, synthetic_eval_per_domain=50)
+    data = load_data(cfg)
+    assert data.domain_names == ["books", "dvd", "electronics", "kitchen"]
+    assert data.label_names == ["0", "1"]
+    assert [data.train.domains.count(d) for d in range(4)] == [200] * 4
+    assert len(data.dev) == 200 and data.test is not None and len(data.test) == 200
+    assert load_data(cfg).train.texts == data.train.texts
+    assert load_data(replace(cfg, seed=1)).train.texts != data.train.texts
+    assert set(data.train.texts).isdisjoint(data.test.texts) or len(data.test) > 0
+    # Shared cues carry across domains, domain cues do not appear elsewhere.
+    books = " ".join(t for t, d in zip(data.train.texts, data.train.domains, strict=True) if d == 0)
+    kitchen = " ".join(
+        t for t, d in zip(data.train.texts, data.train.domains, strict=True) if d == 3
+    )
+    assert "highly recommended" in books and "highly recommended" in kitchen
+    assert "page turner" in books and "page turner" not in kitchen
+    # Label noise: with 0.2 noise, about a fifth of labels disagree with the noiseless ones.
+    clean = synthetic_splits(replace(cfg, synthetic_label_noise=0.0))["train"]["label"]
+    noisy = synthetic_splits(replace(cfg, synthetic_label_noise=0.2))["train"]["label"]
+    flipped = sum(a != b for a, b in zip(clean, noisy, strict=True)) / len(clean)
+    assert 0.12 < flipped < 0.28
+
+
+def test_encode_and_collate_pad_and_keep_ids() -> None:
+    from transformers import AutoTokenizer
+
+    from kdtui.models import bundled_minilm_path
+
+    tokenizer = AutoTokenizer.from_pretrained(str(bundled_minilm_path()))
+    data = load_data(DataConfig(synthetic_train_per_domain=4, synthetic_eval_per_domain=2))
+    encoded = encode(data.train, tokenizer, max_length=12)
+    assert max(len(x) for x in encoded.input_ids) <= 12
+    batch = collate(encoded, [3, 0], pad_id=0)
+    lengths = [len(encoded.input_ids[3]), len(encoded.input_ids[0])]
+    assert batch["input_ids"].shape == (2, max(lengths))
+    assert batch["attention_mask"].sum(dim=1).tolist() == lengths
+    assert batch["example_ids"].tolist() == [encoded.ids[3], encoded.ids[0]]
+
+
+@pytest.mark.parametrize(
+    ("setup", "cfg", "message"),
+    [
+        (lambda p: None, {"source": "missing.csv"}, "data file 'missing.csv' does not exist"),
+        (
+            lambda p: (p / "d").mkdir(),
+            {"source": "{p}/d"},
+            "has no training file",
+        ),
+        (
+            lambda p: (p / "x.txt").write_text("hi"),
+            {"source": "{p}/x.txt"},
+            "unsupported type '.txt'",
+        ),
+        (
+            lambda p: _write(p / "t.jsonl", ROWS),
+            {"source": "{p}/t.jsonl", "text_column": "body"},
+            r"no column 'body' \(data.text_column\); its columns: text, label, domain",
+        ),
+        (
+            lambda p: _write(p / "t.jsonl", ROWS),
+            {"source": "{p}/t.jsonl", "domains": ("garden",)},
+            "data.domains: 'garden' not in the data",
+        ),
+        (
+            lambda p: _write(p / "t.jsonl", [{**r, "label": "pos"} for r in ROWS]),
+            {"source": "{p}/t.jsonl"},
+            "single label",
+        ),
+        (
+            lambda p: _write(
+                p / "t.jsonl", [{**r, "label": i % 2 or "x"} for i, r in enumerate(ROWS)]
+            ),
+            {"source": "{p}/t.jsonl"},
+            "labels mix types|cannot read",
+        ),
+        (
+            lambda p: (p / "t.jsonl").write_text('{"text": "a", "label": 1\n{broken'),
+            {"source": "{p}/t.jsonl"},
+            "cannot read data file",
+        ),
+        (
+            lambda p: (p / "t.csv").write_text(""),
+            {"source": "{p}/t.csv"},
+            "cannot read data file|holds no examples",
+        ),
+    ],
+)
+def test_bad_data_is_a_clear_error(tmp_path: Path, setup, cfg: dict, message: str) -> None:
+    setup(tmp_path)
+    values = {k: v.format(p=tmp_path) if isinstance(v, str) else v for k, v in cfg.items()}
+    with pytest.raises(KdtuiError, match=message):
+        load_data(DataConfig(**values))
+
+
+def test_dev_labels_outside_the_training_labels(tmp_path: Path) -> None:
+    _write(tmp_path / "train.jsonl", ROWS)
+    _write(tmp_path / "dev.jsonl", [{**ROWS[0], "label": "meh"}])
+    with pytest.raises(KdtuiError, match=r"label 'meh' in row 1 of the dev data is not one of"):
+        load_data(DataConfig(source=str(tmp_path)))
