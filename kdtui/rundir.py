@@ -110,6 +110,12 @@ class RunDir:
         for listener in self.listeners:
             listener(event)
 
+    def discard(self) -> None:
+        """Remove a run directory this process created and nothing else depends on."""
+        self.close()
+        if self.is_main:
+            shutil.rmtree(self.path, ignore_errors=True)
+
     def close(self) -> None:
         if self._sink is not None:
             self._sink.close()

@@ -25,8 +25,10 @@ class RunContext:
     profile: str
     resumed: bool
     last_step: int = 0
+    started: bool = False  # training began (run_started was logged)
 
     def start(self, total_steps: int) -> None:
+        self.started = True
         self.run.log(
             RunStarted(
                 run=self.run.path.name,
@@ -113,6 +115,10 @@ def execute(
         metrics = body(ctx)
     except KdtuiError as e:
         run.log(RunFailed(step=ctx.last_step, error=str(e), kind="user"))
+        if resume is None and not ctx.started:
+            # A mistake caught before training began leaves nothing worth keeping; removing the
+            # new directory lets the user fix the command and rerun it under the same name.
+            run.discard()
         raise
     except KeyboardInterrupt:
         run.log(

@@ -1,0 +1,88 @@
+"""The CLI's surface: version, help, profiles, and bad input answered with one line and exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdtui import __version__
+from tests.conftest import REPO, invoke
+
+
+def test_version_and_help() -> None:
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout.strip() == f"kdtui {__version__}"
+    result = invoke("-h")
+    assert result.exit_code == 0
+    for command in ("teacher", "distill", "evaluate", "profiles"):
+        assert command in result.stdout
+
+
+def test_help_does_not_import_heavy_libraries() -> None:
+    code = (
+        "import sys\n"
+        "from kdtui.cli import app\n"
+        "try:\n"
+        "    app(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'accelerate', 'textual')"
+        " if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_profiles_lists_the_shipped_profiles() -> None:
+    result = invoke("profiles")
+    assert result.exit_code == 0
+    assert "smoke" in result.stdout and "quickstart" in result.stdout
+
+
+def _smoke(runs: Path, *args: str) -> object:
+    return invoke("teacher", "--profile", "smoke", "--output-dir", str(runs), "--quiet", *args)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--profile", "no-such-profile"], "profile 'no-such-profile' not found"),
+        (["--set", "train.lrr=1"], "unknown key 'train.lrr'; did you mean 'train.lr'?"),
+        (["--set", "train.batch_size=big"], "train.batch_size must be an integer"),
+        (["--data", "missing.jsonl"], "data file 'missing.jsonl' does not exist"),
+        (["--method", "single", "--domain", "garden"], "domain 'garden' is not in the data"),
+        (["--model", "./no/such/model"], "model path './no/such/model' does not exist"),
+        (["--method", "magic"], "teacher.method must be one of mix, single, meta"),
+        (["--epochs", "-1", "--max-steps", "0"], "train.epochs must be > 0"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_leaves_no_run(
+    runs: Path, args: list[str], message: str
+) -> None:
+    result = _smoke(runs, "--name", "bad", *args)
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr.startswith("error: ") and message in result.stderr
+    assert result.stderr.count("\n") == 1  # one line, no traceback
+    assert not (runs / "bad").exists()  # a mistake caught before training leaves nothing
+
+
+def test_a_bad_command_does_not_touch_an_existing_run(runs: Path) -> None:
+    keep = runs / "keep"
+    keep.mkdir()
+    (keep / "events.jsonl").write_text("precious\n")
+    result = _smoke(runs, "--name", "keep", "--data", "missing.jsonl")
+    assert result.exit_code == 2
+    assert "already holds a run" in result.stderr
+    assert (keep / "events.jsonl").read_text() == "precious\n"
+
+
+def test_evaluate_a_missing_model_is_a_clear_error(tmp_path: Path) -> None:
+    result = invoke("evaluate", str(tmp_path / "nope"), "--profile", "smoke")
+    assert result.exit_code == 2
+    assert "does not exist" in result.stderr
