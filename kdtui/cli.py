@@ -157,7 +157,9 @@ def _run_training(
 
     module_name, _, func_name = body_path.rpartition(".")
     body = getattr(importlib.import_module(module_name), func_name)
-    progress = _ProgressListener(enabled=not quiet and sys.stderr.isatty())
+    # Under torchrun every process runs this; only rank 0 talks to the terminal.
+    main_process = os.environ.get("RANK", "0") == "0"
+    progress = _ProgressListener(enabled=main_process and not quiet and sys.stderr.isatty())
     try:
         path, metrics = execute(
             command,
@@ -170,7 +172,8 @@ def _run_training(
         )
     finally:
         progress.close()
-    _print_summary(path, metrics, quiet=quiet)
+    if main_process:
+        _print_summary(path, metrics, quiet=quiet)
 
 
 # Commands that start from another run, and the key naming it.

@@ -3,6 +3,7 @@ start Accelerate, run the recipe body, and end with run_finished or run_failed."
 
 from __future__ import annotations
 
+import os
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -71,8 +72,11 @@ def make_accelerator(config: Config) -> Any:
 
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
+    # Accelerate treats a torchrun launch without a GPU as multi-CPU (gloo) only when asked for
+    # the CPU explicitly; otherwise every process believes it is alone.
+    multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     # Mixed precision is applied by the loop's explicit autocast, so Accelerate stays at "no".
-    return Accelerator(mixed_precision="no")
+    return Accelerator(mixed_precision="no", cpu=multi_cpu)
 
 
 def execute(
