@@ -1,13 +1,16 @@
-"""The run's `events.jsonl`: an append-only sink and a reader (no torch, the dashboard uses it)."""
+"""The run's `events.jsonl`: an append-only sink, a reader and a follower (no torch: the
+dashboard uses it)."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from kdtui.events import Event, parse_event
+from kdtui.events import EVENT_TYPES, Event, parse_event
 
 EVENTS_FILE = "events.jsonl"
 
@@ -60,3 +63,106 @@ def read_events(path: Path) -> Iterator[Event]:
             event = parse_event(line)
             if event is not None:
                 yield event
+
+
+@dataclass
+class FollowBatch:
+    """What one `EventFollower.poll()` found since the previous poll."""
+
+    events: list[Event] = field(default_factory=list)
+    unknown: dict[str, int] = field(default_factory=dict)  # event type -> lines skipped
+    malformed: int = 0  # complete lines that are not a valid event record
+    exists: bool = False  # the file is there (a run may not have started writing yet)
+    reset: bool = False  # the file was replaced or truncated: start over from `events`
+    at_end: bool = True  # nothing more to read right now (callers may sleep)
+
+
+class EventFollower:
+    """`tail -f` for an events file, independent of any UI: call `poll()` as often as you like.
+
+    Each poll reads what was appended since the last one (at most `max_bytes`, so a huge file is
+    consumed in slices and a caller stays responsive), parses the complete lines, and keeps a
+    partial last line until its newline arrives. A missing file is not an error (the run has not
+    started yet). A file that is replaced (a run restarted with --force) or shrinks is read again
+    from its start, with `reset` set so the caller drops what it folded so far.
+    """
+
+    def __init__(self, path: Path, *, max_bytes: int = 1 << 20) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self._file: IO[bytes] | None = None
+        self._identity: tuple[int, int] | None = None
+        self._partial = b""
+
+    def read_lines(self) -> tuple[list[bytes], bool, bool, bool]:
+        """Complete raw lines since the last call: (lines, exists, reset, at_end)."""
+        reset = False
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            if self._file is not None:
+                self._close()
+                reset = True
+            return [], False, reset, True
+        identity = (stat.st_dev, stat.st_ino)
+        if self._file is not None and (
+            identity != self._identity or stat.st_size < self._file.tell()
+        ):
+            self._close()
+            reset = True
+        if self._file is None:
+            try:
+                self._file = open(self.path, "rb")  # noqa: SIM115 - kept open between polls
+            except OSError:
+                return [], False, reset, True
+            self._identity = identity
+            self._partial = b""
+        chunk = self._file.read(self.max_bytes)
+        at_end = len(chunk) < self.max_bytes
+        if not chunk:
+            return [], True, reset, at_end
+        data = self._partial + chunk
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        return lines, True, reset, at_end
+
+    def poll(self) -> FollowBatch:
+        lines, exists, reset, at_end = self.read_lines()
+        batch = FollowBatch(exists=exists, reset=reset, at_end=at_end)
+        for raw in lines:
+            line = raw.decode("utf-8", errors="replace")
+            event = parse_event(line)
+            if event is not None:
+                batch.events.append(event)
+                continue
+            kind = unknown_type(line)
+            if kind is not None:
+                batch.unknown[kind] = batch.unknown.get(kind, 0) + 1
+            elif line.strip():
+                batch.malformed += 1
+        return batch
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._file = None
+        self._identity = None
+        self._partial = b""
+
+    def close(self) -> None:
+        self._close()
+
+
+def unknown_type(line: str) -> str | None:
+    """The `type` of a well-formed record that this version does not know (a newer engine's
+    event), else None. Lets readers count such records apart from garbage."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    kind = record.get("type")
+    if isinstance(kind, str) and kind not in EVENT_TYPES:
+        return kind
+    return None

@@ -1,0 +1,171 @@
+"""Runs on disk, read without torch: the run browser's rows and a teacher's dev accuracy.
+
+Summaries are kept up to date incrementally: each run has an `EventFollower`, so a refresh
+reads only what was appended since the last one, and step records (most of a file) are not
+parsed at all except the newest one of each read.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kdtui.dashboard.state import STALL_AFTER
+from kdtui.errors import KdtuiError
+from kdtui.events import Eval, RunFailed, RunFinished, RunStarted, Step, parse_event
+from kdtui.runlog import EVENTS_FILE, EventFollower, read_events
+
+_STEP = b'{"type":"step"'
+_INTERESTING = (b'{"type":"run_started"', b'{"type":"eval"', b'{"type":"run_f')
+
+
+@dataclass
+class RunSummary:
+    path: Path
+    command: str = ""
+    profile: str = ""
+    status: str = "waiting"  # waiting | running | stalled | finished | failed | stopped
+    step: int = 0
+    total_steps: int = 0
+    best_accuracy: float | None = None  # best dev accuracy over all domains ("all")
+    started_at: float | None = None
+    last_event_at: float | None = None
+    _outcome: str | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def progress(self) -> float | None:
+        return self.step / self.total_steps if self.total_steps > 0 else None
+
+
+class RunScanner:
+    """Summaries of the runs in a folder (every subfolder holding an events.jsonl)."""
+
+    def __init__(self, root: Path, *, stall_after: float = STALL_AFTER) -> None:
+        self.root = root
+        self.stall_after = stall_after
+        self._runs: dict[Path, tuple[EventFollower, RunSummary]] = {}
+
+    def scan(self, now: float | None = None) -> list[RunSummary]:
+        """Every run, newest first; `now` decides which silent runs count as stalled."""
+        now = time.time() if now is None else now
+        found = sorted(p.parent for p in self.root.glob(f"*/{EVENTS_FILE}"))
+        for gone in set(self._runs) - set(found):
+            self._runs.pop(gone)[0].close()
+        summaries = []
+        for path in found:
+            if path not in self._runs:
+                self._runs[path] = (EventFollower(path / EVENTS_FILE), RunSummary(path))
+            follower, summary = self._runs[path]
+            summary = self._update(follower, summary, now)
+            self._runs[path] = (follower, summary)
+            summaries.append(summary)
+        summaries.sort(key=lambda s: (s.started_at or 0.0, s.name), reverse=True)
+        return summaries
+
+    def _update(self, follower: EventFollower, summary: RunSummary, now: float) -> RunSummary:
+        while True:
+            lines, _, reset, at_end = follower.read_lines()
+            if reset:  # the run was restarted with --force
+                summary = RunSummary(summary.path)
+            last_step = next((line for line in reversed(lines) if line.startswith(_STEP)), None)
+            for line in lines:
+                if line.startswith(_INTERESTING) or line is last_step:
+                    event = parse_event(line.decode("utf-8", errors="replace"))
+                    if event is not None:
+                        _fold(summary, event)
+            if at_end:
+                break
+        if summary._outcome is not None:
+            summary.status = summary._outcome
+        elif summary.started_at is None:
+            summary.status = "waiting"
+        elif summary.last_event_at is not None and now - summary.last_event_at > self.stall_after:
+            summary.status = "stalled"
+        else:
+            summary.status = "running"
+        return summary
+
+    def close(self) -> None:
+        for follower, _ in self._runs.values():
+            follower.close()
+        self._runs.clear()
+
+
+def _fold(summary: RunSummary, event: object) -> None:
+    if isinstance(event, RunStarted):
+        if summary.started_at is None:
+            summary.started_at = event.time
+        summary.command, summary.profile = event.command, event.profile
+        summary.total_steps = event.total_steps
+        summary._outcome = None
+    elif isinstance(event, Step):
+        summary.step, summary.total_steps = event.step, event.total_steps or summary.total_steps
+    elif isinstance(event, Eval):
+        acc = event.accuracy.get("all")
+        if acc is not None and math.isfinite(acc):
+            best = summary.best_accuracy
+            summary.best_accuracy = acc if best is None else max(best, acc)
+    elif isinstance(event, RunFinished):
+        summary._outcome = "finished"
+        summary.step = max(summary.step, event.step)
+    elif isinstance(event, RunFailed):
+        summary._outcome = "stopped" if event.kind == "interrupted" else "failed"
+    if isinstance(event, RunStarted | Step | Eval | RunFinished | RunFailed):
+        last = summary.last_event_at
+        summary.last_event_at = event.time if last is None else max(last, event.time)
+
+
+def resolve_run_path(target: Path) -> Path:
+    """The run directory a user named: the folder, or the folder of a named events.jsonl."""
+    if target.is_file():
+        if target.name == EVENTS_FILE:
+            return target.parent
+        raise KdtuiError(
+            f"{target} is a file, not a run directory; give the folder that holds {EVENTS_FILE}"
+        )
+    return target
+
+
+def is_runs_folder(path: Path) -> bool:
+    """A folder of runs (what the browser lists) rather than one run."""
+    return (
+        path.is_dir() and not (path / EVENTS_FILE).exists() and any(path.glob(f"*/{EVENTS_FILE}"))
+    )
+
+
+def teacher_accuracy(source: str, run_dir: Path) -> dict[str, float]:
+    """Dev accuracy per domain of the teacher a run learns from: its best evaluation (else its
+    last one) when `source` is a kdtui run directory; {} when it is a plain model or missing.
+
+    A relative `source` is tried as given (the run was started from the same folder as the
+    dashboard, the usual case) and then beside the run directory's folder."""
+    candidates = [Path(source).expanduser()]
+    if not candidates[0].is_absolute():
+        candidates += [run_dir.parent.parent / source, run_dir.parent / source]
+    for folder in candidates:
+        events = folder / EVENTS_FILE
+        if not events.is_file():
+            continue
+        best: dict[str, float] = {}
+        last: dict[str, float] = {}
+        try:
+            for event in read_events(events):
+                if isinstance(event, Eval):
+                    values = {
+                        k: v
+                        for k, v in event.accuracy.items()
+                        if v is not None and math.isfinite(v)
+                    }
+                    last = values
+                    if event.best:
+                        best = values
+        except OSError:
+            return {}
+        return best or last
+    return {}

@@ -1,0 +1,274 @@
+"""The dashboard's UI-free parts: the follower, the run-state model, run summaries, formatters."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdtui.dashboard import fmt
+from kdtui.dashboard.runs import RunScanner, is_runs_folder, resolve_run_path, teacher_accuracy
+from kdtui.dashboard.state import RunState, Series, ema, layer_grid
+from kdtui.errors import KdtuiError
+from kdtui.events import Message, RunFailed, RunStarted, Step
+from kdtui.runlog import EventFollower
+from tests import dashboard_fixtures as fx
+
+
+def step(s: int, t: float, **losses: float) -> Step:
+    return Step(
+        step=s,
+        total_steps=100,
+        epoch=0.0,
+        lr=1e-3,
+        loss=sum(losses.values()),
+        losses=losses,
+        time=t,
+    )
+
+
+# -- follower ----------------------------------------------------------------------------------
+
+
+def test_follower_waits_for_the_file_and_keeps_a_partial_line(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "events.jsonl"
+    follower = EventFollower(path)
+    first = follower.poll()
+    assert not first.exists and not first.events and first.at_end
+
+    path.parent.mkdir()
+    line = step(1, fx.T0, ce=0.5).to_json()
+    with open(path, "w") as f:
+        f.write(line + "\n" + line[:20])  # the second record is half written
+    batch = follower.poll()
+    assert batch.exists and [e.step for e in batch.events] == [1] and batch.malformed == 0
+    assert follower.poll().events == []  # still half a line
+
+    with open(path, "a") as f:
+        f.write(line[20:] + "\n")
+    assert [e.step for e in follower.poll().events] == [1]
+
+
+def test_follower_counts_unknown_types_apart_from_garbage(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text(
+        '{"type":"from_the_future","x":1}\n{not json\n\n{"type":"step","bogus":1}\n'
+        + Message(level="info", text="hi").to_json()
+        + "\n"
+    )
+    batch = EventFollower(path).poll()
+    assert batch.unknown == {"from_the_future": 1}
+    assert batch.malformed == 2  # bad JSON, and a known type with wrong fields
+    assert [e.type for e in batch.events] == ["message"]
+
+
+def test_follower_reads_a_big_file_in_slices(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(step(s, fx.T0 + s, ce=1.0).to_json() + "\n" for s in range(1, 201)))
+    follower = EventFollower(path, max_bytes=4096)
+    seen, polls = [], 0
+    while True:
+        batch = follower.poll()
+        polls += 1
+        seen += [e.step for e in batch.events]
+        if batch.at_end:
+            break
+    assert seen == list(range(1, 201)) and polls > 3
+
+
+def test_follower_starts_over_when_the_file_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text(
+        step(1, fx.T0, ce=1.0).to_json() + "\n" + step(2, fx.T0, ce=1.0).to_json() + "\n"
+    )
+    follower = EventFollower(path)
+    assert len(follower.poll().events) == 2
+    replacement = tmp_path / "new.jsonl"
+    replacement.write_text(step(1, fx.T0, ce=9.0).to_json() + "\n")
+    os.replace(replacement, path)  # what --force does: a new file under the same name
+    batch = follower.poll()
+    assert batch.reset and [e.losses["ce"] for e in batch.events] == [9.0]
+
+
+# -- state -------------------------------------------------------------------------------------
+
+
+def test_series_stays_bounded_and_keeps_the_mean() -> None:
+    series = Series(capacity=64)
+    for s in range(1, 100_001):
+        series.add(s, float(s))
+    xs, ys = series.points()
+    assert len(series) <= 64 and len(xs) >= 32
+    assert xs[-1] == 100_000 and xs == sorted(xs)
+    # Each stored point is the mean of the steps its bucket covers.
+    width = series.stride
+    assert ys[0] == pytest.approx((1 + width) / 2)
+
+
+def test_state_folds_100k_steps_with_bounded_memory() -> None:
+    state = RunState(capacity=512)
+    state.apply(fx.started("prune", 100_000))
+    for s in range(1, 100_001):
+        state.apply(
+            Step(
+                step=s,
+                total_steps=100_000,
+                epoch=0.0,
+                lr=1e-4,
+                loss=1.0,
+                losses={"ce": 0.5, "kd": 0.5},
+                metrics={"sparsity/target": s / 1e5, "sparsity/actual": s / 1e5},
+                time=fx.T0 + s,
+            )
+        )
+    assert state.step == 100_000 and state.has_sparsity
+    for series in (*state.losses.values(), *state.metrics.values()):
+        assert len(series) <= 512
+        assert series.points()[0][-1] == 100_000
+
+
+def test_status_elapsed_eta_and_stall() -> None:
+    state = RunState(stall_after=60)
+    assert state.status(fx.T0) == "waiting"
+    state.apply(fx.started("teacher", 100))
+    for s in range(1, 11):
+        state.apply(step(s, fx.T0 + s, ce=1.0))
+    now = fx.T0 + 10.5
+    assert state.status(now) == "running"
+    assert state.elapsed(now) == pytest.approx(10.5)
+    assert state.eta(now) == pytest.approx(90.0)  # one step per second, 90 left
+    assert state.status(fx.T0 + 10 + 61) == "stalled"
+    assert state.eta(fx.T0 + 10 + 61) is None
+    state.apply(RunFailed(step=10, error="boom", kind="internal", time=fx.T0 + 12))
+    assert state.status(fx.T0 + 1000) == "failed" and state.error == "boom"
+    assert state.elapsed(fx.T0 + 1000) == pytest.approx(12.0)  # frozen at the end
+
+
+def test_a_long_pause_raises_the_stall_threshold() -> None:
+    state = RunState(stall_after=60)
+    state.apply(fx.started("teacher", 100))
+    state.apply(step(1, fx.T0 + 1, ce=1.0))
+    state.apply(step(2, fx.T0 + 101, ce=1.0))  # a 100 s evaluation happened in between
+    assert state.stall_threshold() == pytest.approx(300.0)
+    assert state.status(fx.T0 + 101 + 200) == "running"
+
+
+def test_resume_rewinds_series_and_counts_sessions() -> None:
+    state = RunState()
+    state.apply(fx.started("teacher", 20))
+    for s in range(1, 11):
+        state.apply(step(s, fx.T0 + s, ce=1.0))
+    state.apply(RunFailed(step=10, error="interrupted", kind="interrupted", time=fx.T0 + 10))
+    assert state.status(fx.T0 + 11) == "stopped"
+    resumed = RunStarted(
+        run="r",
+        command="teacher",
+        profile="smoke",
+        total_steps=20,
+        config={},
+        resumed_from_step=8,
+        time=fx.T0 + 100,
+    )
+    state.apply(resumed)
+    assert state.status(fx.T0 + 100) == "running"
+    assert state.losses["ce"].points()[0][-1] == 8  # steps 9, 10 will be logged again
+    state.apply(step(9, fx.T0 + 101, ce=2.0))
+    assert state.elapsed(fx.T0 + 101) == pytest.approx(10 + 1)
+
+
+def test_stage_marks_where_terms_change() -> None:
+    state = RunState()
+    state.apply_all(fx.teacher_events(total=4)[:1])
+    state.apply(step(1, fx.T0, hidden=1.0, attn=1.0))
+    state.apply(step(2, fx.T0, hidden=1.0, attn=1.0))
+    state.apply(step(3, fx.T0, soft_ce=1.0))
+    assert state.stage_marks == [3]
+    assert state.loss_terms() == ["loss", "hidden", "attn", "soft_ce"]
+
+
+def test_process_exit_without_an_ending_is_a_failure() -> None:
+    state = RunState()
+    state.process_exited(2, "error: no such profile", now=fx.T0)
+    assert state.status(fx.T0) == "failed"
+    assert "code 2" in state.error and "no such profile" in state.error
+    finished = RunState()
+    finished.apply_all(fx.teacher_events(total=4))
+    finished.process_exited(0, "", now=fx.T0)
+    assert finished.status(fx.T0) == "finished"
+
+
+def test_layer_grid_parses_bert_names() -> None:
+    numbers, matrices, grid = layer_grid(
+        {
+            "layer.1.attention.self.query": 0.5,
+            "bert.encoder.layer.0.output.dense": 0.9,
+            "pooler": 0.1,
+        }
+    )
+    assert numbers == [-1, 0, 1]
+    assert matrices[:2] == ["query", "ffn.out"] and "pooler" in matrices
+    assert grid[("ffn.out", 0)] == 0.9
+
+
+def test_formatters() -> None:
+    assert ema([1.0, 1.0, 1.0], 0.8) == pytest.approx([1.0, 1.0, 1.0])  # bias corrected
+    assert fmt.sparkline([0.0, 0.5, 1.0], 10) == "▁▅█"
+    assert fmt.sparkline([0.7, 0.7], 10) == "▄▄"
+    assert fmt.duration(3725) == "1:02:05" and fmt.duration(65) == "1:05"
+    assert fmt.int_ticks(1, 100_000, 5) == [20_000, 40_000, 60_000, 80_000, 100_000]
+
+
+# -- runs on disk ------------------------------------------------------------------------------
+
+
+def test_scanner_summarises_runs_incrementally(tmp_path: Path) -> None:
+    fx.write_teacher(tmp_path / "a")
+    fx.write_failed(tmp_path / "b")
+    fx.write_stalled(tmp_path / "c")
+    (tmp_path / "not-a-run").mkdir()
+    scanner = RunScanner(tmp_path, stall_after=60)
+    rows = {s.name: s for s in scanner.scan(now=fx.T0 + 1000)}
+    assert set(rows) == {"a", "b", "c"}
+    assert rows["a"].status == "finished" and rows["a"].step == 40
+    assert rows["a"].best_accuracy == pytest.approx(0.88)
+    assert rows["b"].status == "failed" and rows["b"].step == 17
+    assert rows["c"].status == "stalled" and rows["c"].progress == pytest.approx(12 / 40)
+    with open(tmp_path / "c" / "events.jsonl", "a") as f:
+        f.write(step(13, fx.T0 + 999, ce=1.0).to_json() + "\n")
+    rows = {s.name: s for s in scanner.scan(now=fx.T0 + 1000)}
+    assert rows["c"].status == "running" and rows["c"].step == 13
+
+
+def test_paths_a_user_can_give(tmp_path: Path) -> None:
+    run = fx.write_teacher(tmp_path / "runs" / "a")
+    assert resolve_run_path(run / "events.jsonl") == run
+    assert is_runs_folder(tmp_path / "runs") and not is_runs_folder(run)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(KdtuiError, match="not a run directory"):
+        resolve_run_path(tmp_path / "notes.txt")
+    assert resolve_run_path(tmp_path / "later") == tmp_path / "later"  # waited for
+
+
+def test_teacher_accuracy_from_the_teacher_run(tmp_path: Path) -> None:
+    teacher = fx.write_teacher(tmp_path / "runs" / "teacher-a")
+    student = tmp_path / "runs" / "distill-a"
+    found = teacher_accuracy("runs/teacher-a", student)  # relative to the runs folder's parent
+    assert found["books"] == pytest.approx(0.85) and found["all"] == pytest.approx(0.88)
+    assert teacher_accuracy(str(teacher), student) == found
+    assert teacher_accuracy("minilm", student) == {}
+
+
+def test_the_dashboard_never_imports_torch() -> None:
+    code = (
+        "import sys, time; t = time.perf_counter();"
+        "import kdtui.cli, kdtui.dashboard.app, kdtui.dashboard.launch;"
+        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'accelerate')"
+        " if m in sys.modules]; print(heavy, time.perf_counter() - t)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    heavy, seconds = out.stdout.rsplit(" ", 1)
+    assert heavy == "[]", out.stdout
+    assert float(seconds) < 3.0  # generous: the machine is shared; ~0.7 s measured alone
