@@ -149,7 +149,7 @@ def _run_training(
         if command in UPSTREAM:
             config = _with_upstream_data(command, config, profile, overrides or [], options)
     if dashboard:
-        _launch_with_dashboard(command, config)
+        _launch_with_dashboard(command, config, resume=resume, force=force)
         return
     import importlib
 
@@ -206,19 +206,36 @@ def _with_upstream_data(
     return resolve(profile, overrides, options, base=base)[0]
 
 
-def _launch_with_dashboard(command: str, config: Any) -> None:
+def _launch_with_dashboard(command: str, config: Any, *, resume: Path | None, force: bool) -> None:
+    """Start the run in a child process (`python -m kdtui COMMAND ... --quiet`) and follow it.
+
+    Naming and the overwrite check repeat kdtui.rundir's rules (default_run_name,
+    check_new_run_path) because importing it pulls in torch, and the dashboard must open at once.
+    """
+    import time
+
     from kdtui.dashboard.launch import launch_and_follow
     from kdtui.profile import to_toml
-    from kdtui.rundir import default_run_name
 
-    name = config.run.name or default_run_name(command)
-    run_dir = Path(config.run.output_dir).expanduser() / name
-    profile_file = Path(config.run.output_dir).expanduser() / f".{name}.profile.toml"
+    if resume is not None:
+        raise typer.Exit(launch_and_follow([command, "--resume", str(resume), "--quiet"], resume))
+    output_dir = Path(config.run.output_dir).expanduser()
+    name = config.run.name or f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = output_dir / name
+    if run_dir.exists() and not run_dir.is_dir():
+        raise KdtuiError(f"output path {run_dir} exists and is not a directory")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not force:
+        raise KdtuiError(
+            f"{run_dir} already holds a run; use --resume {run_dir} to continue it, "
+            "--force to replace it, or choose another --name"
+        )
+    profile_file = output_dir / f".{name}.profile.toml"
     profile_file.parent.mkdir(parents=True, exist_ok=True)
     profile_file.write_text(to_toml(config), encoding="utf-8")
     argv = [command, "--profile", str(profile_file), "--name", name, "--quiet"]
-    code = launch_and_follow(argv, run_dir)
-    raise typer.Exit(code)
+    if force:
+        argv.append("--force")
+    raise typer.Exit(launch_and_follow(argv, run_dir))
 
 
 class _ProgressListener:
@@ -515,6 +532,67 @@ def profiles() -> None:
 
     for info in shipped_profiles():
         typer.echo(f"{info.name:<16} {info.purpose}")
+
+
+TRAINING_COMMANDS = ("teacher", "distill", "prune")
+
+
+@app.command()
+@handles_errors
+def dashboard(
+    target: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[RUN_DIR|COMMAND]",
+            help="A run directory (followed live; it may not exist yet), a folder of runs "
+            "(browsed), or a training command to start and follow: teacher, distill, prune.",
+        ),
+    ] = None,
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    name: NameOpt = None,
+    output_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--output-dir",
+            "-o",
+            help="The runs folder the browser lists [runs]; with COMMAND, where the run goes.",
+        ),
+    ] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Follow a run live or replay a finished one; with no RUN_DIR, browse the runs folder.
+
+    `kdtui dashboard --profile smoke teacher` starts the command in the background and follows
+    it (as `kdtui teacher --profile smoke --dashboard` does); quitting asks whether to stop it."""
+    if target in TRAINING_COMMANDS:
+        _run_training(
+            target,
+            "",
+            profile=profile,
+            overrides=set_,
+            options={"run.name": name, "run.output_dir": output_dir},
+            resume=None,
+            force=force,
+            quiet=True,
+            dashboard=True,
+        )
+        return
+    if profile or set_ or name or force:
+        raise KdtuiError(
+            "--profile, --set, --name and --force start a run: name the command too, "
+            "e.g. kdtui dashboard --profile smoke teacher"
+        )
+    from kdtui.dashboard.app import create_app
+    from kdtui.dashboard.runs import is_runs_folder, resolve_run_path
+
+    root = Path(output_dir or "runs").expanduser()
+    run: Path | None = None
+    if target is not None:
+        run = resolve_run_path(Path(target).expanduser())
+        if is_runs_folder(run):
+            run, root = None, run
+    create_app(run, runs_root=root).run()
 
 
 def main() -> None:

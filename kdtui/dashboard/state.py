@@ -203,6 +203,13 @@ class RunState:
 
     def note_unknown(self, unknown: dict[str, int], malformed: int = 0) -> None:
         for kind, n in unknown.items():
+            if kind not in self.unknown:
+                self._log(
+                    self.last_event_at or 0.0,
+                    None,
+                    "info",
+                    f"skipped unknown event type '{kind}' (from a newer kdtui?)",
+                )
             self.unknown[kind] = self.unknown.get(kind, 0) + n
         self.malformed += malformed
 

@@ -1,0 +1,26 @@
+"""The loss chart's legend: each term's key, colour and latest value; hidden terms are dimmed."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from kdtui.dashboard import fmt
+
+
+class LossLegend(Static):
+    def show(self, latest: dict[str, float | None], hidden: set[str]) -> None:
+        text = Text()
+        for i, (name, value) in enumerate(latest.items()):
+            key = str(i + 1) if i < 9 else " "
+            if i:
+                text.append("  ")
+            if name in hidden:
+                text.append(f"{key} {name} off", style="dim strike")
+                continue
+            text.append(f"{key} ", style="bold")
+            text.append("━ ", style=fmt.rgb(fmt.color_of(i)))
+            text.append(f"{name} {fmt.number(value)}")
+        if not latest:
+            text.append("no loss logged yet", style="dim")
+        self.update(text)

@@ -1,0 +1,49 @@
+"""Target and actual sparsity over steps (every `sparsity/*` metric a step reports), in %."""
+
+from __future__ import annotations
+
+from textual_plotext import PlotextPlot
+
+from kdtui.dashboard import fmt
+
+# target in the palette's blue, actual in its green, others after
+_COLORS = {"sparsity/target": 1, "sparsity/actual": 3}
+
+
+class SparsityChart(PlotextPlot):
+    def __init__(self, *, id: str | None = None) -> None:  # noqa: A002 - Textual's name
+        super().__init__(id=id)
+        self.series_lines: dict[str, tuple[list[float], list[float]]] = {}
+
+    def show(self, lines: dict[str, tuple[list[float], list[float]]]) -> None:
+        self.series_lines = lines
+        title = "sparsity"
+        for i, (name, (_, ys)) in enumerate(lines.items()):
+            color = fmt.rgb(fmt.color_of(_COLORS.get(name, 4 + i)))
+            short = name.removeprefix("sparsity/")
+            last = f"{100 * ys[-1]:.1f}%" if ys else "-"
+            title += f" [{color}]━[/]{short} {last}"
+        self.border_title = title
+        self._draw()
+        self.refresh()
+
+    def _draw(self) -> None:
+        plt = self.plt
+        plt.clear_figure()
+        lo, hi = None, None
+        for i, (name, (xs, ys)) in enumerate(self.series_lines.items()):
+            if not xs:
+                continue
+            color = fmt.color_of(_COLORS.get(name, 4 + i))
+            plt.plot(xs, [100 * y for y in ys], color=color, marker="braille")
+            lo = xs[0] if lo is None else min(lo, xs[0])
+            hi = xs[-1] if hi is None else max(hi, xs[-1])
+        plt.ylim(0, 100)
+        plt.yticks([0, 25, 50, 75, 100], ["0%", "25%", "50%", "75%", "100%"])
+        if lo is not None and hi is not None:
+            ticks = fmt.int_ticks(lo, hi, count=max(2, self.size.width // 12))
+            plt.xticks(ticks, [f"{t:,}" for t in ticks])
+
+    def on_resize(self) -> None:
+        if self.series_lines:
+            self._draw()

@@ -1,0 +1,134 @@
+"""The dashboard following real processes: `kdtui teacher --profile smoke` end to end, and a
+launched run that is stopped or kept going when the dashboard quits; CLI error paths."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdtui.dashboard.app import create_app
+from kdtui.dashboard.launch import ChildRun, after_dashboard
+from kdtui.dashboard.widgets.domain_table import DomainTable
+from kdtui.dashboard.widgets.loss_chart import LossChart
+from kdtui.dashboard.widgets.stop_run_screen import StopRunScreen
+from kdtui.events import Eval, RunFailed, RunFinished, Step
+from tests.conftest import REPO, events_of, invoke
+from tests.test_dashboard_app import screen_text, settled, sync, until
+
+
+@sync
+async def test_dashboard_follows_a_smoke_teacher_run_end_to_end(runs: Path) -> None:
+    run_dir = runs / "smoke"
+    argv = [
+        "teacher",
+        "--profile",
+        "smoke",
+        "--output-dir",
+        str(runs),
+        "--name",
+        "smoke",
+        "--max-steps",
+        "4",
+        "--set",
+        "train.eval_every=2",
+        "--quiet",
+    ]
+    child = ChildRun.start(argv, run_dir)
+    try:
+        app = create_app(run_dir, runs_root=runs, process=child, poll_interval=0.05)
+        async with app.run_test(size=(100, 30)) as pilot:
+            screen = await settled(pilot)
+            await until(pilot, lambda: screen.state.outcome is not None, timeout=150)
+            await settled(pilot)
+            text = screen_text(app)
+            assert screen.state.outcome == "finished", (text, child.output_tail())
+            events = events_of(run_dir)
+            last_eval = [e for e in events if isinstance(e, Eval)][-1]
+            rows = {row[0]: row for row in screen.query_one(DomainTable).rows}
+            for domain, acc in last_eval.accuracy.items():
+                assert rows[domain][1] == pytest.approx(acc)
+                assert f"{100 * acc:.1f}" in text
+            terms = {k for e in events if isinstance(e, Step) for k in e.losses}
+            assert terms and terms <= set(screen.query_one(LossChart).series_lines)
+            assert "FINISHED" in text and "step 4/4" in text
+            await pilot.press("q")  # the run is over: no question asked
+        assert app.return_value is None
+        assert after_dashboard(child, app.return_value, run_dir) == 0
+        assert isinstance(events[-1], RunFinished)
+    finally:
+        if child.poll() is None:
+            child.popen.kill()
+
+
+def start_fake(run_dir: Path) -> ChildRun:
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    log = run_dir.parent / f".{run_dir.name}.log"
+    with open(log, "wb") as out:
+        popen = subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "fake_trainer.py"), str(run_dir)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=REPO,
+        )
+    return ChildRun(popen, run_dir.name, log)
+
+
+@sync
+async def test_quit_and_stop_sends_sigint_and_the_run_checkpoints(runs: Path) -> None:
+    run_dir = runs / "live"
+    child = start_fake(run_dir)
+    try:
+        app = create_app(run_dir, runs_root=runs, process=child, poll_interval=0.05)
+        async with app.run_test(size=(100, 30)) as pilot:
+            screen = await settled(pilot)
+            await until(pilot, lambda: screen.state.step >= 3)
+            await pilot.press("q")
+            assert isinstance(app.screen, StopRunScreen)
+            await pilot.press("s")
+        assert app.return_value == "stop"
+        assert after_dashboard(child, app.return_value, run_dir) == 130
+        last = events_of(run_dir)[-1]
+        assert isinstance(last, RunFailed) and last.kind == "interrupted"
+    finally:
+        if child.poll() is None:
+            child.popen.kill()
+
+
+@sync
+async def test_quit_and_keep_leaves_the_run_going(
+    runs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = runs / "bg"
+    child = start_fake(run_dir)
+    try:
+        app = create_app(run_dir, runs_root=runs, process=child, poll_interval=0.05)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await settled(pilot)
+            await pilot.press("q", "k")
+        assert app.return_value == "keep"
+        assert after_dashboard(child, app.return_value, run_dir) == 0
+        assert child.poll() is None  # still training
+        assert f"kdtui dashboard {run_dir}" in capsys.readouterr().out
+    finally:
+        child.popen.kill()
+        child.popen.wait()
+
+
+def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path, runs: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a run")
+    result = invoke("dashboard", str(notes))
+    assert result.exit_code == 2 and "is a file, not a run directory" in result.stderr
+    result = invoke("dashboard", "--profile", "smoke")
+    assert result.exit_code == 2 and "name the command too" in result.stderr
+    (runs / "taken").mkdir()
+    (runs / "taken" / "events.jsonl").write_text("")
+    result = invoke(
+        "teacher", "--profile", "smoke", "--output-dir", str(runs), "--name", "taken", "--dashboard"
+    )
+    assert result.exit_code == 2 and "already holds a run" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
