@@ -43,6 +43,9 @@ class DataConfig:
     max_length: int = 128
     train_fraction: float = 1.0  # keep this fraction of each domain's training examples
     max_train_per_domain: int = 0  # cap per domain after the fraction; 0 = no cap
+    # The two above apply only to these domains (Meta-KD's data-scarce target domain, the
+    # others kept in full); empty = every domain.
+    subsample_domains: tuple[str, ...] = ()
     max_eval_per_domain: int = 0  # cap per domain on dev/test; 0 = no cap
     seed: int = 0  # drives subsampling and the synthetic generator
     # Synthetic data only.
@@ -64,6 +67,7 @@ class ModelConfig:
     tiny_layers: int = 2
     tiny_heads: int = 2
     tiny_intermediate: int = 64
+    dropout: float = -1.0  # hidden and attention dropout; < 0 keeps the checkpoint's own
 
 
 @dataclass(frozen=True)
@@ -291,6 +295,7 @@ def _validate(config: Config) -> None:
             "data.synthetic_label_noise must be in [0, 0.5)",
         ),
         (bool(config.model.name), "model.name must not be empty"),
+        (config.model.dropout < 1, "model.dropout must be below 1 (< 0 keeps the model's)"),
         (config.train.epochs > 0 or config.train.max_steps > 0, "train.epochs must be > 0"),
         (config.train.max_steps >= 0, "train.max_steps must be >= 0"),
         (config.train.batch_size >= 1, "train.batch_size must be at least 1"),

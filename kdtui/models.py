@@ -91,11 +91,14 @@ def load_classifier(
     from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig
 
     num_labels = len(label_names)
-    label_kwargs = {
+    label_kwargs: dict[str, Any] = {
         "num_labels": num_labels,
         "id2label": dict(enumerate(label_names)),
         "label2id": {name: i for i, name in enumerate(label_names)},
     }
+    if cfg.dropout >= 0:
+        label_kwargs["hidden_dropout_prob"] = cfg.dropout
+        label_kwargs["attention_probs_dropout_prob"] = cfg.dropout
     if cfg.name == "tiny":
         tokenizer = load_tokenizer(cfg)
         config = BertConfig(

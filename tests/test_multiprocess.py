@@ -1,0 +1,72 @@
+"""`torchrun --nproc-per-node 2 -m kdtui ...` (gloo on CPU) matches a single-process run with the
+same global batch.
+
+Tolerance: with dropout off the only difference is the order in which gradients are summed, so
+logged losses and final weights agree to 1e-5 and the metrics are identical. (With dropout on,
+each process draws its own masks and runs differ the way two seeds do.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kdtui.events import Checkpoint, RunStarted, Step
+from tests.conftest import REPO, events_of, invoke, metrics_of
+
+TOLERANCE = 1e-5
+NO_DROPOUT = ["--set", "model.dropout=0.0", "--quiet"]
+
+pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None, reason="needs torchrun")
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    # --standalone picks a free port, so parallel test runs do not collide.
+    command = ["torchrun", "--standalone", "--nproc-per-node", "2", "-m", "kdtui", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def assert_same_run(single: Path, multi: Path) -> None:
+    assert metrics_of(single) == metrics_of(multi)
+    losses = [[e.loss for e in events_of(run) if isinstance(e, Step)] for run in (single, multi)]
+    assert len(losses[0]) == len(losses[1])
+    assert max(abs(a - b) for a, b in zip(*losses, strict=True)) < TOLERANCE
+    a = load_file(single / "model" / "model.safetensors")
+    b = load_file(multi / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < TOLERANCE
+
+
+def test_teacher_two_processes_match_one(runs: Path) -> None:
+    common = ["teacher", "--profile", "smoke", "--output-dir", str(runs), *NO_DROPOUT]
+    result = torchrun(*common, "--name", "multi")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("run: ") == 1  # only rank 0 talks
+    single = invoke(*common, "--name", "single")
+    assert single.exit_code == 0, single.stderr
+    assert_same_run(runs / "single", runs / "multi")
+
+    # Events and checkpoints are written once, by rank 0.
+    events = events_of(runs / "multi")
+    assert sum(isinstance(e, RunStarted) for e in events) == 1
+    steps = [e.step for e in events if isinstance(e, Step)]
+    assert steps == sorted(set(steps))
+    checkpoints = [e.path for e in events if isinstance(e, Checkpoint)]
+    assert len(checkpoints) == len(set(checkpoints))
+    assert json.loads((runs / "multi" / "metrics.json").read_text())["steps"] == 12
+
+
+def test_the_same_cli_runs_under_python_dash_m(runs: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "kdtui", "--version"], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.startswith("kdtui ")
+    assert torch.distributed.is_gloo_available()
