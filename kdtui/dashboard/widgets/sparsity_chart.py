@@ -39,7 +39,10 @@ class SparsityChart(PlotextPlot):
             lo = xs[0] if lo is None else min(lo, xs[0])
             hi = xs[-1] if hi is None else max(hi, xs[-1])
         plt.ylim(0, 100)
-        plt.yticks([0, 25, 50, 75, 100], ["0%", "25%", "50%", "75%", "100%"])
+        # Ticks that share a row would be placed in an arbitrary order by plotext: keep only
+        # as many as there are rows for.
+        ticks = [0, 25, 50, 75, 100] if self.size.height >= 12 else [0, 50, 100]
+        plt.yticks(ticks, [f"{t}%" for t in ticks])
         if lo is not None and hi is not None:
             ticks = fmt.int_ticks(lo, hi, count=max(2, self.size.width // 12))
             plt.xticks(ticks, [f"{t:,}" for t in ticks])
