@@ -11,7 +11,7 @@ import pytest
 
 from kdtui.dashboard import fmt
 from kdtui.dashboard.runs import RunScanner, is_runs_folder, resolve_run_path, teacher_accuracy
-from kdtui.dashboard.state import RunState, Series, ema, layer_grid
+from kdtui.dashboard.state import RunState, Series, ema, layer_grid, thin
 from kdtui.errors import KdtuiError
 from kdtui.events import Message, RunFailed, RunStarted, Step
 from kdtui.runlog import EventFollower
@@ -211,6 +211,14 @@ def test_layer_grid_parses_bert_names() -> None:
     assert numbers == [-1, 0, 1]
     assert matrices[:2] == ["query", "ffn.out"] and "pooler" in matrices
     assert grid[("ffn.out", 0)] == 0.9
+
+
+def test_thin_keeps_the_span_and_the_means() -> None:
+    xs = list(range(1, 1001))
+    tx, ty = thin(xs, [float(x) for x in xs], 100)
+    assert len(tx) == 100 and tx[0] == 10 and tx[-1] == 1000
+    assert ty[0] == pytest.approx(5.5)  # mean of 1..10
+    assert thin(xs[:50], xs[:50], 100) == (xs[:50], xs[:50])
 
 
 def test_formatters() -> None:

@@ -380,6 +380,18 @@ def ema(values: list[float], weight: float) -> list[float]:
     return out
 
 
+def thin(xs: list[float], ys: list[float], limit: int) -> tuple[list[float], list[float]]:
+    """At most `limit` points: means of equal runs of consecutive points. A chart has only so
+    many pixels across, and plotext's drawing time grows with the number of points."""
+    n = len(xs)
+    if n <= limit or limit < 1:
+        return xs, ys
+    size = -(-n // limit)
+    out_x = [xs[min(i + size, n) - 1] for i in range(0, n, size)]
+    out_y = [sum(ys[i : i + size]) / len(ys[i : i + size]) for i in range(0, n, size)]
+    return out_x, out_y
+
+
 # Short names for the Linear layers of a BERT layer, as pruning reports them.
 MATRIX_NAMES = {
     "attention.self.query": "query",

@@ -24,12 +24,13 @@ class DomainTable(Widget):
     def show(self, domains: dict[str, DomainStats], teacher: dict[str, float], evals: int) -> None:
         # "all" (the average the run selects on) goes last, as a total row.
         names = sorted(domains, key=lambda d: (d == "all", d))
+        grew = len(names) != len(self.rows)
         self.rows = [
             (d, domains[d].latest, domains[d].best, domains[d].history.points()[1]) for d in names
         ]
         self.teacher, self.evals = dict(teacher), evals
         self.border_title = f"dev accuracy % ({evals} evals)" if evals else "dev accuracy %"
-        self.refresh(layout=True)
+        self.refresh(layout=grew)  # a new row changes the height; new numbers do not
 
     def get_content_height(self, container, viewport, width: int) -> int:  # noqa: ANN001
         return len(self.rows) + 1 if self.rows else 1

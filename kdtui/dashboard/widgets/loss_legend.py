@@ -9,6 +9,8 @@ from kdtui.dashboard import fmt
 
 
 class LossLegend(Static):
+    _length = -1
+
     def show(self, latest: dict[str, float | None], hidden: set[str]) -> None:
         text = Text()
         for i, (name, value) in enumerate(latest.items()):
@@ -23,4 +25,6 @@ class LossLegend(Static):
             text.append(f"{name} {fmt.number(value)}")
         if not latest:
             text.append("no loss logged yet", style="dim")
-        self.update(text)
+        # A layout pass re-renders the whole screen: only when the legend may wrap differently.
+        self.update(text, layout=len(text) != self._length)
+        self._length = len(text)

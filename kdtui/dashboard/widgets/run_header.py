@@ -15,8 +15,15 @@ from kdtui.dashboard.state import RunState
 class RunHeader(Static):
     """Run name, command, profile, status, step/total with a bar, elapsed, ETA (2-3 lines)."""
 
+    _shape: tuple[object, ...] = ()
+
     def show(self, state: RunState, now: float, *, source: str, exists: bool) -> None:
-        self.update(header_renderable(state, now, source=source, exists=exists))
+        # A layout pass re-renders the whole screen: only ask for one when the height can change.
+        shape = (state.started, state.status(now), state.error)
+        self.update(
+            header_renderable(state, now, source=source, exists=exists), layout=shape != self._shape
+        )
+        self._shape = shape
 
 
 def header_renderable(state: RunState, now: float, *, source: str, exists: bool) -> RenderableType:

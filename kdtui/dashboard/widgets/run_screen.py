@@ -33,6 +33,7 @@ from kdtui.dashboard.widgets.loss_chart import LossChart
 from kdtui.dashboard.widgets.loss_legend import LossLegend
 from kdtui.dashboard.widgets.run_header import RunHeader
 from kdtui.dashboard.widgets.sparsity_chart import SparsityChart
+from kdtui.dashboard.widgets.threaded_plot import ThreadedPlot
 from kdtui.runlog import EVENTS_FILE, EventFollower, FollowBatch
 
 if TYPE_CHECKING:
@@ -96,7 +97,12 @@ class RunScreen(Screen[None]):
     @property
     def settled(self) -> bool:
         """Everything written so far is read, folded and drawn (tests wait for this)."""
-        return self.caught_up and not self._dirty and self._refresh_timer is None
+        return (
+            self.caught_up
+            and not self._dirty
+            and self._refresh_timer is None
+            and not any(chart.drawing for chart in self.query(ThreadedPlot))
+        )
 
     def compose(self) -> ComposeResult:
         yield RunHeader(id="header")
@@ -137,7 +143,7 @@ class RunScreen(Screen[None]):
                 # Ask before reading: whatever the process wrote before it ended is then read.
                 code = None if exited or process is None else process.poll()
                 batch = follower.poll()
-                changed = self._fold(batch)
+                changed = self.fold_batch(batch)
                 if code is not None and batch.at_end:
                     with self._lock:
                         self.state.process_exited(code, process.last_line(), self.clock())
@@ -150,7 +156,7 @@ class RunScreen(Screen[None]):
         finally:
             follower.close()
 
-    def _fold(self, batch: FollowBatch) -> bool:
+    def fold_batch(self, batch: FollowBatch) -> bool:
         """Fold one batch into the state (follower thread); True when anything changed."""
         changed = batch.reset or batch.exists != self.exists
         with self._lock:
@@ -252,22 +258,27 @@ class RunScreen(Screen[None]):
 
     def action_toggle_smooth(self) -> None:
         self.smooth = not self.smooth
-        self.refresh_panels()
+        self._redraw_losses()
 
     def action_toggle_log(self) -> None:
         self.log_scale = not self.log_scale
-        self.refresh_panels()
+        self._redraw_losses()
 
     def action_toggle_term(self, index: int) -> None:
         with self._lock:
             terms = self.state.loss_terms()
         if index < len(terms):
             self.hidden ^= {terms[index]}
-            self.refresh_panels()
+            self._redraw_losses()
 
     def action_show_all_terms(self) -> None:
         self.hidden.clear()
+        self._redraw_losses()
+
+    def _redraw_losses(self) -> None:
+        """A key was pressed: answer it now, not at the next data-driven redraw."""
         self.refresh_panels()
+        self.query_one(LossChart).request(now=True)
 
     def action_back(self) -> None:
         if self.from_browser:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from textual_plotext import PlotextPlot
+from textual_plotext.plot import Plot
 
 from kdtui.dashboard import fmt
+from kdtui.dashboard.state import thin
+from kdtui.dashboard.widgets.threaded_plot import Draw, ThreadedPlot
 
 # target in the palette's blue, actual in its green, others after
 _COLORS = {"sparsity/target": 1, "sparsity/actual": 3}
 
 
-class SparsityChart(PlotextPlot):
+class SparsityChart(ThreadedPlot):
     def __init__(self, *, id: str | None = None) -> None:  # noqa: A002 - Textual's name
         super().__init__(id=id)
         self.series_lines: dict[str, tuple[list[float], list[float]]] = {}
@@ -24,29 +26,28 @@ class SparsityChart(PlotextPlot):
             last = f"{100 * ys[-1]:.1f}%" if ys else "-"
             title += f" [{color}]━[/]{short} {last}"
         self.border_title = title
-        self._draw()
-        self.refresh()
+        self.request()
 
-    def _draw(self) -> None:
-        plt = self.plt
-        plt.clear_figure()
-        lo, hi = None, None
-        for i, (name, (xs, ys)) in enumerate(self.series_lines.items()):
-            if not xs:
-                continue
-            color = fmt.color_of(_COLORS.get(name, 4 + i))
-            plt.plot(xs, [100 * y for y in ys], color=color, marker="braille")
-            lo = xs[0] if lo is None else min(lo, xs[0])
-            hi = xs[-1] if hi is None else max(hi, xs[-1])
-        plt.ylim(0, 100)
-        # Ticks that share a row would be placed in an arbitrary order by plotext: keep only
-        # as many as there are rows for.
-        ticks = [0, 25, 50, 75, 100] if self.size.height >= 12 else [0, 50, 100]
-        plt.yticks(ticks, [f"{t}%" for t in ticks])
-        if lo is not None and hi is not None:
-            ticks = fmt.int_ticks(lo, hi, count=max(2, self.size.width // 12))
-            plt.xticks(ticks, [f"{t:,}" for t in ticks])
+    def prepare(self) -> Draw:
+        lines = self.series_lines
 
-    def on_resize(self) -> None:
-        if self.series_lines:
-            self._draw()
+        def draw(plt: Plot, width: int, height: int) -> None:
+            lo, hi = None, None
+            for i, (name, (xs, ys)) in enumerate(lines.items()):
+                if not xs:
+                    continue
+                color = fmt.color_of(_COLORS.get(name, 4 + i))
+                xs, ys = thin(xs, ys, max(64, 2 * width))
+                plt.plot(xs, [100 * y for y in ys], color=color, marker="braille")
+                lo = xs[0] if lo is None else min(lo, xs[0])
+                hi = xs[-1] if hi is None else max(hi, xs[-1])
+            plt.ylim(0, 100)
+            # Ticks that share a row would be placed in an arbitrary order by plotext: keep
+            # only as many as there are rows for.
+            ticks = [0, 25, 50, 75, 100] if height >= 12 else [0, 50, 100]
+            plt.yticks(ticks, [f"{t}%" for t in ticks])
+            if lo is not None and hi is not None:
+                xticks = fmt.int_ticks(lo, hi, count=max(2, width // 12))
+                plt.xticks(xticks, [f"{t:,}" for t in xticks])
+
+        return draw
