@@ -87,6 +87,7 @@ class BaseHook:
     name = "hook"
     needs_hidden_states = False
     needs_attentions = False
+    lr: float | None = None  # peak learning rate of this hook's parameters; None = train.lr
 
     def setup(self, ctx: HookContext) -> None:
         self.ctx = ctx

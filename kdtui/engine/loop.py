@@ -345,21 +345,32 @@ def _trainable(model: nn.Module, hooks: Sequence[Hook]) -> list[nn.Parameter]:
 
 
 def _adamw(model: nn.Module, hooks: Sequence[Hook], cfg: TrainConfig) -> torch.optim.Optimizer:
-    # Biases and LayerNorm weights are not decayed (the usual BERT recipe).
+    # Biases and LayerNorm weights are not decayed (the usual BERT recipe). A hook that sets
+    # `lr` gets its own undecayed group at that peak rate (pruning scores learn at 1e-2 while
+    # the weights learn at 3e-5); the schedule scales every group alike.
     decay, no_decay = [], []
+    own_lr: dict[float, list[nn.Parameter]] = {}
     seen: set[int] = set()
     named = [
-        *model.named_parameters(),
-        *((f"{h.name}.{i}", p) for h in hooks for i, p in enumerate(h.parameters())),
+        *((name, p, None) for name, p in model.named_parameters()),
+        *(
+            (f"{h.name}.{i}", p, getattr(h, "lr", None))
+            for h in hooks
+            for i, p in enumerate(h.parameters())
+        ),
     ]
-    for name, p in named:
+    for name, p, lr in named:
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
+        if lr is not None:
+            own_lr.setdefault(lr, []).append(p)
+            continue
         (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
+        *({"params": ps, "lr": lr, "weight_decay": 0.0} for lr, ps in own_lr.items()),
     ]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
 
