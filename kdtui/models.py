@@ -155,6 +155,15 @@ def load_trained(
             f"(architectures: {architectures or 'none'}); fine-tune it with `kdtui teacher` first"
         )
     try:
+        # Pruned models kdtui writes: heads/neurons physically removed, or a sparse file.
+        if getattr(config, "kdtui_structure", None):
+            from kdtui.methods.compact import load_compact
+
+            return load_compact(source, attn_implementation=attn_implementation)
+        from kdtui.sparse import is_sparse_folder, load_sparse_model
+
+        if is_sparse_folder(Path(source)):
+            return load_sparse_model(source, attn_implementation=attn_implementation)
         return AutoModelForSequenceClassification.from_pretrained(
             source, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
         )
@@ -249,5 +258,8 @@ def _first_line(error: BaseException) -> str:
 
 def load_any(folder: str | Path) -> Any:
     """Load any classifier kdtui writes, or a plain Hugging Face checkpoint: the documented
-    entry point for users who want a kdtui model back in Python."""
+    entry point for users who want a kdtui model back in Python. It also rebuilds pruned models
+    that plain transformers cannot load: heads-ffn models with heads and FFN neurons removed
+    (`kdtui.methods.compact.load_compact`) and RUN/model-sparse folders
+    (`kdtui.sparse.load_sparse_model`)."""
     return load_trained(folder)

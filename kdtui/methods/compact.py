@@ -1,0 +1,97 @@
+"""Physically remove pruned attention heads and FFN neurons, and load such models back.
+
+transformers 5 has no `prune_heads`, so the Linear layers are sliced: a removed head takes its
+rows of query/key/value and its columns of the attention output projection with it; a removed
+FFN neuron its row of the intermediate projection and its column of the output projection.
+BERT's attention reshapes by head size (`view(..., -1, head_size)`), so a layer with fewer heads
+needs no other change. The kept structure goes into config.json under `kdtui_structure`:
+
+    {"heads": [[kept head indices of layer 0], ...], "intermediate_sizes": [kept neurons, ...]}
+
+`load_compact(folder)` (also reached through `kdtui.models.load_any`) builds the model from its
+config, shrinks every layer to the recorded structure and loads the weights strictly. Plain
+`from_pretrained` refuses such a folder (the shapes do not match the config), which is better
+than loading it wrongly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdtui.methods.pruning import encoder_layers
+
+STRUCTURE_KEY = "kdtui_structure"
+
+
+def _keep_rows(linear: nn.Linear, rows: torch.Tensor) -> nn.Linear:
+    out = nn.Linear(linear.in_features, len(rows), bias=linear.bias is not None)
+    out = out.to(linear.weight.device, linear.weight.dtype)
+    with torch.no_grad():
+        out.weight.copy_(linear.weight[rows])
+        if linear.bias is not None:
+            out.bias.copy_(linear.bias[rows])
+    return out
+
+
+def _keep_columns(linear: nn.Linear, columns: torch.Tensor) -> nn.Linear:
+    out = nn.Linear(len(columns), linear.out_features, bias=linear.bias is not None)
+    out = out.to(linear.weight.device, linear.weight.dtype)
+    with torch.no_grad():
+        out.weight.copy_(linear.weight[:, columns])
+        if linear.bias is not None:
+            out.bias.copy_(linear.bias)
+    return out
+
+
+def compact(model: nn.Module, heads: list[list[int]], neurons: list[list[int]]) -> dict[str, Any]:
+    """Slice every layer down to its kept `heads` and FFN `neurons` (indices per layer), in
+    place; record and return the structure."""
+    for layer, kept_heads, kept_neurons in zip(encoder_layers(model), heads, neurons, strict=True):
+        attention = layer.attention.self
+        size = attention.attention_head_size
+        rows = torch.tensor(
+            [h * size + j for h in kept_heads for j in range(size)], dtype=torch.long
+        )
+        attention.query = _keep_rows(attention.query, rows)
+        attention.key = _keep_rows(attention.key, rows)
+        attention.value = _keep_rows(attention.value, rows)
+        attention.num_attention_heads = len(kept_heads)
+        attention.all_head_size = len(kept_heads) * size
+        layer.attention.output.dense = _keep_columns(layer.attention.output.dense, rows)
+        units = torch.tensor(kept_neurons, dtype=torch.long)
+        layer.intermediate.dense = _keep_rows(layer.intermediate.dense, units)
+        layer.output.dense = _keep_columns(layer.output.dense, units)
+    structure = {
+        "heads": [list(map(int, h)) for h in heads],
+        "intermediate_sizes": [len(n) for n in neurons],
+    }
+    setattr(model.config, STRUCTURE_KEY, structure)
+    return structure
+
+
+def shrink_to(model: nn.Module, structure: dict[str, Any]) -> None:
+    """Give a freshly built model the shapes of a compacted one (weights are loaded after)."""
+    heads = structure["heads"]
+    sizes = structure["intermediate_sizes"]
+    neurons = [list(range(n)) for n in sizes]
+    if len(heads) != len(encoder_layers(model)) or len(sizes) != len(heads):
+        raise ValueError("kdtui_structure does not match the model's number of layers")
+    compact(model, heads, neurons)
+
+
+def load_compact(folder: str | Path, *, attn_implementation: str = "sdpa") -> Any:
+    """A model saved by `kdtui prune --structure heads-ffn` (config.json has kdtui_structure)."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    folder = Path(folder)
+    config = AutoConfig.from_pretrained(folder)
+    config._attn_implementation = attn_implementation
+    model = AutoModelForSequenceClassification.from_config(config)
+    shrink_to(model, getattr(config, STRUCTURE_KEY))
+    model.load_state_dict(load_file(folder / "model.safetensors"), strict=True)
+    return model.eval()

@@ -1,0 +1,562 @@
+"""Pruning hooks: unstructured (weights) and structured (attention heads, FFN neurons).
+
+Unstructured: every Linear of the encoder (query, key, value, attention output, intermediate,
+output) gets a binary mask; the Linear's forward uses `weight * mask`, so training sees exactly
+the pruned model. Criteria:
+
+* magnitude: keep the largest |W|; pruned weights are also zeroed in place, so they stay pruned;
+* movement: learned scores S (one per weight), keep the top-k; the mask's gradient passes
+  straight through to S (dL/dS = W * dL/dW'), so S learns how much each weight moves away from 0;
+* soft movement: the same scores with an L1 term on σ(S) (term `l1`, mean over matrices of the
+  mean σ(S)); the threshold on σ(S) is *calibrated* at every step to keep exactly the scheduled
+  fraction (equivalently: a top-k on S), so the sparsity reached is the requested one.
+
+`scope` "matrix" gives every Linear the scheduled sparsity; "global" ranks all of them together
+(per-matrix sparsity then varies). The schedule is cubic (Zhu & Gupta; Sanh et al.): nothing is
+pruned during warm-up, then sparsity s_f · (1 − (1 − progress)³) — the kept fraction
+thr_f + (thr_i − thr_f)(1 − progress)³ with thr_i = 1 — then s_f for the cool-down. Masks are
+recomputed after every optimiser step from the post-step weights or scores.
+
+Structured: heads and FFN neurons get masks multiplied into the attention context (before the
+attention output projection) and into the intermediate activations. Importance of a unit is
+Σ|∂L/∂mask| accumulated over the training steps since the previous round (the training loss,
+no extra passes), normalised per layer (L2); rounds of `step_fraction` sparsity each, evenly
+spaced between warm-up and cool-down, re-training in between. The same fraction of heads and of
+FFN neurons goes (the authors' rule); neurons then top up the count so the sparsity of the
+encoder's parameters matches the target. At least one head and one neuron stay in every layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdtui.engine.hooks import BaseHook, Batch, HookContext, StepInfo
+from kdtui.errors import KdtuiError
+from kdtui.events import LayerSparsity
+
+ENCODER_LINEARS = (
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+)
+CRITERIA = ("magnitude", "movement", "soft-movement")
+# Points of the cubic schedule (share of the pruning span) at which per-layer sparsity is logged.
+LOG_POINTS = (0.25, 0.5, 0.75)
+
+
+def encoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The transformer layers of a BERT-family encoder (`base_model.encoder.layer`)."""
+    layers = getattr(getattr(model.base_model, "encoder", None), "layer", None)
+    if layers is None or not all(_has_bert_layout(layer) for layer in layers):
+        raise KdtuiError(
+            f"pruning supports BERT-family encoders (base_model.encoder.layer[i] with "
+            f"attention.self.query/key/value, intermediate.dense, output.dense); "
+            f"{type(model).__name__} has another layout"
+        )
+    return list(layers)
+
+
+def _has_bert_layout(layer: nn.Module) -> bool:
+    try:
+        return all(isinstance(layer.get_submodule(sub), nn.Linear) for sub in ENCODER_LINEARS)
+    except AttributeError:
+        return False
+
+
+def encoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """{"layer.{i}.{sub}": Linear} for every encoder Linear, in layer order."""
+    return {
+        f"layer.{i}.{sub}": layer.get_submodule(sub)
+        for i, layer in enumerate(encoder_layers(model))
+        for sub in ENCODER_LINEARS
+    }
+
+
+def cubic_sparsity(step: int, *, total: int, warmup: int, cooldown: int, final: float) -> float:
+    """Target sparsity after `step` optimiser steps (the masks used by step `step + 1`)."""
+    end = total - cooldown
+    if step >= end:
+        return final
+    if step <= warmup:
+        return 0.0
+    progress = (step - warmup) / (end - warmup)
+    return final * (1.0 - (1.0 - progress) ** 3)
+
+
+def topk_masks(scores: list[torch.Tensor], keep: int) -> list[torch.Tensor]:
+    """Boolean masks keeping exactly the `keep` highest scores over all tensors together.
+
+    Ties at the threshold are broken by position, so the count is exact even when many scores
+    are equal (scores start at 0)."""
+    flat = torch.cat([s.detach().flatten() for s in scores])
+    n = flat.numel()
+    if keep >= n:
+        keep_flat = torch.ones(n, dtype=torch.bool, device=flat.device)
+    elif keep <= 0:
+        keep_flat = torch.zeros(n, dtype=torch.bool, device=flat.device)
+    else:
+        threshold = flat.float().kthvalue(n - keep).values  # the largest pruned score
+        keep_flat = flat > threshold
+        missing = keep - int(keep_flat.sum())
+        if missing > 0:
+            tied = torch.nonzero(flat == threshold).flatten()[:missing]
+            keep_flat[tied] = True
+    masks, offset = [], 0
+    for s in scores:
+        masks.append(keep_flat[offset : offset + s.numel()].view_as(s))
+        offset += s.numel()
+    return masks
+
+
+def _keep_count(n: int, sparsity: float) -> int:
+    return n - round(sparsity * n)
+
+
+class UnstructuredPruner(BaseHook):
+    """Masks every encoder Linear's weights on the cubic schedule (see the module docstring)."""
+
+    name = "pruner"
+
+    def __init__(
+        self,
+        *,
+        criterion: str,
+        target_sparsity: float,
+        total_steps: int,
+        warmup_steps: int,
+        cooldown_steps: int,
+        scope: str = "matrix",
+        score_lr: float = 1e-2,
+        stages: int = 1,
+    ) -> None:
+        if criterion not in CRITERIA:
+            raise KdtuiError(f"unknown pruning criterion '{criterion}'; use {', '.join(CRITERIA)}")
+        if not 0 <= target_sparsity < 1:
+            raise KdtuiError(f"sparsity must be in [0, 1), got {target_sparsity}")
+        self.criterion = criterion
+        self.target = target_sparsity
+        self.total = total_steps
+        self.warmup = warmup_steps
+        self.cooldown = cooldown_steps
+        self.scope = scope
+        self.stages = max(1, stages)
+        self.lr = score_lr if criterion != "magnitude" else None
+        self.step = 0
+        self.linears: dict[str, nn.Linear] = {}
+        self.masks: dict[str, torch.Tensor] = {}  # float, the weight's dtype: 1 keep, 0 pruned
+        self.scores: dict[str, nn.Parameter] = {}
+        self._logged: set[int] = set()
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def setup(self, ctx: HookContext) -> None:
+        self.ctx = ctx
+        self.linears = encoder_linears(ctx.model)
+        for name, linear in self.linears.items():
+            self.masks[name] = torch.ones_like(linear.weight, requires_grad=False)
+            if self.criterion != "magnitude":
+                # Constant initial scores (the authors' `mask_init constant, mask_scale 0`).
+                self.scores[name] = nn.Parameter(torch.zeros_like(linear.weight))
+            _route_forward(linear, self._weight_fn(name))
+        end = self.total - self.cooldown
+        span = max(1, end - self.warmup)
+        self.log_steps = {min(end, self.warmup + 1), end}
+        self.log_steps |= {self.warmup + max(1, round(q * span)) for q in LOG_POINTS}
+        self._refresh()
+
+    def _weight_fn(self, name: str) -> Callable[[], torch.Tensor]:
+        linear = self.linears[name]
+
+        def effective() -> torch.Tensor:
+            mask = self.masks[name]
+            if self.criterion == "magnitude":
+                return linear.weight * mask
+            scores = self.scores[name]
+            # Straight-through: the value is the hard mask, the gradient reaches the scores.
+            return linear.weight * (mask + scores - scores.detach())
+
+        return effective
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.scores.values())
+
+    # -- training ------------------------------------------------------------------------------
+
+    def loss_terms(self, batch: Batch, outputs: Any, model: nn.Module) -> dict[str, torch.Tensor]:
+        if self.criterion != "soft-movement":
+            return {}
+        means = [torch.sigmoid(s).mean() for s in self.scores.values()]
+        return {"l1": torch.stack(means).mean()}
+
+    def after_step(self, info: StepInfo) -> Mapping[str, float]:
+        self.step = info.step
+        self._refresh()
+        if info.step in self.log_steps and info.step not in self._logged:
+            self._logged.add(info.step)
+            self.ctx.log(LayerSparsity(step=info.step, layers=self.layer_sparsity()))
+        return {"sparsity/target": self.target_now(), "sparsity/actual": self.actual_sparsity()}
+
+    def final_step(self) -> int:
+        """The first step whose masks have the final sparsity."""
+        return self.total - self.cooldown
+
+    def target_now(self) -> float:
+        return cubic_sparsity(
+            self.step,
+            total=self.total,
+            warmup=self.warmup,
+            cooldown=self.cooldown,
+            final=self.target,
+        )
+
+    def stage(self) -> int:
+        """Index of the pruning stage the next step belongs to: the schedule up to the end of
+        pruning cut into `stages` equal parts (SnC keeps one snapshot view per stage)."""
+        end = max(1, self.total - self.cooldown)
+        return min(self.stages - 1, self.stages * self.step // end)
+
+    @torch.no_grad()
+    def _refresh(self) -> None:
+        sparsity = self.target_now()
+        names = list(self.linears)
+        if self.criterion == "magnitude":
+            importance = [self.linears[n].weight.abs() for n in names]
+        else:
+            importance = [self.scores[n] for n in names]
+        if sparsity == 0:
+            masks = [torch.ones_like(i, dtype=torch.bool) for i in importance]
+        elif self.scope == "global":
+            total = sum(i.numel() for i in importance)
+            masks = topk_masks(importance, _keep_count(total, sparsity))
+        else:
+            masks = [topk_masks([i], _keep_count(i.numel(), sparsity))[0] for i in importance]
+        for name, mask in zip(names, masks, strict=True):
+            self.masks[name] = mask.to(self.masks[name].dtype)
+            if self.criterion == "magnitude":
+                # Zeroed weights get no gradient through the mask, so they stay pruned.
+                weight = self.linears[name].weight
+                weight.copy_(torch.where(mask, weight, torch.zeros_like(weight)))
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _zero_counts(self) -> dict[str, tuple[int, int]]:
+        counts = {}
+        for name, linear in self.linears.items():
+            effective = linear.weight * self.masks[name]
+            counts[name] = (
+                effective.numel() - int(torch.count_nonzero(effective)),
+                linear.weight.numel(),
+            )
+        return counts
+
+    def actual_sparsity(self) -> float:
+        counts = self._zero_counts().values()
+        return sum(z for z, _ in counts) / sum(n for _, n in counts)
+
+    def layer_sparsity(self) -> dict[str, float]:
+        return {name: z / n for name, (z, n) in self._zero_counts().items()}
+
+    # -- resume --------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "masks": {n: m.bool().cpu() for n, m in self.masks.items()},
+            "scores": {n: s.detach().cpu() for n, s in self.scores.items()},
+            "logged": sorted(self._logged),
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        self.step = int(state["step"])
+        for name, mask in state["masks"].items():
+            self.masks[name] = mask.to(self.masks[name].device, self.masks[name].dtype)
+        for name, scores in state["scores"].items():
+            self.scores[name].copy_(scores)
+        self._logged = set(state.get("logged", []))
+
+    # -- the end -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def finalize(self) -> float:
+        """Write the masks into the weights (pruned = +0.0) and give every Linear its plain
+        forward back; returns the sparsity reached."""
+        for name, linear in self.linears.items():
+            keep = self.masks[name].bool()
+            linear.weight.copy_(torch.where(keep, linear.weight, torch.zeros_like(linear.weight)))
+            _restore_forward(linear)
+        self.masks = {n: torch.ones_like(m) for n, m in self.masks.items()}
+        self.scores = {}
+        self.criterion = "magnitude"  # plain weights from here on
+        return self.actual_sparsity()
+
+
+def _route_forward(linear: nn.Linear, weight: Callable[[], torch.Tensor]) -> None:
+    """Make the Linear compute with `weight()` (its masked weight). Parameters and state_dict
+    keys stay those of a plain Linear, so checkpoints hold the raw weights."""
+    linear.forward = lambda x: F.linear(x, weight(), linear.bias)  # type: ignore[method-assign]
+
+
+def _restore_forward(linear: nn.Linear) -> None:
+    if "forward" in vars(linear):
+        del linear.forward
+
+
+# ---------------------------------------------------------------------------------------------
+# Structured: heads and FFN neurons
+
+
+class StructuredPruner(BaseHook):
+    """Removes attention heads and FFN neurons by gradient importance, in rounds."""
+
+    name = "pruner"
+
+    def __init__(
+        self,
+        *,
+        target_sparsity: float,
+        total_steps: int,
+        warmup_steps: int,
+        cooldown_steps: int,
+        step_fraction: float = 0.1,
+    ) -> None:
+        if not 0 <= target_sparsity < 1:
+            raise KdtuiError(f"sparsity must be in [0, 1), got {target_sparsity}")
+        self.target = target_sparsity
+        self.total = total_steps
+        self.warmup = warmup_steps
+        self.cooldown = cooldown_steps
+        self.step_fraction = step_fraction
+        self.step = 0
+        self.rounds_done = 0
+        self._handles: list[Any] = []
+        self.schedule = self._rounds()
+
+    def final_step(self) -> int:
+        """The step of the last pruning round (0 without rounds)."""
+        return self.schedule[-1][0] if self.schedule else 0
+
+    def setup(self, ctx: HookContext) -> None:
+        self.ctx = ctx
+        self.layers = encoder_layers(ctx.model)
+        shape = structure_shape(ctx.model)
+        self.heads, self.head_size = shape["heads"], shape["head_size"]
+        self.neurons, self.hidden = shape["intermediate"], shape["hidden"]
+        n_layers = len(self.layers)
+        device = ctx.device
+        self.head_mask = torch.ones(n_layers, self.heads, device=device, requires_grad=True)
+        self.ffn_mask = torch.ones(n_layers, self.neurons, device=device, requires_grad=True)
+        self.head_importance = torch.zeros(n_layers, self.heads, device=device)
+        self.ffn_importance = torch.zeros(n_layers, self.neurons, device=device)
+        costs = unit_costs(ctx.model)
+        self.encoder_params = costs["encoder"]
+        self.head_cost, self.neuron_cost = costs["head"], costs["neuron"]
+        max_sparsity = max_structured_sparsity(ctx.model)
+        if self.target > max_sparsity + 1e-9:
+            raise KdtuiError(
+                f"prune.sparsity {self.target:g} with structure heads-ffn would remove every head "
+                f"of a layer: at least one head and one FFN neuron stay in each layer, so at most "
+                f"{max_sparsity:.1%} of this encoder's parameters can go"
+            )
+        for i, layer in enumerate(self.layers):
+            self._handles.append(
+                layer.attention.output.dense.register_forward_pre_hook(self._mask_heads(i))
+            )
+            self._handles.append(layer.intermediate.register_forward_hook(self._mask_neurons(i)))
+
+    def _rounds(self) -> list[tuple[int, float]]:
+        """(step, sparsity) of each pruning round: evenly spaced from the end of warm-up, the
+        last one leaving a share of the pruning span plus the cool-down for re-training."""
+        if self.target == 0:
+            return []
+        count = max(1, math.ceil(self.target / self.step_fraction - 1e-9))
+        end = self.total - self.cooldown
+        span = max(0, end - self.warmup)
+        rounds = []
+        for r in range(count):
+            step = max(1, self.warmup + (r * span) // count)
+            rounds.append((step, min(self.target, (r + 1) * self.step_fraction)))
+        return rounds
+
+    def _mask_heads(self, layer: int) -> Callable[..., Any]:
+        def pre_hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor]:
+            (context,) = args
+            shape = context.shape
+            heads = context.view(*shape[:-1], self.heads, self.head_size)
+            return ((heads * self.head_mask[layer][:, None]).view(shape),)
+
+        return pre_hook
+
+    def _mask_neurons(self, layer: int) -> Callable[..., Any]:
+        def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+            return output * self.ffn_mask[layer]
+
+        return hook
+
+    def parameters(self) -> list[nn.Parameter]:
+        return []  # the masks are not trained; only their gradients are read
+
+    def after_step(self, info: StepInfo) -> Mapping[str, float]:
+        self.step = info.step
+        with torch.no_grad():
+            for mask, importance in (
+                (self.head_mask, self.head_importance),
+                (self.ffn_mask, self.ffn_importance),
+            ):
+                if mask.grad is not None:
+                    if self.ctx.num_processes > 1:
+                        import torch.distributed as dist
+
+                        # The whole batch's gradient, as one process would see it.
+                        dist.all_reduce(mask.grad)
+                    importance += mask.grad.abs()
+                    mask.grad = None
+        while self.rounds_done < len(self.schedule) and self.schedule[self.rounds_done][0] <= (
+            info.step
+        ):
+            self._prune_round(self.schedule[self.rounds_done][1])
+            self.rounds_done += 1
+            self.ctx.log(LayerSparsity(step=info.step, layers=self.layer_sparsity()))
+        return {"sparsity/target": self.target_now(), "sparsity/actual": self.actual_sparsity()}
+
+    def target_now(self) -> float:
+        return self.schedule[self.rounds_done - 1][1] if self.rounds_done else 0.0
+
+    def stage(self) -> int:
+        return self.rounds_done
+
+    @torch.no_grad()
+    def _prune_round(self, sparsity: float) -> None:
+        n_layers = len(self.layers)
+        prunable = n_layers * (self.heads * self.head_cost + self.neurons * self.neuron_cost)
+        fraction = min(1.0, sparsity * self.encoder_params / prunable)
+        removed_heads = int((self.head_mask == 0).sum())
+        want_heads = min(round(fraction * n_layers * self.heads), n_layers * (self.heads - 1))
+        want_heads = max(want_heads, removed_heads)
+        self._remove(self.head_mask, self.head_importance, want_heads - removed_heads)
+        removed_heads = int((self.head_mask == 0).sum())
+        removed_neurons = int((self.ffn_mask == 0).sum())
+        left = sparsity * self.encoder_params - removed_heads * self.head_cost
+        want_neurons = min(
+            max(0, math.ceil(left / self.neuron_cost - 1e-9)), n_layers * (self.neurons - 1)
+        )
+        want_neurons = max(want_neurons, removed_neurons)
+        self._remove(self.ffn_mask, self.ffn_importance, want_neurons - removed_neurons)
+        self.head_importance.zero_()
+        self.ffn_importance.zero_()
+
+    @staticmethod
+    def _remove(mask: torch.Tensor, importance: torch.Tensor, count: int) -> None:
+        """Zero `count` more entries of `mask`, lowest layer-normalised importance first, never
+        the last one of a layer."""
+        if count <= 0:
+            return
+        kept = mask.detach() > 0
+        scores = torch.where(kept, importance, torch.zeros_like(importance))
+        scores = scores / (scores.norm(dim=1, keepdim=True) + 1e-20)
+        order = sorted(
+            ((float(scores[layer, unit]), layer, unit) for layer, unit in kept.nonzero().tolist())
+        )
+        left = kept.sum(dim=1).tolist()
+        for _, layer, unit in order:
+            if count == 0:
+                break
+            if left[layer] <= 1:
+                continue
+            mask[layer, unit] = 0.0
+            left[layer] -= 1
+            count -= 1
+
+    def actual_sparsity(self) -> float:
+        removed = int((self.head_mask == 0).sum()) * self.head_cost
+        removed += int((self.ffn_mask == 0).sum()) * self.neuron_cost
+        return removed / self.encoder_params
+
+    def layer_sparsity(self) -> dict[str, float]:
+        result = {}
+        for i in range(len(self.layers)):
+            heads = float((self.head_mask[i] == 0).float().mean())
+            neurons = float((self.ffn_mask[i] == 0).float().mean())
+            for sub in ENCODER_LINEARS:
+                ffn = sub in ("intermediate.dense", "output.dense")
+                result[f"layer.{i}.{sub}"] = neurons if ffn else heads
+        return result
+
+    def kept(self) -> tuple[list[list[int]], list[list[int]]]:
+        """Kept head indices and kept neuron indices per layer."""
+        heads = [torch.nonzero(row > 0).flatten().tolist() for row in self.head_mask]
+        neurons = [torch.nonzero(row > 0).flatten().tolist() for row in self.ffn_mask]
+        return heads, neurons
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "rounds_done": self.rounds_done,
+            "head_mask": self.head_mask.detach().cpu(),
+            "ffn_mask": self.ffn_mask.detach().cpu(),
+            "head_importance": self.head_importance.cpu(),
+            "ffn_importance": self.ffn_importance.cpu(),
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        self.step = int(state["step"])
+        self.rounds_done = int(state["rounds_done"])
+        self.head_mask.copy_(state["head_mask"])
+        self.ffn_mask.copy_(state["ffn_mask"])
+        self.head_importance.copy_(state["head_importance"])
+        self.ffn_importance.copy_(state["ffn_importance"])
+
+    def detach(self) -> None:
+        """Remove the mask hooks (before the masked units are physically removed)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def structure_shape(model: nn.Module) -> dict[str, int]:
+    """Heads, head size, FFN width and hidden width of a (not yet compacted) BERT encoder."""
+    layer = encoder_layers(model)[0]
+    attention = layer.attention.self
+    return {
+        "heads": int(attention.num_attention_heads),
+        "head_size": int(attention.attention_head_size),
+        "intermediate": int(layer.intermediate.dense.out_features),
+        "hidden": int(layer.intermediate.dense.in_features),
+    }
+
+
+def unit_costs(model: nn.Module) -> dict[str, int]:
+    """Encoder parameters, and the parameters one head / one FFN neuron owns: a head its rows
+    of query, key and value (with biases) and its columns of the attention output; a neuron its
+    row of the intermediate projection (with bias) and its column of the output projection."""
+    shape = structure_shape(model)
+    layers = encoder_layers(model)
+    return {
+        "encoder": sum(p.numel() for layer in layers for p in layer.parameters()),
+        "head": 4 * shape["head_size"] * shape["hidden"] + 3 * shape["head_size"],
+        "neuron": 2 * shape["hidden"] + 1,
+    }
+
+
+def max_structured_sparsity(model: nn.Module) -> float:
+    """The largest encoder sparsity heads-ffn can reach keeping one head and one FFN neuron per
+    layer (LayerNorms and output biases always stay)."""
+    shape = structure_shape(model)
+    costs = unit_costs(model)
+    per_layer = (shape["heads"] - 1) * costs["head"] + (shape["intermediate"] - 1) * costs["neuron"]
+    return len(encoder_layers(model)) * per_layer / costs["encoder"]
