@@ -321,6 +321,17 @@ def _print_summary(path: Path, metrics: dict[str, Any], *, quiet: bool) -> None:
         typer.echo("test accuracy: " + "  ".join(f"{k} {v:.4f}" for k, v in test.items()))
     if metrics.get("best_dev") is not None:
         typer.echo(f"best dev accuracy: {metrics['best_dev']:.4f} (step {metrics['best_step']})")
+    if metrics.get("sparsity") is not None:
+        typer.echo(
+            f"sparsity: {metrics['sparsity']:.4f} (target {metrics['target_sparsity']:.4f}); "
+            f"model: {path / 'model'}"
+        )
+    sparse = metrics.get("sparse_model")
+    if isinstance(sparse, dict):
+        typer.echo(
+            f"compressed: {path / sparse['path']} ({sparse['bytes'] / 2**20:.1f} MiB, encoder "
+            f"Linear weights at {sparse['encoder_linear_ratio']:.1%} of their dense size)"
+        )
 
 
 @app.command()
@@ -456,6 +467,163 @@ def distill(
 
 @app.command()
 @handles_errors
+def prune(
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Teacher run directory or classifier folder to prune; default: the newest "
+            "finished teacher run in the output dir [prune.model].",
+        ),
+    ] = None,
+    sparsity: Annotated[
+        float | None,
+        typer.Option("--sparsity", help="Fraction of encoder weights removed, in [0, 1)."),
+    ] = None,
+    structure: Annotated[
+        str | None,
+        typer.Option("--structure", help="weights (unstructured) or heads-ffn (structured)."),
+    ] = None,
+    criterion: Annotated[
+        str | None,
+        typer.Option(
+            "--criterion", help="weights: magnitude, movement or soft-movement [prune.criterion]."
+        ),
+    ] = None,
+    scope: Annotated[
+        str | None,
+        typer.Option("--scope", help="matrix (each Linear alike) or global ranking [prune.scope]."),
+    ] = None,
+    cap: Annotated[
+        bool | None,
+        typer.Option("--cap/--no-cap", help="CAP's contrastive modules on top [prune.cap]."),
+    ] = None,
+    prc: Annotated[
+        bool | None, typer.Option("--prc/--no-prc", help="Pre-trained model module [prune.prc].")
+    ] = None,
+    snc: Annotated[
+        bool | None, typer.Option("--snc/--no-snc", help="Snapshot module [prune.snc].")
+    ] = None,
+    fic: Annotated[
+        bool | None, typer.Option("--fic/--no-fic", help="Fine-tuned model module [prune.fic].")
+    ] = None,
+    teacher: Annotated[
+        str | None,
+        typer.Option("--teacher", help="KD teacher; default the model itself [prune.teacher]."),
+    ] = None,
+    pretrained: Annotated[
+        str | None,
+        typer.Option(
+            "--pretrained", help="PrC's pre-trained model; default the teacher run's model."
+        ),
+    ] = None,
+    temperature: Annotated[
+        float | None,
+        typer.Option("--temperature", help="Contrastive temperature τ [prune.temperature]."),
+    ] = None,
+    w_unsup: Annotated[
+        float | None,
+        typer.Option("--w-unsup", help="Weight of each unsupervised contrastive term."),
+    ] = None,
+    w_sup: Annotated[
+        float | None,
+        typer.Option("--w-sup", help="Weight of each supervised contrastive term."),
+    ] = None,
+    negatives: Annotated[
+        int | None,
+        typer.Option("--negatives", help="Bank vectors drawn per batch [prune.num_negatives]."),
+    ] = None,
+    pooling: Annotated[
+        str | None,
+        typer.Option("--pooling", help="Sentence vector: cls (pooler) or mean [prune.pooling]."),
+    ] = None,
+    kd_weight: Annotated[
+        float | None, typer.Option("--kd-weight", help="Weight of KD [prune.kd_weight].")
+    ] = None,
+    kd_temperature: Annotated[
+        float | None,
+        typer.Option("--kd-temperature", help="KD temperature; 0 = 2 weights, 1 heads-ffn."),
+    ] = None,
+    ce_weight: Annotated[
+        float | None, typer.Option("--ce-weight", help="Weight of CE [prune.ce_weight].")
+    ] = None,
+    prune_warmup: Annotated[
+        float | None,
+        typer.Option("--prune-warmup", help="Share of steps before pruning [prune.warmup_ratio]."),
+    ] = None,
+    prune_cooldown: Annotated[
+        float | None,
+        typer.Option(
+            "--prune-cooldown", help="Share of steps at the final sparsity [prune.cooldown_ratio]."
+        ),
+    ] = None,
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    data: DataOpt = None,
+    epochs: EpochsOpt = None,
+    max_steps: MaxStepsOpt = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None,
+    bf16: Bf16Opt = None,
+    seed: SeedOpt = None,
+    name: NameOpt = None,
+    output_dir: OutputOpt = None,
+    resume: ResumeOpt = None,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+    dashboard: DashboardOpt = False,
+) -> None:
+    """Prune a fine-tuned model with CAP (contrastive pruning) while distilling from it.
+
+    Writes RUN/model (dense, zeros in place; heads-ffn: heads and neurons removed) and, for
+    unstructured pruning, RUN/model-sparse (compressed). Data: the teacher run's, by default."""
+    _run_training(
+        "prune",
+        "kdtui.recipes.prune.run_prune",
+        profile=profile,
+        overrides=set_,
+        options={
+            "prune.model": model,
+            "prune.sparsity": sparsity,
+            "prune.structure": structure,
+            "prune.criterion": criterion,
+            "prune.scope": scope,
+            "prune.cap": cap,
+            "prune.prc": prc,
+            "prune.snc": snc,
+            "prune.fic": fic,
+            "prune.teacher": teacher,
+            "prune.pretrained": pretrained,
+            "prune.temperature": temperature,
+            "prune.w_unsup": w_unsup,
+            "prune.w_sup": w_sup,
+            "prune.num_negatives": negatives,
+            "prune.pooling": pooling,
+            "prune.kd_weight": kd_weight,
+            "prune.kd_temperature": kd_temperature,
+            "prune.ce_weight": ce_weight,
+            "prune.warmup_ratio": prune_warmup,
+            "prune.cooldown_ratio": prune_cooldown,
+            "data.source": data,
+            "train.epochs": epochs,
+            "train.max_steps": max_steps,
+            "train.batch_size": batch_size,
+            "train.lr": lr,
+            "train.bf16": bf16,
+            "run.seed": seed,
+            "run.name": name,
+            "run.output_dir": output_dir,
+        },
+        resume=resume,
+        force=force,
+        quiet=quiet,
+        dashboard=dashboard,
+    )
+
+
+@app.command()
+@handles_errors
 def evaluate(
     models: Annotated[
         list[str],
@@ -513,7 +681,17 @@ def _print_report(report: dict[str, Any]) -> None:
         )
     table.add_row("parameters", *(f"{m['parameters']:,}" for m in models))
     table.add_row("non-zero parameters", *(f"{m['nonzero_parameters']:,}" for m in models))
+    if any(m.get("encoder_sparsity") for m in models):
+        table.add_row(
+            "encoder Linear sparsity",
+            *(
+                f"{m['encoder_sparsity']:.1%}" if m.get("encoder_sparsity") is not None else "-"
+                for m in models
+            ),
+        )
     table.add_row("size on disk", *(f"{m['size_bytes'] / 2**20:.1f} MiB" for m in models))
+    if any("size_files" in m for m in models):
+        table.add_row("weights file", *(", ".join(m.get("size_files", [])) for m in models))
     for i, row in enumerate(models[0]["latency"]):
         label = f"latency b{row['batch']} len{row['length']}"
         table.add_row(label, *(f"{m['latency'][i]['ms']:.1f} ms" for m in models))

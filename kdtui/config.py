@@ -125,32 +125,39 @@ class DistillConfig:
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """`kdtui prune`: CAP contrastive pruning of a fine-tuned model."""
+    """`kdtui prune`: CAP contrastive pruning of a fine-tuned model (see README, CAP pruning)."""
 
     model: str = ""  # a `kdtui teacher` run directory or a classifier checkpoint folder
-    sparsity: float = 0.9  # fraction of encoder weights (or parameters, for heads-ffn) removed
+    teacher: str = ""  # KD teacher and FiC's model; empty = the model being pruned, before pruning
+    # Fraction removed: of the encoder's Linear weights (weights) or parameters (heads-ffn).
+    sparsity: float = 0.9
     structure: str = "weights"  # "weights" (unstructured) or "heads-ffn" (structured)
     criterion: str = "soft-movement"  # weights: "magnitude", "movement", "soft-movement"
-    scope: str = "matrix"  # "matrix" (each Linear reaches the sparsity) or "global"
+    scope: str = "matrix"  # "matrix" (each Linear reaches the sparsity) or "global" (one ranking)
     cap: bool = True  # contrastive modules on top of the criterion; false = plain baseline
-    prc: bool = True  # pre-trained model bank
-    fic: bool = True  # fine-tuned model bank
-    snc: bool = True  # snapshot bank
-    pretrained: str = ""  # the pre-trained model for PrC; empty = the teacher run's model.name
+    prc: bool = True  # contrast with the pre-trained model (encoded once, before pruning)
+    fic: bool = True  # contrast with the fine-tuned model (encoded once)
+    snc: bool = True  # contrast with snapshots of the model taken during pruning
+    pretrained: str = ""  # PrC's model; empty = the model the teacher run started from
     temperature: float = 0.1  # τ of the contrastive losses
-    w_unsup: float = 0.1  # weight of each unsupervised contrastive term
-    w_sup: float = 10.0  # weight of each supervised contrastive term
-    num_negatives: int = 4096
-    snapshot_views: int = 4
-    pooling: str = "cls"  # sentence representation: "cls" (pooler) or "mean"
+    # Weights of each module's unsupervised / supervised term; < 0 = the authors' defaults:
+    # 0.1 / 10 for weights, 0.3 / 3 for heads-ffn.
+    w_unsup: float = -1.0
+    w_sup: float = -1.0
+    num_negatives: int = 4096  # bank vectors drawn at random as extra candidates per batch
+    snapshot_views: int = 4  # SnC keeps one view per pruning stage, at most this many
+    bank_examples: int = 65536  # at most this many training examples get bank vectors
+    pooling: str = "cls"  # sentence representation: "cls" (pooler output) or "mean"
     ce_weight: float = 0.1
     kd_weight: float = 0.9
-    kd_temperature: float = 2.0
-    l1_weight: float = 1.0  # soft movement's λ on mean σ(S)
+    kd_temperature: float = 0.0  # 0 = the authors' default: 2 for weights, 1 for heads-ffn
+    score_lr: float = 1e-2  # peak learning rate of movement / soft-movement scores
+    l1_weight: float = 100.0  # soft movement's λ on the mean of σ(scores)
     warmup_ratio: float = 0.1  # share of steps before pruning starts
     cooldown_ratio: float = 0.2  # share of steps at the final sparsity
     structured_step: float = 0.1  # heads-ffn: sparsity added per pruning round
-    sparse_values: str = "float32"  # stored values of the compressed sparse model
+    sparse_values: str = "float32"  # values of the compressed sparse model (float16 rounds)
+    cache: bool = True  # reuse teacher logits and bank vectors across runs (OUTPUT_DIR/.cache)
 
 
 @dataclass(frozen=True)
@@ -335,6 +342,10 @@ def _validate(config: Config) -> None:
         (config.prune.temperature > 0, "prune.temperature must be > 0"),
         (config.prune.num_negatives >= 0, "prune.num_negatives must be >= 0"),
         (config.prune.snapshot_views >= 1, "prune.snapshot_views must be at least 1"),
+        (config.prune.bank_examples >= 1, "prune.bank_examples must be at least 1"),
+        (config.prune.score_lr > 0, "prune.score_lr must be > 0"),
+        (config.prune.l1_weight >= 0, "prune.l1_weight must be >= 0"),
+        (config.prune.kd_temperature >= 0, "prune.kd_temperature must be >= 0 (0 = default)"),
         (0 <= config.prune.warmup_ratio < 1, "prune.warmup_ratio must be in [0, 1)"),
         (0 <= config.prune.cooldown_ratio < 1, "prune.cooldown_ratio must be in [0, 1)"),
         (

@@ -24,6 +24,9 @@ SPARSITY_NOTE = (
     "unstructured sparsity makes the model smaller on disk but not faster: dense PyTorch "
     "kernels multiply the zeros too"
 )
+STRUCTURED_NOTE = (
+    "pruned heads and FFN neurons are physically removed: fewer parameters, smaller and faster"
+)
 
 
 def evaluate_models(paths: list[str], config: Config) -> dict[str, Any]:
@@ -73,12 +76,17 @@ def evaluate_one(path: str, config: Config, data: MultiDomainData) -> dict[str, 
         "accuracy": accuracy,
         "parameters": total,
         "nonzero_parameters": nonzero,
-        "size_bytes": weights_size(folder),
         "latency": latency_grid(model, config, vocab_size=model.config.vocab_size),
         "notes": [],
     }
-    if nonzero < 0.9 * total:
+    files = weights_files(path, folder)
+    result["size_bytes"] = sum(f.stat().st_size for f in files)
+    result["size_files"] = [_shown(f, path) for f in files]
+    result["encoder_sparsity"] = encoder_sparsity(model)
+    if nonzero < 0.9 * total or (result["encoder_sparsity"] or 0) > 0.1:
         result["notes"].append(SPARSITY_NOTE)
+    if getattr(model.config, "kdtui_structure", None):
+        result["notes"].append(STRUCTURED_NOTE)
     return result
 
 
@@ -88,8 +96,39 @@ def load_tokenizer_for(folder: Path, config: Config) -> Any:
     return load_tokenizer(replace(config.model, name=str(folder)))
 
 
+def encoder_sparsity(model: Any) -> float | None:
+    """Fraction of zeros in the encoder's Linear weights (None for non-BERT layouts)."""
+    from kdtui.methods.pruning import encoder_linears
+
+    try:
+        weights = [linear.weight for linear in encoder_linears(model).values()]
+    except KdtuiError:
+        return None
+    zeros = sum(w.numel() - int(torch.count_nonzero(w)) for w in weights)
+    return zeros / sum(w.numel() for w in weights)
+
+
+def weights_files(path: str, folder: Path) -> list[Path]:
+    """The files whose size is reported: for a run directory that has a compressed sparse model
+    (RUN/model-sparse, written by `kdtui prune`) that file, else the model folder's weights."""
+    from kdtui.recipes.prune import SPARSE_DIR
+    from kdtui.sparse import SPARSE_FILE
+
+    sparse = Path(path).expanduser() / SPARSE_DIR / SPARSE_FILE
+    if sparse.is_file():
+        return [sparse]
+    return sorted(p for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
+
+
 def weights_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
+
+
+def _shown(file: Path, path: str) -> str:
+    try:
+        return str(file.relative_to(Path(path).expanduser()))
+    except ValueError:
+        return file.name
 
 
 @torch.no_grad()

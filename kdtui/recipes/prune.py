@@ -1,0 +1,391 @@
+"""`kdtui prune`: CAP contrastive pruning of a fine-tuned model.
+
+setup: the fine-tuned model is both the start of the pruned model and (unless prune.teacher
+       names another) the frozen KD teacher. The teacher's logits and FiC's vectors come from one
+       eval-mode pass over the training data, PrC's from one pass of the pre-trained model;
+       both are cached in OUTPUT_DIR/.cache/prune (keyed by the exact weights, data and
+       settings), so a series of runs from one teacher encodes once. SnC fills during training.
+train: one loop with hooks: CE on gold labels, KD from the teacher, the pruner (masks on the
+       cubic schedule, or structured rounds; soft movement adds its L1 term), CAP's contrastive
+       terms. The best checkpoint is chosen only among evaluations at the final sparsity.
+save:  weights: RUN/model, a dense Hugging Face checkpoint with zeros in place, and
+       RUN/model-sparse, the same weights in the compressed bitmask format (kdtui.sparse);
+       heads-ffn: RUN/model with the pruned heads and neurons physically removed
+       (kdtui.methods.compact). Both load with kdtui.models.load_any and `kdtui evaluate`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdtui.data import Encoded, encode
+from kdtui.engine.hooks import CrossEntropyHook, Hook
+from kdtui.engine.loop import TrainJob, total_steps, train
+from kdtui.errors import KdtuiError
+from kdtui.events import LayerSparsity, Message
+from kdtui.models import (
+    label_names_of,
+    load_classifier,
+    load_trained,
+    resolve_model_path,
+    save_classifier,
+)
+from kdtui.recipes.common import RunContext, load_run_data
+from kdtui.recipes.teacher import final_metrics, restore_best
+
+SPARSE_DIR = "model-sparse"
+
+
+def authors_defaults(structure: str) -> dict[str, float]:
+    """CAP's loss weights and KD temperature from the authors' scripts (DESIGN.md)."""
+    if structure == "heads-ffn":
+        return {"w_unsup": 0.3, "w_sup": 3.0, "kd_temperature": 1.0}
+    return {"w_unsup": 0.1, "w_sup": 10.0, "kd_temperature": 2.0}
+
+
+def run_prune(ctx: RunContext) -> dict[str, Any]:
+    from kdtui.methods.contrastive import BANKS, CapHook, MemoryBank, bank_rows
+    from kdtui.methods.kd import KdHook
+    from kdtui.methods.pruning import (
+        StructuredPruner,
+        UnstructuredPruner,
+        encoder_layers,
+        max_structured_sparsity,
+    )
+
+    cfg = ctx.config
+    p = cfg.prune
+    if not p.model:
+        raise KdtuiError("prune needs a model: --model RUN_OR_FOLDER (prune.model)")
+    folder = Path(resolve_model_path(p.model))
+    model = load_trained(folder)
+    encoder_layers(model)  # a clear error for models kdtui cannot prune
+    if cfg.model.dropout >= 0:
+        _set_dropout(model, cfg.model.dropout)
+    tokenizer = _tokenizer(folder)
+    data = load_run_data(ctx)
+    labels = label_names_of(model)
+    if labels != data.label_names:
+        raise KdtuiError(
+            f"model {p.model} predicts labels {labels} but the data has {data.label_names}"
+        )
+    teacher = _teacher(p.teacher, model, tokenizer, labels)
+    if p.structure == "heads-ffn":
+        limit = max_structured_sparsity(model)
+        if p.sparsity > limit:
+            raise KdtuiError(
+                f"prune.sparsity {p.sparsity:g} with structure heads-ffn would remove every head "
+                f"of a layer: at least one head and one FFN neuron stay in each layer, so at most "
+                f"{limit:.1%} of this encoder's parameters can go"
+            )
+
+    train_enc = encode(data.train, tokenizer, cfg.data.max_length)
+    dev_enc = encode(data.dev, tokenizer, cfg.data.max_length)
+    pad_id = tokenizer.pad_token_id or 0
+    n_steps = total_steps(cfg.train, len(train_enc))
+    warmup = int(p.warmup_ratio * n_steps)
+    cooldown = int(p.cooldown_ratio * n_steps)
+    defaults = authors_defaults(p.structure)
+    w_unsup = p.w_unsup if p.w_unsup >= 0 else defaults["w_unsup"]
+    w_sup = p.w_sup if p.w_sup >= 0 else defaults["w_sup"]
+    kd_temperature = p.kd_temperature or defaults["kd_temperature"]
+    modules = [m for m in BANKS if p.cap and getattr(p, m)]
+    ctx.run.log(
+        Message(
+            level="info",
+            text=f"pruning {p.model} to {p.sparsity:.0%} sparsity ({_method_name(p, modules)}); "
+            f"encoding the training data for KD{' and the contrastive banks' if modules else ''}",
+        )
+    )
+
+    if p.structure == "weights":
+        pruner: Any = UnstructuredPruner(
+            criterion=p.criterion,
+            target_sparsity=p.sparsity,
+            total_steps=n_steps,
+            warmup_steps=warmup,
+            cooldown_steps=cooldown,
+            scope=p.scope,
+            score_lr=p.score_lr,
+            stages=p.snapshot_views,
+        )
+    else:
+        pruner = StructuredPruner(
+            target_sparsity=p.sparsity,
+            total_steps=n_steps,
+            warmup_steps=warmup,
+            cooldown_steps=cooldown,
+            step_fraction=p.structured_step,
+        )
+    max_id = max(train_enc.ids)
+    teacher_logits, teacher_vectors = encodings(ctx, teacher, train_enc, pad_id)
+    logits_by_id = torch.full((max_id + 1, teacher_logits.shape[1]), float("nan"))
+    logits_by_id[torch.tensor(train_enc.ids)] = teacher_logits
+    hooks: list[Hook] = [
+        CrossEntropyHook(),
+        KdHook(temperature=kd_temperature, logits_by_id=logits_by_id),
+        pruner,
+    ]
+    weights = {"ce": p.ce_weight, "kd": p.kd_weight, "l1": p.l1_weight}
+    if modules:
+        labels_by_id = torch.full((max_id + 1,), -1, dtype=torch.long)
+        labels_by_id[torch.tensor(train_enc.ids)] = torch.tensor(train_enc.labels)
+        rows = bank_rows(train_enc.ids, p.bank_examples, cfg.run.seed)
+        ids = torch.tensor(train_enc.ids)
+        width = teacher_vectors.shape[1]
+        fixed: dict[str, MemoryBank] = {}
+        if "prc" in modules:
+            pretrained = _pretrained_model(ctx, folder, labels)
+            _, vectors = encodings(ctx, pretrained, train_enc, pad_id)
+            del pretrained
+            fixed["prc"] = MemoryBank(rows, labels_by_id, vectors.shape[1], 1)
+            fixed["prc"].write(ids, vectors, 0)
+        if "fic" in modules:
+            fixed["fic"] = MemoryBank(rows, labels_by_id, width, 1)
+            fixed["fic"].write(ids, teacher_vectors, 0)
+        snapshots = None
+        if "snc" in modules:
+            snapshots = MemoryBank(rows, labels_by_id, width, p.snapshot_views)
+        hooks.append(
+            CapHook(
+                banks=fixed,
+                snapshots=snapshots,
+                stage=pruner.stage,
+                temperature=p.temperature,
+                num_negatives=p.num_negatives,
+                pooling=p.pooling,
+                seed=cfg.run.seed,
+            )
+        )
+        for bank in modules:
+            weights[f"{bank}_unsup"] = w_unsup
+            weights[f"{bank}_sup"] = w_sup
+    del teacher
+
+    ctx.start(n_steps)
+    result = train(
+        TrainJob(
+            model=model,
+            train=train_enc,
+            dev=dev_enc,
+            domain_names=data.domain_names,
+            hooks=hooks,
+            cfg=cfg.train,
+            run=ctx.run,
+            accelerator=ctx.accelerator,
+            pad_id=pad_id,
+            seed=cfg.run.seed,
+            checkpoint_dir=ctx.run.checkpoints,
+            best_dir=ctx.run.best,
+            weights=weights,
+            select_after_step=pruner.final_step(),
+        )
+    )
+    ctx.last_step = result.steps
+    restore_best(ctx, model, hooks)
+    summary: dict[str, Any] = {
+        "structure": p.structure,
+        "criterion": p.criterion if p.structure == "weights" else "gradient-importance",
+        "cap_modules": modules,
+        "target_sparsity": p.sparsity,
+    }
+    if p.structure == "weights":
+        summary["sparsity"] = pruner.finalize()
+        layers = pruner.layer_sparsity()
+    else:
+        from kdtui.methods.compact import compact
+
+        layers = pruner.layer_sparsity()
+        summary["sparsity"] = pruner.actual_sparsity()
+        pruner.detach()
+        structure = compact(model, *pruner.kept())
+        summary["kept_heads"] = [len(h) for h in structure["heads"]]
+        summary["intermediate_sizes"] = structure["intermediate_sizes"]
+    ctx.run.log(LayerSparsity(step=result.steps, layers=layers))
+    metrics = final_metrics(ctx, model, tokenizer, data, result)
+    metrics.update(summary)
+    metrics.update(_save(ctx, model, tokenizer, labels))
+    return metrics
+
+
+def _method_name(p: Any, modules: list[str]) -> str:
+    base = p.criterion if p.structure == "weights" else "heads-ffn"
+    if not modules:
+        return f"{base}, no CAP"
+    return f"{base} + CAP ({', '.join(m.upper() for m in modules)})"
+
+
+def _save(ctx: RunContext, model: Any, tokenizer: Any, labels: list[str]) -> dict[str, Any]:
+    """RUN/model (and RUN/model-sparse for unstructured pruning); sizes for metrics.json."""
+    from kdtui.sparse import SPARSE_FILE, save_sparse
+
+    if not ctx.is_main:
+        return {}
+    p = ctx.config.prune
+    save_classifier(model, tokenizer, ctx.run.model, labels)
+    result: dict[str, Any] = {"model_bytes": (ctx.run.model / "model.safetensors").stat().st_size}
+    if p.structure != "weights":
+        return result
+    folder = ctx.run.path / SPARSE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    sizes = save_sparse(model.state_dict(), folder / SPARSE_FILE, values=p.sparse_values)
+    encoder = [s for name, s in sizes.items() if _is_encoder_linear_weight(name)]
+    result["sparse_model"] = {
+        "path": f"{SPARSE_DIR}/{SPARSE_FILE}",
+        "bytes": (folder / SPARSE_FILE).stat().st_size,
+        "values": p.sparse_values,
+        # Stored bytes of the encoder's Linear weights over their dense float32 bytes.
+        "encoder_linear_ratio": sum(s["stored"] for s in encoder)
+        / sum(s["dense"] for s in encoder),
+    }
+    return result
+
+
+def _is_encoder_linear_weight(name: str) -> bool:
+    from kdtui.methods.pruning import ENCODER_LINEARS
+
+    return ".encoder.layer." in name and name.endswith(
+        tuple(f".{sub}.weight" for sub in ENCODER_LINEARS)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Models around the pruned one
+
+
+def _teacher(name: str, model: Any, tokenizer: Any, labels: list[str]) -> Any:
+    """The frozen KD teacher (and FiC's model): prune.teacher, or the model before pruning."""
+    if not name:
+        teacher = copy.deepcopy(model)
+    else:
+        folder = Path(resolve_model_path(name))
+        teacher = load_trained(folder)
+        if label_names_of(teacher) != labels:
+            raise KdtuiError(
+                f"the teacher {name} predicts labels {label_names_of(teacher)} but the model "
+                f"being pruned predicts {labels}; KD needs the same label set"
+            )
+        if _tokenizer(folder).get_vocab() != tokenizer.get_vocab():
+            raise KdtuiError(
+                f"the teacher {name} uses another tokenizer than the model being pruned; "
+                "KD and the contrastive banks need the same inputs"
+            )
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+    return teacher.eval()
+
+
+def _pretrained_model(ctx: RunContext, folder: Path, labels: list[str]) -> Any:
+    """PrC's model: prune.pretrained, else the model the teacher run started from (for a tiny
+    random BERT: the same seeded initialisation)."""
+    from dataclasses import replace
+
+    from kdtui.config import ModelConfig, build_config
+    from kdtui.profile import read_profile
+
+    p = ctx.config.prune
+    if p.pretrained:
+        return load_classifier(replace(ModelConfig(), name=p.pretrained), labels).eval()
+    run = folder.parent
+    if folder.name != "model" or _command_of(run) != "teacher":
+        raise KdtuiError(
+            f"PrC contrasts with the pre-trained model that {p.model} was fine-tuned from, and "
+            "only a `kdtui teacher` run records it: give --pretrained NAME_OR_FOLDER "
+            "(prune.pretrained), or turn PrC off with --no-prc"
+        )
+    recorded = read_profile(run / "config.toml")
+    model_cfg = build_config({"model": recorded.get("model", {})}).model
+    seed = int(recorded.get("run", {}).get("seed", 42))
+    return load_classifier(model_cfg, labels, seed=seed).eval()
+
+
+def _command_of(run: Path) -> str | None:
+    try:
+        with open(run / "events.jsonl", encoding="utf-8") as f:
+            first = json.loads(f.readline())
+    except (OSError, ValueError):
+        return None
+    return first.get("command") if first.get("type") == "run_started" else None
+
+
+def _tokenizer(folder: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError) as e:
+        raise KdtuiError(f"cannot load the tokenizer saved with {folder}: {e}") from None
+
+
+def _set_dropout(model: Any, p: float) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+    model.config.hidden_dropout_prob = p
+    model.config.attention_probs_dropout_prob = p
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding the training data once (teacher logits, bank vectors), with a cache
+
+
+def encodings(ctx: RunContext, model: Any, encoded: Encoded, pad_id: int) -> tuple[Any, Any]:
+    """(logits, L2-normalised sentence vectors) of every training example, from the cache in
+    OUTPUT_DIR/.cache/prune when the same weights, data and settings were encoded before."""
+    from kdtui.methods.contrastive import encode_examples
+
+    cfg = ctx.config
+    acc = ctx.accelerator
+    path = None
+    if cfg.prune.cache:
+        key = _fingerprint(model, encoded, cfg.prune.pooling, cfg.train.eval_batch_size)
+        path = Path(cfg.run.output_dir).expanduser() / ".cache" / "prune" / f"{key}.pt"
+        if _everyone_sees(path, acc):
+            cached = torch.load(path, weights_only=True)
+            return cached["logits"], cached["vectors"]
+    logits, vectors = encode_examples(
+        model.to(acc.device),
+        encoded,
+        pooling=cfg.prune.pooling,
+        batch_size=cfg.train.eval_batch_size,
+        pad_id=pad_id,
+        device=acc.device,
+        process_index=acc.process_index,
+        num_processes=acc.num_processes,
+    )
+    if path is not None and ctx.is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save({"logits": logits, "vectors": vectors}, tmp)
+        tmp.replace(path)
+    return logits, vectors
+
+
+def _everyone_sees(path: Path, accelerator: Any) -> bool:
+    """Whether the cache file exists, decided by the main process for all (a process that
+    computed while the others read would wait forever in the gather)."""
+    exists = path.is_file()
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        exists = broadcast_object_list([exists])[0]
+    return exists
+
+
+def _fingerprint(model: Any, encoded: Encoded, pooling: str, batch_size: int) -> str:
+    digest = hashlib.sha256()
+    digest.update(f"{type(model).__name__}|{pooling}|{batch_size}|".encode())
+    digest.update(str(getattr(model.config, "_attn_implementation", "")).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    digest.update(json.dumps([encoded.input_ids, encoded.token_type_ids, encoded.ids]).encode())
+    return digest.hexdigest()[:32]
