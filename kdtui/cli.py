@@ -149,7 +149,15 @@ def _run_training(
         if command in UPSTREAM:
             config = _with_upstream_data(command, config, profile, overrides or [], options)
     if dashboard:
-        _launch_with_dashboard(command, config, resume=resume, force=force)
+        _launch_with_dashboard(
+            command,
+            config,
+            profile=profile,
+            overrides=overrides or [],
+            options=options,
+            resume=resume,
+            force=force,
+        )
         return
     import importlib
 
@@ -206,8 +214,19 @@ def _with_upstream_data(
     return resolve(profile, overrides, options, base=base)[0]
 
 
-def _launch_with_dashboard(command: str, config: Any, *, resume: Path | None, force: bool) -> None:
-    """Start the run in a child process (`python -m kdtui COMMAND ... --quiet`) and follow it.
+def _launch_with_dashboard(
+    command: str,
+    config: Any,
+    *,
+    profile: str | None,
+    overrides: list[str],
+    options: dict[str, Any],
+    resume: Path | None,
+    force: bool,
+) -> None:
+    """Start the run in a child process and follow it. The child is the command the user
+    typed, less --dashboard: `python -m kdtui COMMAND --profile P --set ... --quiet`, with the
+    run's name (and the upstream model, found once here) pinned so both sides agree on them.
 
     Naming and the overwrite check repeat kdtui.rundir's rules (default_run_name,
     check_new_run_path) because importing it pulls in torch, and the dashboard must open at once.
@@ -215,7 +234,6 @@ def _launch_with_dashboard(command: str, config: Any, *, resume: Path | None, fo
     import time
 
     from kdtui.dashboard.launch import launch_and_follow
-    from kdtui.profile import to_toml
 
     if resume is not None:
         raise typer.Exit(launch_and_follow([command, "--resume", str(resume), "--quiet"], resume))
@@ -229,13 +247,31 @@ def _launch_with_dashboard(command: str, config: Any, *, resume: Path | None, fo
             f"{run_dir} already holds a run; use --resume {run_dir} to continue it, "
             "--force to replace it, or choose another --name"
         )
-    profile_file = output_dir / f".{name}.profile.toml"
-    profile_file.parent.mkdir(parents=True, exist_ok=True)
-    profile_file.write_text(to_toml(config), encoding="utf-8")
-    argv = [command, "--profile", str(profile_file), "--name", name, "--quiet"]
-    if force:
-        argv.append("--force")
+    pinned = {**options, "run.name": name}
+    if command in UPSTREAM:
+        section, key = UPSTREAM[command].split(".")
+        pinned[UPSTREAM[command]] = getattr(getattr(config, section), key) or None
+    argv = [command, *(["--profile", profile] if profile else [])]
+    for override in overrides:
+        argv += ["--set", override]
+    for key, value in pinned.items():  # explicit options come last: they win, as here
+        if value is not None:
+            argv += ["--set", f"{key}={_toml_literal(value)}"]
+    argv += ["--quiet", *(["--force"] if force else [])]
     raise typer.Exit(launch_and_follow(argv, run_dir))
+
+
+def _toml_literal(value: Any) -> str:
+    """A value as `--set` reads it back (a TOML literal)."""
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_literal(v) for v in value) + "]"
+    return json.dumps(str(value))  # a TOML basic string uses the same escapes
 
 
 class _ProgressListener:

@@ -13,6 +13,7 @@ from kdtui.dashboard.app import create_app
 from kdtui.dashboard.launch import ChildRun, after_dashboard
 from kdtui.dashboard.widgets.domain_table import DomainTable
 from kdtui.dashboard.widgets.loss_chart import LossChart
+from kdtui.dashboard.widgets.run_screen import RunScreen
 from kdtui.dashboard.widgets.stop_run_screen import StopRunScreen
 from kdtui.events import Eval, RunFailed, RunFinished, Step
 from tests.conftest import REPO, events_of, invoke
@@ -84,7 +85,9 @@ async def test_quit_and_stop_sends_sigint_and_the_run_checkpoints(runs: Path) ->
     try:
         app = create_app(run_dir, runs_root=runs, process=child, poll_interval=0.05)
         async with app.run_test(size=(100, 30)) as pilot:
-            screen = await settled(pilot)
+            # A live run never settles: wait for its data instead.
+            await until(pilot, lambda: isinstance(app.screen, RunScreen))
+            screen = app.screen
             await until(pilot, lambda: screen.state.step >= 3)
             await pilot.press("q")
             assert isinstance(app.screen, StopRunScreen)
@@ -107,7 +110,8 @@ async def test_quit_and_keep_leaves_the_run_going(
     try:
         app = create_app(run_dir, runs_root=runs, process=child, poll_interval=0.05)
         async with app.run_test(size=(100, 30)) as pilot:
-            await settled(pilot)
+            await until(pilot, lambda: isinstance(app.screen, RunScreen))
+            await until(pilot, lambda: app.screen.state.step >= 1)
             await pilot.press("q", "k")
         assert app.return_value == "keep"
         assert after_dashboard(child, app.return_value, run_dir) == 0
@@ -132,3 +136,45 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path, runs: Path) -> None:
     )
     assert result.exit_code == 2 and "already holds a run" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_dashboard_flag_starts_the_command_the_user_typed(
+    runs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[list[str], Path]] = []
+
+    def fake_launch(argv: list[str], run_dir: Path) -> int:
+        calls.append((argv, run_dir))
+        return 0
+
+    monkeypatch.setattr("kdtui.dashboard.launch.launch_and_follow", fake_launch)
+    result = invoke(
+        "teacher",
+        "--profile",
+        "smoke",
+        "--set",
+        "train.lr=0.01",
+        "--max-steps",
+        "3",
+        "--output-dir",
+        str(runs),
+        "--name",
+        "n1",
+        "--dashboard",
+    )
+    assert result.exit_code == 0, result.output
+    argv, run_dir = calls[-1]
+    assert run_dir == runs / "n1"
+    assert argv[:5] == ["teacher", "--profile", "smoke", "--set", "train.lr=0.01"]
+    assert "train.max_steps=3" in argv and 'run.name="n1"' in argv and argv[-1] == "--quiet"
+    # The child parses these back to the same configuration.
+    from kdtui.profile import resolve
+
+    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    config, _ = resolve("smoke", sets)
+    assert (config.train.lr, config.train.max_steps, config.run.name) == (0.01, 3, "n1")
+    assert config.run.output_dir == str(runs)
+
+    result = invoke("dashboard", "--profile", "smoke", "teacher", "-o", str(runs), "--name", "n2")
+    assert result.exit_code == 0, result.output
+    assert calls[-1][1] == runs / "n2" and calls[-1][0][:3] == ["teacher", "--profile", "smoke"]

@@ -179,7 +179,10 @@ class RunState:
             self.layer_sparsity_step = event.step
         elif isinstance(event, Checkpoint):
             self.checkpoints += 1
-            self._log(event.time, event.step, "checkpoint", f"{event.kind} {event.path}")
+            # "periodic step-00000040", "best": the folder's name says where it went.
+            name = event.path.rstrip("/").rsplit("/", 1)[-1]
+            text = event.kind if name == event.kind else f"{event.kind} {name}"
+            self._log(event.time, event.step, "checkpoint", text)
         elif isinstance(event, Message):
             if event.level == "warning":
                 self.warnings += 1

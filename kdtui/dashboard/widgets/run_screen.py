@@ -21,7 +21,6 @@ from textual.containers import Horizontal, Vertical
 from textual.events import Resize
 from textual.message import Message
 from textual.screen import Screen
-from textual.timer import Timer
 from textual.widgets import Footer
 
 from kdtui.dashboard.runs import teacher_accuracy
@@ -87,7 +86,6 @@ class RunScreen(Screen[None]):
         self._stop = threading.Event()
         self._dirty = False
         self._last_refresh = 0.0
-        self._refresh_timer: Timer | None = None
         self._teacher_source: str | None = None
 
     @property
@@ -100,7 +98,6 @@ class RunScreen(Screen[None]):
         return (
             self.caught_up
             and not self._dirty
-            and self._refresh_timer is None
             and not any(chart.drawing for chart in self.query(ThreadedPlot))
         )
 
@@ -123,6 +120,7 @@ class RunScreen(Screen[None]):
         self.query_one("#sparsity-row").display = False
         self.refresh_panels()
         self.set_interval(TICK_SECONDS, self._tick)
+        self.set_interval(REFRESH_SECONDS / 2, self._refresh_if_due)
         self._follow()
 
     def on_unmount(self) -> None:
@@ -192,17 +190,13 @@ class RunScreen(Screen[None]):
     def on_run_screen_updated(self, message: Updated) -> None:
         self.caught_up = message.caught_up
         self._dirty = True
-        if self._refresh_timer is not None:
-            return
-        wait = REFRESH_SECONDS - (time.monotonic() - self._last_refresh)
-        if wait <= 0:
-            self.refresh_panels()
-        else:
-            self._refresh_timer = self.set_timer(wait, self._timed_refresh)
+        self._refresh_if_due()
 
-    def _timed_refresh(self) -> None:
-        self._refresh_timer = None
-        self.refresh_panels()
+    def _refresh_if_due(self) -> None:
+        # Driven by Updated and by an interval timer, not by one-shot timers: Textual skips a
+        # one-shot timer altogether when the loop is late for it, which a busy machine causes.
+        if self._dirty and time.monotonic() - self._last_refresh >= REFRESH_SECONDS:
+            self.refresh_panels()
 
     def _tick(self) -> None:
         with self._lock:

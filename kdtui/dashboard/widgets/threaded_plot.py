@@ -17,7 +17,6 @@ from collections.abc import Callable
 from rich.text import Text
 from textual import work
 from textual.app import App
-from textual.timer import Timer
 from textual_plotext import PlotextPlot
 from textual_plotext.plot import Plot
 
@@ -32,7 +31,6 @@ class ThreadedPlot(PlotextPlot):
         self._building = False
         self._wanted = False
         self._started_at = -MIN_INTERVAL
-        self._timer: Timer | None = None
 
     @property
     def drawing(self) -> bool:
@@ -43,21 +41,23 @@ class ThreadedPlot(PlotextPlot):
         """The drawing of the current data, as a function that may run in another thread."""
         raise NotImplementedError
 
+    def on_mount(self) -> None:
+        super().on_mount()
+        # An interval, not one-shot timers: Textual drops a one-shot timer whose time has
+        # passed before the loop got to it, which happens on a busy machine.
+        self.set_interval(MIN_INTERVAL / 4, self._start_if_due)
+
     def request(self, *, now: bool = False) -> None:
         """Redraw with the current data (UI thread): within MIN_INTERVAL, or `now`."""
-        if self._building:
-            self._wanted = True
-            return
-        wait = MIN_INTERVAL - (time.monotonic() - self._started_at)
-        if now or wait <= 0:
+        self._wanted = True
+        if now and not self._building:
             self._start()
-        elif self._timer is None:
-            self._wanted = True
-            self._timer = self.set_timer(wait, self._timed_start)
+        else:
+            self._start_if_due()
 
-    def _timed_start(self) -> None:
-        self._timer = None
-        if not self._building:
+    def _start_if_due(self) -> None:
+        due = time.monotonic() - self._started_at >= MIN_INTERVAL
+        if self._wanted and not self._building and due:
             self._start()
 
     def _start(self) -> None:
@@ -65,9 +65,6 @@ class ThreadedPlot(PlotextPlot):
         if width <= 0 or height <= 0 or not self.is_mounted:
             self._wanted = True  # drawn once laid out (on_resize)
             return
-        if self._timer is not None:
-            self._timer.stop()
-            self._timer = None
         self._building, self._wanted = True, False
         self._started_at = time.monotonic()
         theme = self._get_plotext_theme_name(self.app.theme)
@@ -89,9 +86,7 @@ class ThreadedPlot(PlotextPlot):
         self._picture = picture
         self._building = False
         self.refresh()
-        if self._wanted:
-            self._wanted = False
-            self.request()
+        self._start_if_due()
 
     def render(self) -> Text:
         return self._picture if self._picture is not None else Text("")
