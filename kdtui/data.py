@@ -244,12 +244,21 @@ def _assemble(raw: dict[str, Columns], cfg: DataConfig, notes: list[str]) -> Mul
                 f"domains: {', '.join(domain_names)}"
             )
         domain_names = [d for d in domain_names if d in cfg.domains]
+    unknown = [d for d in cfg.subsample_domains if d not in domain_names]
+    if unknown:
+        raise KdtuiError(
+            f"data.subsample_domains: {', '.join(repr(d) for d in unknown)} not in the data; "
+            f"domains: {', '.join(domain_names)}"
+        )
+    subsampled = {domain_names.index(d) for d in cfg.subsample_domains} or None
 
     splits: dict[str, Split] = {}
     for role, columns in raw.items():
         split = _to_split(columns, cfg, role, label_of, domain_names)
         if role == "train":
-            split = _subsample(split, cfg.train_fraction, cfg.max_train_per_domain, cfg.seed)
+            split = _subsample(
+                split, cfg.train_fraction, cfg.max_train_per_domain, cfg.seed, only=subsampled
+            )
         elif cfg.max_eval_per_domain:
             split = _subsample(split, 1.0, cfg.max_eval_per_domain, cfg.seed)
         if len(split) == 0:
@@ -358,8 +367,11 @@ def _to_split(
     )
 
 
-def _subsample(split: Split, fraction: float, cap: int, seed: int) -> Split:
-    """Per domain: keep a seeded random `fraction` (at least one example), then at most `cap`."""
+def _subsample(
+    split: Split, fraction: float, cap: int, seed: int, only: set[int] | None = None
+) -> Split:
+    """Per domain: keep a seeded random `fraction` (at least one example), then at most `cap`;
+    with `only`, just those domains are shrunk and the others kept whole."""
     if fraction >= 1.0 and not cap:
         return split
     rng = random.Random(seed)
@@ -369,7 +381,10 @@ def _subsample(split: Split, fraction: float, cap: int, seed: int) -> Split:
         count = max(1, math.ceil(fraction * len(rows) - 1e-9))
         if cap:
             count = min(count, cap)
-        keep.extend(rng.sample(rows, count))
+        # Drawn for every domain, kept or not, so a domain's subset does not depend on which
+        # other domains are shrunk (a scarce teacher and its student see the same examples).
+        sample = rng.sample(rows, count)
+        keep.extend(sample if only is None or domain in only else rows)
     return split.select(sorted(keep))
 
 
