@@ -54,3 +54,23 @@ def masked_mse_per_instance(
         return per_token.mean(dim=-1)
     mask = token_mask.to(per_token.dtype)
     return (per_token * mask).sum(dim=-1) / mask.sum(dim=-1).clamp_min(1.0)
+
+
+def attention_mse_per_instance(
+    student_attention: torch.Tensor, teacher_attention: torch.Tensor, token_mask: torch.Tensor
+) -> torch.Tensor:
+    """Attention MSE per instance (TinyBERT / Meta-KD), on scores or maps alike.
+    (B, heads, T, T) x2, (B, T) -> (B,).
+
+    Entries whose query or key is padding are set to 0 on both sides and left out of the mean,
+    so the loss of a short sentence is the mean over its real (query, key) pairs and heads. When
+    the student has fewer heads than the teacher (a narrower student), the head-averaged
+    attention is compared: there is no head-to-head correspondence to match."""
+    s, t = student_attention.float(), teacher_attention.float()
+    if s.shape[1] != t.shape[1]:
+        s, t = s.mean(dim=1, keepdim=True), t.mean(dim=1, keepdim=True)
+    mask = token_mask.to(s.dtype)
+    pairs = (mask[:, :, None] * mask[:, None, :])[:, None]  # (B, 1, T, T)
+    squared = ((s * pairs - t * pairs) ** 2).sum(dim=(1, 2, 3))
+    count = pairs.sum(dim=(1, 2, 3)) * s.shape[1]
+    return squared / count.clamp_min(1.0)

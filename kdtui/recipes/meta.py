@@ -45,10 +45,10 @@ def meta_teacher_hooks(
         num_domains=len(data.domain_names),
         hidden=model.config.hidden_size,
         prototype_scores_by_example_id=by_id,
-        domain_loss_weight=cfg.teacher.domain_loss_weight,
+        domain_names=data.domain_names,
         seed=cfg.run.seed,
     )
-    # The hook already applies γ1 or leaves it to the loop: weights name the terms it returns.
+    # The hook returns unweighted terms; γ1 weighs the adversarial one in the loop.
     return [hook], {"domain_adv": cfg.teacher.domain_loss_weight}
 
 

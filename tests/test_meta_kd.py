@@ -1,0 +1,383 @@
+"""Meta-KD's pieces against hand computations: prototype scores, λ_i, the corrupted-label
+adversarial loss, the layer mapping, and every distillation loss term."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdtui.config import ModelConfig
+from kdtui.engine.hooks import Batch, HookContext
+from kdtui.errors import KdtuiError
+from kdtui.methods.losses import attention_mse_per_instance
+from kdtui.methods.meta_kd import (
+    DomainHead,
+    IntermediateDistillHook,
+    MetaTeacherHook,
+    PredictionDistillHook,
+    attention_scores,
+    corrupt_domain_labels,
+    embed_for_prototypes,
+    expertise_weights,
+    load_domain_head,
+    mean_token_states,
+    parse_layer_map,
+    prototype_scores,
+    save_domain_head,
+    uniform_layer_map,
+)
+from kdtui.models import build_student, load_classifier
+
+R = 1 / math.sqrt(1.25)  # cos between (1, 0) and (1, 0.5)
+
+
+def test_mean_token_states_skips_cls_and_padding() -> None:
+    hidden = torch.tensor([[[9.0, 9.0], [1.0, 2.0], [3.0, 4.0], [7.0, 7.0]]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    assert torch.allclose(mean_token_states(hidden, mask), torch.tensor([[2.0, 3.0]]))
+
+
+def test_class_prototype_scores_by_hand() -> None:
+    # domain 0: a=(1,0) y0, b=(0,1) y1, c=(1,1) y0 -> p0^0=(1,.5), p1^0=(0,1)
+    # domain 1: d=(0,1) y0, e=(1,0) y1           -> p0^1=(0,1),  p1^1=(1,0)
+    # domain 2: f=(1,1) y1 (no class 0)          -> p1^2=(1,1)
+    e = torch.tensor([[1.0, 0], [0, 1], [1, 1], [0, 1], [1, 0], [1, 1]])
+    labels = torch.tensor([0, 1, 0, 0, 1, 1])
+    domains = torch.tensor([0, 0, 0, 1, 1, 2])
+    alpha, zeta = 0.6, 0.4
+    s2 = 1 / math.sqrt(2)
+    expected = [
+        alpha * R + zeta * 0.0,  # a: other domains with class 0: only domain 1
+        alpha * 1.0 + zeta * (0.0 + s2) / 2,  # b: p1^1=(1,0) -> 0, p1^2=(1,1) -> 1/√2
+        alpha * (1.5 / (math.sqrt(2) * math.sqrt(1.25))) + zeta * s2,
+        alpha * 1.0 + zeta * 0.5 * R,  # d: own p0^1=(0,1); other p0^0=(1,.5)
+        alpha * 1.0 + zeta * (0.0 + s2) / 2,  # e: own (1,0); others p1^0=(0,1), p1^2=(1,1)
+        alpha * 1.0 + zeta * (s2 + s2) / 2,  # f: own (1,1); others (0,1), (1,0)
+    ]
+    got = prototype_scores(
+        e, labels, domains, num_domains=3, num_labels=2, variant="class", alpha=alpha, zeta=zeta
+    )
+    assert torch.allclose(got, torch.tensor(expected), atol=1e-6)
+
+
+def test_centroid_prototype_scores_by_hand() -> None:
+    # centroids: c0 = mean((2,0),(0,2)) = (1,1); c1 = mean((3,0),(1,0)) = (2,0); c2 = (0,1)
+    e = torch.tensor([[2.0, 0], [0, 2], [3, 0], [1, 0], [0, 1]])
+    labels = torch.tensor([0, 1, 1, 0, 1])  # ignored by this variant
+    domains = torch.tensor([0, 0, 1, 1, 2])
+    alpha, zeta = 0.3, 0.7
+    s2 = 1 / math.sqrt(2)
+    expected = [
+        alpha * s2 + zeta * R,  # others' mean centroid (1, .5)
+        alpha * s2 + zeta * 0.5 * R,
+        alpha * 1.0 + zeta * 0.5 * R,  # others' mean centroid (.5, 1)
+        alpha * 1.0 + zeta * 0.5 * R,
+        alpha * 1.0 + zeta * 0.5 / math.sqrt(2.5),  # others' mean centroid (1.5, .5)
+    ]
+    got = prototype_scores(
+        e, labels, domains, num_domains=3, num_labels=2, variant="centroid", alpha=alpha, zeta=zeta
+    )
+    assert torch.allclose(got, torch.tensor(expected), atol=1e-6)
+
+
+def test_expertise_weights_follow_the_formula() -> None:
+    t = torch.tensor([0.0, 0.5, -0.2, 0.9])
+    p = torch.tensor([1.0, 0.0, 0.3, 0.75])
+    expected = [
+        (1 + ti) / (1 + math.exp((1 - pi) ** 2))
+        for ti, pi in zip(t.tolist(), p.tolist(), strict=True)
+    ]
+    assert torch.allclose(expertise_weights(t, p), torch.tensor(expected), atol=1e-6)
+    assert expertise_weights(torch.tensor([0.0]), torch.tensor([1.0])).item() == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny models and a batch
+
+
+@pytest.fixture(scope="module")
+def tiny() -> torch.nn.Module:
+    model = load_classifier(ModelConfig(name="tiny", tiny_layers=2), ["neg", "pos"], seed=3)
+    model.eval()  # no dropout: the hand computations below see the same forward
+    return model
+
+
+def _batch() -> Batch:
+    torch.manual_seed(0)
+    ids = torch.randint(1000, 2000, (4, 7))
+    mask = torch.ones(4, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+    mask[3, 3:] = 0
+    ids[mask == 0] = 0
+    return Batch(
+        input_ids=ids,
+        attention_mask=mask,
+        token_type_ids=torch.zeros_like(ids),
+        labels=torch.tensor([0, 1, 1, 0]),
+        domain_ids=torch.tensor([0, 1, 2, 1]),
+        example_ids=torch.tensor([3, 0, 2, 1]),
+    )
+
+
+def _ctx(model: torch.nn.Module) -> HookContext:
+    return HookContext(model, 10, lambda e: None, torch.device("cpu"))
+
+
+def test_embed_for_prototypes_is_the_masked_mean_of_the_last_layer(tiny) -> None:
+    batch = _batch()
+    inputs = batch.model_inputs()
+    got = embed_for_prototypes(tiny, [{**inputs}, {**inputs}])
+    hidden = tiny(**inputs, output_hidden_states=True).hidden_states[-1]
+    for row in range(4):
+        real = int(batch.attention_mask[row].sum())
+        expected = hidden[row, 1:real].mean(dim=0)
+        assert torch.allclose(got[row], expected, atol=1e-5)
+    assert got.shape == (8, tiny.config.hidden_size)
+
+
+def test_corrupted_domain_labels_are_a_permutation_and_resumable() -> None:
+    domains = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 0, 1, 2, 3, 0, 1, 2, 3])
+    generator = torch.Generator().manual_seed(5)
+    first = corrupt_domain_labels(domains, generator)
+    assert sorted(first.tolist()) == sorted(domains.tolist())
+    assert not torch.equal(first, domains)
+
+    hook = MetaTeacherHook(
+        num_domains=4, hidden=8, prototype_scores_by_example_id=torch.ones(4), seed=1
+    )
+    saved = hook.state_dict()
+    draws = [corrupt_domain_labels(domains, hook.generator) for _ in range(3)]
+    again = MetaTeacherHook(
+        num_domains=4, hidden=8, prototype_scores_by_example_id=torch.ones(4), seed=99
+    )
+    again.load_state_dict(saved)
+    assert all(torch.equal(d, corrupt_domain_labels(domains, again.generator)) for d in draws)
+    assert torch.equal(again.head.dense.weight, hook.head.dense.weight)
+
+
+def test_meta_teacher_terms_by_hand_and_gradients_reach_the_domain_head(tiny) -> None:
+    batch = _batch()
+    scores = torch.tensor([0.9, 0.5, 0.2, 0.7])  # by example id
+    hook = MetaTeacherHook(
+        num_domains=3, hidden=tiny.config.hidden_size, prototype_scores_by_example_id=scores
+    )
+    hook.setup(_ctx(tiny))
+    shadow = torch.Generator().manual_seed(0)
+    shadow.set_state(hook.generator.get_state())
+    outputs = tiny(**batch.model_inputs(), output_hidden_states=True)
+    terms = hook.loss_terms(batch, outputs, tiny)
+
+    t = scores[batch.example_ids]
+    ce = F.cross_entropy(outputs.logits, batch.labels, reduction="none")
+    assert terms["ce"].item() == pytest.approx((t * ce).mean().item(), rel=1e-5)
+    permuted = batch.domain_ids[torch.randperm(4, generator=shadow)]
+    features = mean_token_states(outputs.hidden_states[-1], batch.attention_mask)
+    head = hook.head
+    logits = head.classifier(torch.tanh(head.dense(features + head.embedding(batch.domain_ids))))
+    adv = F.cross_entropy(logits, permuted, reduction="none")
+    assert terms["domain_adv"].item() == pytest.approx((t * adv).mean().item(), rel=1e-5)
+
+    tiny.zero_grad()
+    terms["domain_adv"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in hook.parameters())
+    encoder_grad = tiny.base_model.encoder.layer[-1].output.dense.weight.grad
+    assert encoder_grad is not None and encoder_grad.abs().sum() > 0  # the features move too
+    tiny.zero_grad()
+
+
+def test_domain_head_round_trip(tmp_path: Path) -> None:
+    head = DomainHead(3, 8, ["a", "b", "c"])
+    head.init_weights(4)
+    save_domain_head(head, tmp_path)
+    loaded = load_domain_head(tmp_path)
+    assert loaded is not None and loaded.domain_names == ["a", "b", "c"]
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in head.state_dict().items())
+    assert load_domain_head(tmp_path / "elsewhere") is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer mapping
+
+
+def test_uniform_layer_map() -> None:
+    assert uniform_layer_map(6, 2) == [(0, 0), (1, 3), (2, 6)]
+    assert uniform_layer_map(6, 3) == [(0, 0), (1, 2), (2, 4), (3, 6)]
+    assert uniform_layer_map(6, 4) == [(0, 0), (1, 2), (2, 3), (3, 5), (4, 6)]
+    assert uniform_layer_map(4, 4) == [(i, i) for i in range(5)]
+    with pytest.raises(KdtuiError, match="deeper than the teacher"):
+        uniform_layer_map(2, 3)
+
+
+def test_parse_layer_map() -> None:
+    assert parse_layer_map([[0, 0], [2, 6]], student_layers=2, teacher_layers=6) == [
+        (0, 0),
+        (2, 6),
+    ]
+    bad = {
+        "out of range 0..2": [[3, 3]],
+        "teacher layer 7 is out of range": [[1, 7]],
+        "layer 0 matches only layer 0": [[0, 2]],
+        "mapped twice": [[1, 2], [1, 3]],
+        "not a \\[student_layer, teacher_layer\\] pair": [[1, 2, 3]],
+        "is empty": [],
+    }
+    for message, pairs in bad.items():
+        with pytest.raises(KdtuiError, match=message):
+            parse_layer_map(pairs, student_layers=2, teacher_layers=6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Distillation loss terms
+
+
+def test_attention_mse_by_hand() -> None:
+    s = torch.tensor([[[[1.0, 5.0], [7.0, 9.0]]]])  # (B=1, heads=1, T=2, T=2)
+    t = torch.tensor([[[[3.0, -1.0], [0.0, 0.0]]]])
+    assert attention_mse_per_instance(s, t, torch.tensor([[1, 0]])).item() == pytest.approx(4.0)
+    full = ((1 - 3) ** 2 + (5 + 1) ** 2 + 7**2 + 9**2) / 4
+    assert attention_mse_per_instance(s, t, torch.tensor([[1, 1]])).item() == pytest.approx(full)
+    two_heads = torch.cat([t, t + 2], dim=1)  # a student with fewer heads: head-averaged maps
+    got = attention_mse_per_instance(s, two_heads, torch.tensor([[1, 1]]))
+    assert got.item() == pytest.approx(((s - (t + 1)) ** 2).mean().item())
+
+
+def test_recomputed_attention_scores_give_the_models_attention_maps() -> None:
+    model = load_classifier(
+        ModelConfig(name="tiny"), ["neg", "pos"], attn_implementation="eager", seed=1
+    )
+    model.eval()
+    batch = _batch()
+    out = model(**batch.model_inputs(), output_hidden_states=True, output_attentions=True)
+    additive = (1.0 - batch.attention_mask[:, None, None, :].float()) * torch.finfo().min
+    for layer in range(model.config.num_hidden_layers):
+        scores = attention_scores(model, layer, out.hidden_states[layer])
+        maps = torch.softmax(scores + additive, dim=-1)
+        assert torch.allclose(maps, out.attentions[layer], atol=1e-5)
+
+
+def _masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    rows = []
+    for i in range(a.shape[0]):
+        real = mask[i].bool()
+        rows.append(((a[i][real] - b[i][real]) ** 2).mean())
+    return torch.stack(rows)
+
+
+def test_intermediate_terms_by_hand(tiny) -> None:
+    student = build_student(tiny, num_layers=1, seed=2)
+    student.eval()
+    with torch.no_grad():  # a student that differs from the teacher layer it was copied from
+        for p in student.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    head = DomainHead(3, tiny.config.hidden_size)
+    head.init_weights(0)
+    scores = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    layer_map = uniform_layer_map(2, 1)  # [(0, 0), (1, 2)]
+    hook = IntermediateDistillHook(
+        teacher=tiny,
+        layer_map=layer_map,
+        student_hidden=student.config.hidden_size,
+        teacher_hidden=tiny.config.hidden_size,
+        teacher_domain_head=head,
+        prototype_scores_by_example_id=scores,
+        use_expertise_weights=True,
+    )
+    hook.setup(_ctx(student))
+    with torch.no_grad():  # a projection that is not the identity
+        hook.projection.weight.mul_(1.5)
+        hook.projection.bias.fill_(0.1)
+    batch = _batch()
+    mask = batch.attention_mask
+    out = student(**batch.model_inputs(), output_hidden_states=True)
+    terms = hook.loss_terms(batch, out, student)
+
+    with torch.no_grad():
+        t_out = tiny(**batch.model_inputs(), output_hidden_states=True)
+    p = torch.softmax(t_out.logits, dim=-1)[torch.arange(4), batch.labels]
+    lam = (1 + scores[batch.example_ids]) / (1 + torch.exp((1 - p) ** 2))
+    proj = hook.projection
+    hidden = _masked_mse(proj(out.hidden_states[0]), t_out.hidden_states[0], mask)
+    hidden = hidden + _masked_mse(proj(out.hidden_states[1]), t_out.hidden_states[2], mask)
+    assert terms["hidden_mse"].item() == pytest.approx((lam * hidden).mean().item(), rel=1e-4)
+
+    s_scores = attention_scores(student, 0, out.hidden_states[0])
+    t_scores = attention_scores(tiny, 1, t_out.hidden_states[1])
+    attention = []
+    for i in range(4):
+        n = int(mask[i].sum())
+        attention.append(((s_scores[i, :, :n, :n] - t_scores[i, :, :n, :n]) ** 2).mean())
+    expected = (lam * torch.stack(attention)).mean()
+    assert terms["attention_mse"].item() == pytest.approx(expected.item(), rel=1e-4)
+
+    def domain_vector(h: torch.Tensor) -> torch.Tensor:
+        rows = [h[i, 1 : int(mask[i].sum())].mean(dim=0) for i in range(4)]
+        return torch.tanh(head.dense(torch.stack(rows) + head.embedding(batch.domain_ids)))
+
+    d_s = domain_vector(proj(out.hidden_states[-1]))
+    d_t = domain_vector(t_out.hidden_states[-1])
+    expected = (lam * ((d_s - d_t) ** 2).mean(dim=-1)).mean()
+    assert terms["domain_mse"].item() == pytest.approx(expected.item(), rel=1e-4)
+
+    total = sum(terms.values())
+    total.backward()
+    assert proj.weight.grad is not None and proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in tiny.parameters())  # the teacher is frozen
+    assert all(p.grad is None for p in head.parameters())
+    assert not tiny.training
+
+
+def test_vanilla_intermediate_has_no_weights_and_no_domain_term(tiny) -> None:
+    hook = IntermediateDistillHook(
+        teacher=tiny,
+        layer_map=[(i, i) for i in range(3)],
+        student_hidden=tiny.config.hidden_size,
+        teacher_hidden=tiny.config.hidden_size,
+    )
+    hook.setup(_ctx(tiny))
+    batch = _batch()
+    out = tiny(**batch.model_inputs(), output_hidden_states=True)
+    terms = hook.loss_terms(batch, out, tiny)
+    assert set(terms) == {"hidden_mse", "attention_mse"}
+    # the identity projection and a student equal to its teacher: nothing to learn
+    assert terms["hidden_mse"].item() == pytest.approx(0.0, abs=1e-10)
+    assert terms["attention_mse"].item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_prediction_term_by_hand_cached_or_not(tiny) -> None:
+    batch = _batch()
+    student_logits = torch.tensor([[0.3, -0.2], [1.0, 0.5], [-1.0, 2.0], [0.0, 0.0]])
+    with torch.no_grad():
+        teacher_logits = tiny(**batch.model_inputs()).logits
+    T = 2.0
+    soft_ce = -(
+        torch.softmax(teacher_logits / T, -1) * torch.log_softmax(student_logits / T, -1)
+    ).sum(-1)
+    scores = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    p = torch.softmax(teacher_logits, -1)[torch.arange(4), batch.labels]
+    lam = (1 + scores[batch.example_ids]) / (1 + torch.exp((1 - p) ** 2))
+
+    class Out:
+        logits = student_logits
+
+    plain = PredictionDistillHook(teacher=tiny, temperature=T)
+    plain.setup(_ctx(tiny))
+    assert plain.loss_terms(batch, Out, tiny)["soft_ce"].item() == pytest.approx(
+        soft_ce.mean().item(), rel=1e-5
+    )
+    cache = torch.zeros(4, 2)
+    cache[batch.example_ids] = teacher_logits
+    weighted = PredictionDistillHook(
+        teacher=None,
+        temperature=T,
+        weights="expertise",
+        prototype_scores_by_example_id=scores,
+        cached_logits=cache,
+    )
+    weighted.setup(_ctx(tiny))
+    assert weighted.loss_terms(batch, Out, tiny)["soft_ce"].item() == pytest.approx(
+        (lam * soft_ce).mean().item(), rel=1e-5
+    )
