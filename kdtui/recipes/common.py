@@ -28,8 +28,12 @@ class RunContext:
     last_step: int = 0
     started: bool = False  # training began (run_started was logged)
 
-    def start(self, total_steps: int) -> None:
+    def start(self, total_steps: int, resumed_from_step: int | None = None) -> None:
+        """Log run_started. A recipe whose checkpoints are not in RUN/checkpoints (distill keeps
+        one folder per stage) says where it resumes from."""
         self.started = True
+        if resumed_from_step is None:
+            resumed_from_step = self._resumed_step()
         self.run.log(
             RunStarted(
                 run=self.run.path.name,
@@ -37,7 +41,7 @@ class RunContext:
                 profile=self.profile,
                 total_steps=total_steps,
                 config=self.config.to_dict(),
-                resumed_from_step=self._resumed_step(),
+                resumed_from_step=resumed_from_step if self.resumed else 0,
             )
         )
 

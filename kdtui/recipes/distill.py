@@ -8,6 +8,11 @@ For each target domain: build (or load) the student, then
           temperature T, weighted by λ_i for meta.
 The student sees only its domain's training data; it is evaluated on every domain's dev set
 (to show transfer) and selected by its own domain's dev accuracy.
+
+Layout: one target domain trains in the run directory itself (RUN/model, RUN/best,
+RUN/checkpoints/stage1|stage2); `--domain all` puts each student under RUN/domains/<domain>/
+and writes RUN/summary.md. Each stage checkpoints on its own, so `--resume` skips finished
+stages and students and continues the interrupted one.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from kdtui.models import (
     build_student,
     label_names_of,
     load_trained,
+    read_config_json,
     resolve_model_path,
     save_classifier,
 )
@@ -35,6 +41,8 @@ from kdtui.profile import read_profile
 from kdtui.recipes.common import RunContext, load_run_data
 from kdtui.recipes.meta import SCORES_FILE, load_scores
 from kdtui.recipes.teacher import domain_index, final_metrics
+
+SUMMARY_FILE = "summary.md"
 
 
 @dataclass
@@ -46,6 +54,26 @@ class Plan:
     train: Encoded
     stage1_steps: int
     stage2_steps: int
+
+    @property
+    def stage1_dir(self) -> Path:
+        return self.folder / "checkpoints" / "stage1"
+
+    @property
+    def stage2_dir(self) -> Path:
+        return self.folder / "checkpoints" / "stage2"
+
+
+@dataclass
+class Teacher:
+    """The teacher and what distillation reads from it."""
+
+    folder: Path
+    model: Any
+    tokenizer: Any
+    domain_head: Any  # kdtui.methods.meta_kd.DomainHead | None
+    layers: int
+    hidden: int
 
 
 def run_distill(ctx: RunContext) -> dict[str, Any]:
@@ -59,9 +87,6 @@ def run_distill(ctx: RunContext) -> dict[str, Any]:
     from kdtui.methods.meta_kd import load_domain_head
 
     teacher_folder = Path(resolve_model_path(d.teacher))
-    teacher = load_trained(teacher_folder, attn_implementation="eager")
-    teacher.eval()
-    tokenizer = _load_tokenizer(teacher_folder)
     domain_head = load_domain_head(teacher_folder)
     method = d.method or ("meta" if domain_head is not None else "vanilla")
     if method == "meta" and domain_head is None:
@@ -69,49 +94,75 @@ def run_distill(ctx: RunContext) -> dict[str, Any]:
             f"teacher {d.teacher} is not a meta-teacher (no domain head in {teacher_folder}); "
             "train one with `kdtui teacher --method meta`, or use --method vanilla or logits"
         )
+    intermediate = method != "logits" and d.intermediate_epochs > 0
+    teacher_model = load_trained(teacher_folder)
+    teacher = Teacher(
+        folder=teacher_folder,
+        model=teacher_model,
+        tokenizer=_load_tokenizer(teacher_folder),
+        domain_head=domain_head if method == "meta" else None,
+        layers=teacher_model.config.num_hidden_layers,
+        hidden=teacher_model.config.hidden_size,
+    )
+    student_layers = _check_student(ctx, teacher)
+    layer_map: list[tuple[int, int]] = []
+    if intermediate:
+        from kdtui.methods.meta_kd import self_attention
+
+        layer_map = _layer_map(ctx, student_layers, teacher.layers)
+        self_attention(teacher.model, 0)  # stage 1 recomputes attention scores from its layers
 
     data = load_run_data(ctx)
-    if label_names_of(teacher) != data.label_names:
+    if label_names_of(teacher.model) != data.label_names:
         raise KdtuiError(
-            f"the teacher predicts labels {label_names_of(teacher)} but the data has "
+            f"the teacher predicts labels {label_names_of(teacher.model)} but the data has "
             f"{data.label_names}"
         )
     domains = data.domain_names if d.domain == "all" else [d.domain]
     for name in domains:
         domain_index(data, name)
-    scores = _teacher_scores(ctx, d.teacher, method)
-    dev = encode(data.dev, tokenizer, cfg.data.max_length)
+    head_domain_of = _head_domains(teacher.domain_head, data, domains)
 
+    tokenizer = teacher.tokenizer
+    dev = encode(data.dev, tokenizer, cfg.data.max_length)
     plans = []
     for name in domains:
         split = data.train.domain_subset(data.domain_names.index(name))
         folder = ctx.run.path if len(domains) == 1 else ctx.run.path / "domains" / name
         train_enc = encode(split, tokenizer, cfg.data.max_length)
         stage1 = 0
-        if method != "logits" and d.intermediate_epochs > 0:
-            stage1 = total_steps(
-                replace(cfg.train, epochs=d.intermediate_epochs, max_steps=0), len(train_enc)
-            )
-        stage2 = total_steps(
-            replace(cfg.train, epochs=d.prediction_epochs, max_steps=0), len(train_enc)
-        )
+        if intermediate:
+            stage1 = total_steps(_stage_cfg(ctx, d.intermediate_epochs), len(train_enc))
+        stage2 = total_steps(_stage_cfg(ctx, d.prediction_epochs), len(train_enc))
         plans.append(Plan(name, folder, train_enc, stage1, stage2))
-    all_steps = sum(p.stage1_steps + p.stage2_steps for p in plans)
-    ctx.start(all_steps)
+    scores = _teacher_scores(ctx, teacher.folder, method, plans)
 
+    all_steps = sum(p.stage1_steps + p.stage2_steps for p in plans)
+    ctx.start(all_steps, resumed_from_step=_resumed_step(plans))
     summary: dict[str, Any] = {"method": method, "teacher": d.teacher, "domains": {}}
     offset = 0
     for plan in plans:
         ctx.run.log(Message(level="info", text=f"distilling a student for domain {plan.domain}"))
         result, student = distill_one(
-            ctx, plan, teacher, tokenizer, domain_head, method, scores, dev, data, offset, all_steps
+            ctx,
+            plan,
+            teacher,
+            method,
+            layer_map,
+            head_domain_of,
+            scores,
+            dev,
+            data,
+            offset,
+            all_steps,
         )
         offset += plan.stage1_steps + plan.stage2_steps
         ctx.last_step = offset
-        summary["domains"][plan.domain] = final_metrics(ctx, student, tokenizer, data, result)
-        summary["domains"][plan.domain]["model"] = str(
-            (plan.folder / "model").relative_to(ctx.run.path)
-        )
+        metrics = final_metrics(ctx, student, tokenizer, data, result)
+        metrics["model"] = str((plan.folder / "model").relative_to(ctx.run.path))
+        summary["domains"][plan.domain] = metrics
+    if ctx.is_main:
+        ctx.run.write_text(SUMMARY_FILE, summary_table(summary))
     if len(plans) == 1:
         summary.update(summary["domains"][plans[0].domain])
     return summary
@@ -120,27 +171,22 @@ def run_distill(ctx: RunContext) -> dict[str, Any]:
 def distill_one(
     ctx: RunContext,
     plan: Plan,
-    teacher: Any,
-    tokenizer: Any,
-    domain_head: Any,
+    teacher: Teacher,
     method: str,
+    layer_map: list[tuple[int, int]],
+    head_domain_of: torch.Tensor | None,
     scores: torch.Tensor | None,
     dev: Encoded,
     data: MultiDomainData,
     offset: int,
     all_steps: int,
 ) -> tuple[Any, Any]:
-    from kdtui.methods.meta_kd import (
-        IntermediateDistillHook,
-        PredictionDistillHook,
-        parse_layer_map,
-        uniform_layer_map,
-    )
+    from kdtui.methods.meta_kd import IntermediateDistillHook, PredictionDistillHook
 
     cfg = ctx.config
     d = cfg.distill
-    student = _make_student(ctx, teacher, tokenizer)
-    pad_id = tokenizer.pad_token_id or 0
+    student = _make_student(ctx, teacher)
+    pad_id = teacher.tokenizer.pad_token_id or 0
     common = dict(
         train=plan.train,
         domain_names=data.domain_names,
@@ -152,25 +198,17 @@ def distill_one(
     )
     use_meta = method == "meta"
     if plan.stage1_steps:
-        s_layers, t_layers = student.config.num_hidden_layers, teacher.config.num_hidden_layers
-        layer_map = (
-            parse_layer_map(
-                [list(p) for p in d.layer_map], student_layers=s_layers, teacher_layers=t_layers
-            )
-            if d.layer_map
-            else uniform_layer_map(t_layers, s_layers)
-        )
         stage1: list[Hook] = [
             IntermediateDistillHook(
-                teacher=teacher,
-                teacher_domain_head=domain_head[0] if use_meta and domain_head else None,
+                teacher=teacher.model,
                 layer_map=layer_map,
                 student_hidden=student.config.hidden_size,
-                teacher_hidden=teacher.config.hidden_size,
+                teacher_hidden=teacher.hidden,
+                teacher_domain_head=teacher.domain_head if use_meta else None,
+                head_domain_of=head_domain_of,
                 prototype_scores_by_example_id=scores if use_meta else None,
                 use_expertise_weights=use_meta,
-                domain_weight=d.domain_weight,
-                domain_names=data.domain_names,
+                seed=cfg.run.seed,
             )
         ]
         train(
@@ -178,8 +216,9 @@ def distill_one(
                 model=student,
                 dev=None,
                 hooks=stage1,
-                cfg=replace(cfg.train, epochs=d.intermediate_epochs, max_steps=0),
-                checkpoint_dir=plan.folder / "checkpoints" / "stage1",
+                cfg=_stage_cfg(ctx, d.intermediate_epochs),
+                checkpoint_dir=plan.stage1_dir,
+                weights={"domain_mse": d.domain_weight},
                 stage="intermediate",
                 step_offset=offset,
                 **common,
@@ -187,20 +226,20 @@ def distill_one(
         )
     cached = None
     if d.cache_teacher_logits:
-        ids = plan.train.ids
         logits = predict_logits(
-            teacher,
+            teacher.model,
             plan.train,
             range(len(plan.train)),
             batch_size=cfg.train.eval_batch_size,
             pad_id=pad_id,
             device=ctx.accelerator.device,
+            autocast=cfg.train.bf16,
         )
-        cached = torch.zeros(max(ids) + 1, logits.shape[1])
-        cached[torch.tensor(ids)] = logits
+        cached = torch.zeros(max(plan.train.ids) + 1, logits.shape[1])
+        cached[torch.tensor(plan.train.ids)] = logits
     stage2: list[Hook] = [
         PredictionDistillHook(
-            teacher=teacher,
+            teacher=teacher.model,
             temperature=d.temperature,
             weights="expertise" if use_meta else "none",
             prototype_scores_by_example_id=scores if use_meta else None,
@@ -213,8 +252,8 @@ def distill_one(
             model=student,
             dev=dev,
             hooks=stage2,
-            cfg=replace(cfg.train, epochs=d.prediction_epochs, max_steps=0),
-            checkpoint_dir=plan.folder / "checkpoints" / "stage2",
+            cfg=_stage_cfg(ctx, d.prediction_epochs),
+            checkpoint_dir=plan.stage2_dir,
             best_dir=best_dir,
             select_metric=plan.domain,
             stage="prediction",
@@ -224,8 +263,13 @@ def distill_one(
     )
     _restore(ctx, student, best_dir)
     if ctx.is_main:
-        save_classifier(student, tokenizer, plan.folder / "model", data.label_names)
+        save_classifier(student, teacher.tokenizer, plan.folder / "model", data.label_names)
     return result, student
+
+
+def _stage_cfg(ctx: RunContext, epochs: float) -> Any:
+    """The train section for one stage: its own epochs (train.max_steps is the teacher's)."""
+    return replace(ctx.config.train, epochs=epochs, max_steps=0)
 
 
 def _restore(ctx: RunContext, model: Any, best_dir: Path) -> None:
@@ -236,37 +280,70 @@ def _restore(ctx: RunContext, model: Any, best_dir: Path) -> None:
         model.load_state_dict(load_checkpoint(best_dir).model)
 
 
-def _make_student(ctx: RunContext, teacher: Any, tokenizer: Any) -> Any:
+def _check_student(ctx: RunContext, teacher: Teacher) -> int:
+    """Refuse a student that cannot learn from this teacher, before anything is trained; returns
+    the student's depth."""
+    d = ctx.config.distill
+    if not d.student:
+        return d.student_layers
+    folder = Path(resolve_model_path(d.student))
+    student_tokenizer = _load_tokenizer(folder)
+    if student_tokenizer.get_vocab() != teacher.tokenizer.get_vocab():
+        raise KdtuiError(
+            f"student {d.student} uses a different tokenizer from the teacher {d.teacher}; "
+            "distillation needs the same vocabulary (build the student from the teacher "
+            "with --student-layers instead)"
+        )
+    config = read_config_json(folder)
+    layers = config.get("num_hidden_layers")
+    if not isinstance(layers, int):
+        raise KdtuiError(f"student {d.student}: config.json has no num_hidden_layers")
+    return layers
+
+
+def _layer_map(ctx: RunContext, student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
+    from kdtui.methods.meta_kd import parse_layer_map, uniform_layer_map
+
+    pairs = ctx.config.distill.layer_map
+    if pairs:
+        return parse_layer_map(
+            [list(p) for p in pairs], student_layers=student_layers, teacher_layers=teacher_layers
+        )
+    return uniform_layer_map(teacher_layers, student_layers)
+
+
+def _make_student(ctx: RunContext, teacher: Teacher) -> Any:
     d = ctx.config.distill
     if d.student:
-        folder = Path(resolve_model_path(d.student))
-        student_tokenizer = _load_tokenizer(folder)
-        if student_tokenizer.get_vocab() != tokenizer.get_vocab():
-            raise KdtuiError(
-                f"student {d.student} uses a different tokenizer from the teacher; "
-                "distillation needs the same vocabulary (build the student from the teacher "
-                "with --student-layers instead)"
-            )
-        student = load_trained(folder, attn_implementation="eager")
-        if label_names_of(student) != label_names_of(teacher):
+        student = load_trained(resolve_model_path(d.student))
+        if label_names_of(student) != label_names_of(teacher.model):
             raise KdtuiError(
                 f"student labels {label_names_of(student)} differ from the teacher's "
-                f"{label_names_of(teacher)}"
+                f"{label_names_of(teacher.model)}"
             )
         return student
-    if d.student_layers > teacher.config.num_hidden_layers and not d.layer_map:
-        raise KdtuiError(
-            f"the student ({d.student_layers} layers) is deeper than the teacher "
-            f"({teacher.config.num_hidden_layers}); a uniform layer mapping needs "
-            "student layers <= teacher layers (or give distill.layer_map)"
-        )
-    student = build_student(
-        teacher,
+    return build_student(
+        teacher.model,
         num_layers=d.student_layers,
         hidden_size=d.student_hidden,
         copy_weights=d.student_init == "teacher",
-        attn_implementation="eager",
         seed=ctx.config.run.seed,
+    )
+
+
+def _head_domains(head: Any, data: MultiDomainData, targets: list[str]) -> torch.Tensor | None:
+    """Data domain id -> the meta-teacher's domain-embedding index (-1: unknown to it). The
+    student's data may order or select domains differently from the teacher's."""
+    if head is None:
+        return None
+    missing = [name for name in targets if name not in head.domain_names]
+    if missing:
+        raise KdtuiError(
+            f"the meta-teacher was trained on domains {', '.join(head.domain_names)}, "
+            f"not on {', '.join(missing)}"
+        )
+    return torch.tensor(
+        [head.domain_names.index(n) if n in head.domain_names else -1 for n in data.domain_names]
     )
 
 
@@ -279,27 +356,83 @@ def _load_tokenizer(folder: Path) -> Any:
         raise KdtuiError(f"cannot load the tokenizer saved with {folder}: {e}") from None
 
 
-def _teacher_scores(ctx: RunContext, teacher: str, method: str) -> torch.Tensor | None:
-    """Prototype scores t_i the meta-teacher computed, indexed by example id — valid only when
-    the student's data is the teacher's data (same source and seed)."""
+def _resumed_step(plans: list[Plan]) -> int:
+    """The step (over all students and stages) of the furthest checkpoint."""
+    from kdtui.checkpoint import list_checkpoints
+
+    done, offset = 0, 0
+    for plan in plans:
+        for folder, steps in (
+            (plan.stage1_dir, plan.stage1_steps),
+            (plan.stage2_dir, plan.stage2_steps),
+        ):
+            found = list_checkpoints(folder)
+            if found:
+                done = offset + int(found[-1].name.removeprefix("step-"))
+            offset += steps
+    return done
+
+
+def _teacher_scores(
+    ctx: RunContext, teacher_folder: Path, method: str, plans: list[Plan]
+) -> torch.Tensor | None:
+    """The prototype scores t_i the meta-teacher computed, as a table by example id covering
+    every student's training ids. Valid only when the student's data is the teacher's data
+    (same source; for synthetic data, the same generator settings); otherwise, or for examples
+    the teacher did not score, t_i = 0 and a warning says so."""
     if method != "meta":
         return None
-    run = Path(teacher).expanduser()
+    run = teacher_folder.parent
     saved = load_scores(run / SCORES_FILE)
     config_file = run / "config.toml"
+
+    def warn(text: str) -> None:
+        ctx.run.log(Message(level="warning", text=text))
+
     if saved is None or not config_file.is_file():
-        ctx.run.log(
-            Message(level="warning", text="no prototype scores with the teacher; using t_i = 0")
-        )
+        warn(f"no prototype scores with the teacher ({run / SCORES_FILE}); using t_i = 0")
         return None
     teacher_data = read_profile(config_file).get("data", {})
     mine = ctx.config.data
-    if teacher_data.get("source") != mine.source or teacher_data.get("seed", 0) != mine.seed:
-        ctx.run.log(
-            Message(level="warning", text="the teacher was trained on other data; using t_i = 0")
-        )
+    same = teacher_data.get("source") == mine.source
+    if same and mine.source == "synthetic":
+        from dataclasses import asdict
+
+        keys = [k for k in asdict(mine) if k.startswith("synthetic_")] + ["seed"]
+        mine_dict = ctx.config.to_dict()["data"]
+        same = all(teacher_data.get(k) == mine_dict[k] for k in keys)
+    if not same:
+        warn("the teacher was trained on other data; its prototype scores do not apply: t_i = 0")
         return None
     ids = saved["ids"]
-    by_id = torch.zeros(int(ids.max()) + 1)
-    by_id[ids] = saved["scores"]
-    return by_id
+    size = max(int(ids.max()) + 1, *(max(p.train.ids) + 1 for p in plans))
+    table = torch.zeros(size)
+    known = torch.zeros(size, dtype=torch.bool)
+    table[ids] = saved["scores"].float()
+    known[ids] = True
+    wanted = torch.tensor([i for p in plans for i in p.train.ids])
+    missing = int((~known[wanted]).sum())
+    if missing:
+        warn(f"{missing} training examples have no prototype score from the teacher; t_i = 0")
+    return table
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """A markdown table: one row per student, test accuracy on its own domain and on all."""
+    lines = [
+        f"# kdtui distill: method {summary['method']}, teacher {summary['teacher']}",
+        "",
+        "| domain | best dev (own domain) | test (own domain) | test (all domains) | model |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+
+    def number(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else "-"
+
+    for domain, m in summary["domains"].items():
+        test = m.get("test") or {}
+        lines.append(
+            f"| {domain} | {number(m.get('best_dev'))} | {number(test.get(domain))} | "
+            f"{number(test.get('all'))} | {m['model']} |"
+        )
+    return "\n".join(lines) + "\n"
