@@ -45,8 +45,12 @@ def save_checkpoint(
     model_state: dict[str, torch.Tensor],
     train_state: dict[str, Any],
     state: dict[str, Any],
+    before_commit: Callable[[], None] | None = None,
 ) -> Path:
-    """Write a checkpoint folder atomically (temp folder + fsync + rename)."""
+    """Write a checkpoint folder atomically (temp folder + fsync + rename).
+
+    `before_commit` runs with every file written but the folder not yet in place (tests crash
+    the process there)."""
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -61,6 +65,8 @@ def save_checkpoint(
         _write_json(tmp / STATE_FILE, {**state, "files": files})
         for name in (MODEL_FILE, TRAIN_STATE_FILE):
             _fsync(tmp / name)
+        if before_commit is not None:
+            before_commit()
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)

@@ -37,6 +37,7 @@ from kdtui.engine.evaluate import accuracy_by_domain
 from kdtui.engine.hooks import Batch, Hook, HookContext, StepInfo
 from kdtui.errors import KdtuiError
 from kdtui.events import Checkpoint, Eval, Message, Step
+from kdtui.faults import crash_point
 from kdtui.rundir import RunDir
 
 
@@ -167,6 +168,7 @@ def train(job: TrainJob) -> TrainResult:
                 "rng": rngs,
             },
             state=asdict(state),
+            before_commit=lambda: crash_point("checkpoint", job.step_offset + state.step),
         )
         prune_old(job.checkpoint_dir, cfg.keep_checkpoints)
         log(
@@ -207,6 +209,7 @@ def train(job: TrainJob) -> TrainResult:
                 (loss * share).backward()
                 for name, value in [("loss", loss), *terms.items()]:
                     sums[name] = sums.get(name, 0.0) + value.detach().float() * share
+            crash_point("step", job.step_offset + state.step + 1)
             if world > 1:
                 _all_reduce_sum(params, sums, device)
             if not all(math.isfinite(float(v)) for v in sums.values()):
@@ -278,6 +281,7 @@ def _evaluate(
         num_processes=world,
         reduce=acc.reduce if world > 1 else None,
     )
+    crash_point("eval", job.step_offset + state.step)
     state.last_eval = accuracy
     metric = accuracy.get(job.select_metric, float("nan"))
     eligible = state.step >= job.select_after_step and math.isfinite(metric)
