@@ -8,6 +8,7 @@ of the wrong type, naming the key in `section.key` form. Nothing here does I/O.
 from __future__ import annotations
 
 import difflib
+import math
 import types
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -260,6 +261,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         raise KdtuiError(f"{key} must be an integer, got {_describe(value)}")
     if annotation is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):  # TOML spells these inf and nan
+                raise KdtuiError(f"{key} must be a finite number, got {value}")
             return float(value)
         raise KdtuiError(f"{key} must be a number, got {_describe(value)}")
     if annotation is str:

@@ -40,6 +40,8 @@ def test_unknown_section_is_rejected() -> None:
         ("data", {"domains": 3}, r"data.domains must be a list"),
         ("data", {"domains": ["a", 1]}, r"data.domains\[1\] must be a string"),
         ("model", {"name": 5}, r"model.name must be a string"),
+        ("train", {"lr": float("inf")}, r"train.lr must be a finite number, got inf"),
+        ("data", {"train_fraction": float("nan")}, r"data.train_fraction must be a finite"),
     ],
 )
 def test_wrong_types_name_the_key(section: str, values: dict, message: str) -> None:
