@@ -204,7 +204,8 @@ async def test_keys_toggle_terms_smoothing_and_log_scale(tmp_path: Path) -> None
         chart = screen.query_one(LossChart)
         assert list(chart.series_lines) == ["loss", "ce", "kd", "prc_unsup", "fic_sup"]
         await pilot.press("2")
-        assert chart.hidden == {"ce"} and "ce off" in screen_text(app)
+        text = screen_text(app)
+        assert chart.hidden == {"ce"} and "2 ce" in text and "━ce" not in text
         await pilot.press("4", "2")
         assert chart.hidden == {"prc_unsup"}
         await pilot.press("a")

@@ -65,6 +65,16 @@ def number(value: float | None) -> str:
     return f"{value:.4f}"
 
 
+def short(value: float | None) -> str:
+    """Three significant digits: 55.4, 0.689, 5.6e-06 (legend values)."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    magnitude = abs(value)
+    if magnitude != 0 and (magnitude < 1e-3 or magnitude >= 1e5):
+        return f"{value:.1e}"
+    return f"{value:.3g}" if magnitude < 1000 else f"{value:.0f}"
+
+
 def sparkline(values: list[float], width: int, low: float | None = None) -> str:
     """The last `width` values as block characters, scaled between their min (or `low`) and
     max; a flat series is drawn at mid height."""

@@ -12,9 +12,9 @@ HELP = """\
 [b]kdtui dashboard[/b]: a live or finished run, read from RUN/events.jsonl
 
 [b]keys[/b]
-  q        quit (for a run this dashboard started: stop it, or keep it running)
+  q        quit (a run started here: stop it, or keep it running)
   ?        this help                      esc   close it
-  1-9      show or hide a loss term (numbers as in the legend)
+  1-9, 0   show or hide loss term 1-10 (numbers as in the legend)
   a        show every loss term
   s        smooth the loss lines (moving average)
   l        logarithmic loss axis
@@ -23,14 +23,14 @@ HELP = """\
 [b]panels[/b]
   header     run, command, profile, status, step/total, elapsed, ETA
   losses     the weighted total and every named term the run logs;
-             grey vertical lines mark where the set of terms changes (stages)
-  sparsity   target and actual sparsity, and zeros per layer × matrix (pruning runs)
-  accuracy   dev accuracy per domain: last, best, the teacher's, trend over evals
+             grey lines mark where the set of terms changes (stages)
+  sparsity   target and actual sparsity; zeros per layer × matrix (pruning)
+  accuracy   dev accuracy per domain: last, best, the teacher's, trend
   events     checkpoints, messages, warnings and errors
 
 [b]status[/b]
   running, finished, failed, stopped (interrupted: continue with --resume),
-  waiting (no events yet), stalled (no event for much longer than usual)"""
+  waiting (no events yet), stalled (silent for much longer than usual)"""
 
 
 class HelpScreen(ModalScreen[None]):

@@ -39,6 +39,7 @@ class LossChart(ThreadedPlot):
         def draw(plt: Plot, width: int, height: int) -> None:
             drawn = False
             lo, hi = math.inf, -math.inf
+            y_lo, y_hi = math.inf, -math.inf
             for i, (name, (xs, ys)) in enumerate(lines.items()):
                 if name in hidden or not xs:
                     continue
@@ -53,6 +54,7 @@ class LossChart(ThreadedPlot):
                     xs, ys = [k[0] for k in kept], [k[1] for k in kept]
                 plt.plot(xs, ys, color=fmt.color_of(i), marker="braille")
                 lo, hi = min(lo, xs[0]), max(hi, xs[-1])
+                y_lo, y_hi = min(y_lo, min(ys)), max(y_hi, max(ys))
                 drawn = True
             if not drawn:
                 plt.title("no loss to show yet" if not lines else "every term is hidden")
@@ -62,6 +64,11 @@ class LossChart(ThreadedPlot):
                     plt.vline(mark, "gray")
             if log_scale:
                 plt.yscale("log")
+                # plotext labels log axes with long decimals; powers of ten read better.
+                powers = range(math.floor(math.log10(y_lo)), math.ceil(math.log10(y_hi)) + 1)
+                every = max(1, math.ceil(len(powers) / max(2, height // 3)))
+                ticks = [10.0**p for p in powers[::every]]
+                plt.yticks(ticks, [f"{t:g}" for t in ticks])
             ticks = fmt.int_ticks(lo, hi, count=max(2, width // 12))
             plt.xticks(ticks, [f"{t:,}" for t in ticks])
 

@@ -7,6 +7,8 @@ from textual.widgets import Static
 
 from kdtui.dashboard import fmt
 
+TERM_KEYS = "1234567890"  # the keys that toggle the first ten terms
+
 
 class LossLegend(Static):
     _length = -1
@@ -14,15 +16,15 @@ class LossLegend(Static):
     def show(self, latest: dict[str, float | None], hidden: set[str]) -> None:
         text = Text()
         for i, (name, value) in enumerate(latest.items()):
-            key = str(i + 1) if i < 9 else " "
+            key = TERM_KEYS[i] if i < len(TERM_KEYS) else "·"
             if i:
                 text.append("  ")
             if name in hidden:
-                text.append(f"{key} {name} off", style="dim strike")
+                text.append(f"{key} {name}", style="dim strike")
                 continue
-            text.append(f"{key} ", style="bold")
-            text.append("━ ", style=fmt.rgb(fmt.color_of(i)))
-            text.append(f"{name} {fmt.number(value)}")
+            text.append(key, style="bold")
+            text.append("━", style=fmt.rgb(fmt.color_of(i)))
+            text.append(f"{name} {fmt.short(value)}")
         if not latest:
             text.append("no loss logged yet", style="dim")
         # A layout pass re-renders the whole screen: only when the legend may wrap differently.

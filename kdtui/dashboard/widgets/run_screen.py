@@ -49,8 +49,8 @@ class RunScreen(Screen[None]):
         Binding("question_mark", "app.help", "Help", key_display="?"),
         Binding("s", "toggle_smooth", "Smooth"),
         Binding("l", "toggle_log", "Log y"),
-        Binding("1", "toggle_term(0)", "Term", key_display="1-9"),
-        *(Binding(str(i + 1), f"toggle_term({i})", show=False) for i in range(1, 9)),
+        Binding("1", "toggle_term(0)", "Term", key_display="1-0"),
+        *(Binding(str((i + 1) % 10), f"toggle_term({i})", show=False) for i in range(1, 10)),
         Binding("a", "show_all_terms", "All terms"),
         Binding("b,escape", "back", "Runs"),
     ]
