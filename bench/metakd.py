@@ -9,7 +9,7 @@ Rows, for every target domain D:
 Every student starts from the same checkpoint STUDENT: the first --student-layers layers of the
 pre-trained --model with a seeded new classifier head, written once into the output folder.
 KD rows run both distillation stages (intermediate layers, then predictions); the student alone
-trains for as many epochs as the two stages together.
+trains for as many epochs as the two stages together. Every command gets the same seed.
 
 Settings: full data, and data-scarce fractions (--fractions 1,0.2): at fraction f < 1 the target
 domain D keeps a seeded f of its training data (`data.train_fraction=f`,
@@ -19,7 +19,7 @@ dev only; test accuracy is read from each run's metrics.json.
 
     python bench/metakd.py                           # ../shared/data/amazon-4domains, MiniLM
     python bench/metakd.py --model tiny --data synthetic --student-layers 1 --max-length 48 \\
-        --teacher-epochs 1 --student-epochs 1 --lr 1e-3 --student-lr 1e-3 \\
+        --intermediate-epochs 1 --prediction-epochs 1 --lr 1e-3 --student-lr 1e-3 \\
         --set data.synthetic_train_per_domain=48 --set data.synthetic_eval_per_domain=12
 
 Runs already finished under --output-dir are reused, interrupted ones resumed, so the command can
@@ -51,7 +51,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--teacher-epochs", type=float, default=1.0)
-    parser.add_argument("--student-epochs", type=float, default=2.0, help="per distillation stage")
+    parser.add_argument("--intermediate-epochs", type=float, default=1.0, help="KD stage 1")
+    parser.add_argument("--prediction-epochs", type=float, default=2.0, help="KD stage 2")
     parser.add_argument("--lr", type=float, default=5e-5, help="teacher learning rate")
     parser.add_argument("--student-lr", type=float, default=1e-4)
     parser.add_argument("--fractions", default="1,0.2", help="target-domain training fractions")
@@ -182,7 +183,7 @@ class Bench:
                     "--model",
                     str(self.student),
                     "--epochs",
-                    str(2 * a.student_epochs),
+                    str(a.intermediate_epochs + a.prediction_epochs),
                     "--lr",
                     str(a.student_lr),
                 ],
@@ -230,9 +231,9 @@ class Bench:
                 "--lr",
                 str(a.student_lr),
                 "--set",
-                f"distill.intermediate_epochs={a.student_epochs}",
+                f"distill.intermediate_epochs={a.intermediate_epochs}",
                 "--set",
-                f"distill.prediction_epochs={a.student_epochs}",
+                f"distill.prediction_epochs={a.prediction_epochs}",
             ],
             data,
             teacher=False,
