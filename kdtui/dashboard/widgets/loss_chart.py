@@ -32,7 +32,11 @@ class LossChart(ThreadedPlot):
         self.hidden, self.smooth, self.log_scale = hidden, smooth, log_scale
         self.request()
 
-    def prepare(self) -> Draw:
+    placeholder = "no loss logged yet"
+
+    def prepare(self) -> Draw | None:
+        if not any(xs for xs, _ in self.series_lines.values()):
+            return None
         lines, marks = self.series_lines, list(self.marks)
         hidden, smooth, log_scale = set(self.hidden), self.smooth, self.log_scale
 
@@ -57,7 +61,7 @@ class LossChart(ThreadedPlot):
                 y_lo, y_hi = min(y_lo, min(ys)), max(y_hi, max(ys))
                 drawn = True
             if not drawn:
-                plt.title("no loss to show yet" if not lines else "every term is hidden")
+                plt.title("every term is hidden")
                 return
             for mark in marks:
                 if lo < mark < hi:

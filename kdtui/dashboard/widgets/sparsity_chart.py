@@ -28,8 +28,10 @@ class SparsityChart(ThreadedPlot):
         self.border_title = title
         self.request()
 
-    def prepare(self) -> Draw:
+    def prepare(self) -> Draw | None:
         lines = self.series_lines
+        if not any(xs for xs, _ in lines.values()):
+            return None
 
         def draw(plt: Plot, width: int, height: int) -> None:
             lo, hi = None, None

@@ -37,9 +37,12 @@ class ThreadedPlot(PlotextPlot):
         """A picture is being built or still has to be (tests wait for this to end)."""
         return self._building or self._wanted
 
-    def prepare(self) -> Draw:
-        """The drawing of the current data, as a function that may run in another thread."""
+    def prepare(self) -> Draw | None:
+        """The drawing of the current data, as a function that may run in another thread;
+        None when there is nothing to draw yet (then `placeholder` is shown at once)."""
         raise NotImplementedError
+
+    placeholder = ""
 
     def on_mount(self) -> None:
         super().on_mount()
@@ -65,10 +68,16 @@ class ThreadedPlot(PlotextPlot):
         if width <= 0 or height <= 0 or not self.is_mounted:
             self._wanted = True  # drawn once laid out (on_resize)
             return
+        draw = self.prepare()
+        if draw is None:
+            self._wanted = False
+            self._picture = Text(self.placeholder, style="dim", justify="center")
+            self.refresh()
+            return
         self._building, self._wanted = True, False
         self._started_at = time.monotonic()
         theme = self._get_plotext_theme_name(self.app.theme)
-        self._build(self.app, self.prepare(), width, height, theme)
+        self._build(self.app, draw, width, height, theme)
 
     @work(thread=True, group="plot")
     def _build(self, app: App[object], draw: Draw, width: int, height: int, theme: str) -> None:
