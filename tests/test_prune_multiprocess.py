@@ -1,0 +1,70 @@
+"""`kdtui prune` under `torchrun --nproc-per-node 2` (gloo on CPU) matches one process.
+
+CAP's banks and losses are where multi-process training usually goes wrong: in-batch candidates
+must be the whole batch, snapshot banks must receive every process's vectors, the contrastive
+denominators must count every process's positives. With dropout off, a 2-process run and a
+single-process run with the same global batch must log the same losses and end with the same
+masks and metrics: only the order of floating-point sums differs (and, through the fp16 banks,
+the rounding of a stored vector now and then)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kdtui.events import Step
+from tests.conftest import REPO, events_of, invoke, metrics_of
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("torchrun") is None, reason="needs torchrun"),
+    pytest.mark.slow,  # two torchrun launches and two single-process runs: over a minute
+]
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = ["torchrun", "--standalone", "--nproc-per-node", "2", "-m", "kdtui", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+
+
+@pytest.mark.parametrize("structure", ["weights", "heads-ffn"])
+def test_prune_two_processes_match_one(runs: Path, structure: str) -> None:
+    result = invoke("teacher", "--profile", "smoke", "-o", str(runs), "--name", "t", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    common = ["prune", "--profile", "smoke", "--model", str(runs / "t"), "-o", str(runs)]
+    # Magnitude masks: learned scores would amplify float noise (Adam scales every score's
+    # step to ~lr however small its gradient), so near-ties could flip.
+    common += ["--structure", structure, "--criterion", "magnitude", "--sparsity", "0.5"]
+    common += ["--quiet"]
+    # Longer than one epoch of the smoke data, so snapshot views come back as positives.
+    common += ["--max-steps", "30", "--set", "model.dropout=0.0", "--set", "train.eval_every=10"]
+    multi = torchrun(*common, "--name", "multi")
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    single = invoke(*common, "--name", "single")
+    assert single.exit_code == 0, single.stderr
+
+    steps = [[e for e in events_of(runs / n) if isinstance(e, Step)] for n in ("single", "multi")]
+    assert len(steps[0]) == len(steps[1]) == 30
+    for a, b in zip(*steps, strict=True):
+        assert a.losses.keys() == b.losses.keys()
+        for name in a.losses:
+            # fp16 bank storage can round a 1e-7 difference to one fp16 step (~1e-3 relative).
+            tolerance = 1e-3 * max(1.0, abs(a.losses[name]))
+            assert abs(a.losses[name] - b.losses[name]) < tolerance, (a.step, name)
+        assert a.metrics == pytest.approx(b.metrics, abs=1e-9)
+    assert steps[0][-1].losses["snc_unsup"] > 0  # snapshots were positives
+    one, two = metrics_of(runs / "single"), metrics_of(runs / "multi")
+    assert one["sparsity"] == two["sparsity"]
+    assert one["test"] == two["test"]
+    a = load_file(runs / "single" / "model" / "model.safetensors")
+    b = load_file(runs / "multi" / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+    zeros = [torch.equal(a[k] == 0, b[k] == 0) for k in a if ".encoder.layer." in k]
+    assert all(zeros)
