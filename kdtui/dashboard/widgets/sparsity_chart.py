@@ -19,14 +19,26 @@ class SparsityChart(ThreadedPlot):
 
     def show(self, lines: dict[str, tuple[list[float], list[float]]]) -> None:
         self.series_lines = lines
-        title = "sparsity"
+        legend, length = "", 0
         for i, (name, (_, ys)) in enumerate(lines.items()):
             color = fmt.rgb(fmt.color_of(_COLORS.get(name, 4 + i)))
-            short = name.removeprefix("sparsity/")
-            last = f"{100 * ys[-1]:.1f}%" if ys else "-"
-            title += f" [{color}]━[/]{short} {last}"
-        self.border_title = title
+            item = f"{name.removeprefix('sparsity/')} {100 * ys[-1]:.1f}%" if ys else name
+            legend += f" [{color}]━[/]{item}"
+            length += len(item) + 2
+        self._legend, self._legend_length = legend, length
+        self._title()
         self.request()
+
+    _legend, _legend_length = "", 0
+
+    def _title(self) -> None:
+        # The numbers matter more than the word when the border is short (80 columns).
+        fits = self._legend_length + len("sparsity") + 6 <= self.size.width
+        self.border_title = ("sparsity" if fits else "") + self._legend
+
+    def on_resize(self) -> None:
+        super().on_resize()
+        self._title()
 
     def prepare(self) -> Draw | None:
         lines = self.series_lines
