@@ -34,7 +34,7 @@ class SparsityChart(ThreadedPlot):
     def _title(self) -> None:
         # The numbers matter more than the word when the border is short (80 columns).
         fits = self._legend_length + len("sparsity") + 6 <= self.size.width
-        self.border_title = ("sparsity" if fits else "") + self._legend
+        self.border_title = "sparsity" + self._legend if fits else self._legend.lstrip()
 
     def on_resize(self) -> None:
         super().on_resize()
