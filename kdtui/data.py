@@ -140,7 +140,8 @@ def _read_file(path: Path) -> Columns:
     import datasets
 
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    # datasets logs its own account of a malformed file at error level; kdtui says it once.
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     kwargs: dict[str, Any] = {}
     if suffix == ".tsv":
         # Quotes are text in TSV corpora (SST-2 has unbalanced ones), not field delimiters.
@@ -150,11 +151,14 @@ def _read_file(path: Path) -> Columns:
         dataset = datasets.load_dataset(
             builder, data_files=str(path), split="train", keep_in_memory=True, **kwargs
         )
+        columns = dataset.to_dict()  # plain lists: a datasets Column is slow to index by row
+    except UnicodeDecodeError as e:
+        raise KdtuiError(f"data file {path} is not UTF-8 text ({e.reason})") from None
     except Exception as e:  # noqa: BLE001 - datasets raises many types for a malformed file
-        raise KdtuiError(f"cannot read data file {path}: {_first_line(e)}") from None
+        raise KdtuiError(f"cannot read data file {path}: {_root_cause(e)}") from None
     if len(dataset) == 0:
         raise KdtuiError(f"data file {path} holds no examples")
-    return dataset.to_dict()  # plain lists: a datasets Column is slow to index row by row
+    return columns
 
 
 def _read_hub(cfg: DataConfig) -> tuple[dict[str, Columns], list[str]]:
@@ -257,10 +261,15 @@ def _assemble(raw: dict[str, Columns], cfg: DataConfig, notes: list[str]) -> Mul
         split = _to_split(columns, cfg, role, label_of, domain_names)
         if role == "train":
             split = _subsample(
-                split, cfg.train_fraction, cfg.max_train_per_domain, cfg.seed, only=subsampled
+                split,
+                cfg.train_fraction,
+                cfg.max_train_per_domain,
+                cfg.seed,
+                domain_names,
+                only=subsampled,
             )
         elif cfg.max_eval_per_domain:
-            split = _subsample(split, 1.0, cfg.max_eval_per_domain, cfg.seed)
+            split = _subsample(split, 1.0, cfg.max_eval_per_domain, cfg.seed, domain_names)
         if len(split) == 0:
             raise KdtuiError(f"the {role} split is empty after domain selection")
         splits[role] = split
@@ -368,23 +377,31 @@ def _to_split(
 
 
 def _subsample(
-    split: Split, fraction: float, cap: int, seed: int, only: set[int] | None = None
+    split: Split,
+    fraction: float,
+    cap: int,
+    seed: int,
+    names: Sequence[str],
+    only: set[int] | None = None,
 ) -> Split:
-    """Per domain: keep a seeded random `fraction` (at least one example), then at most `cap`;
-    with `only`, just those domains are shrunk and the others kept whole."""
+    """Per domain: at most `cap` examples, then a `fraction` of them (at least one); with
+    `only`, the fraction shrinks just those domains (the cap applies to all).
+
+    Both take prefixes of one shuffle per domain, seeded by `seed` and the domain's name: a
+    domain's subset does not depend on which other domains are loaded or shrunk, and a smaller
+    fraction is a subset of a larger one (a data-scarce run sees part of the full run's data,
+    and a scarce teacher and its student see the same examples)."""
     if fraction >= 1.0 and not cap:
         return split
-    rng = random.Random(seed)
     keep: list[int] = []
     for domain in sorted(set(split.domains)):
         rows = [i for i, d in enumerate(split.domains) if d == domain]
-        count = max(1, math.ceil(fraction * len(rows) - 1e-9))
+        random.Random(f"{seed}/{names[domain]}").shuffle(rows)
         if cap:
-            count = min(count, cap)
-        # Drawn for every domain, kept or not, so a domain's subset does not depend on which
-        # other domains are shrunk (a scarce teacher and its student see the same examples).
-        sample = rng.sample(rows, count)
-        keep.extend(sample if only is None or domain in only else rows)
+            rows = rows[:cap]
+        if fraction < 1.0 and (only is None or domain in only):
+            rows = rows[: max(1, math.ceil(fraction * len(rows) - 1e-9))]
+        keep.extend(rows)
     return split.select(sorted(keep))
 
 
@@ -593,6 +610,14 @@ def _review(rng: random.Random, domain: str, label: int) -> str:
             rng.choice(_FILLERS).format(item=rng.choice(items)),
         )
     return " . ".join(sentences) + " ."
+
+
+def _root_cause(error: BaseException) -> str:
+    """The first line of the innermost exception: datasets wraps the parser's precise message
+    ("JSON parse error: ... in row 0") in a generic one."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    return _first_line(error)
 
 
 def _first_line(error: BaseException) -> str:

@@ -88,6 +88,7 @@ def load_classifier(
     new head."""
     quiet_transformers()
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig
 
     num_labels = len(label_names)
@@ -133,7 +134,7 @@ def load_classifier(
             attn_implementation=attn_implementation,
             **label_kwargs,
         )
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
         raise KdtuiError(f"cannot load model '{cfg.name}': {_first_line(e)}") from None
     return model
 
@@ -144,6 +145,7 @@ def load_trained(
     """A classifier kdtui (or anyone) saved: no new head is created; a folder without a
     classification head is an error."""
     quiet_transformers()
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     source = resolve_model_path(str(path))
@@ -167,7 +169,7 @@ def load_trained(
         return AutoModelForSequenceClassification.from_pretrained(
             source, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
         )
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
         raise KdtuiError(f"cannot load model '{path}': {_first_line(e)}") from None
 
 

@@ -34,6 +34,11 @@ def check_new_run_path(path: Path, *, force: bool) -> None:
     """Refuse to overwrite a run unless asked to (`--force`); `--resume` is the other way."""
     if path.exists() and not path.is_dir():
         raise KdtuiError(f"output path {path} exists and is not a directory")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise KdtuiError(f"cannot create {path}: {parent} is a file, not a directory")
+            break
     if path.is_dir() and any(path.iterdir()) and not force:
         raise KdtuiError(
             f"{path} already holds a run; use --resume {path} to continue it, "
@@ -87,10 +92,15 @@ class RunDir:
     def open(self, *, fresh: bool) -> None:
         """Create (or reopen, on resume) the directory and its event log."""
         if self.is_main:
-            if fresh and self.path.exists():
-                shutil.rmtree(self.path)  # only reached with --force (checked before)
-            self.path.mkdir(parents=True, exist_ok=True)
-            self._sink = EventSink(self.events_file)
+            try:
+                if fresh and self.path.exists():
+                    shutil.rmtree(self.path)  # only reached with --force (checked before)
+                self.path.mkdir(parents=True, exist_ok=True)
+                self._sink = EventSink(self.events_file)
+            except OSError as e:
+                raise KdtuiError(
+                    f"cannot write the run directory {self.path}: {e.strerror}"
+                ) from None
 
     def write_text(self, name: str, text: str) -> None:
         if self.is_main:

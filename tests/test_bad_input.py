@@ -1,0 +1,339 @@
+"""A catalogue of hostile and broken input across every command and file type.
+
+Each case runs the real CLI and asserts the one-line message, exit code 2, that no new run
+directory was left behind, and that an existing run beside it was not touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from kdtui.models import bundled_minilm_path
+from tests.conftest import invoke
+
+ROWS = [{"text": f"review {i}", "label": i % 2, "domain": "ab"[(i // 2) % 2]} for i in range(40)]
+
+
+def jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    args: Callable[[Path, Path], list[str]]  # (scratch folder, teacher run) -> CLI arguments
+    message: str  # a substring of the one-line error
+
+
+def write(path: Path, content: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    return path
+
+
+def teacher(*extra: str) -> list[str]:
+    return ["teacher", "--profile", "smoke", *extra]
+
+
+def profile(text: str | bytes) -> Callable[[Path, Path], list[str]]:
+    return lambda tmp, _: teacher("--profile", str(write(tmp / "p.toml", text)))
+
+
+def data(make: Callable[[Path], Path]) -> Callable[[Path, Path], list[str]]:
+    return lambda tmp, _: teacher("--data", str(make(tmp)))
+
+
+def model_folder(tmp: Path, config: str | None, weights: bytes | None = None) -> Path:
+    folder = tmp / "model"
+    folder.mkdir()
+    if config is not None:
+        (folder / "config.json").write_text(config)
+    if weights is not None:
+        (folder / "model.safetensors").write_bytes(weights)
+    return folder
+
+
+def truncated_model(tmp: Path, teacher_run: Path) -> Path:
+    folder = tmp / "truncated"
+    folder.mkdir()
+    for f in (teacher_run / "model").iterdir():
+        content = f.read_bytes()
+        (folder / f.name).write_bytes(content[:-200] if f.suffix == ".safetensors" else content)
+    return folder
+
+
+CASES = [
+    # profiles and options
+    Case("malformed-toml", profile("[train\nlr = "), "is not valid TOML"),
+    Case("profile-not-utf8", profile(b"\xff\xfe[train]\x00"), "is not UTF-8"),
+    Case(
+        "profile-is-a-folder",
+        lambda tmp, _: teacher("--profile", str(tmp)),
+        "is not a TOML file",
+    ),
+    Case("unknown-section", profile("[trian]\nlr = 1\n"), "did you mean 'train'"),
+    Case("unknown-key", lambda *_: teacher("--set", "train.lrr=1"), "did you mean 'train.lr'"),
+    Case(
+        "string-for-integer",
+        lambda *_: teacher("--set", 'train.batch_size="8"'),
+        "train.batch_size must be an integer",
+    ),
+    Case("table-for-number", profile("[train]\nlr = {a = 1}\n"), "train.lr must be a number"),
+    Case("section-not-a-table", profile("train = 5\n"), "'train' must be a table"),
+    Case(
+        "huge-batch",
+        lambda *_: teacher("--set", "train.batch_size=1000000000000"),
+        "train.batch_size must be at most 65536",
+    ),
+    Case(
+        "huge-length",
+        lambda *_: teacher("--set", "data.max_length=100000000"),
+        "data.max_length must be at most 4096",
+    ),
+    Case(
+        "negative-cap",
+        lambda *_: teacher("--set", "data.max_train_per_domain=-1"),
+        "data.max_train_per_domain must be >= 0",
+    ),
+    Case("infinite-lr", lambda *_: teacher("--set", "train.lr=inf"), "must be a finite number"),
+    Case("set-without-equals", lambda *_: teacher("--set", "train.lr"), "section.key=value"),
+    # data files
+    Case("data-missing", lambda *_: teacher("--data", "nope.jsonl"), "does not exist"),
+    Case("data-folder-without-train", data(lambda t: t), "has no training file"),
+    Case("data-unsupported-type", data(lambda t: write(t / "d.xlsx", "x")), "unsupported type"),
+    Case(
+        "data-not-utf8",
+        data(lambda t: write(t / "d.jsonl", b'{"text": "caf\xe9", "label": 1, "domain": "a"}\n')),
+        "is not UTF-8 text",
+    ),
+    Case(
+        "data-binary-garbage",
+        data(lambda t: write(t / "d.jsonl", os.urandom(2048))),
+        "cannot read data file",
+    ),
+    Case(
+        "data-garbage-parquet",
+        data(lambda t: write(t / "d.parquet", b"PAR1" + bytes(range(256)) * 4)),
+        "cannot read data file",
+    ),
+    Case("data-empty", data(lambda t: write(t / "d.csv", "")), "cannot read data file"),
+    Case(
+        "data-missing-text-column",
+        data(lambda t: jsonl(t / "d.jsonl", [{"body": "x", "label": 1}] * 20)),
+        "no column 'text' (data.text_column)",
+    ),
+    Case(
+        "data-missing-label-column",
+        data(lambda t: jsonl(t / "d.jsonl", [{"text": "x", "stars": 1}] * 20)),
+        "no column 'label' (data.label_column)",
+    ),
+    Case(
+        "dev-label-outside-training-labels",
+        data(
+            lambda t: (
+                (
+                    jsonl(t / "f" / "dev.jsonl", [{**ROWS[0], "label": 7}]),
+                    jsonl(t / "f" / "train.jsonl", ROWS),
+                )[1].parent
+            )
+        ),
+        "label 7 in row 1 of the dev data is not one of the training labels",
+    ),
+    Case(
+        "mixed-label-types",
+        data(
+            lambda t: jsonl(
+                t / "d.jsonl",
+                [{**r, "label": r["label"] if i % 3 else "pos"} for i, r in enumerate(ROWS)],
+            )
+        ),
+        "labels mix types (number, str)",
+    ),
+    Case(
+        "text-is-null",
+        data(lambda t: jsonl(t / "d.jsonl", [*ROWS, {"text": None, "label": 1, "domain": "a"}])),
+        "has no text in column 'text'",
+    ),
+    Case(
+        "single-label",
+        data(lambda t: jsonl(t / "d.jsonl", [{**r, "label": 1} for r in ROWS])),
+        "single label",
+    ),
+    Case(
+        "unknown-domain-selected",
+        lambda *_: teacher("--set", "data.domains=['garden']"),
+        "'garden' not in the data",
+    ),
+    Case(
+        "single-domain-teacher-unknown-domain",
+        lambda *_: teacher("--method", "single", "--domain", "garden"),
+        "domain 'garden' is not in the data",
+    ),
+    Case(
+        "meta-teacher-one-domain",
+        lambda tmp, _: teacher(
+            "--method",
+            "meta",
+            "--data",
+            str(jsonl(tmp / "d.jsonl", [{**r, "domain": "a"} for r in ROWS])),
+        ),
+        "a meta-teacher needs at least two domains",
+    ),
+    # models
+    Case("model-missing", lambda *_: teacher("--model", "./no/model"), "does not exist"),
+    Case(
+        "model-is-a-file",
+        lambda tmp, _: teacher("--model", str(write(tmp / "m.bin", b"x"))),
+        "is a file; give a checkpoint folder",
+    ),
+    Case(
+        "model-without-config",
+        lambda tmp, _: teacher("--model", str(model_folder(tmp, None))),
+        "has no config.json",
+    ),
+    Case(
+        "model-garbage-config",
+        lambda tmp, _: teacher("--model", str(model_folder(tmp, "{not json"))),
+        "is not a valid JSON file",
+    ),
+    Case(
+        "evaluate-truncated-weights",
+        lambda tmp, run: ["evaluate", str(truncated_model(tmp, run)), "--profile", "smoke"],
+        "cannot load model",
+    ),
+    Case(
+        "evaluate-encoder-without-head",
+        lambda *_: ["evaluate", str(bundled_minilm_path()), "--profile", "smoke"],
+        "has no sequence classification head",
+    ),
+    Case(
+        "evaluate-split-that-is-not-there",
+        lambda tmp, run: [
+            "evaluate",
+            str(run),
+            "--split",
+            "test",
+            "--data",
+            str(jsonl(tmp / "d.jsonl", ROWS)),
+        ],
+        "the data has no test split",
+    ),
+    # run directories
+    Case(
+        "output-dir-is-a-file",
+        lambda tmp, _: teacher("--output-dir", str(write(tmp / "f", "x"))),
+        "is a file, not a directory",
+    ),
+    Case("resume-missing-run", lambda tmp, _: ["teacher", "--resume", str(tmp / "no")], "no such"),
+    Case(
+        "resume-not-a-run",
+        lambda tmp, _: ["teacher", "--resume", str(tmp)],
+        "not a kdtui run (no config.toml)",
+    ),
+    Case(
+        "resume-with-new-options",
+        lambda tmp, run: ["teacher", "--resume", str(run), "--lr", "1"],
+        "--resume continues a run with the configuration it was started with",
+    ),
+    # distill
+    Case(
+        "distill-without-teacher",
+        lambda *_: ["distill", "--profile", "smoke", "--domain", "books"],
+        "distill needs a teacher",
+    ),
+    Case(
+        "distill-unknown-domain",
+        lambda tmp, run: ["distill", "--profile", "smoke", "--teacher", str(run), "-d", "garden"],
+        "domain 'garden' is not in the data",
+    ),
+    Case(
+        "distill-meta-from-a-plain-teacher",
+        lambda tmp, run: [
+            *("distill", "--profile", "smoke", "--teacher", str(run)),
+            *("--domain", "books", "--method", "meta"),
+        ],
+        "is not a meta-teacher",
+    ),
+    Case(
+        "distill-student-deeper-than-teacher",
+        lambda tmp, run: [
+            *("distill", "--profile", "smoke", "--teacher", str(run)),
+            *("--domain", "books", "--student-layers", "5"),
+        ],
+        "deeper than the teacher",
+    ),
+    # prune
+    Case(
+        "prune-sparsity-one",
+        lambda tmp, run: ["prune", "--profile", "smoke", "--model", str(run), "--sparsity", "1"],
+        "prune.sparsity must be in [0, 1)",
+    ),
+    Case(
+        "prune-unknown-criterion",
+        lambda tmp, run: [
+            *("prune", "--profile", "smoke", "--model", str(run)),
+            *("--criterion", "random"),
+        ],
+        "prune.criterion must be one of",
+    ),
+    Case(
+        "prune-model-without-head",
+        lambda *_: ["prune", "--profile", "smoke", "--model", str(bundled_minilm_path())],
+        "has no sequence classification head",
+    ),
+    # dashboard
+    Case(
+        "dashboard-on-a-file",
+        lambda tmp, _: ["dashboard", str(write(tmp / "events.txt", "x"))],
+        "is a file",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    runs = tmp_path_factory.mktemp("teacher")
+    result = invoke("teacher", "--profile", "smoke", "--output-dir", str(runs), "--name", "t")
+    assert result.exit_code == 0, result.stderr
+    return runs / "t"
+
+
+def test_the_catalogue_is_large_enough() -> None:
+    assert len({c.id for c in CASES}) == len(CASES) >= 30
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_bad_input(case: Case, tmp_path: Path, teacher_run: Path) -> None:
+    runs = tmp_path / "runs"
+    keep = runs / "keep"
+    keep.mkdir(parents=True)
+    (keep / "events.jsonl").write_text("a run that must survive\n")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    teacher_before = (teacher_run / "events.jsonl").read_bytes()
+
+    args = case.args(scratch, teacher_run)
+    if args[0] in ("teacher", "distill", "prune") and "--resume" not in args:
+        args = [*args, "--name", "new", "--quiet"]
+        if "--output-dir" not in args:
+            args += ["--output-dir", str(runs)]
+    result = invoke(*args)
+
+    assert result.exit_code == 2, f"exit {result.exit_code}: {result.stdout}{result.stderr}"
+    assert result.stderr.startswith("error: "), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr  # one line, no traceback
+    assert case.message in result.stderr
+    assert sorted(p.name for p in runs.iterdir()) == ["keep"]
+    assert (keep / "events.jsonl").read_text() == "a run that must survive\n"
+    assert (teacher_run / "events.jsonl").read_bytes() == teacher_before
