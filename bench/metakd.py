@@ -58,7 +58,18 @@ def main() -> None:
     parser.add_argument("--fractions", default="1,0.2", help="target-domain training fractions")
     parser.add_argument("--domains", default="", help="comma-separated; default: all")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast everywhere")
+    parser.add_argument(
+        "--max-train-per-domain", type=int, default=0, help="cap per domain (0: all), seeded"
+    )
+    parser.add_argument(
+        "--teacher-eval-per-domain",
+        type=int,
+        default=0,
+        help="teachers' dev/test cap per domain (0: all); students always use the full splits",
+    )
+    parser.add_argument(
+        "--bf16", action="store_true", help="bf16 autocast (slow on CPUs without native bf16)"
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -162,6 +173,14 @@ class Bench:
                 )
         for domain in self.domains:
             data = self._data(fraction, domain)
+            # Students are scored on their own domain only: its dev picks them, its test ranks.
+            student_data = [
+                *data,
+                "--set",
+                f"data.domains={domain}",
+                "--set",
+                "data.max_eval_per_domain=0",
+            ]
             if fraction < 1:  # the teachers see the scarce target domain: one set per domain
                 for method in ("mix", "meta"):
                     shared[method] = self.run(
@@ -187,22 +206,22 @@ class Bench:
                     "--lr",
                     str(a.student_lr),
                 ],
-                data,
+                student_data,
                 teacher=False,
             )
             runs = {
                 "student alone": [alone],
                 "KD single-domain teacher": [
                     single,
-                    self._distill(tag, domain, single, "vanilla", "single", data),
+                    self._distill(tag, domain, single, "vanilla", "single", student_data),
                 ],
                 "KD mix teacher": [
                     shared["mix"],
-                    self._distill(tag, domain, shared["mix"], "vanilla", "mix", data),
+                    self._distill(tag, domain, shared["mix"], "vanilla", "mix", student_data),
                 ],
                 "Meta-KD": [
                     shared["meta"],
-                    self._distill(tag, domain, shared["meta"], "meta", "meta", data),
+                    self._distill(tag, domain, shared["meta"], "meta", "meta", student_data),
                 ],
             }
             for row, names in runs.items():
@@ -254,6 +273,8 @@ class Bench:
             "--set",
             "train.eval_every=0",
         ]
+        if a.max_train_per_domain:
+            options += ["--set", f"data.max_train_per_domain={a.max_train_per_domain}"]
         if fraction < 1:
             options += [
                 "--set",
@@ -273,6 +294,7 @@ class Bench:
         if (folder / "metrics.json").is_file() and name in self.times:
             return name
         if teacher:
+            data = [*data, "--set", f"data.max_eval_per_domain={a.teacher_eval_per_domain}"]
             command = [
                 *command,
                 "--model",

@@ -43,9 +43,9 @@ class DataConfig:
     test_split: str = "test"
     max_length: int = 128
     train_fraction: float = 1.0  # keep this fraction of each domain's training examples
-    max_train_per_domain: int = 0  # cap per domain after the fraction; 0 = no cap
-    # The two above apply only to these domains (Meta-KD's data-scarce target domain, the
-    # others kept in full); empty = every domain.
+    max_train_per_domain: int = 0  # cap per domain, applied before the fraction; 0 = no cap
+    # train_fraction applies only to these domains (Meta-KD's data-scarce target domain, the
+    # others kept whole; the cap applies to all); empty = every domain.
     subsample_domains: tuple[str, ...] = ()
     max_eval_per_domain: int = 0  # cap per domain on dev/test; 0 = no cap
     seed: int = 0  # drives subsampling and the synthetic generator

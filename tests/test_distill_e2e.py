@@ -1,0 +1,277 @@
+"""`kdtui teacher --method meta` then `kdtui distill` through the real CLI on the smoke profile:
+run directories, loss terms, resume after SIGKILL, evaluate on a student, and bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kdtui.config import DataConfig
+from kdtui.data import load_data
+from kdtui.events import Eval, Histogram, RunFinished, RunStarted, Step
+from tests.conftest import REPO, events_of, invoke, metrics_of
+
+DOMAINS = ["books", "dvd", "electronics", "kitchen"]
+
+
+def _teacher(runs: Path, name: str, *options: str) -> Path:
+    result = invoke(
+        "teacher", "--profile", "smoke", "--output-dir", str(runs), "--name", name, "--quiet",
+        *options,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    return runs / name
+
+
+def _distill(runs: Path, name: str, teacher: Path, *options: str) -> object:
+    return invoke(
+        "distill", "--profile", "smoke", "--teacher", str(teacher), "--output-dir", str(runs),
+        "--name", name, *options,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def meta_teacher(runs: Path) -> Path:
+    return _teacher(runs, "meta", "--method", "meta")
+
+
+@pytest.fixture(scope="module")
+def mix_teacher(runs: Path) -> Path:
+    return _teacher(runs, "mix", "--method", "mix")
+
+
+def test_meta_teacher_run(meta_teacher: Path) -> None:
+    events = events_of(meta_teacher)
+    histograms = [e for e in events if isinstance(e, Histogram)]
+    assert sorted(h.domain for h in histograms) == sorted(DOMAINS)
+    assert all(sum(h.counts) == 48 and h.name == "prototype_score" for h in histograms)
+    steps = [e for e in events if isinstance(e, Step)]
+    assert steps and all(set(s.losses) == {"ce", "domain_adv"} for s in steps)
+    # the loop weighs the adversarial term by γ1 = teacher.domain_loss_weight (0.5)
+    for s in steps:
+        expected = s.losses["ce"] + 0.5 * s.losses["domain_adv"]
+        assert s.loss == pytest.approx(expected, rel=1e-5)
+    assert isinstance(events[-1], RunFinished)
+
+    scores = load_file(meta_teacher / "prototype_scores.safetensors")
+    assert len(scores["ids"]) == 4 * 48 and torch.isfinite(scores["scores"]).all()
+    assert (meta_teacher / "model" / "domain_head.safetensors").is_file()
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(meta_teacher / "model")
+    assert model.config.num_labels == 2
+
+
+def test_distill_all_domains(runs: Path, meta_teacher: Path) -> None:
+    result = _distill(runs, "all", meta_teacher, "--domain", "all")
+    assert result.exit_code == 0, result.stderr
+    run = runs / "all"
+    assert "students (meta)" in result.stdout
+
+    metrics = metrics_of(run)
+    assert metrics["method"] == "meta" and set(metrics["domains"]) == set(DOMAINS)
+    for domain, m in metrics["domains"].items():
+        assert m["model"] == f"domains/{domain}/model"
+        assert (run / m["model"] / "model.safetensors").is_file()
+        assert set(m["test"]) == {*DOMAINS, "all"}
+    summary = (run / "summary.md").read_text()
+    assert all(f"| {d} |" in summary for d in DOMAINS)
+
+    events = events_of(run)
+    (started,) = [e for e in events if isinstance(e, RunStarted)]
+    steps = [e for e in events if isinstance(e, Step)]
+    # smoke: 48 examples per domain, batch 8 -> 6 steps per stage, two stages, four domains
+    assert started.total_steps == 48 and [s.step for s in steps] == list(range(1, 49))
+    stage1 = [s for s in steps if "hidden_mse" in s.losses]
+    stage2 = [s for s in steps if "soft_ce" in s.losses]
+    assert len(stage1) == len(stage2) == 24
+    for s in stage1:
+        assert set(s.losses) == {"hidden_mse", "attention_mse", "domain_mse"}
+        terms = s.losses
+        expected = terms["hidden_mse"] + terms["attention_mse"] + 0.5 * terms["domain_mse"]
+        assert s.loss == pytest.approx(expected, rel=1e-5)  # γ2 = distill.domain_weight
+    evals = [e for e in events if isinstance(e, Eval)]
+    assert evals and all(set(e.accuracy) == {*DOMAINS, "all"} for e in evals)
+    assert metrics["domains"]["books"]["best_dev"] == max(
+        e.accuracy["books"] for e in evals if e.step <= 12
+    )
+
+
+def test_baselines_from_a_mix_teacher_then_evaluate(runs: Path, mix_teacher: Path) -> None:
+    result = _distill(runs, "vanilla", mix_teacher, "--domain", "dvd", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    metrics = metrics_of(runs / "vanilla")
+    assert metrics["method"] == "vanilla"  # the default for a teacher without a domain head
+    losses = {k for e in events_of(runs / "vanilla") if isinstance(e, Step) for k in e.losses}
+    assert losses == {"hidden_mse", "attention_mse", "soft_ce"}
+
+    report = runs / "report.json"
+    evaluated = invoke("evaluate", str(runs / "vanilla"), "--json", str(report))
+    assert evaluated.exit_code == 0, evaluated.stderr
+    import json
+
+    (model,) = json.loads(report.read_text())["models"]
+    assert model["accuracy"] == pytest.approx(metrics["test"])
+    config = json.loads((runs / "vanilla" / "model" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 1  # the smoke student: one layer of the teacher's two
+
+    result = _distill(runs, "logits", mix_teacher, "--domain", "dvd", "--method", "logits")
+    assert result.exit_code == 0, result.stderr
+    losses = {k for e in events_of(runs / "logits") if isinstance(e, Step) for k in e.losses}
+    assert losses == {"soft_ce"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume: SIGKILL mid-distillation, then --resume, ends exactly like an uninterrupted run
+
+LONGER = [
+    "--domain", "books", "--quiet",
+    "--set", "distill.intermediate_epochs=3", "--set", "distill.prediction_epochs=3",
+    "--set", "train.checkpoint_every=2", "--set", "train.eval_every=6",
+]  # fmt: skip
+
+
+def _kill_at(proc: subprocess.Popen, checkpoint: Path) -> None:
+    deadline = time.monotonic() + 180
+    while not checkpoint.is_dir():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(runs: Path, meta_teacher: Path) -> Path:
+    result = _distill(runs, "full", meta_teacher, *LONGER)
+    assert result.exit_code == 0, result.stderr
+    return runs / "full"
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_sigkill_then_resume_equals_uninterrupted(
+    runs: Path, meta_teacher: Path, uninterrupted: Path, stage: str
+) -> None:
+    name = f"killed-{stage}"
+    argv = [
+        sys.executable, "-m", "kdtui", "distill", "--profile", "smoke",
+        "--teacher", str(meta_teacher), "--output-dir", str(runs), "--name", name, *LONGER,
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _kill_at(proc, runs / name / "checkpoints" / stage / "step-00000004")
+    assert not (runs / name / "metrics.json").exists(), "kill came too late"
+
+    resumed = invoke("distill", "--resume", str(runs / name), "--quiet")
+    assert resumed.exit_code == 0, resumed.stderr
+    started = [e for e in events_of(runs / name) if isinstance(e, RunStarted)]
+    assert started[-1].resumed_from_step >= (4 if stage == "stage1" else 22)
+
+    assert metrics_of(runs / name) == metrics_of(uninterrupted)
+    full = load_file(uninterrupted / "model" / "model.safetensors")
+    again = load_file(runs / name / "model" / "model.safetensors")
+    assert full.keys() == again.keys()
+    assert all(torch.equal(full[k], again[k]) for k in full)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data-scarce setting
+
+
+def test_subsample_domains_shrinks_only_the_target_domain() -> None:
+    base = DataConfig(synthetic_train_per_domain=40, synthetic_eval_per_domain=4)
+    scarce = load_data(replace(base, train_fraction=0.25, subsample_domains=("dvd",))).train
+    counts = {d: scarce.domains.count(i) for i, d in enumerate(DOMAINS)}
+    assert counts == {"books": 40, "dvd": 10, "electronics": 40, "kitchen": 40}
+    everywhere = load_data(replace(base, train_fraction=0.25)).train
+    dvd = DOMAINS.index("dvd")
+    assert scarce.domain_subset(dvd).ids == everywhere.domain_subset(dvd).ids
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one line on stderr, exit code 2, no run directory left behind
+
+
+def _refused(result: object, runs: Path, name: str, *fragments: str) -> None:
+    assert result.exit_code == 2, result.stderr
+    line = result.stderr.strip()
+    assert "\n" not in line and line.startswith("error: ")
+    for fragment in fragments:
+        assert fragment in line
+    assert not (runs / name).exists()
+
+
+def test_bad_distill_input(runs: Path, meta_teacher: Path, mix_teacher: Path) -> None:
+    result = _distill(runs, "bad", meta_teacher, "--domain", "toys")
+    _refused(result, runs, "bad", "domain 'toys' is not in the data", "books")
+
+    result = _distill(runs, "bad", mix_teacher, "--domain", "books", "--method", "meta")
+    _refused(result, runs, "bad", "not a meta-teacher", "kdtui teacher --method meta")
+
+    result = _distill(runs, "bad", meta_teacher, "--domain", "books", "--student-layers", "3")
+    _refused(result, runs, "bad", "deeper than the teacher", "layer_map")
+
+    result = _distill(
+        runs, "bad", meta_teacher, "--domain", "books", "--set", "distill.layer_map=[[1, 5]]"
+    )
+    _refused(result, runs, "bad", "teacher layer 5 is out of range 0..2")
+
+    result = _distill(
+        runs, "bad", meta_teacher, "--domain", "books", "--set", "data.subsample_domains=toys"
+    )
+    _refused(result, runs, "bad", "data.subsample_domains")
+
+
+def test_a_deeper_student_with_a_layer_map_or_logits_only_is_fine(
+    runs: Path, mix_teacher: Path
+) -> None:
+    result = _distill(
+        runs, "deep", mix_teacher, "--domain", "books", "--student-layers", "3", "--quiet",
+        "--set", "distill.layer_map=[[0, 0], [3, 2]]",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+
+
+def test_a_student_with_another_tokenizer_is_refused(
+    runs: Path, meta_teacher: Path, tmp_path: Path
+) -> None:
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    from kdtui.models import save_classifier
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad"]))
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab))
+    config = BertConfig(
+        vocab_size=7, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, num_labels=2,
+    )  # fmt: skip
+    save_classifier(
+        BertForSequenceClassification(config), tokenizer, tmp_path / "student", ["0", "1"]
+    )
+    result = _distill(
+        runs, "bad", meta_teacher, "--domain", "books", "--student", str(tmp_path / "student")
+    )
+    _refused(result, runs, "bad", "different tokenizer")
+
+
+def test_a_meta_teacher_needs_two_domains(runs: Path) -> None:
+    result = invoke(
+        "teacher", "--profile", "smoke", "--method", "meta", "--output-dir", str(runs),
+        "--name", "one", "--set", "data.synthetic_domains=[\"books\"]",
+    )  # fmt: skip
+    _refused(result, runs, "one", "at least two domains")
