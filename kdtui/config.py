@@ -326,6 +326,12 @@ def _validate(config: Config) -> None:
         (config.train.log_every >= 1, "train.log_every must be at least 1"),
         (config.train.keep_checkpoints >= 1, "train.keep_checkpoints must be at least 1"),
         (config.run.threads >= 0, "run.threads must be >= 0"),
+        (
+            "/" not in config.run.name
+            and "\\" not in config.run.name
+            and config.run.name not in (".", ".."),
+            "run.name must be a plain folder name (no / or \\; use run.output_dir for the place)",
+        ),
         *_choice_checks(config),
         (
             config.teacher.method != "single" or bool(config.teacher.domain),

@@ -235,6 +235,11 @@ CASES = [
         lambda tmp, _: teacher("--output-dir", str(write(tmp / "f", "x"))),
         "is a file, not a directory",
     ),
+    Case(
+        "run-name-with-a-path",
+        lambda *_: teacher("--name", "../../escaped"),
+        "run.name must be a plain folder name",
+    ),
     Case("resume-missing-run", lambda tmp, _: ["teacher", "--resume", str(tmp / "no")], "no such"),
     Case(
         "resume-not-a-run",
@@ -325,7 +330,9 @@ def test_bad_input(case: Case, tmp_path: Path, teacher_run: Path) -> None:
 
     args = case.args(scratch, teacher_run)
     if args[0] in ("teacher", "distill", "prune") and "--resume" not in args:
-        args = [*args, "--name", "new", "--quiet"]
+        args = [*args, "--quiet"]
+        if "--name" not in args:
+            args += ["--name", "new"]
         if "--output-dir" not in args:
             args += ["--output-dir", str(runs)]
     result = invoke(*args)
