@@ -101,3 +101,30 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_half_written_checkpoint(
     assert not list(run.rglob("*.tmp"))  # the temporary folder was removed
     assert not (run / "best").exists() and not list_checkpoints(run / "checkpoints")
     assert isinstance(events_of(run)[-1], RunFailed)
+
+
+def test_a_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
+    runs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kdtui.engine.hooks import CrossEntropyHook
+
+    real = CrossEntropyHook.loss_terms
+    calls = []
+
+    def explodes_at_step_6(self, batch, outputs, model):  # noqa: ANN001, ANN202
+        calls.append(1)
+        terms = real(self, batch, outputs, model)
+        return {k: v * float("nan") for k, v in terms.items()} if len(calls) == 6 else terms
+
+    monkeypatch.setattr(CrossEntropyHook, "loss_terms", explodes_at_step_6)
+    result = invoke(*TEACHER, "--output-dir", str(runs), "--name", "nan")
+    assert result.exit_code == 2
+    assert "the loss became NaN/Inf at step 6 (loss, ce)" in result.stderr
+    assert "the last good checkpoint is" in result.stderr and "step-00000004" in result.stderr
+    run = runs / "nan"
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-00000004"]
+    failed = events_of(run)[-1]
+    assert isinstance(failed, RunFailed) and "NaN" in failed.error
+    monkeypatch.setattr(CrossEntropyHook, "loss_terms", real)
+    resumed = invoke("teacher", "--resume", str(run), "--quiet")  # e.g. after fixing the data
+    assert resumed.exit_code == 0, resumed.stderr

@@ -30,7 +30,14 @@ import torch
 from accelerate.utils import gather_object
 from torch import nn
 
-from kdtui.checkpoint import load_latest, prune_old, rng_state, save_checkpoint, set_rng_state
+from kdtui.checkpoint import (
+    list_checkpoints,
+    load_latest,
+    prune_old,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from kdtui.config import TrainConfig
 from kdtui.data import Encoded, collate
 from kdtui.engine.evaluate import accuracy_by_domain
@@ -214,10 +221,11 @@ def train(job: TrainJob) -> TrainResult:
                 _all_reduce_sum(params, sums, device)
             if not all(math.isfinite(float(v)) for v in sums.values()):
                 bad = ", ".join(k for k, v in sums.items() if not math.isfinite(float(v)))
+                kept = list_checkpoints(job.checkpoint_dir)
+                where = f"the last good checkpoint is {kept[-1]}" if kept else "no checkpoint yet"
                 raise KdtuiError(
                     f"the loss became NaN/Inf at step {job.step_offset + state.step + 1} ({bad}); "
-                    f"the last good checkpoint is kept in {job.checkpoint_dir} — lower train.lr "
-                    "or check the data"
+                    f"{where} — lower train.lr or check the data"
                 )
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
