@@ -11,6 +11,11 @@ pre-trained --model with a seeded new classifier head, written once into the out
 KD rows run both distillation stages (intermediate layers, then predictions); the student alone
 trains for as many epochs as the two stages together. Every command gets the same seed.
 
+Budget: every teacher trains --teacher-epochs over its own data, but at least
+--teacher-min-steps steps (a single-domain teacher of a scarce domain still gets fine-tuned).
+At fraction f every student trains 1/f times the epochs, i.e. as many steps as at full data,
+and is evaluated on its domain's dev every full-data epoch's worth of steps.
+
 Settings: full data, and data-scarce fractions (--fractions 1,0.2): at fraction f < 1 the target
 domain D keeps a seeded f of its training data (`data.train_fraction=f`,
 `data.subsample_domains=D`) and the other domains stay whole, for teachers and students alike;
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -51,6 +57,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--teacher-epochs", type=float, default=1.0)
+    parser.add_argument("--teacher-min-steps", type=int, default=0, help="floor for every teacher")
     parser.add_argument("--intermediate-epochs", type=float, default=1.0, help="KD stage 1")
     parser.add_argument("--prediction-epochs", type=float, default=2.0, help="KD stage 2")
     parser.add_argument("--lr", type=float, default=5e-5, help="teacher learning rate")
@@ -157,40 +164,84 @@ class Bench:
         save_classifier(student, load_tokenizer(model_cfg), folder, self.label_names)
         return folder
 
+    # -- budget ----------------------------------------------------------------------------------
+
+    def _train_counts(self, fraction: float, domain: str) -> dict[str, int]:
+        """Training examples per domain in a setting (after the cap and the target's fraction)."""
+        from dataclasses import replace
+
+        from kdtui.data import load_data
+
+        cfg = self._data_config().data
+        cfg = replace(cfg, max_train_per_domain=self.args.max_train_per_domain)
+        if fraction < 1:
+            cfg = replace(cfg, train_fraction=fraction, subsample_domains=(domain,))
+        data = load_data(cfg)
+        return {d: data.train.domains.count(i) for i, d in enumerate(data.domain_names)}
+
+    def _teacher_steps(self, examples: int) -> int:
+        """--teacher-epochs over the teacher's data, but at least --teacher-min-steps: a teacher
+        of a small (scarce) domain still gets a real fine-tuning."""
+        a = self.args
+        per_epoch = max(1, examples // a.batch_size)
+        return max(math.ceil(a.teacher_epochs * per_epoch), a.teacher_min_steps)
+
     # -- one setting (a training fraction of the target domain) ---------------------------------
 
     def setting(self, fraction: float) -> dict[str, dict[str, float]]:
         """{row: {domain: test accuracy of the domain's student, "_time": seconds}}."""
         tag = "full" if fraction >= 1 else f"frac{fraction:g}"
         a = self.args
+        full_counts = self._train_counts(1.0, "")
         accuracy: dict[str, dict[str, float]] = {row: {} for row in ROWS}
         used: dict[str, set[str]] = {row: set() for row in ROWS}  # runs whose time a row pays
         shared: dict[str, str] = {}
         if fraction >= 1:  # one mix and one meta teacher serve every domain
+            steps = self._teacher_steps(sum(full_counts.values()))
             for method in ("mix", "meta"):
                 shared[method] = self.run(
-                    f"{tag}/teacher-{method}", ["teacher", "--method", method], self._data(1.0, "")
+                    f"{tag}/teacher-{method}",
+                    ["teacher", "--method", method, "--max-steps", str(steps)],
+                    self._data(1.0, ""),
                 )
         for domain in self.domains:
             data = self._data(fraction, domain)
-            # Students are scored on their own domain only: its dev picks them, its test ranks.
+            counts = full_counts if fraction >= 1 else self._train_counts(fraction, domain)
+            if fraction < 1:  # the teachers see the scarce target domain: one set per domain
+                steps = self._teacher_steps(sum(counts.values()))
+                for method in ("mix", "meta"):
+                    shared[method] = self.run(
+                        f"{tag}/{domain}/teacher-{method}",
+                        ["teacher", "--method", method, "--max-steps", str(steps)],
+                        data,
+                    )
+            single = self.run(
+                f"{tag}/{domain}/teacher-single",
+                [
+                    "teacher",
+                    "--method",
+                    "single",
+                    "--domain",
+                    domain,
+                    "--max-steps",
+                    str(self._teacher_steps(counts[domain])),
+                ],
+                data,
+            )
+            # Students: their own domain only (its dev picks them, its test ranks them); at
+            # fraction f they train 1/f times the epochs, i.e. as many steps as at full data,
+            # and are evaluated every full-data epoch's worth of steps.
+            scale = 1.0 / fraction if fraction < 1 else 1.0
+            eval_every = max(1, full_counts[domain] // a.batch_size)
             student_data = [
                 *data,
                 "--set",
                 f"data.domains={domain}",
                 "--set",
                 "data.max_eval_per_domain=0",
+                "--set",
+                f"train.eval_every={eval_every}",
             ]
-            if fraction < 1:  # the teachers see the scarce target domain: one set per domain
-                for method in ("mix", "meta"):
-                    shared[method] = self.run(
-                        f"{tag}/{domain}/teacher-{method}", ["teacher", "--method", method], data
-                    )
-            single = self.run(
-                f"{tag}/{domain}/teacher-single",
-                ["teacher", "--method", "single", "--domain", domain],
-                data,
-            )
             alone = self.run(
                 f"{tag}/{domain}/student-alone",
                 [
@@ -202,28 +253,22 @@ class Bench:
                     "--model",
                     str(self.student),
                     "--epochs",
-                    str(a.intermediate_epochs + a.prediction_epochs),
+                    str(scale * (a.intermediate_epochs + a.prediction_epochs)),
                     "--lr",
                     str(a.student_lr),
                 ],
                 student_data,
                 teacher=False,
             )
-            runs = {
-                "student alone": [alone],
-                "KD single-domain teacher": [
-                    single,
-                    self._distill(tag, domain, single, "vanilla", "single", student_data),
-                ],
-                "KD mix teacher": [
-                    shared["mix"],
-                    self._distill(tag, domain, shared["mix"], "vanilla", "mix", student_data),
-                ],
-                "Meta-KD": [
-                    shared["meta"],
-                    self._distill(tag, domain, shared["meta"], "meta", "meta", student_data),
-                ],
+            kd = {
+                "KD single-domain teacher": (single, "vanilla", "single"),
+                "KD mix teacher": (shared["mix"], "vanilla", "mix"),
+                "Meta-KD": (shared["meta"], "meta", "meta"),
             }
+            runs = {"student alone": [alone]}
+            for row, (teacher, method, kind) in kd.items():
+                distilled = self._distill(tag, domain, teacher, method, kind, student_data, scale)
+                runs[row] = [teacher, distilled]
             for row, names in runs.items():
                 accuracy[row][domain] = test_accuracy(self.out / names[-1], domain)
                 used[row].update(names)  # a teacher shared by all domains counts once
@@ -232,7 +277,14 @@ class Bench:
         }
 
     def _distill(
-        self, tag: str, domain: str, teacher: str, method: str, kind: str, data: list[str]
+        self,
+        tag: str,
+        domain: str,
+        teacher: str,
+        method: str,
+        kind: str,
+        data: list[str],
+        scale: float,
     ) -> str:
         a = self.args
         return self.run(
@@ -250,16 +302,16 @@ class Bench:
                 "--lr",
                 str(a.student_lr),
                 "--set",
-                f"distill.intermediate_epochs={a.intermediate_epochs}",
+                f"distill.intermediate_epochs={scale * a.intermediate_epochs}",
                 "--set",
-                f"distill.prediction_epochs={a.prediction_epochs}",
+                f"distill.prediction_epochs={scale * a.prediction_epochs}",
             ],
             data,
             teacher=False,
         )
 
     def _data(self, fraction: float, domain: str) -> list[str]:
-        """Options every command of a target domain shares: data, length, seed, budget."""
+        """Options every command of a target domain shares: data, length, seed, batch."""
         a = self.args
         options = [
             "--data",
@@ -295,15 +347,7 @@ class Bench:
             return name
         if teacher:
             data = [*data, "--set", f"data.max_eval_per_domain={a.teacher_eval_per_domain}"]
-            command = [
-                *command,
-                "--model",
-                a.model,
-                "--epochs",
-                str(a.teacher_epochs),
-                "--lr",
-                str(a.lr),
-            ]
+            command = [*command, "--model", a.model, "--lr", str(a.lr)]
         argv = [
             *command,
             *data,
