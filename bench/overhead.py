@@ -30,7 +30,22 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2, help="alternate bare/engine this often")
     args = parser.parse_args()
+    result = measure(args.model, args.steps, args.batch_size, args.max_length, args.repeats)
+    print(
+        f"model {args.model}, {args.steps} steps, batch {args.batch_size}, length "
+        f"{args.max_length}, {torch.get_num_threads()} threads (best of {args.repeats})"
+    )
+    print("| loop | s/step | total s |")
+    print("| --- | --- | --- |")
+    print(f"| bare PyTorch | {result['bare'] / args.steps:.4f} | {result['bare']:.2f} |")
+    print(f"| kdtui engine | {result['engine'] / args.steps:.4f} | {result['engine']:.2f} |")
+    print(f"| overhead | {result['overhead_pct']:+.1f}% | |")
+    print(f"| engine's final checkpoint write | | {result['checkpoint']:.2f} |")
 
+
+def measure(model_name: str, steps: int, batch_size: int, max_length: int, repeats: int) -> dict:
+    """Best-of-`repeats` wall seconds of the bare loop and of the engine (training part), the
+    engine's final checkpoint write, and the overhead in percent."""
     from accelerate import Accelerator
 
     from kdtui.config import Config, DataConfig, ModelConfig, TrainConfig
@@ -41,11 +56,11 @@ def main() -> None:
     from kdtui.rundir import RunDir
 
     cfg = Config(
-        data=DataConfig(max_length=args.max_length, synthetic_train_per_domain=200),
-        model=ModelConfig(name=args.model),
+        data=DataConfig(max_length=max_length, synthetic_train_per_domain=200),
+        model=ModelConfig(name=model_name),
         train=TrainConfig(
-            max_steps=args.steps,
-            batch_size=args.batch_size,
+            max_steps=steps,
+            batch_size=batch_size,
             eval_every=10**9,
             checkpoint_every=10**9,
             warmup_ratio=0.1,
@@ -65,14 +80,14 @@ def main() -> None:
         model.train()
         torch.manual_seed(0)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=0.01)
-        warmup = int(cfg.train.warmup_ratio * args.steps)
+        warmup = int(cfg.train.warmup_ratio * steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: warmup_then_linear_decay(s, warmup, args.steps)
+            optimizer, lambda s: warmup_then_linear_decay(s, warmup, steps)
         )
         order = epoch_order(len(encoded), 0, 0)
         start = time.perf_counter()
-        for step in range(args.steps):
-            indices = order[step * args.batch_size : (step + 1) * args.batch_size]
+        for step in range(steps):
+            indices = order[step * batch_size : (step + 1) * batch_size]
             batch = collate(encoded, indices, pad_id)
             optimizer.zero_grad(set_to_none=True)
             logits = model(
@@ -85,7 +100,7 @@ def main() -> None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
-            float(loss)  # the engine logs the loss each step; read it here too
+            float(loss.detach())  # the engine logs the loss each step; read it here too
         return time.perf_counter() - start
 
     def engine() -> tuple[float, float]:
@@ -127,23 +142,18 @@ def main() -> None:
         return marks[-1] - start, end - marks[-1]
 
     rows = []
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         b = bare()
         e, ckpt = engine()
         rows.append((b, e, ckpt))
     bare_best = min(r[0] for r in rows)
     engine_best = min(r[1] for r in rows)
-    ckpt = min(r[2] for r in rows)
-    print(
-        f"model {args.model}, {args.steps} steps, batch {args.batch_size}, length "
-        f"{args.max_length}, {torch.get_num_threads()} threads (best of {args.repeats})"
-    )
-    print("| loop | s/step | total s |")
-    print("| --- | --- | --- |")
-    print(f"| bare PyTorch | {bare_best / args.steps:.4f} | {bare_best:.2f} |")
-    print(f"| kdtui engine | {engine_best / args.steps:.4f} | {engine_best:.2f} |")
-    print(f"| overhead | {100 * (engine_best / bare_best - 1):+.1f}% | |")
-    print(f"| engine's final checkpoint write | | {ckpt:.2f} |")
+    return {
+        "bare": bare_best,
+        "engine": engine_best,
+        "checkpoint": min(r[2] for r in rows),
+        "overhead_pct": 100 * (engine_best / bare_best - 1),
+    }
 
 
 if __name__ == "__main__":

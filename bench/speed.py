@@ -1,0 +1,383 @@
+"""kdtui's speed figures on the machine it runs on, in one command, as markdown tables.
+
+1. engine overhead against a bare PyTorch loop (bench/overhead.py; target at most 5%);
+2. distillation throughput through the real engine (MiniLM teacher, a 2-layer student copied
+   from it): prediction-layer KD with the teacher running every step or its logits cached,
+   the intermediate-layer stage, CAP-style pruning with KD live or cached, each fp32 and bf16;
+3. start-up: `kdtui --help` (target under 0.3 s) and the dashboard's first frame;
+4. compressed models: size on disk and inference throughput against the dense model (structured
+   heads-ffn removal at 50%; unstructured 90% / 97% in kdtui's bitmask format).
+
+Inputs are random token ids of exactly --length tokens, so the figures do not depend on a
+data set. Weights are MiniLM's (the classifier head is random): speed does not depend on them.
+
+    python bench/speed.py                    # about 10 minutes on 2 CPU cores
+    python bench/speed.py --quick            # fewer steps, a first look
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=12, help="timed training steps per row")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps = 4
+
+    from kdtui.engine.loop import cpu_has_native_bf16
+
+    print(f"kdtui speed figures: {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
+    print(
+        f"CPU: {getattr(torch.cpu, 'get_capabilities', dict)().get('cpu_name', '?')}, "
+        f"native bf16: {'yes' if cpu_has_native_bf16() else 'no (emulated)'}"
+    )
+    print(f"(batch {args.batch_size}, length {args.length}; best of 2 where repeated)\n")
+    overhead_table(args)
+    distill_table(args)
+    startup_table()
+    compressed_table(args)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Engine overhead
+
+
+def overhead_table(args: argparse.Namespace) -> None:
+    import overhead
+
+    steps = max(10, 2 * args.steps)
+    r = overhead.measure("minilm", steps, args.batch_size, 64, repeats=2)
+    print("## Engine overhead (MiniLM fine-tuning, length 64)\n")
+    print("| loop | s/step |")
+    print("| --- | --- |")
+    print(f"| bare PyTorch | {r['bare'] / steps:.3f} |")
+    print(f"| kdtui engine | {r['engine'] / steps:.3f} |")
+    print(f"| overhead | {r['overhead_pct']:+.1f}% (target <= +5%) |\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Distillation and pruning throughput
+
+
+def fixed_length_examples(n: int, length: int, vocab: int, seed: int = 0) -> Any:
+    from kdtui.data import Encoded
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, min(vocab, 20000), (n, length - 2), generator=g)
+    rows = [[101, *row.tolist(), 102] for row in ids]
+    return Encoded(
+        input_ids=rows,
+        token_type_ids=[[0] * length for _ in rows],
+        labels=[i % 2 for i in range(n)],
+        domains=[0] * n,
+        ids=list(range(n)),
+    )
+
+
+def time_steps(
+    model: Any, hooks: list[Any], data: Any, args: argparse.Namespace, bf16: bool, steps: int
+) -> float:
+    """Examples per second over `steps` engine steps (after one untimed warm-up step)."""
+    from accelerate import Accelerator
+
+    from kdtui.config import TrainConfig
+    from kdtui.engine.loop import TrainJob, train
+    from kdtui.rundir import RunDir
+
+    cfg = TrainConfig(
+        max_steps=steps + 1,
+        batch_size=args.batch_size,
+        bf16=bf16,
+        eval_every=10**9,
+        checkpoint_every=10**9,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        run = RunDir(Path(tmp) / "run")
+        run.open(fresh=True)
+        marks: list[float] = []
+        run.listeners.append(
+            lambda e: marks.append(time.perf_counter()) if e.type == "step" else None
+        )
+        train(
+            TrainJob(
+                model=model,
+                train=data,
+                dev=None,
+                domain_names=["all"],
+                hooks=hooks,
+                cfg=cfg,
+                run=run,
+                accelerator=Accelerator(),
+                pad_id=0,
+                seed=0,
+                checkpoint_dir=Path(tmp) / "run" / "checkpoints",
+            )
+        )
+        run.close()
+    return steps * args.batch_size / (marks[-1] - marks[0])
+
+
+def distill_table(args: argparse.Namespace) -> None:
+    from kdtui.config import ModelConfig
+    from kdtui.engine.evaluate import predict_logits
+    from kdtui.engine.hooks import CrossEntropyHook
+    from kdtui.engine.loop import cpu_has_native_bf16
+    from kdtui.methods.kd import KdHook
+    from kdtui.methods.meta_kd import (
+        IntermediateDistillHook,
+        PredictionDistillHook,
+        uniform_layer_map,
+    )
+    from kdtui.methods.pruning import UnstructuredPruner
+    from kdtui.models import build_student, load_classifier
+
+    teacher = load_classifier(ModelConfig(name="minilm"), ["0", "1"], seed=0).eval()
+    data = fixed_length_examples(
+        (args.steps + 1) * args.batch_size, args.length, teacher.config.vocab_size
+    )
+    cached = predict_logits(
+        teacher, data, range(len(data)), batch_size=64, pad_id=0, device=torch.device("cpu")
+    )
+
+    def student() -> Any:
+        return build_student(teacher, num_layers=2, seed=0)
+
+    def pruned() -> Any:
+        model = copy.deepcopy(teacher)  # the distillation hooks froze the teacher's copy
+        return model.requires_grad_(True).train()
+
+    def prediction(use_cache: bool) -> list[Any]:
+        return [
+            PredictionDistillHook(
+                teacher=teacher, temperature=2.0, cached_logits=cached if use_cache else None
+            )
+        ]
+
+    def intermediate() -> list[Any]:
+        s = student()
+        return [
+            IntermediateDistillHook(
+                teacher=teacher,
+                layer_map=uniform_layer_map(6, 2),
+                student_hidden=s.config.hidden_size,
+                teacher_hidden=teacher.config.hidden_size,
+            )
+        ]
+
+    def prune_hooks(use_cache: bool) -> list[Any]:
+        pruner = UnstructuredPruner(
+            criterion="magnitude",
+            target_sparsity=0.9,
+            total_steps=args.steps + 1,
+            warmup_steps=0,
+            cooldown_steps=0,
+        )
+        kd = KdHook(temperature=2.0, teacher=teacher, logits_by_id=cached if use_cache else None)
+        return [CrossEntropyHook(), kd, pruner]
+
+    rows = [
+        ("student fine-tuning alone (no teacher)", student, lambda: [CrossEntropyHook()]),
+        ("prediction KD, teacher runs every step", student, lambda: prediction(False)),
+        ("prediction KD, teacher logits cached", student, lambda: prediction(True)),
+        ("intermediate stage (hidden + attention MSE)", student, intermediate),
+        (
+            "pruning MiniLM, KD teacher runs every step",
+            pruned,
+            lambda: prune_hooks(False),
+        ),
+        (
+            "pruning MiniLM, KD logits cached",
+            pruned,
+            lambda: prune_hooks(True),
+        ),
+    ]
+    print(f"## Training throughput (examples/s, length {args.length})\n")
+    print("| what | fp32 | bf16 autocast | bf16 speed-up |")
+    print("| --- | --- | --- | --- |")
+    # Emulated bf16 is so slow that a third of the steps measures it well enough.
+    bf16_steps = args.steps if cpu_has_native_bf16() else max(2, args.steps // 3)
+    for label, make_model, make_hooks in rows:
+        fp32 = time_steps(make_model(), make_hooks(), data, args, False, args.steps)
+        bf16 = time_steps(make_model(), make_hooks(), data, args, True, bf16_steps)
+        print(f"| {label} | {fp32:.1f} | {bf16:.1f} | {bf16 / fp32:.2f}x |")
+    print()
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Start-up
+
+
+def best_wall(command: list[str], repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+DASHBOARD_FIRST_FRAME = """
+import asyncio, sys, time
+start = time.perf_counter()
+from kdtui.dashboard.app import create_app
+async def main():
+    app = create_app(sys.argv[1])
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+    print(time.perf_counter() - start)
+asyncio.run(main())
+"""
+
+
+def startup_table() -> None:
+    from kdtui.events import RunFinished, RunStarted, Step
+    from kdtui.runlog import EventSink
+
+    help_s = best_wall(["kdtui", "--help"])
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        sink = EventSink(run / "events.jsonl")
+        sink.write(RunStarted(run="run", command="teacher", profile="", total_steps=100, config={}))
+        for s in range(1, 101):
+            sink.write(
+                Step(
+                    step=s,
+                    total_steps=100,
+                    epoch=s / 100,
+                    lr=1e-4,
+                    loss=1 / s,
+                    losses={"ce": 1 / s},
+                )
+            )
+        sink.write(RunFinished(step=100, metrics={}))
+        sink.close()
+        frames = []
+        for _ in range(3):
+            out = subprocess.run(
+                [sys.executable, "-c", DASHBOARD_FIRST_FRAME, str(run)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            frames.append(float(out.stdout.strip().splitlines()[-1]))
+    print("## Start-up\n")
+    print("| what | seconds |")
+    print("| --- | --- |")
+    print(f"| `kdtui --help` (best of 5, whole process) | {help_s:.2f} (target < 0.3) |")
+    print(
+        f"| dashboard: imports + first frame of a finished run, headless (best of 3) | "
+        f"{min(frames):.2f} |\n"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Compressed models
+
+
+@torch.no_grad()
+def throughput(model: Any, batch: int, length: int, repeats: int = 5) -> float:
+    """Examples per second of a forward pass (median of `repeats`, after a warm-up)."""
+    ids = torch.randint(1000, 20000, (batch, length), generator=torch.Generator().manual_seed(0))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    model.eval()
+    model(**inputs)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(**inputs)
+        times.append(time.perf_counter() - start)
+    return batch / statistics.median(times)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.suffix == ".safetensors")
+
+
+def compressed_table(args: argparse.Namespace) -> None:
+    from kdtui.config import ModelConfig
+    from kdtui.methods.compact import compact
+    from kdtui.methods.pruning import encoder_linears
+    from kdtui.models import load_any, load_classifier, load_tokenizer, save_classifier
+    from kdtui.sparse import SPARSE_FILE, save_sparse
+
+    labels = ["0", "1"]
+    dense = load_classifier(ModelConfig(name="minilm"), labels, seed=0).eval()
+    tokenizer = load_tokenizer(ModelConfig(name="minilm"))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        save_classifier(dense, tokenizer, root / "dense", labels)
+        dense_bytes = folder_bytes(root / "dense")
+        rows.append(("dense MiniLM (fp32)", dense_bytes, dense))
+
+        # Structured: keep half the heads and half the FFN neurons of every layer (which ones
+        # does not matter for speed), removed for real, saved and loaded back.
+        small = copy.deepcopy(dense)
+        layers = small.base_model.encoder.layer
+        heads = [list(range(small.config.num_attention_heads // 2)) for _ in layers]
+        neurons = [list(range(small.config.intermediate_size // 2)) for _ in layers]
+        compact(small, heads, neurons)
+        save_classifier(small, tokenizer, root / "heads-ffn", labels)
+        rows.append(
+            (
+                "heads-ffn 50% removed",
+                folder_bytes(root / "heads-ffn"),
+                load_any(root / "heads-ffn"),
+            )
+        )
+
+        for sparsity in (0.9, 0.97):
+            sparse = copy.deepcopy(dense)
+            with torch.no_grad():
+                for linear in encoder_linears(sparse).values():
+                    w = linear.weight
+                    keep = max(1, round((1 - sparsity) * w.numel()))
+                    threshold = w.abs().flatten().kthvalue(w.numel() - keep + 1).values
+                    w.mul_((w.abs() >= threshold).to(w.dtype))
+            for values in ("float32", "float16"):
+                folder = root / f"sparse-{sparsity}-{values}"
+                sparse.config.save_pretrained(folder)
+                save_sparse(sparse.state_dict(), folder / SPARSE_FILE, values=values)
+                label = f"unstructured {sparsity:.0%} zeros, bitmask + {values} values"
+                rows.append((label, folder_bytes(folder), load_any(folder)))
+
+        print("## Compressed models (size of the weight files, forward throughput)\n")
+        print("| model | size on disk | vs dense | ex/s b32 len128 | speed-up | ex/s b1 len128 |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        base = throughput(dense, 32, 128)
+        for label, size, model in rows:
+            t32 = throughput(model, 32, 128)
+            t1 = throughput(model, 1, 128, repeats=10)
+            print(
+                f"| {label} | {size / 2**20:.1f} MiB | {size / dense_bytes:.0%} | {t32:.1f} "
+                f"| {t32 / base:.2f}x | {t1:.1f} |"
+            )
+    print(
+        "\nUnstructured sparsity shrinks the file, not the time: the loaded model is dense and "
+        "PyTorch's dense kernels multiply the zeros too.\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
