@@ -140,13 +140,20 @@ def test_baselines_from_a_mix_teacher_then_evaluate(runs: Path, mix_teacher: Pat
 
 LONGER = [
     "--domain", "books", "--quiet",
-    "--set", "distill.intermediate_epochs=3", "--set", "distill.prediction_epochs=3",
-    "--set", "train.checkpoint_every=2", "--set", "train.eval_every=6",
+    "--set", "distill.intermediate_epochs=2", "--set", "distill.prediction_epochs=2",
+    "--set", "train.checkpoint_every=4", "--set", "train.eval_every=6",
 ]  # fmt: skip
 
 
-def _kill_at(proc: subprocess.Popen, checkpoint: Path) -> None:
-    deadline = time.monotonic() + 180
+def _start_and_kill_at(argv: list[str], checkpoint: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kdtui", *argv],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 300
     while not checkpoint.is_dir():
         assert proc.poll() is None, proc.stderr.read().decode()
         assert time.monotonic() < deadline, "no checkpoint appeared"
@@ -155,35 +162,37 @@ def _kill_at(proc: subprocess.Popen, checkpoint: Path) -> None:
     proc.wait()
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(runs: Path, meta_teacher: Path) -> Path:
+def test_sigkill_in_each_stage_then_resume_equals_uninterrupted(
+    runs: Path, meta_teacher: Path
+) -> None:
     result = _distill(runs, "full", meta_teacher, *LONGER)
     assert result.exit_code == 0, result.stderr
-    return runs / "full"
 
-
-@pytest.mark.parametrize("stage", ["stage1", "stage2"])
-def test_sigkill_then_resume_equals_uninterrupted(
-    runs: Path, meta_teacher: Path, uninterrupted: Path, stage: str
-) -> None:
-    name = f"killed-{stage}"
+    # Killed in stage 1, resumed and killed again in stage 2 (stage 1 finished: it must be
+    # skipped, not rerun), then resumed to the end. Books: 6 steps per epoch, 12 per stage.
+    run = runs / "killed"
     argv = [
-        sys.executable, "-m", "kdtui", "distill", "--profile", "smoke",
-        "--teacher", str(meta_teacher), "--output-dir", str(runs), "--name", name, *LONGER,
+        "distill", "--profile", "smoke", "--teacher", str(meta_teacher),
+        "--output-dir", str(runs), "--name", "killed", *LONGER,
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _kill_at(proc, runs / name / "checkpoints" / stage / "step-00000004")
-    assert not (runs / name / "metrics.json").exists(), "kill came too late"
-
-    resumed = invoke("distill", "--resume", str(runs / name), "--quiet")
+    _start_and_kill_at(argv, run / "checkpoints" / "stage1" / "step-00000004")
+    _start_and_kill_at(
+        ["distill", "--resume", str(run), "--quiet"],
+        run / "checkpoints" / "stage2" / "step-00000004",
+    )
+    assert not (run / "metrics.json").exists(), "kill came too late"
+    resumed = invoke("distill", "--resume", str(run), "--quiet")
     assert resumed.exit_code == 0, resumed.stderr
-    started = [e for e in events_of(runs / name) if isinstance(e, RunStarted)]
-    assert started[-1].resumed_from_step >= (4 if stage == "stage1" else 22)
 
-    assert metrics_of(runs / name) == metrics_of(uninterrupted)
-    full = load_file(uninterrupted / "model" / "model.safetensors")
-    again = load_file(runs / name / "model" / "model.safetensors")
+    started = [e for e in events_of(run) if isinstance(e, RunStarted)]
+    assert [e.resumed_from_step for e in started][0] == 0
+    assert started[1].resumed_from_step >= 4 and started[2].resumed_from_step >= 16
+    steps = [e.step for e in events_of(run) if isinstance(e, Step)]
+    assert steps[-1] == 24 and set(steps) == set(range(1, 25))
+
+    assert metrics_of(run) == metrics_of(runs / "full")
+    full = load_file(runs / "full" / "model" / "model.safetensors")
+    again = load_file(run / "model" / "model.safetensors")
     assert full.keys() == again.keys()
     assert all(torch.equal(full[k], again[k]) for k in full)
 
@@ -200,6 +209,15 @@ def test_subsample_domains_shrinks_only_the_target_domain() -> None:
     everywhere = load_data(replace(base, train_fraction=0.25)).train
     dvd = DOMAINS.index("dvd")
     assert scarce.domain_subset(dvd).ids == everywhere.domain_subset(dvd).ids
+
+    # with a cap, the cap applies to every domain first and the fraction to the capped data,
+    # so the scarce examples are a subset of the full (capped) run's
+    capped = load_data(replace(base, max_train_per_domain=20)).train
+    both = load_data(
+        replace(base, max_train_per_domain=20, train_fraction=0.25, subsample_domains=("dvd",))
+    ).train
+    assert [both.domains.count(i) for i in range(4)] == [20, 5, 20, 20]
+    assert set(both.ids) <= set(capped.ids)
 
 
 # ---------------------------------------------------------------------------------------------
