@@ -66,6 +66,13 @@ def main() -> None:
         "sparsity (needs the baselines first)",
     )
     parser.add_argument(
+        "--cap-pooling",
+        nargs="+",
+        default=["cls", "mean"],
+        choices=["cls", "mean"],
+        help="CAP's sentence vectors; each gives its own table rows",
+    )
+    parser.add_argument(
         "--ablation-sparsities",
         type=float,
         nargs="+",
@@ -137,15 +144,15 @@ def main() -> None:
         *(x for s in args.set for x in ("--set", s)),
     ]
     for sparsity in args.sparsities:
-        for method in args.methods:
+        for prefix, method, pooling in table_rows(args):
             if method.startswith("cap-no") and sparsity not in args.ablation_sparsities:
                 continue
-            name = f"{method}-{round(sparsity * 100)}"
+            name = f"{prefix}-{round(sparsity * 100)}"
             if method in BASELINES:
                 options = ["--criterion", method, "--no-cap"]
             else:
                 criterion = cap_criterion(args.cap_criterion, results, sparsity)
-                options = ["--criterion", criterion, *CAP_METHODS[method]]
+                options = ["--criterion", criterion, *CAP_METHODS[method], "--pooling", pooling]
             options = [*common, "--sparsity", str(sparsity), *options]
             timings[name] = run_kdtui(out, name, options)
             results[name] = json.loads((out / name / "metrics.json").read_text())
@@ -175,6 +182,18 @@ def main() -> None:
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     print_tables(args, dense, results, heads, wall, out)
+
+
+def table_rows(args: argparse.Namespace) -> list[tuple[str, str, str]]:
+    """(run name prefix, method, pooling) per table row; CAP rows once per --cap-pooling."""
+    rows = []
+    for method in args.methods:
+        if method in BASELINES:
+            rows.append((method, method, ""))
+            continue
+        for pooling in args.cap_pooling:
+            rows.append((method if pooling == "cls" else f"{method}-{pooling}", method, pooling))
+    return rows
 
 
 def cap_criterion(choice: str, results: dict[str, dict[str, Any]], sparsity: float) -> str:
@@ -269,23 +288,28 @@ def print_tables(
     print()
     print("| method | " + " | ".join(f"{s:.0%} sparsity" for s in args.sparsities) + " |")
     print("| --- |" + " --- |" * len(args.sparsities))
-    for method in args.methods:
+    for prefix, method, pooling in table_rows(args):
         cells = []
         for s in args.sparsities:
-            m = results.get(f"{method}-{round(s * 100)}")
+            m = results.get(f"{prefix}-{round(s * 100)}")
             if m is None:
                 cells.append("-")
                 continue
             acc = m["test"]["all"]
             cells.append(f"{100 * acc:.1f} ({acc / dense['all']:.1%})")
-        label = LABELS[method]
-        if method in CAP_METHODS:
-            bases = {
-                results[f"{method}-{round(s * 100)}"]["criterion"]
-                for s in args.sparsities
-                if f"{method}-{round(s * 100)}" in results
-            }
-            label += f" on {' / '.join(sorted(bases))}" if bases else ""
+        label = LABELS[method] + (f", {pooling} pooling" if pooling else "")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    print()
+    print("Dev accuracy % of the same runs (what the criterion under CAP was chosen by):")
+    print()
+    print("| method | " + " | ".join(f"{s:.0%}" for s in args.sparsities) + " |")
+    print("| --- |" + " --- |" * len(args.sparsities))
+    for prefix, method, pooling in table_rows(args):
+        cells = []
+        for s in args.sparsities:
+            m = results.get(f"{prefix}-{round(s * 100)}")
+            cells.append("-" if m is None else f"{100 * m['best_dev']:.1f}")
+        label = LABELS[method] + (f", {pooling} pooling" if pooling else "")
         print(f"| {label} | " + " | ".join(cells) + " |")
     chosen = [
         f"{s:.0%}: {results[f'cap-{round(s * 100)}']['criterion']}"
