@@ -162,7 +162,7 @@ def test_sigkill_mid_pruning_then_resume_equals_uninterrupted(runs: Path) -> Non
     result = invoke(*common, "--name", "full")
     assert result.exit_code == 0, result.stderr
 
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "kdtui", *common, "--name", "killed"],
         env=env,
