@@ -6,7 +6,8 @@ optimiser step `<step>` (counted across stages, as in the events):
 
 * `step`:        after the backward pass, before the optimiser step;
 * `eval`:        after the dev predictions, before the eval event is written;
-* `checkpoint`:  with the checkpoint's files written but not yet renamed into place.
+* `checkpoint`:  with the checkpoint's files written but not yet renamed into place;
+* `interrupt`:   where `step` is, but SIGINT, as Ctrl-C in a terminal sends it.
 
 Outside tests the variable is unset and a crash point costs one environment lookup.
 """
@@ -20,5 +21,10 @@ CRASH_ENV = "KDTUI_CRASH_AT"
 
 
 def crash_point(point: str, step: int) -> None:
-    if os.environ.get(CRASH_ENV) == f"{point}:{step}":
+    wanted = os.environ.get(CRASH_ENV)
+    if wanted is None:
+        return
+    if wanted == f"{point}:{step}":
         os.kill(os.getpid(), signal.SIGKILL)
+    elif point == "step" and wanted == f"interrupt:{step}":
+        os.kill(os.getpid(), signal.SIGINT)

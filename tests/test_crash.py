@@ -1,5 +1,5 @@
-"""Crash safety: a run SIGKILLed during a step, an evaluation or a checkpoint write, then
-`--resume`d, ends exactly like an uninterrupted run; a damaged newest checkpoint is reported and
+"""Crash safety: a teacher, distill or prune run SIGKILLed during a step, an evaluation or a
+checkpoint write, then `--resume`d, ends exactly like an uninterrupted run; a damaged newest checkpoint is reported and
 the previous one used; a full disk is a clear error that leaves no half-written checkpoint."""
 
 from __future__ import annotations
@@ -16,26 +16,33 @@ import torch
 from safetensors.torch import load_file
 
 from kdtui.checkpoint import list_checkpoints
+from kdtui.events import Checkpoint as CheckpointEvent
 from kdtui.events import Message, RunFailed
 from kdtui.faults import CRASH_ENV
+from kdtui.sparse import SPARSE_FILE
 from tests.conftest import REPO, events_of, invoke, metrics_of
 
 TEACHER = ["teacher", "--profile", "smoke", "--quiet"]
 
 
-def run_until_crash(args: list[str], crash_at: str) -> None:
-    """Run the CLI in a child process that kills itself at `crash_at` ("point:step")."""
+def run_until_crash(args: list[str], crash_at: str) -> subprocess.CompletedProcess:
+    """Run the CLI in a child process that kills (or, for "interrupt:N", Ctrl-Cs) itself at
+    `crash_at` ("point:step")."""
     env = {**os.environ, "PYTHONPATH": str(REPO), CRASH_ENV: crash_at}
     result = subprocess.run(
         [sys.executable, "-m", "kdtui", *args], env=env, capture_output=True, text=True
     )
-    assert result.returncode == -signal.SIGKILL, f"did not crash at {crash_at}: {result.stderr}"
+    expected = 130 if crash_at.startswith("interrupt") else -signal.SIGKILL
+    assert result.returncode == expected, f"did not stop at {crash_at}: {result.stderr}"
+    return result
 
 
-def assert_same_result(expected: Path, actual: Path, model: str = "model") -> None:
+def assert_same_result(
+    expected: Path, actual: Path, model: str = "model", weights: str = "model.safetensors"
+) -> None:
     assert metrics_of(actual) == metrics_of(expected)
-    a = load_file(expected / model / "model.safetensors")
-    b = load_file(actual / model / "model.safetensors")
+    a = load_file(expected / model / weights)
+    b = load_file(actual / model / weights)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -63,6 +70,75 @@ def test_teacher_killed_then_resumed_equals_uninterrupted(
     assert resumed.exit_code == 0, resumed.stderr
     assert_same_result(uninterrupted, run)
     assert not (run / "checkpoints" / "step-00000008.tmp").exists()
+
+
+@pytest.fixture(scope="module")
+def teacher_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A meta-teacher to distill from and a plain teacher to prune, each run once."""
+    runs = tmp_path_factory.mktemp("teachers")
+    for name, method in (("meta", "meta"), ("mix", "mix")):
+        result = invoke(*TEACHER, "--method", method, "--output-dir", str(runs), "--name", name)
+        assert result.exit_code == 0, result.stderr
+    return runs
+
+
+def _other_command(teacher_runs: Path, command: str) -> list[str]:
+    if command == "distill":
+        # books: 6 steps per stage; steps 1-6 distil intermediate layers, 7-12 predictions.
+        return ["distill", "--profile", "smoke", "--quiet", "--domain", "books",
+                "--teacher", str(teacher_runs / "meta")]  # fmt: skip
+    # 12 steps: the cubic schedule prunes during steps 2-9, so every point below is mid-pruning.
+    return ["prune", "--profile", "smoke", "--quiet", "--sparsity", "0.9",
+            "--model", str(teacher_runs / "mix")]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("command", "crash_at"),
+    [
+        ("distill", "step:5"),  # stage 1, after its first checkpoint
+        ("distill", "checkpoint:6"),  # the end of stage 1
+        ("distill", "eval:10"),  # stage 2
+        ("prune", "step:6"),
+        ("prune", "eval:8"),
+        ("prune", "checkpoint:8"),
+    ],
+)
+def test_distill_and_prune_killed_then_resumed_equal_uninterrupted(
+    teacher_runs: Path, runs: Path, command: str, crash_at: str
+) -> None:
+    argv = [*_other_command(teacher_runs, command), "--output-dir", str(runs)]
+    full = invoke(*argv, "--name", "full")
+    assert full.exit_code == 0, full.stderr
+    run_until_crash([*argv, "--name", "killed"], crash_at)
+    assert not (runs / "killed" / "metrics.json").exists()
+    resumed = invoke(command, "--resume", str(runs / "killed"), "--quiet")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert_same_result(runs / "full", runs / "killed")
+    if command == "prune":
+        assert_same_result(runs / "full", runs / "killed", "model-sparse", SPARSE_FILE)
+    assert not list((runs / "killed").rglob("*.tmp"))
+    messages = [e.text for e in events_of(runs / "killed") if isinstance(e, Message)]
+    assert any(m.startswith("resumed ") and " from step " in m for m in messages)
+
+
+@pytest.mark.parametrize("command", ["teacher", "distill", "prune"])
+def test_ctrl_c_checkpoints_the_step_it_stopped_at_and_resumes_to_the_same_result(
+    teacher_runs: Path, runs: Path, command: str
+) -> None:
+    argv = TEACHER if command == "teacher" else _other_command(teacher_runs, command)
+    argv = [*argv, "--output-dir", str(runs)]
+    full = invoke(*argv, "--name", "full")
+    assert full.exit_code == 0, full.stderr
+    stopped = run_until_crash([*argv, "--name", "stopped"], "interrupt:7")
+    assert "interrupted: the last checkpoint is kept; continue with --resume" in stopped.stderr
+    run = runs / "stopped"
+    events = events_of(run)
+    assert isinstance(events[-1], RunFailed) and events[-1].kind == "interrupted"
+    checkpoints = [e for e in events if isinstance(e, CheckpointEvent) and e.kind != "best"]
+    assert checkpoints[-1].step == 7  # the step that was running when Ctrl-C came
+    resumed = invoke(command, "--resume", str(run), "--quiet")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert_same_result(runs / "full", run)
 
 
 def test_damaged_newest_checkpoint_is_reported_and_the_previous_one_used(
