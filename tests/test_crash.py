@@ -1,6 +1,8 @@
 """Crash safety: a teacher, distill or prune run SIGKILLed during a step, an evaluation or a
-checkpoint write, then `--resume`d, ends exactly like an uninterrupted run; a damaged newest checkpoint is reported and
-the previous one used; a full disk is a clear error that leaves no half-written checkpoint."""
+checkpoint write, then `--resume`d, ends exactly like an uninterrupted run; so does one stopped
+with Ctrl-C; a damaged newest checkpoint is reported and the previous one used; a full disk is a
+clear error that leaves no half-written checkpoint; a NaN loss stops the run and keeps the last
+good checkpoint."""
 
 from __future__ import annotations
 

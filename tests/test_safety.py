@@ -42,7 +42,7 @@ def test_a_profile_is_data_not_code(tmp_path: Path) -> None:
     profile = tmp_path / "evil.toml"
     profile.write_text(
         "[model]\n"
-        f'name = "__import__(\'os\').system(\'touch {marker}\')"\n'
+        f"name = \"__import__('os').system('touch {marker}')\"\n"
         "[run]\n"
         f'name = "$(touch {marker})"\n'
     )
