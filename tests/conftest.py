@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,3 +39,22 @@ def events_of(run: Path) -> list[Event]:
 
 def metrics_of(run: Path) -> dict:
     return json.loads((run / "metrics.json").read_text())
+
+
+def kill_when(argv: list[str], path: Path, timeout: float = 300) -> None:
+    """Run the CLI in a child process and SIGKILL it as soon as `path` exists (e.g. a checkpoint
+    folder): a crash at a moment the test does not choose exactly, as in real life."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kdtui", *argv],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

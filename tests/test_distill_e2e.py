@@ -3,11 +3,6 @@ run directories, loss terms, resume after SIGKILL, evaluate on a student, and ba
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +13,7 @@ from safetensors.torch import load_file
 from kdtui.config import DataConfig
 from kdtui.data import load_data
 from kdtui.events import Eval, Histogram, RunFinished, RunStarted, Step
-from tests.conftest import REPO, events_of, invoke, metrics_of
+from tests.conftest import events_of, invoke, kill_when, metrics_of
 
 DOMAINS = ["books", "dvd", "electronics", "kitchen"]
 
@@ -145,23 +140,6 @@ LONGER = [
 ]  # fmt: skip
 
 
-def _start_and_kill_at(argv: list[str], checkpoint: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kdtui", *argv],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 300
-    while not checkpoint.is_dir():
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-
-
 def test_sigkill_in_each_stage_then_resume_equals_uninterrupted(
     runs: Path, meta_teacher: Path
 ) -> None:
@@ -175,8 +153,8 @@ def test_sigkill_in_each_stage_then_resume_equals_uninterrupted(
         "distill", "--profile", "smoke", "--teacher", str(meta_teacher),
         "--output-dir", str(runs), "--name", "killed", *LONGER,
     ]  # fmt: skip
-    _start_and_kill_at(argv, run / "checkpoints" / "stage1" / "step-00000004")
-    _start_and_kill_at(
+    kill_when(argv, run / "checkpoints" / "stage1" / "step-00000004")
+    kill_when(
         ["distill", "--resume", str(run), "--quiet"],
         run / "checkpoints" / "stage2" / "step-00000004",
     )

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +11,7 @@ from safetensors.torch import load_file
 
 from kdtui.events import Eval, LayerSparsity, Message, RunFinished, Step
 from kdtui.sparse import SPARSE_FILE, load_sparse
-from tests.conftest import REPO, events_of, invoke, metrics_of
+from tests.conftest import events_of, invoke, kill_when, metrics_of
 
 CAP_TERMS = {"prc_unsup", "prc_sup", "fic_unsup", "fic_sup", "snc_unsup", "snc_sup"}
 DOMAINS = {"books", "dvd", "electronics", "kitchen", "all"}
@@ -162,21 +157,7 @@ def test_sigkill_mid_pruning_then_resume_equals_uninterrupted(runs: Path) -> Non
     result = invoke(*common, "--name", "full")
     assert result.exit_code == 0, result.stderr
 
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kdtui", *common, "--name", "killed"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    target = runs / "killed" / "checkpoints" / "step-00000015"
-    deadline = time.monotonic() + 300
-    while not target.is_dir():
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when([*common, "--name", "killed"], runs / "killed" / "checkpoints" / "step-00000015")
     killed = events_of(runs / "killed")
     assert not any(isinstance(e, RunFinished) for e in killed), "kill came too late"
     last = [e for e in killed if isinstance(e, Step)][-1]

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from kdtui.events import RunFinished
-from tests.conftest import REPO, events_of, invoke, metrics_of
+from tests.conftest import events_of, invoke, kill_when, metrics_of
 
 # Long enough that the kill lands mid-run, short enough for the default suite.
 LONGER = [
@@ -24,40 +19,6 @@ LONGER = [
     "--set",
     "train.checkpoint_every=10",
 ]
-
-
-def _start(runs: Path, name: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kdtui",
-            "teacher",
-            "--profile",
-            "smoke",
-            "--output-dir",
-            str(runs),
-            "--name",
-            name,
-            "--quiet",
-            *LONGER,
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-
-
-def _kill_after_checkpoint(proc: subprocess.Popen, checkpoints: Path, step: int) -> None:
-    target = checkpoints / f"step-{step:08d}"
-    deadline = time.monotonic() + 120
-    while not target.is_dir():
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
 
 
 def test_sigkill_then_resume_equals_uninterrupted(runs: Path) -> None:
@@ -74,8 +35,8 @@ def test_sigkill_then_resume_equals_uninterrupted(runs: Path) -> None:
     )
     assert result.exit_code == 0, result.stderr
 
-    proc = _start(runs, "killed")
-    _kill_after_checkpoint(proc, runs / "killed" / "checkpoints", 30)
+    argv = ["teacher", "--profile", "smoke", "--output-dir", str(runs), "--name", "killed"]
+    kill_when([*argv, "--quiet", *LONGER], runs / "killed" / "checkpoints" / "step-00000030")
     assert not any(isinstance(e, RunFinished) for e in events_of(runs / "killed")), (
         "kill came too late"
     )
