@@ -70,3 +70,21 @@ def test_the_same_cli_runs_under_python_dash_m(runs: Path) -> None:
     )
     assert result.stdout.startswith("kdtui ")
     assert torch.distributed.is_gloo_available()
+
+
+def test_meta_teacher_and_distill_two_processes_match_one(runs: Path) -> None:
+    teacher = ["teacher", "--profile", "smoke", "--method", "meta", "--output-dir", str(runs)]
+    result = torchrun(*teacher, *NO_DROPOUT, "--name", "meta-multi")
+    assert result.returncode == 0, result.stderr[-3000:]
+    single = invoke(*teacher, *NO_DROPOUT, "--name", "meta-single")
+    assert single.exit_code == 0, single.stderr
+    assert_same_run(runs / "meta-single", runs / "meta-multi")
+
+    # Both students distil from the same teacher, so only the student's run can differ.
+    distill = ["distill", "--profile", "smoke", "--teacher", str(runs / "meta-single")]
+    distill += ["--domain", "books", "--output-dir", str(runs), *NO_DROPOUT]
+    result = torchrun(*distill, "--name", "student-multi")
+    assert result.returncode == 0, result.stderr[-3000:]
+    single = invoke(*distill, "--name", "student-single")
+    assert single.exit_code == 0, single.stderr
+    assert_same_run(runs / "student-single", runs / "student-multi")

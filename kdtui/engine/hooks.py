@@ -115,3 +115,32 @@ class CrossEntropyHook(BaseHook):
 
     def loss_terms(self, batch: Batch, outputs: Any, model: nn.Module) -> dict[str, torch.Tensor]:
         return {"ce": nn.functional.cross_entropy(outputs.logits.float(), batch.labels)}
+
+
+def gather_rows(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Concatenate a tensor's rows over processes (rank order); row counts may differ."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    local = tensor.to(device)
+    count = torch.tensor([local.shape[0]], device=device)
+    counts = [torch.zeros_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    longest = max(int(c) for c in counts)
+    padded = torch.zeros((longest, *local.shape[1:]), dtype=local.dtype, device=device)
+    padded[: local.shape[0]] = local
+    parts = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(c)] for p, c in zip(parts, counts, strict=True)]).cpu()
+
+
+def gather_micro_batch(tensor: torch.Tensor, ctx: HookContext) -> torch.Tensor:
+    """A micro-batch tensor's rows from every process, in the order a single process would
+    have them (on CPU). The loop gives process r rows r, r + world, ... of each micro-batch,
+    so a hook that draws something per position of the batch (a permutation) can draw it over
+    the global batch and take its own rows: then several processes draw what one would."""
+    if ctx.num_processes == 1:
+        return tensor.cpu()
+    positions = torch.arange(tensor.shape[0]) * ctx.num_processes + ctx.process_index
+    everything = gather_rows(tensor, tensor.device)
+    return everything[torch.argsort(gather_rows(positions, tensor.device))]

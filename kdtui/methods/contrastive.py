@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdtui.data import Encoded, collate
-from kdtui.engine.hooks import BaseHook, Batch, HookContext, StepInfo
+from kdtui.engine.hooks import BaseHook, Batch, HookContext, StepInfo, gather_rows
 
 BANKS = ("prc", "fic", "snc")
 
@@ -194,23 +194,6 @@ def encode_examples(
     all_vectors = gather_rows(local_vectors, device)
     order = torch.argsort(all_positions)
     return all_logits[order], all_vectors[order]
-
-
-def gather_rows(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Concatenate a tensor's rows over processes (rank order); row counts may differ."""
-    import torch.distributed as dist
-
-    world = dist.get_world_size()
-    local = tensor.to(device)
-    count = torch.tensor([local.shape[0]], device=device)
-    counts = [torch.zeros_like(count) for _ in range(world)]
-    dist.all_gather(counts, count)
-    longest = max(int(c) for c in counts)
-    padded = torch.zeros((longest, *local.shape[1:]), dtype=local.dtype, device=device)
-    padded[: local.shape[0]] = local
-    parts = [torch.zeros_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[: int(c)] for p, c in zip(parts, counts, strict=True)]).cpu()
 
 
 class CapHook(BaseHook):

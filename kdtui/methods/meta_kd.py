@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdtui.engine.hooks import BaseHook, Batch, HookContext
+from kdtui.engine.hooks import BaseHook, Batch, HookContext, gather_micro_batch
 from kdtui.errors import KdtuiError
 from kdtui.methods.losses import (
     attention_mse_per_instance,
@@ -263,8 +263,6 @@ class MetaTeacherHook(BaseHook):
         super().setup(ctx)
         self.head.to(ctx.device)
         self.scores = self.scores.to(ctx.device)
-        if ctx.process_index:  # each process permutes its own share differently
-            self.generator.manual_seed(self.generator.initial_seed() + ctx.process_index)
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.head.parameters())
@@ -273,7 +271,14 @@ class MetaTeacherHook(BaseHook):
         t = lookup_scores(self.scores, batch.example_ids)
         ce = F.cross_entropy(outputs.logits.float(), batch.labels, reduction="none")
         features = mean_token_states(outputs.hidden_states[-1], batch.attention_mask)
-        corrupted = corrupt_domain_labels(batch.domain_ids, self.generator)
+        # Permute the global batch with the same generator in every process, then take this
+        # process's rows: several processes corrupt the labels exactly as one process would.
+        everyone = corrupt_domain_labels(
+            gather_micro_batch(batch.domain_ids, self.ctx), self.generator
+        )
+        corrupted = everyone[self.ctx.process_index :: self.ctx.num_processes].to(
+            batch.domain_ids.device
+        )
         domain_logits = self.head(features, batch.domain_ids)
         adversarial = F.cross_entropy(domain_logits.float(), corrupted, reduction="none")
         return {"ce": weighted_mean(ce, t), "domain_adv": weighted_mean(adversarial, t)}
