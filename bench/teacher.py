@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--output-dir", type=Path, default=None)
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     if not args.data.exists():
         sys.exit(f"data not found: {args.data} (give --data PATH)")
@@ -55,6 +56,8 @@ def main() -> None:
         f"data.max_length={args.max_length}",
         "--set",
         "train.eval_every=0",
+        "--set",
+        f"run.threads={args.threads}",
         "--output-dir",
         str(out),
         "--name",
@@ -73,7 +76,8 @@ def main() -> None:
     domains = [d for d in test if d != "all"]
     print(
         f"kdtui teacher: {args.model}, {args.data.name}, {args.epochs} epoch(s), length "
-        f"{args.max_length}, batch {args.batch_size}, lr {args.lr}{', bf16' if args.bf16 else ''}"
+        f"{args.max_length}, batch {args.batch_size}, lr {args.lr}{', bf16' if args.bf16 else ''}, "
+        f"threads {args.threads or 'default'}"
     )
     print("| " + " | ".join([*domains, "all", "wall time", "peak memory"]) + " |")
     print("|" + " --- |" * (len(domains) + 3))
