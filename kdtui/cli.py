@@ -227,26 +227,15 @@ def _launch_with_dashboard(
     """Start the run in a child process and follow it. The child is the command the user
     typed, less --dashboard: `python -m kdtui COMMAND --profile P --set ... --quiet`, with the
     run's name (and the upstream model, found once here) pinned so both sides agree on them.
-
-    Naming and the overwrite check repeat kdtui.rundir's rules (default_run_name,
-    check_new_run_path) because importing it pulls in torch, and the dashboard must open at once.
-    """
-    import time
-
+    Nothing on this path imports torch: the dashboard must open at once."""
     from kdtui.dashboard.launch import launch_and_follow
+    from kdtui.rundir import check_new_run_path, default_run_name
 
     if resume is not None:
         raise typer.Exit(launch_and_follow([command, "--resume", str(resume), "--quiet"], resume))
-    output_dir = Path(config.run.output_dir).expanduser()
-    name = config.run.name or f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = output_dir / name
-    if run_dir.exists() and not run_dir.is_dir():
-        raise KdtuiError(f"output path {run_dir} exists and is not a directory")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not force:
-        raise KdtuiError(
-            f"{run_dir} already holds a run; use --resume {run_dir} to continue it, "
-            "--force to replace it, or choose another --name"
-        )
+    name = config.run.name or default_run_name(command)
+    run_dir = Path(config.run.output_dir).expanduser() / name
+    check_new_run_path(run_dir, force=force)
     pinned = {**options, "run.name": name}
     if command in UPSTREAM:
         section, key = UPSTREAM[command].split(".")

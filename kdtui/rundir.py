@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kdtui.checkpoint import write_json_atomic
 from kdtui.errors import KdtuiError
 from kdtui.events import Event
 from kdtui.runlog import EVENTS_FILE, EventSink
@@ -110,6 +109,8 @@ class RunDir:
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         if self.is_main:
+            from kdtui.checkpoint import write_json_atomic  # torch: keep it off the dashboard path
+
             write_json_atomic(self.path / "metrics.json", metrics)
 
     def log(self, event: Event) -> None:

@@ -280,3 +280,42 @@ def test_the_dashboard_never_imports_torch() -> None:
     heavy, seconds = out.stdout.rsplit(" ", 1)
     assert heavy == "[]", out.stdout
     assert float(seconds) < 3.0  # generous: the machine is shared; ~0.7 s measured alone
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["teacher", "--profile", "smoke"],
+        ["distill", "--profile", "smoke", "--teacher", "{up}", "--domain", "books"],
+        ["prune", "--profile", "smoke", "--model", "{up}"],
+        ["teacher", "--resume", "{up}"],
+    ],
+    ids=["teacher", "distill", "prune", "resume"],
+)
+def test_dashboard_flag_reaches_the_dashboard_without_torch(
+    tmp_path: Path, argv: list[str]
+) -> None:
+    """`COMMAND --dashboard` resolves the config (reading an upstream run's config.toml) and
+    opens the dashboard in this process: none of that may import torch."""
+    upstream = tmp_path / "runs" / "up"
+    upstream.mkdir(parents=True)
+    (upstream / "config.toml").write_text('[run]\nname = "up"\n[model]\nname = "tiny"\n')
+    argv = [a.replace("{up}", str(upstream)) for a in argv]
+    code = (
+        "import sys; import kdtui.dashboard.launch as launch;\n"
+        "def follow(argv, run_dir):\n"
+        "    heavy = [m for m in ('torch', 'transformers', 'datasets', 'accelerate')"
+        " if m in sys.modules]\n"
+        "    print('heavy', heavy, 'child', argv[0]); return 0\n"
+        "launch.launch_and_follow = follow\n"
+        "from kdtui.cli import main; sys.argv = ['kdtui', *sys.argv[1:]]; main()\n"
+    )
+    extra = [] if "--resume" in argv else ["--output-dir", str(tmp_path / "runs")]
+    out = subprocess.run(
+        [sys.executable, "-c", code, *argv, *extra, "--dashboard"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"heavy [] child {argv[0]}" in out.stdout
