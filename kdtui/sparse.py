@@ -6,10 +6,11 @@ smaller than its dense form is stored as two entries:
     NAME::mask    uint8, one bit per element (numpy packbits order), 1 = stored value
     NAME::values  the stored elements in row-major order
 
-and every other tensor as itself. The metadata (`kdtui_sparse`, JSON) records each tensor's
-shape, dtype and layout. "Zero" means all bits zero, so -0.0 is kept as a value and a round trip
-is exact to the bit. At 97% sparsity a float32 matrix takes 1/32 (mask) + 3% × 4 bytes ≈ 6.2% of
-its dense size.
+and every other tensor as itself. The metadata holds one key, `kdtui_sparse`: JSON with the
+format name and each tensor's shape, dtype and layout (one key, because safetensors writes
+several metadata keys in a random order, and the same weights should give the same bytes).
+"Zero" means all bits zero, so -0.0 is kept as a value and a round trip is exact to the bit.
+At 97% sparsity a float32 matrix takes 1/32 (mask) + 3% × 4 bytes ≈ 6.2% of its dense size.
 
 `values="float16"` stores every floating value (dense tensors too) in half precision: about half
 the size again, but the weights come back rounded to float16, so the model's outputs change
@@ -73,7 +74,9 @@ def save_sparse(
             sizes[name] = {"stored": stored.numel() * stored.element_size(), "dense": dense_bytes}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, tmp, metadata={"format": FORMAT, METADATA_KEY: json.dumps(layout)})
+    save_file(
+        tensors, tmp, metadata={METADATA_KEY: json.dumps({"format": FORMAT, "layout": layout})}
+    )
     tmp.replace(path)
     return sizes
 
@@ -81,10 +84,10 @@ def save_sparse(
 def load_sparse(path: Path) -> dict[str, torch.Tensor]:
     """The state dict `save_sparse` wrote (float16 values are cast back to the saved dtype)."""
     with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-        if metadata.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a kdtui sparse file (format {metadata.get('format')})")
-        layout = json.loads(metadata[METADATA_KEY])
+        header = json.loads((f.metadata() or {}).get(METADATA_KEY, "{}"))
+        if header.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a kdtui sparse file (format {header.get('format')})")
+        layout = header["layout"]
         state = {}
         for name, record in layout.items():
             dtype = getattr(torch, record["dtype"])

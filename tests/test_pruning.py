@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -308,6 +310,20 @@ def test_sparse_round_trip_is_bit_exact(tmp_path: Path) -> None:
             assert torch.equal(loaded[name].view(torch.int32), tensor.view(torch.int32))
         else:
             assert torch.equal(loaded[name], tensor)
+
+
+def test_the_same_weights_give_the_same_sparse_file_in_every_process(tmp_path: Path) -> None:
+    # safetensors orders metadata keys at random per process; the file must not depend on it.
+    code = (
+        "import sys, torch; from pathlib import Path; from kdtui.sparse import save_sparse;"
+        "g = torch.Generator().manual_seed(0); w = torch.randn(64, 64, generator=g);"
+        "w[torch.rand(64, 64, generator=g) < 0.9] = 0;"
+        "save_sparse({'a.weight': w, 'b': torch.ones(3)}, Path(sys.argv[1]))"
+    )
+    files = [tmp_path / f"{i}.safetensors" for i in range(4)]
+    for path in files:
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True)
+    assert len({path.read_bytes() for path in files}) == 1
 
 
 def test_at_97_percent_a_matrix_takes_at_most_a_tenth_of_its_dense_size(tmp_path: Path) -> None:
