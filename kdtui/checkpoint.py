@@ -16,7 +16,8 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,14 +68,42 @@ def save_checkpoint(
             _fsync(tmp / name)
         if before_commit is not None:
             before_commit()
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-        _fsync_dir(folder.parent)
+        replace_folder(tmp, folder)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise KdtuiError(f"could not write checkpoint {folder}: {e.strerror or e}") from None
     return folder
+
+
+@contextmanager
+def atomic_folder(folder: Path) -> Iterator[Path]:
+    """Write a folder in full or not at all: the block writes into a temporary sibling, which
+    replaces `folder` when the block ends. A failure (a full disk) removes the temporary folder
+    and leaves any previous `folder` as it was; an OSError becomes a clear KdtuiError."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
+        replace_folder(tmp, folder)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise KdtuiError(f"could not write {folder}: {e.strerror or e}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def replace_folder(new: Path, folder: Path) -> None:
+    """Move the complete folder `new` to `folder`. An existing `folder` is renamed aside first
+    and deleted only after, so no moment is spent without a complete copy on disk."""
+    old = folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(new, folder)
+    _fsync_dir(folder.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def list_checkpoints(root: Path) -> list[Path]:

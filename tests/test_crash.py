@@ -181,6 +181,31 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_half_written_checkpoint(
     assert isinstance(events_of(run)[-1], RunFailed)
 
 
+def test_a_full_disk_while_saving_the_model_leaves_no_half_written_model(
+    runs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import PreTrainedTokenizerBase
+
+    real_save = PreTrainedTokenizerBase.save_pretrained
+
+    def full_disk(self, folder, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        real_save(self, folder, *args, **kwargs)  # the weights and some files are written
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", full_disk)
+    result = invoke(*TEACHER, "--output-dir", str(runs), "--name", "full-disk")
+    assert result.exit_code == 2
+    assert "could not write" in result.stderr and "No space left on device" in result.stderr
+    run = runs / "full-disk"
+    assert not (run / "model").exists()
+    assert not [p for p in run.iterdir() if p.name.startswith(".model")]
+    assert list_checkpoints(run / "checkpoints")  # the trained weights are kept
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", real_save)
+    resumed = invoke("teacher", "--resume", str(run), "--quiet")  # once there is space again
+    assert resumed.exit_code == 0, resumed.stderr
+    assert (run / "model" / "model.safetensors").is_file()
+
+
 def test_a_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
     runs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

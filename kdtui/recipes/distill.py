@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from kdtui.checkpoint import atomic_folder, list_checkpoints, load_checkpoint
 from kdtui.data import Encoded, MultiDomainData, encode
 from kdtui.engine.evaluate import predict_logits
 from kdtui.engine.hooks import Hook
@@ -263,7 +264,8 @@ def distill_one(
     )
     _restore(ctx, student, best_dir)
     if ctx.is_main:
-        save_classifier(student, teacher.tokenizer, plan.folder / "model", data.label_names)
+        with atomic_folder(plan.folder / "model") as folder:
+            save_classifier(student, teacher.tokenizer, folder, data.label_names)
     return result, student
 
 
@@ -273,8 +275,6 @@ def _stage_cfg(ctx: RunContext, epochs: float) -> Any:
 
 
 def _restore(ctx: RunContext, model: Any, best_dir: Path) -> None:
-    from kdtui.checkpoint import load_checkpoint
-
     ctx.accelerator.wait_for_everyone()
     if (best_dir / "state.json").is_file():
         model.load_state_dict(load_checkpoint(best_dir).model)
@@ -358,8 +358,6 @@ def _load_tokenizer(folder: Path) -> Any:
 
 def _resumed_step(plans: list[Plan]) -> int:
     """The step (over all students and stages) of the furthest checkpoint."""
-    from kdtui.checkpoint import list_checkpoints
-
     done, offset = 0, 0
     for plan in plans:
         for folder, steps in (

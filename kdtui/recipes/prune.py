@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from kdtui.checkpoint import atomic_folder
 from kdtui.data import Encoded, encode
 from kdtui.engine.hooks import CrossEntropyHook, Hook
 from kdtui.engine.loop import TrainJob, total_steps, train
@@ -146,6 +147,7 @@ def run_prune(ctx: RunContext) -> dict[str, Any]:
             del pretrained
             fixed["prc"] = MemoryBank(rows, labels_by_id, vectors.shape[1], 1)
             fixed["prc"].write(ids, vectors, 0)
+            del vectors  # the fp16 bank holds what is kept; N x H float32 must not stay alive
         if "fic" in modules:
             fixed["fic"] = MemoryBank(rows, labels_by_id, width, 1)
             fixed["fic"].write(ids, teacher_vectors, 0)
@@ -166,7 +168,7 @@ def run_prune(ctx: RunContext) -> dict[str, Any]:
         for bank in modules:
             weights[f"{bank}_unsup"] = w_unsup
             weights[f"{bank}_sup"] = w_sup
-    del teacher
+    del teacher, teacher_vectors
 
     ctx.start(n_steps)
     result = train(
@@ -228,15 +230,16 @@ def _save(ctx: RunContext, model: Any, tokenizer: Any, labels: list[str]) -> dic
     if not ctx.is_main:
         return {}
     p = ctx.config.prune
-    save_classifier(model, tokenizer, ctx.run.model, labels)
+    with atomic_folder(ctx.run.model) as folder:
+        save_classifier(model, tokenizer, folder, labels)
     result: dict[str, Any] = {"model_bytes": (ctx.run.model / "model.safetensors").stat().st_size}
     if p.structure != "weights":
         return result
     folder = ctx.run.path / SPARSE_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    model.config.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    sizes = save_sparse(model.state_dict(), folder / SPARSE_FILE, values=p.sparse_values)
+    with atomic_folder(folder) as tmp:
+        model.config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        sizes = save_sparse(model.state_dict(), tmp / SPARSE_FILE, values=p.sparse_values)
     encoder = [s for name, s in sizes.items() if _is_encoder_linear_weight(name)]
     result["sparse_model"] = {
         "path": f"{SPARSE_DIR}/{SPARSE_FILE}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kdtui.checkpoint import atomic_folder, load_checkpoint
 from kdtui.data import MultiDomainData, encode
 from kdtui.engine.evaluate import accuracy_by_domain
 from kdtui.engine.hooks import CrossEntropyHook, Hook
@@ -63,11 +64,12 @@ def run_teacher(ctx: RunContext) -> dict[str, Any]:
     ctx.last_step = result.steps
     restore_best(ctx, model, hooks)
     if ctx.is_main:
-        save_classifier(model, tokenizer, ctx.run.model, data.label_names)
-        for hook in hooks:
-            export = getattr(hook, "export", None)
-            if export is not None:
-                export(ctx.run.model, data)
+        with atomic_folder(ctx.run.model) as folder:
+            save_classifier(model, tokenizer, folder, data.label_names)
+            for hook in hooks:
+                export = getattr(hook, "export", None)
+                if export is not None:
+                    export(folder, data)
     return final_metrics(ctx, model, tokenizer, data, result)
 
 
@@ -81,8 +83,6 @@ def domain_index(data: MultiDomainData, name: str) -> int:
 
 def restore_best(ctx: RunContext, model: Any, hooks: list[Hook]) -> None:
     """Load the best weights (by dev accuracy) back into the model and hooks, if any were kept."""
-    from kdtui.checkpoint import load_checkpoint
-
     ctx.accelerator.wait_for_everyone()
     if (ctx.run.best / "state.json").is_file():
         best = load_checkpoint(ctx.run.best)
