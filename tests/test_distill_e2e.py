@@ -3,6 +3,7 @@ run directories, loss terms, resume after SIGKILL, evaluate on a student, and ba
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -104,6 +105,18 @@ def test_distill_all_domains(runs: Path, meta_teacher: Path) -> None:
     assert metrics["domains"]["books"]["best_dev"] == max(
         e.accuracy["books"] for e in evals if e.step <= 12
     )
+
+    # `kdtui evaluate RUN` on a --domain all run scores every domain's student.
+    report = run / "report.json"
+    evaluated = invoke(
+        "evaluate", str(run), "--json", str(report), "--set", "evaluate.latency_repeats=1"
+    )
+    assert evaluated.exit_code == 0, evaluated.stderr
+    scored = json.loads(report.read_text())["models"]
+    assert [m["model"] for m in scored] == [str(run / "domains" / d) for d in sorted(DOMAINS)]
+    for m in scored:
+        domain = Path(m["model"]).name
+        assert m["accuracy"][domain] == pytest.approx(metrics["domains"][domain]["test"][domain])
 
 
 def test_baselines_from_a_mix_teacher_then_evaluate(runs: Path, mix_teacher: Path) -> None:

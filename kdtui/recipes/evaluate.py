@@ -16,7 +16,7 @@ from kdtui.config import Config
 from kdtui.data import MultiDomainData, encode, load_data
 from kdtui.engine.evaluate import accuracy_by_domain
 from kdtui.errors import KdtuiError
-from kdtui.models import label_names_of, load_tokenizer, resolve_model_path
+from kdtui.models import LABELS_KEY, label_names_of, load_tokenizer, resolve_model_path
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
@@ -40,9 +40,23 @@ def evaluate_models(paths: list[str], config: Config) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "models": [],
     }
-    for path in paths:
+    for path in expand_runs(paths):
         report["models"].append(evaluate_one(path, config, data))
     return report
+
+
+def expand_runs(paths: list[str]) -> list[str]:
+    """A `kdtui distill --domain all` run holds one student per domain (RUN/domains/D): it
+    stands for all of them."""
+    expanded = []
+    for path in paths:
+        folder = Path(path).expanduser()
+        students = sorted(folder.glob("domains/*/model/config.json"))
+        if students and not (folder / "model").exists():
+            expanded += [str(s.parent.parent) for s in students]
+        else:
+            expanded.append(path)
+    return expanded
 
 
 def evaluate_one(path: str, config: Config, data: MultiDomainData) -> dict[str, Any]:
@@ -56,6 +70,12 @@ def evaluate_one(path: str, config: Config, data: MultiDomainData) -> dict[str, 
         raise KdtuiError(
             f"model {path} predicts {len(model_labels)} labels but the data has "
             f"{len(data.label_names)} ({', '.join(data.label_names)})"
+        )
+    trained = getattr(model.config, LABELS_KEY, None)  # names are known for kdtui's models
+    if trained is not None and list(trained) != list(data.label_names):
+        raise KdtuiError(
+            f"model {path} was trained for labels {list(trained)} but the data has "
+            f"{list(data.label_names)}"
         )
     tokenizer = load_tokenizer_for(folder, config)
     split = data.split(config.evaluate.split)
