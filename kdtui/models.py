@@ -229,7 +229,7 @@ def build_student(
     if init_layers is None:
         step = teacher_layers / num_layers
         init_layers = [
-            min(teacher_layers - 1, round(step * (i + 1)) - 1) for i in range(num_layers)
+            max(0, min(teacher_layers - 1, round(step * (i + 1)) - 1)) for i in range(num_layers)
         ]
     if len(init_layers) != num_layers or not all(0 <= i < teacher_layers for i in init_layers):
         raise KdtuiError(

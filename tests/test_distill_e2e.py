@@ -253,6 +253,14 @@ def test_a_deeper_student_with_a_layer_map_or_logits_only_is_fine(
         "--set", "distill.layer_map=[[0, 0], [3, 2]]",
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
+    # Logits only, more than twice the teacher's depth: layers start from teacher layers 0,0,0,1,1.
+    result = _distill(
+        runs, "deeper", mix_teacher, "--domain", "books", "--student-layers", "5", "--quiet",
+        "--method", "logits",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    config = json.loads((runs / "deeper" / "model" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 5
 
 
 def test_a_student_with_another_tokenizer_is_refused(
