@@ -369,7 +369,11 @@ def teacher(
         typer.Option("--method", help="mix (all domains), single (one domain), meta (Meta-KD)."),
     ] = None,
     domain: Annotated[
-        str | None, typer.Option("--domain", help="Domain for --method single [teacher.domain].")
+        str | None,
+        typer.Option(
+            "--domain",
+            help="Train on this domain alone (implies --method single) [teacher.domain].",
+        ),
     ] = None,
     model: Annotated[
         str | None,
@@ -396,7 +400,7 @@ def teacher(
         profile=profile,
         overrides=set_,
         options={
-            "teacher.method": method,
+            "teacher.method": method or ("single" if domain else None),
             "teacher.domain": domain,
             "model.name": model,
             "data.source": data,

@@ -337,6 +337,11 @@ def _validate(config: Config) -> None:
             config.teacher.method != "single" or bool(config.teacher.domain),
             "teacher.method 'single' needs teacher.domain (or --domain)",
         ),
+        (
+            config.teacher.method == "single" or not config.teacher.domain,
+            f"teacher.domain is for teacher.method 'single' only (method is "
+            f"'{config.teacher.method}'); use --method single, or drop the domain",
+        ),
         (config.teacher.domain_loss_weight >= 0, "teacher.domain_loss_weight must be >= 0"),
         (config.distill.student_layers >= 1, "distill.student_layers must be at least 1"),
         (config.distill.student_hidden >= 0, "distill.student_hidden must be >= 0"),

@@ -79,6 +79,25 @@ class MultiDomainData:
             return self.test
         raise KdtuiError(f"unknown split '{name}'; use train, dev or test")
 
+    def domain_id(self, name: str) -> int:
+        if name not in self.domain_names:
+            raise KdtuiError(
+                f"domain '{name}' is not in the data; domains: {', '.join(self.domain_names)}"
+            )
+        return self.domain_names.index(name)
+
+    def training_domain(self, name: str) -> Split:
+        """The training examples of one domain, for a model that learns from it alone."""
+        split = self.train.domain_subset(self.domain_id(name))
+        labels = sorted(set(split.labels))
+        if len(labels) < 2:
+            raise KdtuiError(
+                f"domain '{name}' has a single label ({self.label_names[labels[0]]!r}) in its "
+                "training data; a classifier needs two or more (fix the labels, raise "
+                "data.train_fraction, or choose another domain)"
+            )
+        return split
+
 
 def load_data(cfg: DataConfig) -> MultiDomainData:
     if cfg.source == "synthetic":
@@ -274,8 +293,15 @@ def _assemble(raw: dict[str, Columns], cfg: DataConfig, notes: list[str]) -> Mul
             raise KdtuiError(f"the {role} split is empty after domain selection")
         splits[role] = split
     for d, name in enumerate(domain_names):
-        if not any(x == d for x in splits["train"].domains):
+        train = splits["train"]
+        labels = {y for y, x in zip(train.labels, train.domains, strict=True) if x == d}
+        if not labels:
             raise KdtuiError(f"domain '{name}' has no training examples")
+        if len(labels) == 1:
+            notes.append(
+                f"domain '{name}' has a single label ({label_names[labels.pop()]!r}) in the "
+                "training data; it cannot be trained on alone"
+            )
     return MultiDomainData(
         train=splits["train"],
         dev=splits["dev"],
@@ -290,6 +316,9 @@ def _check_columns(columns: Columns, cfg: DataConfig, role: str) -> None:
     wanted = [("data.text_column", cfg.text_column), ("data.label_column", cfg.label_column)]
     if cfg.text_pair_column:
         wanted.append(("data.text_pair_column", cfg.text_pair_column))
+    # The default domain column may be absent (one domain); one the user named may not.
+    if cfg.domain_column not in ("", DataConfig.domain_column):
+        wanted.append(("data.domain_column", cfg.domain_column))
     present = ", ".join(c for c in columns if c != _ROW_ID)
     for key, column in wanted:
         if column not in columns:

@@ -12,6 +12,7 @@ import importlib.resources
 import json
 import os
 from pathlib import Path
+from pickle import UnpicklingError
 from typing import Any
 
 from kdtui.config import ModelConfig
@@ -56,7 +57,9 @@ def resolve_model_path(name: str) -> str:
         return str(path)
     if path.exists():
         raise KdtuiError(f"model '{name}' is a file; give a checkpoint folder")
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+    # "org/name" is a hub name, unless "org" is a folder here (runs/typo): then it is a path.
+    local_parent = path.parent != Path(".") and path.parent.is_dir()
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or local_parent:
         raise KdtuiError(f"model path '{name}' does not exist")
     return name  # a hub name; from_pretrained says clearly if it cannot be fetched
 
@@ -134,8 +137,8 @@ def load_classifier(
             attn_implementation=attn_implementation,
             **label_kwargs,
         )
-    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
-        raise KdtuiError(f"cannot load model '{cfg.name}': {_first_line(e)}") from None
+    except (OSError, ValueError, RuntimeError, SafetensorError, UnpicklingError) as e:
+        raise KdtuiError(f"cannot load model '{cfg.name}': {_load_failure(e)}") from None
     return model
 
 
@@ -149,7 +152,10 @@ def load_trained(
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     source = resolve_model_path(str(path))
-    config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise KdtuiError(f"cannot load model '{path}': {_first_line(e)}") from None
     architectures = getattr(config, "architectures", None) or []
     if not any("SequenceClassification" in a for a in architectures):
         raise KdtuiError(
@@ -169,8 +175,8 @@ def load_trained(
         return AutoModelForSequenceClassification.from_pretrained(
             source, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
         )
-    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
-        raise KdtuiError(f"cannot load model '{path}': {_first_line(e)}") from None
+    except (OSError, ValueError, RuntimeError, SafetensorError, UnpicklingError) as e:
+        raise KdtuiError(f"cannot load model '{path}': {_load_failure(e)}") from None
 
 
 def label_names_of(model: Any) -> list[str]:
@@ -251,6 +257,18 @@ def read_config_json(folder: Path) -> dict[str, Any]:
         return json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise KdtuiError(f"cannot read {folder / 'config.json'}: {e}") from None
+
+
+def _load_failure(error: BaseException) -> str:
+    if isinstance(error, UnpicklingError):
+        # torch.load(weights_only=True) refused a pickle that would import or call something.
+        return (
+            "its weights file is a pickle that would run code when loaded, and kdtui loads "
+            "plain tensors only (convert the checkpoint to safetensors)"
+        )
+    if "ignore_mismatched_sizes" in str(error):  # its detailed report is the load chatter we mute
+        return "the weights do not have the shapes its config.json describes"
+    return _first_line(error)
 
 
 def _first_line(error: BaseException) -> str:

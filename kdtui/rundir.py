@@ -88,12 +88,19 @@ class RunDir:
     def events_file(self) -> Path:
         return self.path / EVENTS_FILE
 
+    @property
+    def _replaced(self) -> Path:
+        return self.path.with_name(f".{self.path.name}.replaced")
+
     def open(self, *, fresh: bool) -> None:
-        """Create (or reopen, on resume) the directory and its event log."""
+        """Create (or reopen, on resume) the directory and its event log. A run that `--force`
+        replaces is moved aside, not deleted, until training starts (`keep`): a mistake found
+        while loading data or models gives it back (`discard`)."""
         if self.is_main:
             try:
-                if fresh and self.path.exists():
-                    shutil.rmtree(self.path)  # only reached with --force (checked before)
+                if fresh and self.path.exists():  # only reached with --force (checked before)
+                    shutil.rmtree(self._replaced, ignore_errors=True)
+                    self.path.rename(self._replaced)
                 self.path.mkdir(parents=True, exist_ok=True)
                 self._sink = EventSink(self.events_file)
             except OSError as e:
@@ -121,11 +128,19 @@ class RunDir:
         for listener in self.listeners:
             listener(event)
 
+    def keep(self) -> None:
+        """Training starts: this run is the one to keep, and a run it replaces goes."""
+        if self.is_main:
+            shutil.rmtree(self._replaced, ignore_errors=True)
+
     def discard(self) -> None:
-        """Remove a run directory this process created and nothing else depends on."""
+        """Remove a run directory this process created and nothing else depends on, and put
+        back the run it was to replace, if any."""
         self.close()
         if self.is_main:
             shutil.rmtree(self.path, ignore_errors=True)
+            if self._replaced.exists():
+                self._replaced.rename(self.path)
 
     def close(self) -> None:
         if self._sink is not None:

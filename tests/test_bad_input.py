@@ -73,6 +73,42 @@ def truncated_model(tmp: Path, teacher_run: Path) -> Path:
     return folder
 
 
+def csv_rows(path: Path, extra_field_in_row: int | None = None) -> Path:
+    lines = ["text,label,domain"]
+    for i, r in enumerate(ROWS):
+        lines.append(
+            f"{r['text']},{r['label']},{r['domain']}" + (",x" if i == extra_field_in_row else "")
+        )
+    return write(path, "\n".join(lines) + "\n")
+
+
+def resized_model(tmp: Path, teacher_run: Path) -> Path:
+    """The teacher's weights under a config.json that describes other shapes."""
+    folder = tmp / "resized"
+    folder.mkdir()
+    for f in (teacher_run / "model").iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    config = json.loads((folder / "config.json").read_text())
+    config["hidden_size"] *= 2
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def pickled_code_model(tmp: Path) -> Path:
+    """A config and a pytorch_model.bin whose unpickling would run a shell command."""
+    import torch
+
+    class Exploit:
+        def __reduce__(self) -> tuple:
+            return (os.system, (f"touch {tmp / 'EXPLOITED'}",))
+
+    folder = model_folder(
+        tmp, json.dumps({"model_type": "bert", "architectures": ["BertForSequenceClassification"]})
+    )
+    torch.save({"bert.embeddings.word_embeddings.weight": Exploit()}, folder / "pytorch_model.bin")
+    return folder
+
+
 CASES = [
     # profiles and options
     Case("malformed-toml", profile("[train\nlr = "), "is not valid TOML"),
@@ -176,6 +212,37 @@ CASES = [
         "'garden' not in the data",
     ),
     Case(
+        "data-ragged-csv-row",
+        data(lambda t: csv_rows(t / "d.csv", extra_field_in_row=7)),
+        "Expected 3 fields in line 9, saw 4",
+    ),
+    Case(
+        "data-named-domain-column-missing",
+        lambda tmp, _: teacher(
+            "--data", str(jsonl(tmp / "d.jsonl", ROWS)), "--set", "data.domain_column=genre"
+        ),
+        "no column 'genre' (data.domain_column)",
+    ),
+    Case(
+        "single-class-domain-trained-alone",
+        lambda tmp, _: teacher(
+            "--domain",
+            "a",
+            "--data",
+            str(
+                jsonl(
+                    tmp / "d.jsonl", [{**r, "label": 0} if r["domain"] == "a" else r for r in ROWS]
+                )
+            ),
+        ),
+        "domain 'a' has a single label ('0') in its training data",
+    ),
+    Case(
+        "teacher-domain-with-mix-method",
+        lambda *_: teacher("--method", "mix", "--domain", "books"),
+        "teacher.domain is for teacher.method 'single' only",
+    ),
+    Case(
         "single-domain-teacher-unknown-domain",
         lambda *_: teacher("--method", "single", "--domain", "garden"),
         "domain 'garden' is not in the data",
@@ -211,6 +278,26 @@ CASES = [
         "evaluate-truncated-weights",
         lambda tmp, run: ["evaluate", str(truncated_model(tmp, run)), "--profile", "smoke"],
         "cannot load model",
+    ),
+    Case(
+        "evaluate-unknown-model-type",
+        lambda tmp, _: [
+            "evaluate",
+            str(model_folder(tmp, '{"model_type": "nonsense", "architectures": ["X"]}')),
+            "--profile",
+            "smoke",
+        ],
+        "does not recognize this architecture",
+    ),
+    Case(
+        "evaluate-config-with-other-shapes",
+        lambda tmp, run: ["evaluate", str(resized_model(tmp, run)), "--profile", "smoke"],
+        "the weights do not have the shapes its config.json describes",
+    ),
+    Case(
+        "evaluate-pickled-code",
+        lambda tmp, _: ["evaluate", str(pickled_code_model(tmp)), "--profile", "smoke"],
+        "a pickle that would run code when loaded",
     ),
     Case(
         "evaluate-encoder-without-head",
@@ -344,3 +431,4 @@ def test_bad_input(case: Case, tmp_path: Path, teacher_run: Path) -> None:
     assert sorted(p.name for p in runs.iterdir()) == ["keep"]
     assert (keep / "events.jsonl").read_text() == "a run that must survive\n"
     assert (teacher_run / "events.jsonl").read_bytes() == teacher_before
+    assert not (scratch / "EXPLOITED").exists()  # no weights file ran code

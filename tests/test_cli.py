@@ -86,3 +86,16 @@ def test_evaluate_a_missing_model_is_a_clear_error(tmp_path: Path) -> None:
     result = invoke("evaluate", str(tmp_path / "nope"), "--profile", "smoke")
     assert result.exit_code == 2
     assert "does not exist" in result.stderr
+
+
+def test_a_relative_path_under_an_existing_folder_is_a_path_not_a_hub_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kdtui.errors import KdtuiError
+    from kdtui.models import resolve_model_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(KdtuiError, match="model path 'runs/typo' does not exist"):
+        resolve_model_path("runs/typo")
+    assert resolve_model_path("org/model") == "org/model"  # no folder 'org' here: a hub name

@@ -94,3 +94,41 @@ def test_existing_run_is_not_overwritten(teacher_run: Path) -> None:
     assert result.exit_code == 2
     assert "already holds a run" in result.stderr and "--resume" in result.stderr
     assert (teacher_run / "events.jsonl").read_bytes() == before
+
+
+def test_force_replaces_a_run_only_once_training_starts(teacher_run: Path, tmp_path: Path) -> None:
+    runs = teacher_run.parent
+    before = (teacher_run / "events.jsonl").read_bytes()
+    common = ["teacher", "--profile", "smoke", "--output-dir", str(runs), "--name", "t", "--force"]
+    # A mistake found while loading gives the old run back untouched.
+    result = invoke(*common, "--data", str(tmp_path / "typo.jsonl"), "--quiet")
+    assert result.exit_code == 2 and "does not exist" in result.stderr
+    assert (teacher_run / "events.jsonl").read_bytes() == before
+    assert (teacher_run / "model" / "model.safetensors").is_file()
+    assert sorted(p.name for p in runs.iterdir() if p.name.startswith(".")) == []
+
+
+def test_domain_alone_trains_a_single_domain_teacher(tmp_path: Path) -> None:
+    result = invoke(
+        "teacher", "--profile", "smoke", "--domain", "dvd", "--max-steps", "2",
+        "--output-dir", str(tmp_path), "--name", "dvd", "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    started = [e for e in events_of(tmp_path / "dvd") if isinstance(e, RunStarted)][0]
+    assert started.config["teacher"]["method"] == "single"
+    assert started.config["teacher"]["domain"] == "dvd"
+    assert metrics_of(tmp_path / "dvd")["steps"] == 2
+
+
+def test_garbage_in_the_events_file_does_not_stop_a_resume(tmp_path: Path) -> None:
+    common = ["teacher", "--profile", "smoke", "--output-dir", str(tmp_path), "--quiet"]
+    result = invoke(*common, "--name", "g", "--max-steps", "4")
+    assert result.exit_code == 0, result.stderr
+    events = tmp_path / "g" / "events.jsonl"
+    garbage = b'{"type": "step", "step": \n\x00\xff not json\n'
+    events.write_bytes(events.read_bytes() + garbage)
+    (tmp_path / "g" / "metrics.json").unlink()  # as if it had been killed before the end
+    result = invoke("teacher", "--resume", str(tmp_path / "g"), "--quiet")
+    assert result.exit_code == 0, result.stderr
+    assert garbage in events.read_bytes()  # nothing the user had is lost
+    assert isinstance(events_of(tmp_path / "g")[-1], RunFinished)

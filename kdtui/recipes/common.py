@@ -32,6 +32,7 @@ class RunContext:
         """Log run_started. A recipe whose checkpoints are not in RUN/checkpoints (distill keeps
         one folder per stage) says where it resumes from."""
         self.started = True
+        self.run.keep()
         if resumed_from_step is None:
             resumed_from_step = self._resumed_step()
         self.run.log(

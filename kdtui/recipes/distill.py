@@ -41,7 +41,7 @@ from kdtui.models import (
 from kdtui.profile import read_profile
 from kdtui.recipes.common import RunContext, load_run_data
 from kdtui.recipes.meta import SCORES_FILE, load_scores
-from kdtui.recipes.teacher import domain_index, final_metrics
+from kdtui.recipes.teacher import final_metrics
 
 SUMMARY_FILE = "summary.md"
 
@@ -121,14 +121,14 @@ def run_distill(ctx: RunContext) -> dict[str, Any]:
         )
     domains = data.domain_names if d.domain == "all" else [d.domain]
     for name in domains:
-        domain_index(data, name)
+        data.domain_id(name)
     head_domain_of = _head_domains(teacher.domain_head, data, domains)
 
     tokenizer = teacher.tokenizer
     dev = encode(data.dev, tokenizer, cfg.data.max_length)
     plans = []
     for name in domains:
-        split = data.train.domain_subset(data.domain_names.index(name))
+        split = data.training_domain(name)
         folder = ctx.run.path if len(domains) == 1 else ctx.run.path / "domains" / name
         train_enc = encode(split, tokenizer, cfg.data.max_length)
         stage1 = 0

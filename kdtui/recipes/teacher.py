@@ -22,8 +22,7 @@ def run_teacher(ctx: RunContext) -> dict[str, Any]:
     train_split = data.train
     select = "all"
     if method == "single":
-        domain = domain_index(data, cfg.teacher.domain)
-        train_split = data.train.domain_subset(domain)
+        train_split = data.training_domain(cfg.teacher.domain)
         select = cfg.teacher.domain  # dev covers every domain, to show transfer
     if method == "meta" and len(data.domain_names) < 2:
         raise KdtuiError(
@@ -71,14 +70,6 @@ def run_teacher(ctx: RunContext) -> dict[str, Any]:
                 if export is not None:
                     export(folder, data)
     return final_metrics(ctx, model, tokenizer, data, result)
-
-
-def domain_index(data: MultiDomainData, name: str) -> int:
-    if name not in data.domain_names:
-        raise KdtuiError(
-            f"domain '{name}' is not in the data; domains: {', '.join(data.domain_names)}"
-        )
-    return data.domain_names.index(name)
 
 
 def restore_best(ctx: RunContext, model: Any, hooks: list[Hook]) -> None:
