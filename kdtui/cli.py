@@ -167,7 +167,10 @@ def _run_training(
     body = getattr(importlib.import_module(module_name), func_name)
     # Under torchrun every process runs this; only rank 0 talks to the terminal.
     main_process = os.environ.get("RANK", "0") == "0"
-    progress = _ProgressListener(enabled=main_process and not quiet and sys.stderr.isatty())
+    progress = _ProgressListener(
+        enabled=main_process and not quiet and sys.stderr.isatty(),
+        warnings=main_process and not quiet,
+    )
     try:
         path, metrics = execute(
             command,
@@ -264,17 +267,24 @@ def _toml_literal(value: Any) -> str:
 
 
 class _ProgressListener:
-    """Turns engine events into a Rich progress bar (step/total, loss, ETA) and eval lines."""
+    """Turns engine events into a Rich progress bar (step/total, loss, ETA) and eval lines on a
+    terminal; warnings and errors the run reports (a damaged checkpoint it skipped, emulated
+    bf16) reach stderr whenever the bar is not silenced with --quiet, terminal or not."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, warnings: bool = True) -> None:
         self.enabled = enabled
+        self.warnings = warnings
         self.progress: Any = None
         self.task: Any = None
 
     def __call__(self, event: Any) -> None:
+        kind = event.type
+        if kind == "message" and event.level != "info" and self.progress is None:
+            if self.warnings:
+                typer.echo(f"{event.level}: {event.text}", err=True)
+            return
         if not self.enabled:
             return
-        kind = event.type
         if kind == "run_started":
             from rich.progress import (
                 BarColumn,

@@ -152,10 +152,11 @@ def test_damaged_newest_checkpoint_is_reported_and_the_previous_one_used(
     assert newest.name == "step-00000008"
     weights = newest / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])  # truncated, as by a failing disk
-    resumed = invoke("teacher", "--resume", str(run), "--quiet")
+    resumed = invoke("teacher", "--resume", str(run))  # not a terminal, not --quiet
     assert resumed.exit_code == 0, resumed.stderr
     warnings = [e.text for e in events_of(run) if isinstance(e, Message) and e.level == "warning"]
     assert any("step-00000008 is damaged" in w and "previous checkpoint" in w for w in warnings)
+    assert "warning: checkpoint" in resumed.stderr and "is damaged" in resumed.stderr
     assert_same_result(uninterrupted, run)
 
 
