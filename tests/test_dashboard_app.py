@@ -346,3 +346,46 @@ async def test_unknown_messages_and_errors_count(tmp_path: Path) -> None:
     async with app.run_test(size=SIZE) as pilot:
         screen = await settled(pilot)
         assert screen.state.errors == 1 and "disk nearly full" in screen_text(app)
+
+
+@sync
+async def test_a_large_terminal_goes_to_the_charts(tmp_path: Path) -> None:
+    run = fx.write_prune(tmp_path / "prune-a")
+    app = app_for(run)
+    async with app.run_test(size=(200, 60)) as pilot:
+        screen = await settled(pilot)
+        losses = screen.query_one("#loss-chart").region
+        side = screen.query_one("#side").region
+        sparsity = screen.query_one("#sparsity-chart").region
+        assert losses.width >= 110 and losses.height >= 30  # the chart grows with the terminal
+        assert 60 <= side.width <= 90  # the side column takes a share, not all the rest
+        assert sparsity.width >= 110 and sparsity.height >= 12
+        assert losses.height + sparsity.height + 4 >= 56  # rows are not left empty
+
+
+@sync
+async def test_a_flood_of_events_is_folded_with_few_redraws(tmp_path: Path) -> None:
+    run = tmp_path / "flood"
+    path = run / "events.jsonl"
+    fx.write(run, [fx.started("teacher", 5000)])
+    app = app_for(run)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await settled(pilot)
+        before = screen.refreshes
+        with open(path, "a") as f:
+            for burst in range(50):  # 5,000 steps in 50 bursts, as fast as the disk takes them
+                for s in range(burst * 100 + 1, burst * 100 + 101):
+                    step = Step(
+                        step=s, total_steps=5000, epoch=s / 500, lr=1e-3, loss=1 / s,
+                        losses={"ce": 1 / s}, time=fx.T0 + s / 100,
+                    )  # fmt: skip
+                    f.write(step.to_json() + "\n")
+                f.flush()
+                await pilot.pause(0.005)
+        await until(pilot, lambda: screen.state.step == 5000)
+        await settled(pilot)
+        assert "step 5,000/5,000" in screen_text(app)
+        # Update messages coalesce and panels redraw at most five times a second.
+        assert screen.refreshes - before < 50
+        ce = screen.state.losses["ce"]
+        assert ce.count == 5000 and len(ce.xs) <= 1024  # every value folded, series decimated

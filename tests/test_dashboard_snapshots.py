@@ -1,4 +1,5 @@
-"""SVG snapshots of the dashboard's main screens at 80x24 and 160x48.
+"""SVG snapshots of the dashboard's main screens at 80x24 and 160x48 (and a pruning run at
+200x60).
 
 Deterministic: recorded fixture runs, a frozen clock, UTC, relative paths, and each screenshot
 is taken only once the follower has read, folded and drawn everything. After an intended change
@@ -50,6 +51,10 @@ def run_app(name: str):  # noqa: ANN201 - a DashboardApp
 @pytest.mark.parametrize("run", ["teacher-a", "distill-a", "prune-a", "teacher-b"])
 def test_run_screen(snap_compare: Callable[..., bool], run: str, size: tuple[int, int]) -> None:
     assert snap_compare(run_app(run), terminal_size=size, run_before=wait_settled)
+
+
+def test_run_screen_at_200x60(snap_compare: Callable[..., bool]) -> None:
+    assert snap_compare(run_app("prune-a"), terminal_size=(200, 60), run_before=wait_settled)
 
 
 @pytest.mark.parametrize("size", [NARROW, WIDE], ids=["80x24", "160x48"])
