@@ -3,7 +3,8 @@
 1. engine overhead against a bare PyTorch loop (bench/overhead.py; target at most 5%);
 2. distillation throughput through the real engine (MiniLM teacher, a 2-layer student copied
    from it): prediction-layer KD with the teacher running every step or its logits cached,
-   the intermediate-layer stage, CAP-style pruning with KD live or cached, each fp32 and bf16;
+   the intermediate-layer stage, pruning with KD live or cached, CAP pruning (PrC, FiC and
+   SnC banks) with the teacher live or its logits and bank vectors cached, each fp32 and bf16;
 3. start-up: `kdtui --help` (target under 0.3 s) and the dashboard's first frame;
 4. compressed models: size on disk and inference throughput against the dense model (structured
    heads-ffn removal at 50%; unstructured 90% / 97% in kdtui's bitmask format).
@@ -143,6 +144,7 @@ def distill_table(args: argparse.Namespace) -> None:
     from kdtui.engine.evaluate import predict_logits
     from kdtui.engine.hooks import CrossEntropyHook
     from kdtui.engine.loop import cpu_has_native_bf16
+    from kdtui.methods.contrastive import CapHook, MemoryBank
     from kdtui.methods.kd import KdHook
     from kdtui.methods.meta_kd import (
         IntermediateDistillHook,
@@ -196,6 +198,28 @@ def distill_table(args: argparse.Namespace) -> None:
         kd = KdHook(temperature=2.0, teacher=teacher, logits_by_id=cached if use_cache else None)
         return [CrossEntropyHook(), kd, pruner]
 
+    # CAP's fixed banks hold one vector per example, encoded before training (PrC, FiC); a
+    # method that did not cache them would run the teacher every step for them and for its
+    # logits, which is what the live row pays (its vectors come out of that same forward).
+    labels_by_id = torch.tensor(data.labels)
+    ids = torch.tensor(data.ids)
+    vectors = torch.nn.functional.normalize(
+        torch.randn(
+            len(data), teacher.config.hidden_size, generator=torch.Generator().manual_seed(1)
+        ),
+        dim=-1,
+    )
+
+    def cap_hooks(use_cache: bool) -> list[Any]:
+        hooks = prune_hooks(use_cache)
+        fixed = {}
+        for name in ("prc", "fic"):
+            fixed[name] = MemoryBank(ids, labels_by_id, vectors.shape[1], 1)
+            fixed[name].write(ids, vectors, 0)
+        snapshots = MemoryBank(ids, labels_by_id, vectors.shape[1], 4)
+        cap = CapHook(banks=fixed, snapshots=snapshots, stage=hooks[-1].stage, num_negatives=4096)
+        return [*hooks, cap]
+
     rows = [
         ("student fine-tuning alone (no teacher)", student, lambda: [CrossEntropyHook()]),
         ("prediction KD, teacher runs every step", student, lambda: prediction(False)),
@@ -211,6 +235,8 @@ def distill_table(args: argparse.Namespace) -> None:
             pruned,
             lambda: prune_hooks(True),
         ),
+        ("CAP pruning (PrC+FiC+SnC), teacher runs every step", pruned, lambda: cap_hooks(False)),
+        ("CAP pruning (PrC+FiC+SnC), logits and banks cached", pruned, lambda: cap_hooks(True)),
     ]
     print(f"## Training throughput (examples/s, length {args.length})\n")
     print("| what | fp32 | bf16 autocast | bf16 speed-up |")
