@@ -457,6 +457,13 @@ def distill(
             "--student-hidden", help="Student width; 0 = teacher's [distill.student_hidden]."
         ),
     ] = None,
+    student_init: Annotated[
+        str | None,
+        typer.Option(
+            "--student-init",
+            help="teacher (copy evenly spaced teacher layers) or random [distill.student_init].",
+        ),
+    ] = None,
     train_fraction: Annotated[
         float | None,
         typer.Option("--train-fraction", help="Keep this share of the domain's training data."),
@@ -488,6 +495,7 @@ def distill(
             "distill.student": student,
             "distill.student_layers": student_layers,
             "distill.student_hidden": student_hidden,
+            "distill.student_init": student_init,
             "data.train_fraction": train_fraction,
             "data.source": data,
             "train.batch_size": batch_size,

@@ -292,3 +292,33 @@ def test_a_meta_teacher_needs_two_domains(runs: Path) -> None:
         "--name", "one", "--set", "data.synthetic_domains=[\"books\"]",
     )  # fmt: skip
     _refused(result, runs, "one", "at least two domains")
+
+
+def test_student_options_width_init_checkpoint_and_fraction(runs: Path, mix_teacher: Path) -> None:
+    common = ["--domain", "books", "--method", "logits", "--quiet"]
+    narrow = _distill(runs, "narrow", mix_teacher, *common, "--student-hidden", "16")
+    assert narrow.exit_code == 0, narrow.stderr
+    config = json.loads((runs / "narrow" / "model" / "config.json").read_text())
+    assert config["hidden_size"] == 16
+
+    teacher_emb = load_file(mix_teacher / "model" / "model.safetensors")
+    key = "bert.embeddings.word_embeddings.weight"
+    distance = {}
+    for init in ("teacher", "random"):
+        result = _distill(runs, f"init-{init}", mix_teacher, *common, "--student-init", init)
+        assert result.exit_code == 0, result.stderr
+        student = load_file(runs / f"init-{init}" / "model" / "model.safetensors")
+        distance[init] = float((student[key] - teacher_emb[key]).abs().mean())
+    assert distance["random"] > 5 * distance["teacher"]  # a copy stays near, a new one does not
+
+    # A given student checkpoint (here the narrow one) is trained further, on half the data.
+    again = _distill(
+        runs, "from-narrow", mix_teacher, *common, "--student", str(runs / "narrow"),
+        "--train-fraction", "0.5",
+    )  # fmt: skip
+    assert again.exit_code == 0, again.stderr
+    config = json.loads((runs / "from-narrow" / "model" / "config.json").read_text())
+    assert config["hidden_size"] == 16
+    started = [e for e in events_of(runs / "from-narrow") if isinstance(e, RunStarted)][0]
+    full = [e for e in events_of(runs / "narrow") if isinstance(e, RunStarted)][0]
+    assert started.total_steps * 2 == full.total_steps  # 24 of 48 books examples
