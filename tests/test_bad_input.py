@@ -380,6 +380,14 @@ CASES = [
         "prune.criterion must be one of",
     ),
     Case(
+        "prune-data-with-other-labels",
+        lambda tmp, run: [
+            *("prune", "--profile", "smoke", "--model", str(run), "--data"),
+            str(jsonl(tmp / "d.jsonl", [{**r, "label": "xy"[r["label"]]} for r in ROWS])),
+        ],
+        "predicts labels ['0', '1'] but the data has ['x', 'y']",
+    ),
+    Case(
         "prune-model-without-head",
         lambda *_: ["prune", "--profile", "smoke", "--model", str(bundled_minilm_path())],
         "has no sequence classification head",

@@ -89,6 +89,10 @@ def _other_command(teacher_runs: Path, command: str) -> list[str]:
         # books: 6 steps per stage; steps 1-6 distil intermediate layers, 7-12 predictions.
         return ["distill", "--profile", "smoke", "--quiet", "--domain", "books",
                 "--teacher", str(teacher_runs / "meta")]  # fmt: skip
+    if command == "prune-heads":
+        # heads-ffn rounds of 10% each: a kill at step 6 falls between rounds.
+        return ["prune", "--profile", "smoke", "--quiet", "--sparsity", "0.5",
+                "--structure", "heads-ffn", "--model", str(teacher_runs / "mix")]  # fmt: skip
     # 12 steps: the cubic schedule prunes during steps 2-9, so every point below is mid-pruning.
     return ["prune", "--profile", "smoke", "--quiet", "--sparsity", "0.9",
             "--model", str(teacher_runs / "mix")]  # fmt: skip
@@ -103,6 +107,7 @@ def _other_command(teacher_runs: Path, command: str) -> list[str]:
         ("prune", "step:6"),
         ("prune", "eval:8"),
         ("prune", "checkpoint:8"),
+        ("prune-heads", "step:6"),
     ],
 )
 def test_distill_and_prune_killed_then_resumed_equal_uninterrupted(
@@ -113,9 +118,11 @@ def test_distill_and_prune_killed_then_resumed_equal_uninterrupted(
     assert full.exit_code == 0, full.stderr
     run_until_crash([*argv, "--name", "killed"], crash_at)
     assert not (runs / "killed" / "metrics.json").exists()
-    resumed = invoke(command, "--resume", str(runs / "killed"), "--quiet")
+    resumed = invoke(argv[0], "--resume", str(runs / "killed"), "--quiet")
     assert resumed.exit_code == 0, resumed.stderr
     assert_same_result(runs / "full", runs / "killed")
+    if command == "prune-heads":
+        assert metrics_of(runs / "killed")["kept_heads"] == metrics_of(runs / "full")["kept_heads"]
     if command == "prune":
         assert_same_result(runs / "full", runs / "killed", "model-sparse", SPARSE_FILE)
     assert not list((runs / "killed").rglob("*.tmp"))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from kdtui.events import Eval, LayerSparsity, Message, RunFinished, Step
+from kdtui.events import Eval, LayerSparsity, Message, RunFinished, RunStarted, Step
 from kdtui.sparse import SPARSE_FILE, load_sparse
 from tests.conftest import events_of, invoke, kill_when, metrics_of
 
@@ -234,5 +235,26 @@ def test_a_teacher_with_other_labels_is_refused(runs: Path, tmp_path: Path) -> N
         "bad-teacher",
     )
     _fails_cleanly(result, "KD needs the same label set")
-    assert not (tmp_path / "bad-teacher" / "model").exists()
-    assert not (tmp_path / "bad-teacher" / "checkpoints").exists()
+    assert not (tmp_path / "bad-teacher").exists()  # a mistake leaves no run behind
+
+
+def test_a_plain_checkpoint_folder_with_a_pretrained_model_and_mean_pooling(
+    runs: Path, tmp_path: Path
+) -> None:
+    plain = tmp_path / "downloaded"  # a checkpoint folder that no teacher run describes
+    shutil.copytree(runs / "t" / "model", plain)
+    common = ["prune", "--profile", "smoke", "--model", str(plain), "-o", str(tmp_path)]
+    common += ["--max-steps", "4", "--quiet"]
+    # A folder is not a teacher run: nothing records what it was fine-tuned from.
+    result = invoke(*common, "--name", "no-pretrained")
+    _fails_cleanly(result, "give --pretrained NAME_OR_FOLDER")
+    assert not (tmp_path / "no-pretrained").exists()
+    result = invoke(*common, "--name", "too-wide", "--pretrained", "minilm")
+    _fails_cleanly(result, "is 384 wide but the model being pruned is 32")
+    assert not (tmp_path / "too-wide").exists()
+    result = invoke(*common, "--name", "mean", "--pretrained", str(plain), "--pooling", "mean")
+    assert result.exit_code == 0, result.stderr
+    steps = [e for e in events_of(tmp_path / "mean") if isinstance(e, Step)]
+    assert set(steps[-1].losses) >= CAP_TERMS
+    (started,) = [e for e in events_of(tmp_path / "mean") if isinstance(e, RunStarted)]
+    assert started.config["prune"]["pooling"] == "mean"

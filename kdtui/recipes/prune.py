@@ -143,6 +143,12 @@ def run_prune(ctx: RunContext) -> dict[str, Any]:
         fixed: dict[str, MemoryBank] = {}
         if "prc" in modules:
             pretrained = _pretrained_model(ctx, folder, labels)
+            if pretrained.config.hidden_size != model.config.hidden_size:
+                raise KdtuiError(
+                    f"PrC's pre-trained model ({p.pretrained or 'from the teacher run'}) is "
+                    f"{pretrained.config.hidden_size} wide but the model being pruned is "
+                    f"{model.config.hidden_size}: their sentence vectors cannot be contrasted"
+                )
             _, vectors = encodings(ctx, pretrained, train_enc, pad_id)
             del pretrained
             fixed["prc"] = MemoryBank(rows, labels_by_id, vectors.shape[1], 1)
@@ -291,12 +297,13 @@ def _pretrained_model(ctx: RunContext, folder: Path, labels: list[str]) -> Any:
     random BERT: the same seeded initialisation)."""
     from dataclasses import replace
 
-    from kdtui.config import ModelConfig, build_config
+    from kdtui.config import build_config
     from kdtui.profile import read_profile
 
     p = ctx.config.prune
     if p.pretrained:
-        return load_classifier(replace(ModelConfig(), name=p.pretrained), labels).eval()
+        # The run's model section still applies (a tiny model's sizes, dropout, remote code).
+        return load_classifier(replace(ctx.config.model, name=p.pretrained), labels).eval()
     run = folder.parent
     if folder.name != "model" or _command_of(run) != "teacher":
         raise KdtuiError(
