@@ -271,9 +271,10 @@ class _ProgressListener:
     terminal; warnings and errors the run reports (a damaged checkpoint it skipped, emulated
     bf16) reach stderr whenever the bar is not silenced with --quiet, terminal or not."""
 
-    def __init__(self, enabled: bool, warnings: bool = True) -> None:
+    def __init__(self, enabled: bool, warnings: bool = True, console: Any = None) -> None:
         self.enabled = enabled
         self.warnings = warnings
+        self.console = console  # where the bar goes (default: stderr, beside the warnings)
         self.progress: Any = None
         self.task: Any = None
 
@@ -286,6 +287,7 @@ class _ProgressListener:
         if not self.enabled:
             return
         if kind == "run_started":
+            from rich.console import Console
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -304,6 +306,7 @@ class _ProgressListener:
                 TextColumn("eta"),
                 TimeRemainingColumn(),
                 transient=False,
+                console=self.console or Console(stderr=True),
             )
             self.progress.start()
             start = max(0, event.resumed_from_step)

@@ -99,3 +99,42 @@ def test_a_relative_path_under_an_existing_folder_is_a_path_not_a_hub_name(
     with pytest.raises(KdtuiError, match="model path 'runs/typo' does not exist"):
         resolve_model_path("runs/typo")
     assert resolve_model_path("org/model") == "org/model"  # no folder 'org' here: a hub name
+
+
+def test_the_progress_bar_shows_steps_loss_evals_and_warnings() -> None:
+    import io
+
+    from rich.console import Console
+
+    from kdtui.cli import _ProgressListener
+    from kdtui.events import Eval, Message, RunStarted, Step
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=120, color_system=None)
+    bar = _ProgressListener(enabled=True, console=console)
+    bar(RunStarted(run="r", command="teacher", profile="smoke", total_steps=4, config={}))
+    for step in range(1, 5):
+        bar(Step(step=step, total_steps=4, epoch=step / 4, lr=1e-3, loss=1 / step, losses={}))
+    bar(Eval(step=4, split="dev", accuracy={"books": 0.75, "all": 0.7}, best=True))
+    bar(Message(level="warning", text="bf16 is emulated here"))
+    bar.close()
+    text = out.getvalue()
+    assert "4/4" in text and "loss 0.2500" in text
+    assert "step 4  dev accuracy: books 0.750  all 0.700  (best)" in text
+    assert "warning: bf16 is emulated here" in text
+
+
+def test_without_a_terminal_only_warnings_are_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    from kdtui.cli import _ProgressListener
+    from kdtui.events import Message, RunStarted, Step
+
+    for warnings in (True, False):  # False: --quiet
+        bar = _ProgressListener(enabled=False, warnings=warnings)
+        bar(RunStarted(run="r", command="teacher", profile="", total_steps=2, config={}))
+        bar(Step(step=1, total_steps=2, epoch=0.5, lr=1e-3, loss=0.5, losses={}))
+        bar(Message(level="info", text="data notes"))
+        bar(Message(level="warning", text="damaged checkpoint skipped"))
+        bar.close()
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == "warning: damaged checkpoint skipped\n"

@@ -27,14 +27,25 @@ NO_DROPOUT = ["--set", "model.dropout=0.0", "--quiet"]
 pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None, reason="needs torchrun")
 
 
-def torchrun(*args: str) -> subprocess.CompletedProcess:
+def torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     # --standalone picks a free port, so parallel test runs do not collide.
     command = ["torchrun", "--standalone", "--nproc-per-node", "2", "-m", "kdtui", *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_written_once(run: Path) -> None:
+    """Rank 0 alone writes events and checkpoints: nothing appears twice."""
+    events = events_of(run)
+    assert sum(isinstance(e, RunStarted) for e in events) == 1
+    steps = [e.step for e in events if isinstance(e, Step)]
+    assert steps == sorted(set(steps))
+    checkpoints = [e.path for e in events if isinstance(e, Checkpoint)]
+    assert len(checkpoints) == len(set(checkpoints))
 
 
 def assert_same_run(single: Path, multi: Path) -> None:
+    assert_written_once(multi)
     assert metrics_of(single) == metrics_of(multi)
     losses = [[e.loss for e in events_of(run) if isinstance(e, Step)] for run in (single, multi)]
     assert len(losses[0]) == len(losses[1])
@@ -54,13 +65,6 @@ def test_teacher_two_processes_match_one(runs: Path) -> None:
     assert single.exit_code == 0, single.stderr
     assert_same_run(runs / "single", runs / "multi")
 
-    # Events and checkpoints are written once, by rank 0.
-    events = events_of(runs / "multi")
-    assert sum(isinstance(e, RunStarted) for e in events) == 1
-    steps = [e.step for e in events if isinstance(e, Step)]
-    assert steps == sorted(set(steps))
-    checkpoints = [e.path for e in events if isinstance(e, Checkpoint)]
-    assert len(checkpoints) == len(set(checkpoints))
     assert json.loads((runs / "multi" / "metrics.json").read_text())["steps"] == 12
 
 

@@ -9,9 +9,7 @@ the rounding of a stored vector now and then)."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,18 +17,13 @@ import torch
 from safetensors.torch import load_file
 
 from kdtui.events import Step
-from tests.conftest import REPO, events_of, invoke, metrics_of
+from tests.conftest import events_of, invoke, metrics_of
+from tests.test_multiprocess import assert_written_once, torchrun
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("torchrun") is None, reason="needs torchrun"),
     pytest.mark.slow,  # two torchrun launches and two single-process runs: over a minute
 ]
-
-
-def torchrun(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = ["torchrun", "--standalone", "--nproc-per-node", "2", "-m", "kdtui", *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
 
 
 @pytest.mark.parametrize("structure", ["weights", "heads-ffn"])
@@ -44,11 +37,12 @@ def test_prune_two_processes_match_one(runs: Path, structure: str) -> None:
     common += ["--quiet"]
     # Longer than one epoch of the smoke data, so snapshot views come back as positives.
     common += ["--max-steps", "30", "--set", "model.dropout=0.0", "--set", "train.eval_every=10"]
-    multi = torchrun(*common, "--name", "multi")
+    multi = torchrun(*common, "--name", "multi", timeout=400)
     assert multi.returncode == 0, multi.stderr[-3000:]
     single = invoke(*common, "--name", "single")
     assert single.exit_code == 0, single.stderr
 
+    assert_written_once(runs / "multi")
     steps = [[e for e in events_of(runs / n) if isinstance(e, Step)] for n in ("single", "multi")]
     assert len(steps[0]) == len(steps[1]) == 30
     for a, b in zip(*steps, strict=True):

@@ -132,3 +132,53 @@ def test_garbage_in_the_events_file_does_not_stop_a_resume(tmp_path: Path) -> No
     assert result.exit_code == 0, result.stderr
     assert garbage in events.read_bytes()  # nothing the user had is lost
     assert isinstance(events_of(tmp_path / "g")[-1], RunFinished)
+
+
+def test_an_internal_error_exits_1_and_is_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kdtui.engine.hooks import CrossEntropyHook
+    from kdtui.events import RunFailed
+
+    def broken(self, batch, outputs, model):  # noqa: ANN001, ANN202
+        raise RuntimeError("a bug in a hook")
+
+    monkeypatch.setattr(CrossEntropyHook, "loss_terms", broken)
+    monkeypatch.delenv("KDTUI_DEBUG", raising=False)
+    result = invoke(
+        "teacher", "--profile", "smoke", "--output-dir", str(tmp_path), "--name", "bug", "--quiet"
+    )
+    assert result.exit_code == 1
+    assert "internal error: RuntimeError: a bug in a hook" in result.stderr
+    failed = events_of(tmp_path / "bug")[-1]
+    assert isinstance(failed, RunFailed) and failed.kind == "internal"
+    assert "a bug in a hook" in failed.error
+    log = (tmp_path / "bug" / "error.log").read_text()
+    assert "Traceback" in log and "broken" in log
+
+
+def test_evaluate_a_plain_hugging_face_checkpoint(tmp_path: Path) -> None:
+    """A checkpoint kdtui did not write: no kdtui keys in its config, labels LABEL_0/LABEL_1."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from kdtui.models import bundled_minilm_path
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_minilm_path())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=64, num_labels=2,
+    )  # fmt: skip
+    folder = tmp_path / "hf"
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    report = tmp_path / "report.json"
+    result = invoke(
+        "evaluate", str(folder), "--profile", "smoke", "--json", str(report),
+        "--set", "evaluate.latency_repeats=1",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    (scored,) = json.loads(report.read_text())["models"]
+    assert set(scored["accuracy"]) == {"books", "dvd", "electronics", "kitchen", "all"}
+    assert scored["parameters"] == sum(
+        p.numel() for p in BertForSequenceClassification(config).parameters()
+    )
