@@ -214,8 +214,9 @@ def test_a_full_disk_while_saving_the_model_leaves_no_half_written_model(
     assert (run / "model" / "model.safetensors").is_file()
 
 
+@pytest.mark.parametrize("command", ["teacher", "prune"])
 def test_a_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
-    runs: Path, monkeypatch: pytest.MonkeyPatch
+    runs: Path, monkeypatch: pytest.MonkeyPatch, teacher_runs: Path, command: str
 ) -> None:
     from kdtui.engine.hooks import CrossEntropyHook
 
@@ -228,14 +229,15 @@ def test_a_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
         return {k: v * float("nan") for k, v in terms.items()} if len(calls) == 6 else terms
 
     monkeypatch.setattr(CrossEntropyHook, "loss_terms", explodes_at_step_6)
-    result = invoke(*TEACHER, "--output-dir", str(runs), "--name", "nan")
+    argv = TEACHER if command == "teacher" else _other_command(teacher_runs, command)
+    result = invoke(*argv, "--output-dir", str(runs), "--name", "nan")
     assert result.exit_code == 2
-    assert "the loss became NaN/Inf at step 6 (loss, ce)" in result.stderr
+    assert "the loss became NaN/Inf at step 6 (loss, ce" in result.stderr
     assert "the last good checkpoint is" in result.stderr and "step-00000004" in result.stderr
     run = runs / "nan"
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-00000004"]
     failed = events_of(run)[-1]
     assert isinstance(failed, RunFailed) and "NaN" in failed.error
     monkeypatch.setattr(CrossEntropyHook, "loss_terms", real)
-    resumed = invoke("teacher", "--resume", str(run), "--quiet")  # e.g. after fixing the data
+    resumed = invoke(command, "--resume", str(run), "--quiet")  # e.g. after fixing the data
     assert resumed.exit_code == 0, resumed.stderr
