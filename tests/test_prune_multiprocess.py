@@ -4,8 +4,10 @@ CAP's banks and losses are where multi-process training usually goes wrong: in-b
 must be the whole batch, snapshot banks must receive every process's vectors, the contrastive
 denominators must count every process's positives. With dropout off, a 2-process run and a
 single-process run with the same global batch must log the same losses and end with the same
-masks and metrics: only the order of floating-point sums differs (and, through the fp16 banks,
-the rounding of a stored vector now and then)."""
+metrics: only the order of floating-point sums differs (and, through the fp16 banks, the
+rounding of a stored vector now and then). Masks and weights agree except where a weight sits
+at the pruning threshold: a ~1e-7 difference can put it on the other side (measured: one pair
+of the 4,096 weights of one matrix swapped in 30 steps), so at most 0.1% of a matrix may differ."""
 
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from kdtui.events import Step
@@ -59,6 +60,6 @@ def test_prune_two_processes_match_one(runs: Path, structure: str) -> None:
     a = load_file(runs / "single" / "model" / "model.safetensors")
     b = load_file(runs / "multi" / "model" / "model.safetensors")
     assert a.keys() == b.keys()
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
-    zeros = [torch.equal(a[k] == 0, b[k] == 0) for k in a if ".encoder.layer." in k]
-    assert all(zeros)
+    for k in a:
+        assert float(((a[k] - b[k]).abs() > 1e-4).float().mean()) <= 1e-3, k
+        assert float(((a[k] == 0) != (b[k] == 0)).float().mean()) <= 1e-3, k
