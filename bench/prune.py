@@ -79,6 +79,13 @@ def main() -> None:
         default=[0.9, 0.97],
         help="sparsities at which the CAP ablations run",
     )
+    parser.add_argument(
+        "--ablation-pooling",
+        nargs="+",
+        default=None,
+        choices=["cls", "mean"],
+        help="poolings the CAP ablations run with (default: every --cap-pooling)",
+    )
     parser.add_argument("--heads-sparsity", type=float, default=0.5, help="0 = skip heads-ffn")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=1, help="1 is faster on a busy CPU")
@@ -191,7 +198,10 @@ def table_rows(args: argparse.Namespace) -> list[tuple[str, str, str]]:
         if method in BASELINES:
             rows.append((method, method, ""))
             continue
-        for pooling in args.cap_pooling:
+        poolings = args.cap_pooling
+        if method.startswith("cap-no") and args.ablation_pooling:
+            poolings = [p for p in poolings if p in args.ablation_pooling]
+        for pooling in poolings:
             rows.append((method if pooling == "cls" else f"{method}-{pooling}", method, pooling))
     return rows
 
@@ -213,18 +223,35 @@ def cap_criterion(choice: str, results: dict[str, dict[str, Any]], sparsity: flo
 
 
 def run_kdtui(out: Path, name: str, options: list[str]) -> float:
-    """Run one kdtui command into OUT/NAME: reuse a finished run, resume an interrupted one."""
+    """Run one kdtui command into OUT/NAME: reuse a finished run, resume an interrupted one.
+    Returns the seconds the run has taken, over all its sessions (from its events)."""
     run = out / name
-    if (run / "metrics.json").is_file():
-        return 0.0
-    if (run / "config.toml").is_file():
-        command = [options[0], "--resume", str(run)]
-    else:
-        command = [*options, "--output-dir", str(out), "--name", name, "--force"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "kdtui", *command, "--quiet"], check=True, env=env)
-    return time.perf_counter() - start
+    if not (run / "metrics.json").is_file():
+        if (run / "config.toml").is_file():
+            command = [options[0], "--resume", str(run)]
+        else:
+            command = [*options, "--output-dir", str(out), "--name", name, "--force"]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        subprocess.run([sys.executable, "-m", "kdtui", *command, "--quiet"], check=True, env=env)
+    return run_seconds(run)
+
+
+def run_seconds(run: Path) -> float:
+    """Wall time of a run: each session from its run_started to the last event it wrote."""
+    total, start, last = 0.0, None, None
+    for line in (run / "events.jsonl").read_text(encoding="utf-8").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("type") == "run_started":
+            if start is not None and last is not None:
+                total += last - start
+            start = event["time"]
+        last = event.get("time", last)
+    if start is not None and last is not None:
+        total += last - start
+    return total
 
 
 def report_progress(name: str, metrics: dict[str, Any], dense: dict[str, float], s: float) -> None:
