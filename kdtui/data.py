@@ -292,8 +292,8 @@ def _assemble(raw: dict[str, Columns], cfg: DataConfig, notes: list[str]) -> Mul
         if len(split) == 0:
             raise KdtuiError(f"the {role} split is empty after domain selection")
         splits[role] = split
+    train = splits["train"]
     for d, name in enumerate(domain_names):
-        train = splits["train"]
         labels = {y for y, x in zip(train.labels, train.domains, strict=True) if x == d}
         if not labels:
             raise KdtuiError(f"domain '{name}' has no training examples")
