@@ -84,10 +84,13 @@ def measure(model_name: str, steps: int, batch_size: int, max_length: int, repea
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: warmup_then_linear_decay(s, warmup, steps)
         )
-        order = epoch_order(len(encoded), 0, 0)
+        per_epoch = len(encoded) // batch_size
         start = time.perf_counter()
         for step in range(steps):
-            indices = order[step * batch_size : (step + 1) * batch_size]
+            # The same examples as the engine: a seeded permutation per epoch, full batches.
+            epoch, position = divmod(step, per_epoch)
+            order = epoch_order(len(encoded), 0, epoch)
+            indices = order[position * batch_size : (position + 1) * batch_size]
             batch = collate(encoded, indices, pad_id)
             optimizer.zero_grad(set_to_none=True)
             logits = model(
