@@ -45,6 +45,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "amazon-4domains"
 ROWS = ("student alone", "KD single-domain teacher", "KD mix teacher", "Meta-KD")
+ROW_KEYS = dict(zip(("alone", "single", "mix", "meta"), ROWS, strict=True))  # for --rows
 
 
 def main() -> None:
@@ -64,6 +65,11 @@ def main() -> None:
     parser.add_argument("--student-lr", type=float, default=1e-4)
     parser.add_argument("--fractions", default="1,0.2", help="target-domain training fractions")
     parser.add_argument("--domains", default="", help="comma-separated; default: all")
+    parser.add_argument(
+        "--rows",
+        default=",".join(ROW_KEYS),
+        help="which rows, comma-separated: alone, single, mix, meta (default: all four)",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument(
         "--max-train-per-domain", type=int, default=0, help="cap per domain (0: all), seeded"
@@ -115,6 +121,10 @@ class Bench:
             json.loads(self.times_file.read_text()) if self.times_file.is_file() else {}
         )
         self.domains = self._domains()
+        unknown = [k for k in args.rows.split(",") if k not in ROW_KEYS]
+        if unknown:
+            sys.exit(f"--rows: unknown {unknown}; choose from {', '.join(ROW_KEYS)}")
+        self.rows = [ROW_KEYS[k] for k in ROW_KEYS if k in args.rows.split(",")]
         self.student = self._student_init()
 
     # -- data and the shared student checkpoint ------------------------------------------------
@@ -193,12 +203,14 @@ class Bench:
         tag = "full" if fraction >= 1 else f"frac{fraction:g}"
         a = self.args
         full_counts = self._train_counts(1.0, "")
-        accuracy: dict[str, dict[str, float]] = {row: {} for row in ROWS}
-        used: dict[str, set[str]] = {row: set() for row in ROWS}  # runs whose time a row pays
+        rows = self.rows
+        accuracy: dict[str, dict[str, float]] = {row: {} for row in rows}
+        used: dict[str, set[str]] = {row: set() for row in rows}  # runs whose time a row pays
         shared: dict[str, str] = {}
+        shared_methods = [m for m in ("mix", "meta") if ROW_KEYS[m] in rows]
         if fraction >= 1:  # one mix and one meta teacher serve every domain
             steps = self._teacher_steps(sum(full_counts.values()))
-            for method in ("mix", "meta"):
+            for method in shared_methods:
                 shared[method] = self.run(
                     f"{tag}/teacher-{method}",
                     ["teacher", "--method", method, "--max-steps", str(steps)],
@@ -209,25 +221,27 @@ class Bench:
             counts = full_counts if fraction >= 1 else self._train_counts(fraction, domain)
             if fraction < 1:  # the teachers see the scarce target domain: one set per domain
                 steps = self._teacher_steps(sum(counts.values()))
-                for method in ("mix", "meta"):
+                for method in shared_methods:
                     shared[method] = self.run(
                         f"{tag}/{domain}/teacher-{method}",
                         ["teacher", "--method", method, "--max-steps", str(steps)],
                         data,
                     )
-            single = self.run(
-                f"{tag}/{domain}/teacher-single",
-                [
-                    "teacher",
-                    "--method",
-                    "single",
-                    "--domain",
-                    domain,
-                    "--max-steps",
-                    str(self._teacher_steps(counts[domain])),
-                ],
-                data,
-            )
+            single = ""
+            if ROW_KEYS["single"] in rows:
+                single = self.run(
+                    f"{tag}/{domain}/teacher-single",
+                    [
+                        "teacher",
+                        "--method",
+                        "single",
+                        "--domain",
+                        domain,
+                        "--max-steps",
+                        str(self._teacher_steps(counts[domain])),
+                    ],
+                    data,
+                )
             # Students: their own domain only (its dev picks them, its test ranks them); at
             # fraction f they train 1/f times the epochs, i.e. as many steps as at full data,
             # and are evaluated every full-data epoch's worth of steps.
@@ -242,38 +256,42 @@ class Bench:
                 "--set",
                 f"train.eval_every={eval_every}",
             ]
-            alone = self.run(
-                f"{tag}/{domain}/student-alone",
-                [
-                    "teacher",
-                    "--method",
-                    "single",
-                    "--domain",
-                    domain,
-                    "--model",
-                    str(self.student),
-                    "--epochs",
-                    str(scale * (a.intermediate_epochs + a.prediction_epochs)),
-                    "--lr",
-                    str(a.student_lr),
-                ],
-                student_data,
-                teacher=False,
-            )
+            alone = ""
+            if ROW_KEYS["alone"] in rows:
+                alone = self.run(
+                    f"{tag}/{domain}/student-alone",
+                    [
+                        "teacher",
+                        "--method",
+                        "single",
+                        "--domain",
+                        domain,
+                        "--model",
+                        str(self.student),
+                        "--epochs",
+                        str(scale * (a.intermediate_epochs + a.prediction_epochs)),
+                        "--lr",
+                        str(a.student_lr),
+                    ],
+                    student_data,
+                    teacher=False,
+                )
             kd = {
                 "KD single-domain teacher": (single, "vanilla", "single"),
-                "KD mix teacher": (shared["mix"], "vanilla", "mix"),
-                "Meta-KD": (shared["meta"], "meta", "meta"),
+                "KD mix teacher": (shared.get("mix"), "vanilla", "mix"),
+                "Meta-KD": (shared.get("meta"), "meta", "meta"),
             }
-            runs = {"student alone": [alone]}
+            runs = {"student alone": [alone]} if alone else {}
             for row, (teacher, method, kind) in kd.items():
+                if row not in rows:
+                    continue
                 distilled = self._distill(tag, domain, teacher, method, kind, student_data, scale)
                 runs[row] = [teacher, distilled]
             for row, names in runs.items():
                 accuracy[row][domain] = test_accuracy(self.out / names[-1], domain)
                 used[row].update(names)  # a teacher shared by all domains counts once
         return {
-            row: {**accuracy[row], "_time": sum(self.times[n] for n in used[row])} for row in ROWS
+            row: {**accuracy[row], "_time": sum(self.times[n] for n in used[row])} for row in rows
         }
 
     def _distill(
