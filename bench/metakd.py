@@ -11,10 +11,11 @@ pre-trained --model with a seeded new classifier head, written once into the out
 KD rows run both distillation stages (intermediate layers, then predictions); the student alone
 trains for as many epochs as the two stages together. Every command gets the same seed.
 
-Budget: every teacher trains --teacher-epochs over its own data, but at least
---teacher-min-steps steps (a single-domain teacher of a scarce domain still gets fine-tuned).
-At fraction f every student trains 1/f times the epochs, i.e. as many steps as at full data,
-and is evaluated on its domain's dev every full-data epoch's worth of steps.
+Budget: the mix and meta teachers train --teacher-epochs over their data. At fraction f the
+single-domain teacher and every student train 1/f times the epochs, i.e. as many steps as at
+full data (one epoch of 20% of a domain is 17 steps here, after which a single-domain teacher is
+still at chance, measured), and students are evaluated on their domain's dev every full-data
+epoch's worth of steps. --teacher-min-steps puts a floor under every teacher.
 
 Settings: full data, and data-scarce fractions (--fractions 1,0.2): at fraction f < 1 the target
 domain D keeps a seeded f of its training data (`data.train_fraction=f`,
@@ -28,7 +29,8 @@ dev only; test accuracy is read from each run's metrics.json.
         --set data.synthetic_train_per_domain=48 --set data.synthetic_eval_per_domain=12
 
 Runs already finished under --output-dir are reused, interrupted ones resumed, so the command can
-be rerun after a crash. The table is printed and written to OUTPUT/table.md.
+be rerun after a crash; a run made with other options (OUTPUT/commands.json) is an error. The
+table is printed and written to OUTPUT/table.md.
 """
 
 from __future__ import annotations
@@ -120,6 +122,11 @@ class Bench:
         self.times: dict[str, float] = (
             json.loads(self.times_file.read_text()) if self.times_file.is_file() else {}
         )
+        # The command behind each run: a finished run is reused only for the same command.
+        self.commands_file = self.out / "commands.json"
+        self.commands: dict[str, list[str]] = (
+            json.loads(self.commands_file.read_text()) if self.commands_file.is_file() else {}
+        )
         self.domains = self._domains()
         unknown = [k for k in args.rows.split(",") if k not in ROW_KEYS]
         if unknown:
@@ -190,8 +197,7 @@ class Bench:
         return {d: data.train.domains.count(i) for i, d in enumerate(data.domain_names)}
 
     def _teacher_steps(self, examples: int) -> int:
-        """--teacher-epochs over the teacher's data, but at least --teacher-min-steps: a teacher
-        of a small (scarce) domain still gets a real fine-tuning."""
+        """--teacher-epochs over `examples`, but at least --teacher-min-steps."""
         a = self.args
         per_epoch = max(1, examples // a.batch_size)
         return max(math.ceil(a.teacher_epochs * per_epoch), a.teacher_min_steps)
@@ -238,7 +244,7 @@ class Bench:
                         "--domain",
                         domain,
                         "--max-steps",
-                        str(self._teacher_steps(counts[domain])),
+                        str(self._teacher_steps(full_counts[domain])),  # 1/f epochs
                     ],
                     data,
                 )
@@ -361,8 +367,6 @@ class Bench:
         """Run (or reuse, or resume) one kdtui command into OUTPUT/name; returns name."""
         a = self.args
         folder = self.out / name
-        if (folder / "metrics.json").is_file() and name in self.times:
-            return name
         if teacher:
             data = [*data, "--set", f"data.max_eval_per_domain={a.teacher_eval_per_domain}"]
             command = [*command, "--model", a.model, "--lr", str(a.lr)]
@@ -375,6 +379,16 @@ class Bench:
             folder.name,
             "--quiet",
         ]
+        recorded = self.commands.get(name)
+        if recorded is not None and recorded != argv and (folder / "config.toml").is_file():
+            sys.exit(
+                f"{folder} was run with other options than this benchmark now asks for;"
+                " move it away (or use another --output-dir) and rerun"
+            )
+        if (folder / "metrics.json").is_file() and name in self.times:
+            return name
+        self.commands[name] = argv
+        self.commands_file.write_text(json.dumps(self.commands, indent=1) + "\n")
         if (folder / "config.toml").is_file():  # interrupted: continue it
             argv = [command[0], "--resume", str(folder), "--quiet"]
         folder.parent.mkdir(parents=True, exist_ok=True)
