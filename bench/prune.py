@@ -309,8 +309,12 @@ def print_tables(
         f"{args.batch_size}, length {args.max_length}, lr {args.prune_lr}, seed {args.seed}, "
         f"{args.threads} CPU threads; checkpoint chosen on dev among evaluations at the final "
         f"sparsity. Dense teacher ({args.teacher_epochs:g} epoch(s), lr {args.lr}): "
-        f"{100 * dense['all']:.1f}. CAP runs on the criterion given by --cap-criterion "
-        f"({args.cap_criterion}: the baseline with the best dev accuracy at that sparsity)."
+        f"{100 * dense['all']:.1f}. CAP runs on "
+        + (
+            "the baseline criterion with the best dev accuracy at each sparsity."
+            if args.cap_criterion == "best-dev"
+            else f"the {args.cap_criterion} criterion."
+        )
     )
     print()
     print("| method | " + " | ".join(f"{s:.0%} sparsity" for s in args.sparsities) + " |")
