@@ -233,20 +233,13 @@ class Bench:
                         ["teacher", "--method", method, "--max-steps", str(steps)],
                         data,
                     )
+            # The single-domain teacher and the student alone are the same command on D.
+            on_domain = ["teacher", "--method", "single", "--domain", domain]
             single = ""
             if ROW_KEYS["single"] in rows:
+                steps = self._teacher_steps(full_counts[domain])  # 1/f epochs
                 single = self.run(
-                    f"{tag}/{domain}/teacher-single",
-                    [
-                        "teacher",
-                        "--method",
-                        "single",
-                        "--domain",
-                        domain,
-                        "--max-steps",
-                        str(self._teacher_steps(full_counts[domain])),  # 1/f epochs
-                    ],
-                    data,
+                    f"{tag}/{domain}/teacher-single", [*on_domain, "--max-steps", str(steps)], data
                 )
             # Students: their own domain only (its dev picks them, its test ranks them); at
             # fraction f they train 1/f times the epochs, i.e. as many steps as at full data,
@@ -267,11 +260,7 @@ class Bench:
                 alone = self.run(
                     f"{tag}/{domain}/student-alone",
                     [
-                        "teacher",
-                        "--method",
-                        "single",
-                        "--domain",
-                        domain,
+                        *on_domain,
                         "--model",
                         str(self.student),
                         "--epochs",
