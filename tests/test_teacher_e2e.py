@@ -43,6 +43,20 @@ def test_teacher_writes_a_complete_run_directory(teacher_run: Path) -> None:
     assert (teacher_run / "config.toml").is_file()
 
 
+def test_test_predictions_are_written_in_split_order(teacher_run: Path) -> None:
+    """Benchmarks pair two models example by example: the file must agree with metrics.json."""
+    saved = json.loads((teacher_run / "test_predictions.json").read_text())
+    test = metrics_of(teacher_run)["test"]
+    assert len(saved["predictions"]) == len(saved["labels"]) == len(saved["domains"]) > 0
+    for domain in ("books", "dvd", "electronics", "kitchen"):
+        pairs = [
+            (p, y)
+            for p, y, d in zip(saved["predictions"], saved["labels"], saved["domains"], strict=True)
+            if d == domain
+        ]
+        assert sum(p == y for p, y in pairs) / len(pairs) == pytest.approx(test[domain])
+
+
 def test_saved_model_loads_with_plain_transformers(teacher_run: Path) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

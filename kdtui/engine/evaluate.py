@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -72,15 +71,72 @@ def accuracy_by_domain(
             device=device,
             autocast=autocast,
         )
-        predictions = logits.argmax(dim=-1)
-        labels = torch.tensor([encoded.labels[i] for i in indices])
-        domains = torch.tensor([encoded.domains[i] for i in indices])
-        correct = (predictions == labels).double()
-        counts[:, 0].index_add_(0, domains, correct)
-        counts[:, 1].index_add_(0, domains, torch.ones_like(correct))
+        counts = _counts(logits.argmax(dim=-1), encoded, indices, len(domain_names))
     if reduce is not None:
         counts = reduce(counts)
     return accuracy_from_counts(counts, domain_names)
+
+
+def predictions_in_order(
+    model: nn.Module,
+    encoded: Encoded,
+    *,
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    autocast: bool = False,
+    process_index: int = 0,
+    num_processes: int = 1,
+    gather: Callable[[list[int]], list[int]] | None = None,
+) -> list[int]:
+    """The predicted class of every example of `encoded`, in split order, on every process.
+
+    Each process predicts its shard (every num_processes-th example); `gather` concatenates the
+    shards' lists in process order (accelerate's gather_object)."""
+    indices = list(range(process_index, len(encoded), num_processes))
+    mine: list[int] = []
+    if indices:
+        logits = predict_logits(
+            model,
+            encoded,
+            indices,
+            batch_size=batch_size,
+            pad_id=pad_id,
+            device=device,
+            autocast=autocast,
+        )
+        mine = logits.argmax(dim=-1).tolist()
+    if num_processes == 1 or gather is None:
+        return mine
+    shards = gather([(process_index, mine)])  # type: ignore[list-item]
+    result = [0] * len(encoded)
+    for rank, shard in shards:  # type: ignore[misc]
+        result[rank::num_processes] = shard
+    return result
+
+
+def accuracy_of_predictions(
+    predictions: Sequence[int], encoded: Encoded, domain_names: Sequence[str]
+) -> dict[str, float]:
+    counts = _counts(
+        torch.tensor(list(predictions)), encoded, range(len(encoded)), len(domain_names)
+    )
+    return accuracy_from_counts(counts, domain_names)
+
+
+def _counts(
+    predictions: torch.Tensor, encoded: Encoded, indices: Sequence[int], n_domains: int
+) -> torch.Tensor:
+    """(n_domains, 2) float64: correct and total per domain."""
+    counts = torch.zeros(n_domains, 2, dtype=torch.float64)
+    if len(indices) == 0:
+        return counts
+    labels = torch.tensor([encoded.labels[i] for i in indices])
+    domains = torch.tensor([encoded.domains[i] for i in indices])
+    correct = (predictions == labels).double()
+    counts[:, 0].index_add_(0, domains, correct)
+    counts[:, 1].index_add_(0, domains, torch.ones_like(correct))
+    return counts
 
 
 def accuracy_from_counts(counts: torch.Tensor, domain_names: Sequence[str]) -> dict[str, float]:
@@ -91,11 +147,3 @@ def accuracy_from_counts(counts: torch.Tensor, domain_names: Sequence[str]) -> d
     total = counts[:, 1].sum()
     result[ALL] = float(counts[:, 0].sum() / total) if total > 0 else float("nan")
     return result
-
-
-def model_summary(model: nn.Module) -> dict[str, Any]:
-    params = [p for p in model.parameters()]
-    return {
-        "parameters": int(sum(p.numel() for p in params)),
-        "nonzero_parameters": int(sum(int(torch.count_nonzero(p)) for p in params)),
-    }

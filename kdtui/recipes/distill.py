@@ -159,7 +159,7 @@ def run_distill(ctx: RunContext) -> dict[str, Any]:
         )
         offset += plan.stage1_steps + plan.stage2_steps
         ctx.last_step = offset
-        metrics = final_metrics(ctx, student, tokenizer, data, result)
+        metrics = final_metrics(ctx, student, tokenizer, data, result, plan.folder)
         metrics["model"] = str((plan.folder / "model").relative_to(ctx.run.path))
         summary["domains"][plan.domain] = metrics
     if ctx.is_main:

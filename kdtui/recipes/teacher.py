@@ -3,16 +3,21 @@ meta-teacher (meta). setup -> train -> save the best model -> test."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from kdtui.checkpoint import atomic_folder, load_checkpoint
+from accelerate.utils import gather_object
+
+from kdtui.checkpoint import atomic_folder, load_checkpoint, write_json_atomic
 from kdtui.data import MultiDomainData, encode
-from kdtui.engine.evaluate import accuracy_by_domain
+from kdtui.engine.evaluate import accuracy_of_predictions, predictions_in_order
 from kdtui.engine.hooks import CrossEntropyHook, Hook
 from kdtui.engine.loop import TrainJob, total_steps, train
 from kdtui.errors import KdtuiError
 from kdtui.models import load_classifier, load_tokenizer, save_classifier
 from kdtui.recipes.common import RunContext, load_run_data
+
+PREDICTIONS_FILE = "test_predictions.json"
 
 
 def run_teacher(ctx: RunContext) -> dict[str, Any]:
@@ -83,9 +88,16 @@ def restore_best(ctx: RunContext, model: Any, hooks: list[Hook]) -> None:
 
 
 def final_metrics(
-    ctx: RunContext, model: Any, tokenizer: Any, data: MultiDomainData, result: Any
+    ctx: RunContext,
+    model: Any,
+    tokenizer: Any,
+    data: MultiDomainData,
+    result: Any,
+    folder: Path | None = None,
 ) -> dict[str, Any]:
-    """Best dev accuracy and the best model's test accuracy per domain."""
+    """Best dev accuracy and the best model's test accuracy per domain. The test predictions go
+    to FOLDER/test_predictions.json (FOLDER: the run directory by default), so a benchmark can
+    compare two models example by example."""
     cfg = ctx.config
     metrics: dict[str, Any] = {
         "steps": result.steps,
@@ -96,16 +108,25 @@ def final_metrics(
     if data.test is not None:
         test_enc = encode(data.test, tokenizer, cfg.data.max_length)
         acc = ctx.accelerator
-        metrics["test"] = accuracy_by_domain(
+        predictions = predictions_in_order(
             model,
             test_enc,
-            data.domain_names,
             batch_size=cfg.train.eval_batch_size,
             pad_id=tokenizer.pad_token_id or 0,
             device=acc.device,
             autocast=cfg.train.bf16,
             process_index=acc.process_index,
             num_processes=acc.num_processes,
-            reduce=acc.reduce if acc.num_processes > 1 else None,
+            gather=gather_object if acc.num_processes > 1 else None,
         )
+        metrics["test"] = accuracy_of_predictions(predictions, test_enc, data.domain_names)
+        if ctx.is_main:
+            write_json_atomic(
+                (folder or ctx.run.path) / PREDICTIONS_FILE,
+                {
+                    "domains": [data.domain_names[d] for d in test_enc.domains],
+                    "labels": list(test_enc.labels),
+                    "predictions": predictions,
+                },
+            )
     return metrics
