@@ -89,6 +89,9 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between checkpoints; 0 = at every evaluation
     early_stopping_patience: int = 0  # evaluations without improvement; 0 = off
     log_every: int = 1  # steps between step events
+    # On every evaluation step, the gradient norm of each weighted loss term on the model's
+    # parameters (step metrics grad/TERM): shows whether a term acts. One backward per term.
+    term_grad_norms: bool = True
     keep_checkpoints: int = 2
 
 
@@ -102,7 +105,14 @@ class TeacherConfig:
     prototype: str = "class"  # "class" (paper: class-wise prototypes) or "centroid" (authors' code)
     alpha: float = 0.5  # weight of the own-domain prototype similarity
     zeta: float = 0.5  # weight of the other domains' prototype similarity
-    domain_loss_weight: float = 0.5  # γ1, the transferable domain-adversarial loss
+    # Prototype scores as weights are never below 0: "domain-mean" (clamp at 0, then divide by
+    # the domain's mean, so every domain weighs the same on average and 1 + t in λ varies) or
+    # "clamp" (clamp only, the paper's scale).
+    score_normalization: str = "domain-mean"
+    domain_loss_weight: float = 0.5  # γ1, the transferable domain-adversarial (confusion) loss
+    # Peak learning rate of the domain head, which learns the true domains from stopped
+    # features (a new head must learn within the teacher's few hundred steps); 0 = train.lr.
+    domain_head_lr: float = 1e-3
 
 
 @dataclass(frozen=True)
@@ -120,7 +130,11 @@ class DistillConfig:
     intermediate_epochs: float = 1.0  # stage 1: hidden/attention/domain MSE (0 = skip)
     prediction_epochs: float = 1.0  # stage 2: soft cross-entropy on the teacher's logits
     temperature: float = 2.0
-    domain_weight: float = 0.5  # γ2, the domain-representation MSE
+    # Stage 1's attention term: "probs" (attention probabilities after softmax, as EasyNLP's
+    # official Meta-KD; on MiniLM its gradient is on the hidden-state term's scale) or "scores"
+    # (pre-softmax Q·Kᵀ/√d, as TinyBERT; ~3,000x larger, it swamps the other terms).
+    attention: str = "probs"
+    domain_weight: float = 0.5  # γ2, the KL to the meta-teacher's domain posterior
     cache_teacher_logits: bool = True  # stage 2 reads the teacher's logits from a cache
 
 
@@ -197,8 +211,10 @@ SECTIONS: dict[str, type] = _section_types()
 CHOICES: dict[str, tuple[str, ...]] = {
     "teacher.method": ("mix", "single", "meta"),
     "teacher.prototype": ("class", "centroid"),
+    "teacher.score_normalization": ("domain-mean", "clamp"),
     "distill.method": ("", "meta", "vanilla", "logits"),
     "distill.student_init": ("teacher", "random"),
+    "distill.attention": ("probs", "scores"),
     "prune.structure": ("weights", "heads-ffn"),
     "prune.criterion": ("magnitude", "movement", "soft-movement"),
     "prune.scope": ("matrix", "global"),
@@ -343,6 +359,8 @@ def _validate(config: Config) -> None:
             f"'{config.teacher.method}'); use --method single, or drop the domain",
         ),
         (config.teacher.domain_loss_weight >= 0, "teacher.domain_loss_weight must be >= 0"),
+        (config.teacher.domain_head_lr >= 0, "teacher.domain_head_lr must be >= 0 (0 = train.lr)"),
+        (config.distill.domain_weight >= 0, "distill.domain_weight must be >= 0"),
         (config.distill.student_layers >= 1, "distill.student_layers must be at least 1"),
         (config.distill.student_hidden >= 0, "distill.student_hidden must be >= 0"),
         (config.distill.intermediate_epochs >= 0, "distill.intermediate_epochs must be >= 0"),

@@ -33,6 +33,10 @@ def test_teacher_writes_a_complete_run_directory(teacher_run: Path) -> None:
     assert [e.step for e in evals] == [4, 8, 12]
     assert set(evals[0].accuracy) == {"books", "dvd", "electronics", "kitchen", "all"}
     assert any(e.best for e in evals)
+    # Each evaluation step carries the gradient norm of every term, and only those steps do.
+    with_norms = [s.step for s in steps if "grad/ce" in s.metrics]
+    assert with_norms == [4, 8, 12]
+    assert all(s.metrics["grad/ce"] > 0 for s in steps if s.step in with_norms)
     assert any(isinstance(e, Checkpoint) and e.kind == "best" for e in events)
     assert isinstance(events[-1], RunFinished)
 

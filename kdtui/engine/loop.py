@@ -4,7 +4,8 @@ Read top to bottom: set up hooks and the optimiser, restore a checkpoint if ther
 for each optimiser step: pick the step's examples from a per-epoch seeded permutation, run the
 forward once, ask every hook for its named loss terms, weight and sum them, backward, average
 gradients over processes, clip, step, let hooks act (masks, schedules), log, evaluate,
-checkpoint.
+checkpoint. On evaluation steps the step event also carries each term's gradient norm
+(`grad/TERM`), so a term that does nothing is visible.
 
 Why the data order is derived from (seed, epoch, step) instead of a DataLoader's iterator: a
 resumed run recomputes exactly which examples come next from the step number alone, so a run
@@ -153,6 +154,7 @@ def train(job: TrainJob) -> TrainResult:
     for hook in job.hooks:
         hook.setup(ctx)
     params = _trainable(model, job.hooks)
+    model_params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _adamw(model, job.hooks, cfg)
     warmup = int(cfg.warmup_ratio * n_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -210,6 +212,10 @@ def train(job: TrainJob) -> TrainResult:
 
             optimizer.zero_grad(set_to_none=True)
             sums: dict[str, torch.Tensor] = {}
+            evaluates = job.dev is not None and (
+                (state.step + 1) % eval_every == 0 or state.step + 1 == n_steps
+            )
+            grad_norms: dict[str, float] = {}
             for micro in _chunks(step_indices, cfg.grad_accum):
                 local = micro[rank::world]
                 if not local:
@@ -227,6 +233,8 @@ def train(job: TrainJob) -> TrainResult:
                 loss = sum(
                     job.weights.get(name, 1.0) * value.float() for name, value in terms.items()
                 )
+                if evaluates and cfg.term_grad_norms and not grad_norms:
+                    grad_norms = _term_grad_norms(terms, job.weights, model_params)
                 share = len(local) / len(step_indices)  # gradient of the mean over the global batch
                 (loss * share).backward()
                 for name, value in [("loss", loss), *terms.items()]:
@@ -250,11 +258,11 @@ def train(job: TrainJob) -> TrainResult:
             state.step += 1
 
             info = StepInfo(step=state.step, total_steps=n_steps, epoch=state.step / per_epoch)
-            metrics: dict[str, float] = {}
+            metrics: dict[str, float] = {f"grad/{k}": v for k, v in grad_norms.items()}
             for hook in job.hooks:
                 metrics.update(hook.after_step(info))
             last = state.step == n_steps
-            if state.step % cfg.log_every == 0 or last:
+            if state.step % cfg.log_every == 0 or last or grad_norms:
                 log(
                     Step(
                         step=job.step_offset + state.step,
@@ -354,6 +362,30 @@ def _loss_terms(
     if not terms:
         raise AssertionError("no hook returned a loss term")
     return terms
+
+
+def _term_grad_norms(
+    terms: Mapping[str, torch.Tensor],
+    weights: Mapping[str, float],
+    params: list[nn.Parameter],
+) -> dict[str, float]:
+    """L2 norm of the gradient of each weighted term on the model's parameters, from this
+    process's first micro-batch (the graph is kept for the real backward that follows).
+
+    A term whose norm is orders of magnitude below the others does not steer training, whatever
+    its value; a term with no path to the model (a hook's own parameters only) shows 0."""
+    norms = {}
+    for name, value in terms.items():
+        weight = weights.get(name, 1.0)
+        if weight == 0 or not value.requires_grad:
+            norms[name] = 0.0
+            continue
+        grads = torch.autograd.grad(
+            weight * value.float(), params, retain_graph=True, allow_unused=True
+        )
+        squares = [g.float().pow(2).sum() for g in grads if g is not None]
+        norms[name] = float(torch.stack(squares).sum().sqrt()) if squares else 0.0
+    return norms
 
 
 def _chunks(items: list[int], parts: int) -> list[list[int]]:
