@@ -361,7 +361,9 @@ def _print_summary(path: Path, metrics: dict[str, Any], *, quiet: bool) -> None:
         typer.echo(f"best dev accuracy: {metrics['best_dev']:.4f} (step {metrics['best_step']})")
     if metrics.get("sparsity") is not None:
         typer.echo(
-            f"sparsity: {metrics['sparsity']:.4f} (target {metrics['target_sparsity']:.4f}); "
+            f"sparsity: {metrics['sparsity']:.4f} "
+            f"({'at most' if metrics.get('soft_mask') == 'threshold' else 'target'} "
+            f"{metrics['target_sparsity']:.4f}); "
             f"model: {path / 'model'}"
         )
     sparse = metrics.get("sparse_model")
@@ -529,7 +531,35 @@ def prune(
     ] = None,
     sparsity: Annotated[
         float | None,
-        typer.Option("--sparsity", help="Fraction of encoder weights removed, in [0, 1)."),
+        typer.Option(
+            "--sparsity",
+            help="Fraction of encoder weights removed, in [0, 1) (default 0.9); reached exactly, "
+            "except with --soft-mask threshold, where it caps each matrix [prune.sparsity].",
+        ),
+    ] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            "--start",
+            help="finetuned (prune the model, which is also the teacher) or pretrained (prune "
+            "the pre-trained weights, learning from the model; the authors') [prune.start].",
+        ),
+    ] = None,
+    score_init: Annotated[
+        str | None,
+        typer.Option(
+            "--score-init",
+            help="Movement scores start at magnitude (|W|), constant (0) or auto: magnitude "
+            "from a fine-tuned model, constant from pretrained [prune.score_init].",
+        ),
+    ] = None,
+    soft_mask: Annotated[
+        str | None,
+        typer.Option(
+            "--soft-mask",
+            help="Soft movement: calibrated (top-k, exact sparsity) or threshold (the authors': "
+            "σ(S) > τ, sparsity follows from λ) [prune.soft_mask].",
+        ),
     ] = None,
     structure: Annotated[
         str | None,
@@ -636,6 +666,9 @@ def prune(
         options={
             "prune.model": model,
             "prune.sparsity": sparsity,
+            "prune.start": start,
+            "prune.score_init": score_init,
+            "prune.soft_mask": soft_mask,
             "prune.structure": structure,
             "prune.criterion": criterion,
             "prune.scope": scope,

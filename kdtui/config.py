@@ -166,8 +166,23 @@ class PruneConfig:
     ce_weight: float = 0.1
     kd_weight: float = 0.9
     kd_temperature: float = 0.0  # 0 = the authors' default: 2 for weights, 1 for heads-ffn
+    # Where pruning starts: "finetuned" (the model given, which is also the KD/FiC teacher) or
+    # "pretrained" (the authors' regime: the pre-trained weights with a new head, learning from
+    # the fine-tuned model as KD/FiC teacher; give it a long run and prune.warmup_ratio).
+    start: str = "finetuned"
+    # Movement scores' initial value: "magnitude" (|W| / mean |W| per matrix), "constant" (0, the
+    # authors'), or "auto": magnitude from a fine-tuned model (zero scores carry no signal when
+    # cutting starts after a short warm-up, and the model collapses), constant from pretrained.
+    score_init: str = "auto"
     score_lr: float = 1e-2  # peak learning rate of movement / soft-movement scores
-    l1_weight: float = 100.0  # soft movement's λ on the mean of σ(scores)
+    # Soft movement's mask: "calibrated" (a top-k on the scores every step: exactly the scheduled
+    # sparsity, ending at prune.sparsity) or "threshold" (the authors': keep while σ(S) > τ, τ
+    # rising on the cubic schedule to prune.final_threshold; the sparsity reached follows from
+    # prune.l1_weight and the run's length, and prune.sparsity only caps it).
+    soft_mask: str = "calibrated"
+    final_threshold: float = 0.1  # soft_mask "threshold": the final τ on σ(scores)
+    # Soft movement's final λ on the mean of σ(scores); ramped from 0 with the schedule (λ·τ/τ_f).
+    l1_weight: float = 100.0
     warmup_ratio: float = 0.1  # share of steps before pruning starts
     cooldown_ratio: float = 0.2  # share of steps at the final sparsity
     structured_step: float = 0.1  # heads-ffn: sparsity added per pruning round
@@ -217,6 +232,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "distill.attention": ("probs", "scores"),
     "prune.structure": ("weights", "heads-ffn"),
     "prune.criterion": ("magnitude", "movement", "soft-movement"),
+    "prune.start": ("finetuned", "pretrained"),
+    "prune.score_init": ("auto", "magnitude", "constant"),
+    "prune.soft_mask": ("calibrated", "threshold"),
     "prune.scope": ("matrix", "global"),
     "prune.pooling": ("cls", "mean"),
     "prune.sparse_values": ("float32", "float16"),
@@ -377,6 +395,7 @@ def _validate(config: Config) -> None:
         (config.prune.bank_examples >= 1, "prune.bank_examples must be at least 1"),
         (config.prune.score_lr > 0, "prune.score_lr must be > 0"),
         (config.prune.l1_weight >= 0, "prune.l1_weight must be >= 0"),
+        (0 < config.prune.final_threshold < 1, "prune.final_threshold must be in (0, 1)"),
         (config.prune.kd_temperature >= 0, "prune.kd_temperature must be >= 0 (0 = default)"),
         (0 <= config.prune.warmup_ratio < 1, "prune.warmup_ratio must be in [0, 1)"),
         (0 <= config.prune.cooldown_ratio < 1, "prune.cooldown_ratio must be in [0, 1)"),

@@ -11,7 +11,7 @@ import pytest
 
 from kdtui.dashboard import fmt
 from kdtui.dashboard.runs import RunScanner, is_runs_folder, resolve_run_path, teacher_accuracy
-from kdtui.dashboard.state import RunState, Series, ema, layer_grid, thin
+from kdtui.dashboard.state import RunState, Series, diagnostics_line, ema, layer_grid, thin
 from kdtui.errors import KdtuiError
 from kdtui.events import Message, RunFailed, RunStarted, Step
 from kdtui.runlog import EventFollower
@@ -187,6 +187,26 @@ def test_stage_marks_where_terms_change() -> None:
     state.apply(step(3, fx.T0, soft_ce=1.0))
     assert state.stage_marks == [3]
     assert state.loss_terms() == ["loss", "hidden", "attn", "soft_ce"]
+
+
+def test_pruning_diagnostics_reach_the_sparsity_panel_line() -> None:
+    state = RunState()
+    base = step(1, fx.T0, ce=1.0)
+    diag = {
+        "sparsity/actual": 0.2,
+        "prune/overlap_magnitude": 0.81,
+        "prune/overlap_random": 0.8,
+        "prune/score_std": 0.012,
+        "prune/grad_median": 3e-10,
+        "prune/flipped": 0.0025,
+    }
+    state.apply(Step(**{**base.__dict__, "metrics": diag}))
+    state.apply(Step(**{**step(2, fx.T0, ce=1.0).__dict__, "metrics": {"sparsity/actual": 0.3}}))
+    assert state.prune_diagnostics()["overlap_magnitude"] == 0.81  # the latest value kept
+    line = diagnostics_line(state.prune_diagnostics())
+    assert "kept∩magnitude 0.81 (random 0.80)" in line
+    assert "|∂L/∂S| 3.0e-10 < eps!" in line and "flipped 0.25%" in line
+    assert diagnostics_line({}) == ""
 
 
 def test_process_exit_without_an_ending_is_a_failure() -> None:

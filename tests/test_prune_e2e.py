@@ -61,8 +61,47 @@ def test_prune_smoke_logs_every_term_and_reaches_the_sparsity(pruned: Path, runs
     assert abs(metrics["sparsity"] - 0.97) < 0.005
     assert set(metrics["test"]) == DOMAINS
     assert metrics["sparse_model"]["encoder_linear_ratio"] <= 0.10
+    assert metrics["score_init"] == "magnitude"  # auto, from a fine-tuned model
+    assert metrics["soft_mask"] == "calibrated" and metrics["start"] == "finetuned"
+    diagnosed = [s.metrics for s in steps if "prune/overlap_magnitude" in s.metrics]
+    assert diagnosed and all(
+        {"prune/overlap_random", "prune/score_std", "prune/flipped"} <= set(m) for m in diagnosed
+    )
     config = (pruned / "config.toml").read_text()
     assert f'model = "{runs / "t"}"' in config  # the teacher run it picked
+
+
+def test_the_authors_regime_prunes_the_pretrained_weights_under_a_threshold(runs: Path) -> None:
+    """--start pretrained --soft-mask threshold: the pre-trained weights (new head) learn from
+    the fine-tuned model, scores start at 0, and the sparsity reached is what σ(S) > τ keeps."""
+    result = invoke(
+        "prune",
+        "--profile",
+        "smoke",
+        "--model",
+        str(runs / "t"),
+        "--start",
+        "pretrained",
+        "--soft-mask",
+        "threshold",
+        "--sparsity",
+        "0.5",
+        "--set",
+        "prune.l1_weight=1000",
+        "-o",
+        str(runs),
+        "--name",
+        "authors",
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "(at most 0.5000)" in result.stdout
+    metrics = metrics_of(runs / "authors")
+    assert metrics["start"] == "pretrained" and metrics["score_init"] == "constant"
+    assert 0 <= metrics["sparsity"] <= 0.5 + 1e-9
+    steps = [e for e in events_of(runs / "authors") if isinstance(e, Step)]
+    taus = [s.metrics["prune/threshold"] for s in steps]
+    assert taus[0] == 0.0 and taus[-1] == pytest.approx(0.1) and taus == sorted(taus)
+    assert all("sparsity/target" not in s.metrics for s in steps)
 
 
 def test_dense_and_sparse_copies_hold_the_same_weights(pruned: Path) -> None:

@@ -425,3 +425,148 @@ def test_cap_hook_terms_snapshots_and_state() -> None:
     other.load_state_dict(state)
     assert other.snapshots is not None
     assert torch.equal(other.snapshots.vectors, snapshots.vectors)
+
+
+# -- score initialisation, the authors' soft movement, diagnostics and warnings ---------------
+
+
+def test_magnitude_seeded_scores_rank_like_magnitude_at_the_first_cut() -> None:
+    model = tiny_bert()
+    pruner = UnstructuredPruner(
+        criterion="movement",
+        target_sparsity=0.5,
+        total_steps=10,
+        warmup_steps=0,
+        cooldown_steps=0,
+        score_init="magnitude",
+    )
+    pruner.setup(context(model, 10))
+    for name, linear in pruner.linears.items():
+        scores = pruner.scores[name]
+        assert float(scores.detach().mean()) == pytest.approx(1.0, rel=1e-5)  # per matrix
+        by_scores = topk_masks([scores], linear.weight.numel() // 2)[0]
+        by_magnitude = topk_masks([linear.weight.abs()], linear.weight.numel() // 2)[0]
+        assert torch.equal(by_scores, by_magnitude)
+    constant = UnstructuredPruner(
+        criterion="movement",
+        target_sparsity=0.5,
+        total_steps=10,
+        warmup_steps=0,
+        cooldown_steps=0,
+        score_init="constant",
+    )
+    constant.setup(context(tiny_bert(), 10))
+    assert all(float(s.abs().sum()) == 0 for s in constant.scores.values())
+
+
+def test_threshold_soft_movement_follows_the_authors_schedule() -> None:
+    """τ(t) = τ_f (1 − (1 − p)³) from τ_i = 0 and λ(t) = λ_f τ(t)/τ_f, hand-computed; a
+    weight is kept while σ(S) > τ(t); a matrix never goes past the requested sparsity."""
+    model = tiny_bert()
+    pruner = UnstructuredPruner(
+        criterion="soft-movement",
+        target_sparsity=0.75,
+        total_steps=100,
+        warmup_steps=20,
+        cooldown_steps=30,
+        score_init="constant",
+        soft_mask="threshold",
+        final_threshold=0.1,
+    )
+    pruner.setup(context(model, 100))
+    assert pruner.ramp() == 0.0 and pruner.actual_sparsity() == 0.0
+    name = next(iter(pruner.scores))
+    scores = pruner.scores[name]
+    with torch.no_grad():
+        scores.zero_()
+        scores.view(-1)[:10] = -2.5  # σ = 0.0759
+        scores.view(-1)[10:20] = -2.0  # σ = 0.1192
+    pruner.step = 45  # progress (45 − 20) / (70 − 20) = 0.5
+    tau = 0.1 * (1 - 0.5**3)  # 0.0875
+    assert pruner.ramp() == pytest.approx(1 - 0.5**3)
+    pruner._refresh()
+    mask = pruner.masks[name].view(-1)
+    assert mask[:10].sum() == 0 and mask[10:].all()  # 0.0759 < τ = 0.0875 < 0.1192
+    batch = batch_of()
+    terms = pruner.loss_terms(batch, model(**batch.model_inputs()), model)
+    means = torch.stack([torch.sigmoid(s).mean() for s in pruner.scores.values()]).mean()
+    assert float(terms["l1"]) == pytest.approx((1 - 0.5**3) * float(means))
+    metrics = pruner.after_step(StepInfo(45, 100, 0.0))
+    assert metrics["prune/threshold"] == pytest.approx(tau)
+    assert "sparsity/target" not in metrics  # the sparsity reached is what the scores decide
+    with torch.no_grad():
+        scores.fill_(-10.0)  # every σ far below τ: the cap keeps 25% of the matrix
+    pruner._refresh()
+    assert pruner.masks[name].mean().item() == pytest.approx(0.25, abs=0.01)
+
+
+def test_calibrated_soft_movement_ramps_lambda_and_hits_the_sparsity() -> None:
+    model = tiny_bert()
+    pruner = UnstructuredPruner(
+        criterion="soft-movement",
+        target_sparsity=0.9,
+        total_steps=12,
+        warmup_steps=2,
+        cooldown_steps=3,
+    )
+    pruner.setup(context(model, 12))
+    batch = batch_of()
+    outputs = model(**batch.model_inputs())
+    assert float(pruner.loss_terms(batch, outputs, model)["l1"]) == 0.0  # λ = 0 in warm-up
+    metrics = train_steps(model, pruner, 12)
+    assert [m["prune/l1_ramp"] for m in metrics][-1] == 1.0
+    assert abs(metrics[-1]["sparsity/actual"] - 0.9) < 0.005
+
+
+def test_diagnostics_match_a_hand_made_mask() -> None:
+    model = tiny_bert(layers=1)
+    pruner = UnstructuredPruner(
+        criterion="movement", target_sparsity=0.5, total_steps=10, warmup_steps=0, cooldown_steps=0
+    )
+    pruner.setup(context(model, 10))
+    kept = both = expected = 0
+    for i, (name, linear) in enumerate(pruner.linears.items()):
+        n = linear.weight.numel()
+        order = linear.weight.abs().flatten().argsort(descending=True)
+        mask = torch.zeros(n)
+        if i % 2 == 0:
+            mask[order[: n // 2]] = 1  # magnitude's own choice
+            both += n // 2
+        else:
+            mask[order[n // 2 :]] = 1  # exactly the weights magnitude drops
+        pruner.masks[name] = mask.view_as(linear.weight)
+        kept += n // 2
+        expected += (n // 2) ** 2 / n
+    d = pruner.diagnostics()
+    assert d["prune/overlap_magnitude"] == pytest.approx(both / kept)
+    assert d["prune/overlap_random"] == pytest.approx(expected / kept)
+    spreads = [float(s.std()) for s in pruner.scores.values()]
+    assert d["prune/score_std"] == pytest.approx(sum(spreads) / len(spreads))
+    old = {n: m.clone() for n, m in pruner.masks.items()}
+    pruner._refresh()  # back to the scores' (= magnitude's) top half
+    flipped = sum(int((pruner.masks[n] != old[n]).sum()) for n in old)
+    assert pruner.flipped == pytest.approx(flipped / sum(m.numel() for m in old.values()))
+    assert pruner.flipped > 0
+
+
+def _first_cut_warnings(score_init: str) -> list[str]:
+    events: list = []
+    model = tiny_bert()
+    pruner = UnstructuredPruner(
+        criterion="movement",
+        target_sparsity=0.5,
+        total_steps=20,
+        warmup_steps=2,
+        cooldown_steps=2,
+        score_init=score_init,
+    )
+    pruner.setup(context(model, 20, events))
+    metrics = train_steps(model, pruner, 4, lr=1e-5)
+    assert any("prune/overlap_magnitude" in m for m in metrics)
+    return [e.text for e in events if getattr(e, "level", "") == "warning"]
+
+
+def test_scores_without_signal_at_the_first_cut_raise_a_warning() -> None:
+    (warning,) = _first_cut_warnings("constant")  # zero scores: the cut follows position
+    assert "no signal" in warning and "prune.score_init = magnitude" in warning
+    assert _first_cut_warnings("magnitude") == []

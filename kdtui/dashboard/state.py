@@ -32,6 +32,8 @@ from kdtui.events import (
 STALL_AFTER = 120.0
 TOTAL_LOSS = "loss"  # the weighted sum the loop minimises, shown beside the named terms
 SPARSITY_PREFIX = "sparsity/"
+PRUNE_PREFIX = "prune/"
+ADAM_EPS = 1e-8  # what the pruner's median score gradient is compared with (torch's default)
 
 
 class Series:
@@ -349,6 +351,16 @@ class RunState:
     def sparsity_series(self) -> dict[str, Series]:
         return {k: v for k, v in self.metrics.items() if k.startswith(SPARSITY_PREFIX)}
 
+    def prune_diagnostics(self) -> dict[str, float]:
+        """The latest value of every `prune/*` metric (the pruner's diagnostics), by short name."""
+        latest = {}
+        for name, series in self.metrics.items():
+            if name.startswith(PRUNE_PREFIX):
+                _, ys = series.points()
+                if ys:
+                    latest[name.removeprefix(PRUNE_PREFIX)] = ys[-1]
+        return latest
+
     @property
     def has_sparsity(self) -> bool:
         return bool(self.layer_sparsity) or any(k.startswith(SPARSITY_PREFIX) for k in self.metrics)
@@ -430,3 +442,24 @@ def layer_grid(
     order = list(MATRIX_NAMES.values())
     matrices.sort(key=lambda m: (order.index(m) if m in order else len(order), m))
     return sorted(numbers), matrices, grid
+
+
+def diagnostics_line(d: dict[str, float]) -> str:
+    """One line of the pruner's diagnostics for the sparsity panel, each with what it is
+    compared to: kept∩magnitude against a random mask, the score gradient against Adam's eps
+    (below it, scores stop moving), the share of the mask flipped at the last step."""
+    parts = []
+    if "overlap_magnitude" in d:
+        parts.append(
+            f"kept∩magnitude {d['overlap_magnitude']:.2f} (random {d.get('overlap_random', 0):.2f})"
+        )
+    if "score_std" in d:
+        parts.append(f"score sd {d['score_std']:.2g}")
+    if "grad_median" in d:
+        flag = " < eps!" if d["grad_median"] < ADAM_EPS else ""
+        parts.append(f"|∂L/∂S| {d['grad_median']:.1e}{flag}")
+    if "flipped" in d:
+        parts.append(f"flipped {100 * d['flipped']:.2f}%")
+    if "threshold" in d:
+        parts.append(f"τ {d['threshold']:.3f}")
+    return " · ".join(parts)

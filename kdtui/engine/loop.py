@@ -41,7 +41,7 @@ from kdtui.checkpoint import (
 )
 from kdtui.config import TrainConfig
 from kdtui.data import Encoded, collate
-from kdtui.engine.evaluate import accuracy_by_domain
+from kdtui.engine.evaluate import accuracy_of_predictions, predictions_in_order
 from kdtui.engine.hooks import Batch, Hook, HookContext, StepInfo
 from kdtui.errors import KdtuiError
 from kdtui.events import Checkpoint, Eval, Message, Step
@@ -81,6 +81,7 @@ class EngineState:
     evals_since_best: int = 0
     stopped_early: bool = False
     last_eval: dict[str, float] | None = None
+    warned_collapse: bool = False
 
 
 @dataclass
@@ -300,19 +301,30 @@ def _evaluate(
     acc: Any,
 ) -> None:
     assert job.dev is not None
-    accuracy = accuracy_by_domain(
+    predictions = predictions_in_order(
         model,
         job.dev,
-        job.domain_names,
         batch_size=job.cfg.eval_batch_size,
         pad_id=job.pad_id,
         device=device,
         autocast=autocast,
         process_index=rank,
         num_processes=world,
-        reduce=acc.reduce if world > 1 else None,
+        gather=gather_object if world > 1 else None,
     )
+    accuracy = accuracy_of_predictions(predictions, job.dev, job.domain_names)
     crash_point("eval", job.step_offset + state.step)
+    if not state.warned_collapse and _collapsed(predictions, job.dev.labels):
+        state.warned_collapse = True
+        causes = [d for h in job.hooks if (d := getattr(h, "diagnosis", lambda: "")())]
+        job.run.log(
+            Message(
+                level="warning",
+                text=f"the model predicts one class for every dev example at step "
+                f"{job.step_offset + state.step}: it has collapsed"
+                + (f"; {'; '.join(causes)}" if causes else ""),
+            )
+        )
     state.last_eval = accuracy
     metric = accuracy.get(job.select_metric, float("nan"))
     eligible = state.step >= job.select_after_step and math.isfinite(metric)
@@ -348,6 +360,11 @@ def _evaluate(
                     level="info", text=f"early stopping: no improvement in {patience} evaluations"
                 )
             )
+
+
+def _collapsed(predictions: Sequence[int], labels: Sequence[int]) -> bool:
+    """One predicted class for every example of a split that holds several."""
+    return len(set(predictions)) == 1 and len(set(labels)) > 1
 
 
 def _loss_terms(

@@ -7,15 +7,32 @@ the pruned model. Criteria:
 * magnitude: keep the largest |W|; pruned weights are also zeroed in place, so they stay pruned;
 * movement: learned scores S (one per weight), keep the top-k; the mask's gradient passes
   straight through to S (dL/dS = W * dL/dW'), so S learns how much each weight moves away from 0;
-* soft movement: the same scores with an L1 term on σ(S) (term `l1`, mean over matrices of the
-  mean σ(S)); the threshold on σ(S) is *calibrated* at every step to keep exactly the scheduled
-  fraction (equivalently: a top-k on S), so the sparsity reached is the requested one.
+* soft movement: the same scores with an L1 term on σ(S) (term `l1`: the mean over matrices of
+  the mean σ(S), times the schedule's ramp, so λ grows from 0 to prune.l1_weight as the authors
+  ramp it). Two masks: "calibrated" (default) keeps the top-k of S every step, so the sparsity
+  reached is exactly the scheduled one; "threshold" (the authors') keeps a weight while
+  σ(S) > τ(t), τ rising on the cubic schedule from 0 to `final_threshold`, so nothing is cut until
+  a score has really fallen and the sparsity reached follows from λ and the run's length (the
+  requested sparsity then only caps each matrix).
+
+Score initialisation: "constant" (S = 0, the authors', who prune the *pre-trained* model with
+2 epochs before any cut) or "magnitude" (S = |W| / mean|W| per matrix). From an already
+fine-tuned model the average W·∂L/∂W is about zero, so after a short warm-up zero-initialised
+scores rank weights no better than a random mask and the model collapses (measured); seeded from
+magnitude, the first cuts are magnitude's and movement then reorders them.
 
 `scope` "matrix" gives every Linear the scheduled sparsity; "global" ranks all of them together
 (per-matrix sparsity then varies). The schedule is cubic (Zhu & Gupta; Sanh et al.): nothing is
 pruned during warm-up, then sparsity s_f · (1 − (1 − progress)³) — the kept fraction
 thr_f + (thr_i − thr_f)(1 − progress)³ with thr_i = 1 — then s_f for the cool-down. Masks are
 recomputed after every optimiser step from the post-step weights or scores.
+
+Diagnostics (step metrics `prune/*`, every `DIAG_EVERY`-th of the run and at the first cut):
+overlap of the kept weights with magnitude's choice of as many weights per matrix, against what
+a random mask would give; the scores' spread; the median |∂L/∂S| as Adam sees it (after
+clipping), against Adam's eps (below it the scores no longer move); the share of mask entries
+that flipped at the last refresh. A warning event names the cause when scores carry no signal at
+the first cut.
 
 Structured: heads and FFN neurons get masks multiplied into the attention context (before the
 attention output projection) and into the intermediate activations. Importance of a unit is
@@ -38,7 +55,7 @@ from torch import nn
 
 from kdtui.engine.hooks import BaseHook, Batch, HookContext, StepInfo
 from kdtui.errors import KdtuiError
-from kdtui.events import LayerSparsity
+from kdtui.events import LayerSparsity, Message
 
 ENCODER_LINEARS = (
     "attention.self.query",
@@ -49,6 +66,14 @@ ENCODER_LINEARS = (
     "output.dense",
 )
 CRITERIA = ("magnitude", "movement", "soft-movement")
+SCORE_INITS = ("magnitude", "constant")
+SOFT_MASKS = ("calibrated", "threshold")
+ADAM_EPS = 1e-8  # torch.optim.AdamW's default, which the loop uses
+# Diagnostics are computed on this many evenly spaced steps of a run (plus the first cut).
+DIAG_POINTS = 100
+# Kept-set agreement with magnitude, rescaled so a random mask gives 0 and magnitude's own 1;
+# below this the scores carry no signal (warning).
+NO_SIGNAL_AGREEMENT = 0.05
 # Points of the cubic schedule (share of the pruning span) at which per-layer sparsity is logged.
 LOG_POINTS = (0.25, 0.5, 0.75)
 
@@ -81,15 +106,22 @@ def encoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
     }
 
 
-def cubic_sparsity(step: int, *, total: int, warmup: int, cooldown: int, final: float) -> float:
-    """Target sparsity after `step` optimiser steps (the masks used by step `step + 1`)."""
+def cubic_ramp(step: int, *, total: int, warmup: int, cooldown: int) -> float:
+    """The cubic schedule's share of its final value after `step` optimiser steps: 0 during
+    warm-up, 1 − (1 − progress)³ while pruning, 1 in the cool-down. Sparsity (calibrated),
+    τ (threshold mask, from τ_i = 0) and soft movement's λ all follow it."""
     end = total - cooldown
     if step >= end:
-        return final
+        return 1.0
     if step <= warmup:
         return 0.0
     progress = (step - warmup) / (end - warmup)
-    return final * (1.0 - (1.0 - progress) ** 3)
+    return 1.0 - (1.0 - progress) ** 3
+
+
+def cubic_sparsity(step: int, *, total: int, warmup: int, cooldown: int, final: float) -> float:
+    """Target sparsity after `step` optimiser steps (the masks used by step `step + 1`)."""
+    return final * cubic_ramp(step, total=total, warmup=warmup, cooldown=cooldown)
 
 
 def topk_masks(scores: list[torch.Tensor], keep: int) -> list[torch.Tensor]:
@@ -136,12 +168,19 @@ class UnstructuredPruner(BaseHook):
         cooldown_steps: int,
         scope: str = "matrix",
         score_lr: float = 1e-2,
+        score_init: str = "magnitude",
+        soft_mask: str = "calibrated",
+        final_threshold: float = 0.1,
         stages: int = 1,
     ) -> None:
         if criterion not in CRITERIA:
             raise KdtuiError(f"unknown pruning criterion '{criterion}'; use {', '.join(CRITERIA)}")
         if not 0 <= target_sparsity < 1:
             raise KdtuiError(f"sparsity must be in [0, 1), got {target_sparsity}")
+        if score_init not in SCORE_INITS:
+            raise KdtuiError(f"unknown score init '{score_init}'; use {', '.join(SCORE_INITS)}")
+        if soft_mask not in SOFT_MASKS:
+            raise KdtuiError(f"unknown soft mask '{soft_mask}'; use {', '.join(SOFT_MASKS)}")
         self.criterion = criterion
         self.target = target_sparsity
         self.total = total_steps
@@ -150,11 +189,18 @@ class UnstructuredPruner(BaseHook):
         self.scope = scope
         self.stages = max(1, stages)
         self.lr = score_lr if criterion != "magnitude" else None
+        self.score_init = score_init
+        # Only soft movement has a threshold mode; movement is always a top-k.
+        self.thresholded = criterion == "soft-movement" and soft_mask == "threshold"
+        self.final_threshold = final_threshold
         self.step = 0
         self.linears: dict[str, nn.Linear] = {}
         self.masks: dict[str, torch.Tensor] = {}  # float, the weight's dtype: 1 keep, 0 pruned
         self.scores: dict[str, nn.Parameter] = {}
         self._logged: set[int] = set()
+        self.flipped = 0.0  # share of mask entries changed by the last refresh
+        self.first_cut: int | None = None  # step of the first refresh that pruned anything
+        self.diag_every = max(1, total_steps // DIAG_POINTS)
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -164,14 +210,20 @@ class UnstructuredPruner(BaseHook):
         for name, linear in self.linears.items():
             self.masks[name] = torch.ones_like(linear.weight, requires_grad=False)
             if self.criterion != "magnitude":
-                # Constant initial scores (the authors' `mask_init constant, mask_scale 0`).
-                self.scores[name] = nn.Parameter(torch.zeros_like(linear.weight))
+                self.scores[name] = nn.Parameter(self._initial_scores(linear.weight))
             _route_forward(linear, self._weight_fn(name))
         end = self.total - self.cooldown
         span = max(1, end - self.warmup)
         self.log_steps = {min(end, self.warmup + 1), end}
         self.log_steps |= {self.warmup + max(1, round(q * span)) for q in LOG_POINTS}
         self._refresh()
+
+    @torch.no_grad()
+    def _initial_scores(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.score_init == "constant":
+            return torch.zeros_like(weight)  # the authors' `mask_init constant, mask_scale 0`
+        magnitude = weight.detach().abs().float()
+        return (magnitude / magnitude.mean().clamp_min(1e-12)).to(weight.dtype)
 
     def _weight_fn(self, name: str) -> Callable[[], torch.Tensor]:
         linear = self.linears[name]
@@ -195,28 +247,46 @@ class UnstructuredPruner(BaseHook):
         if self.criterion != "soft-movement":
             return {}
         means = [torch.sigmoid(s).mean() for s in self.scores.values()]
-        return {"l1": torch.stack(means).mean()}
+        # λ ramps with the schedule (λ_f · τ(t)/τ_f in the authors' code): no pull on the scores
+        # before they have had a chance to separate.
+        return {"l1": self.ramp() * torch.stack(means).mean()}
 
     def after_step(self, info: StepInfo) -> Mapping[str, float]:
         self.step = info.step
+        diagnose = info.step % self.diag_every == 0
+        if self.scores and diagnose:
+            grad_median = self._grad_median()  # before _refresh: the gradient of this step
         self._refresh()
         if info.step in self.log_steps and info.step not in self._logged:
             self._logged.add(info.step)
             self.ctx.log(LayerSparsity(step=info.step, layers=self.layer_sparsity()))
-        return {"sparsity/target": self.target_now(), "sparsity/actual": self.actual_sparsity()}
+        metrics = {"sparsity/actual": self.actual_sparsity()}
+        if not self.thresholded:
+            metrics["sparsity/target"] = self.target_now()
+        else:
+            metrics["prune/threshold"] = self.final_threshold * self.ramp()
+        if self.criterion == "soft-movement":
+            metrics["prune/l1_ramp"] = self.ramp()
+        first_cut = self.first_cut is None and metrics["sparsity/actual"] > 0
+        if first_cut:
+            self.first_cut = info.step
+        if self.scores and (diagnose or first_cut):
+            metrics.update(self.diagnostics())
+            if diagnose:
+                metrics["prune/grad_median"] = grad_median
+            if first_cut:
+                self._warn_if_no_signal(metrics)
+        return metrics
+
+    def ramp(self) -> float:
+        return cubic_ramp(self.step, total=self.total, warmup=self.warmup, cooldown=self.cooldown)
 
     def final_step(self) -> int:
-        """The first step whose masks have the final sparsity."""
+        """The first step whose masks have the final sparsity (threshold masks: the final τ)."""
         return self.total - self.cooldown
 
     def target_now(self) -> float:
-        return cubic_sparsity(
-            self.step,
-            total=self.total,
-            warmup=self.warmup,
-            cooldown=self.cooldown,
-            final=self.target,
-        )
+        return self.target * self.ramp()
 
     def stage(self) -> int:
         """Index of the pruning stage the next step belongs to: the schedule up to the end of
@@ -226,25 +296,118 @@ class UnstructuredPruner(BaseHook):
 
     @torch.no_grad()
     def _refresh(self) -> None:
-        sparsity = self.target_now()
         names = list(self.linears)
-        if self.criterion == "magnitude":
-            importance = [self.linears[n].weight.abs() for n in names]
+        if self.thresholded:
+            masks = self._threshold_masks(names)
         else:
-            importance = [self.scores[n] for n in names]
-        if sparsity == 0:
-            masks = [torch.ones_like(i, dtype=torch.bool) for i in importance]
-        elif self.scope == "global":
-            total = sum(i.numel() for i in importance)
-            masks = topk_masks(importance, _keep_count(total, sparsity))
-        else:
-            masks = [topk_masks([i], _keep_count(i.numel(), sparsity))[0] for i in importance]
+            masks = self._topk_masks(names, self.target_now())
+        changed = total = 0
         for name, mask in zip(names, masks, strict=True):
-            self.masks[name] = mask.to(self.masks[name].dtype)
+            new = mask.to(self.masks[name].dtype)
+            changed += int((new != self.masks[name]).sum())
+            total += new.numel()
+            self.masks[name] = new
             if self.criterion == "magnitude":
                 # Zeroed weights get no gradient through the mask, so they stay pruned.
                 weight = self.linears[name].weight
                 weight.copy_(torch.where(mask, weight, torch.zeros_like(weight)))
+        self.flipped = changed / max(1, total)
+
+    def _importance(self, names: list[str]) -> list[torch.Tensor]:
+        if self.criterion == "magnitude":
+            return [self.linears[n].weight.abs() for n in names]
+        return [self.scores[n] for n in names]
+
+    def _topk_masks(self, names: list[str], sparsity: float) -> list[torch.Tensor]:
+        importance = self._importance(names)
+        if sparsity == 0:
+            return [torch.ones_like(i, dtype=torch.bool) for i in importance]
+        if self.scope == "global":
+            total = sum(i.numel() for i in importance)
+            return topk_masks(importance, _keep_count(total, sparsity))
+        return [topk_masks([i], _keep_count(i.numel(), sparsity))[0] for i in importance]
+
+    def _threshold_masks(self, names: list[str]) -> list[torch.Tensor]:
+        """Keep σ(S) > τ(t); a matrix never loses more than the requested sparsity (the authors
+        keep at least 0.5% of each matrix the same way)."""
+        tau = self.final_threshold * self.ramp()
+        masks = []
+        for name in names:
+            scores = self.scores[name]
+            mask = torch.sigmoid(scores) > tau
+            floor = _keep_count(scores.numel(), self.target)
+            if int(mask.sum()) < floor:
+                mask = topk_masks([scores], floor)[0]
+            masks.append(mask)
+        return masks
+
+    # -- diagnostics ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def diagnostics(self) -> dict[str, float]:
+        """Whether the scores carry a signal (see the module docstring): overlap of the kept
+        weights with magnitude's choice of as many weights per matrix, and a random mask's."""
+        kept = both = expected = 0.0
+        spreads = []
+        for name, linear in self.linears.items():
+            mask = self.masks[name].bool()
+            k = int(mask.sum())
+            n = mask.numel()
+            by_magnitude = topk_masks([linear.weight.abs()], k)[0]
+            kept += k
+            both += int((mask & by_magnitude).sum())
+            expected += k * k / n  # a random k-subset shares k·k/n with any other k-subset
+            spreads.append(float(self.scores[name].float().std()))
+        return {
+            "prune/overlap_magnitude": both / kept if kept else 1.0,
+            "prune/overlap_random": expected / kept if kept else 1.0,
+            "prune/score_std": sum(spreads) / len(spreads),
+            "prune/flipped": self.flipped,
+        }
+
+    @torch.no_grad()
+    def _grad_median(self) -> float:
+        """Median |∂L/∂S| over every 97th score (enough for a median, and cheap)."""
+        grads = [
+            s.grad.detach().flatten()[::97] for s in self.scores.values() if s.grad is not None
+        ]
+        if not grads:
+            return 0.0
+        return float(torch.cat(grads).abs().float().median())
+
+    def _warn_if_no_signal(self, metrics: Mapping[str, float]) -> None:
+        overlap = metrics["prune/overlap_magnitude"]
+        random = metrics["prune/overlap_random"]
+        agreement = (overlap - random) / (1 - random) if random < 1 else 1.0
+        if agreement >= NO_SIGNAL_AGREEMENT:
+            return
+        self.ctx.log(
+            Message(
+                level="warning",
+                text=f"pruning started at step {self.step} with scores that carry no signal: the "
+                f"kept weights overlap magnitude's choice {overlap:.3f}, a random mask "
+                f"{random:.3f} (score spread {metrics['prune/score_std']:.2g}); the model is "
+                f"likely to collapse. Seed the scores from the weights (prune.score_init = "
+                f"magnitude) or give them a longer warm-up (prune.warmup_ratio, more steps)",
+            )
+        )
+
+    def diagnosis(self) -> str:
+        """A likely cause and a setting to change, for the engine's collapse warning."""
+        if self.criterion == "magnitude":
+            return (
+                f"at {self.actual_sparsity():.0%} sparsity the remaining weights cannot hold the "
+                "task at this budget: prune less (--sparsity) or train longer (--epochs)"
+            )
+        if self.scores:
+            d = self.diagnostics()
+            return (
+                f"at {self.actual_sparsity():.0%} sparsity, kept weights overlap magnitude's "
+                f"choice {d['prune/overlap_magnitude']:.3f} (a random mask: "
+                f"{d['prune/overlap_random']:.3f}); if that is close to random, the scores carried "
+                "no signal: prune.score_init = magnitude, a longer prune.warmup_ratio or more steps"
+            )
+        return ""
 
     # -- reporting -----------------------------------------------------------------------------
 
@@ -274,6 +437,8 @@ class UnstructuredPruner(BaseHook):
             "masks": {n: m.bool().cpu() for n, m in self.masks.items()},
             "scores": {n: s.detach().cpu() for n, s in self.scores.items()},
             "logged": sorted(self._logged),
+            "flipped": self.flipped,
+            "first_cut": self.first_cut,
         }
 
     @torch.no_grad()
@@ -286,6 +451,8 @@ class UnstructuredPruner(BaseHook):
         for name, scores in state["scores"].items():
             self.scores[name].copy_(scores)
         self._logged = set(state.get("logged", []))
+        self.flipped = float(state.get("flipped", 0.0))
+        self.first_cut = state.get("first_cut")
 
     # -- the end -------------------------------------------------------------------------------
 

@@ -50,6 +50,15 @@ def authors_defaults(structure: str) -> dict[str, float]:
     return {"w_unsup": 0.1, "w_sup": 10.0, "kd_temperature": 2.0}
 
 
+def score_init(choice: str, start: str) -> str:
+    """prune.score_init "auto": magnitude-seeded scores from a fine-tuned model (zero scores
+    carry no signal when cutting starts after a short warm-up), the authors' constant zero
+    from the pre-trained model (whose long warm-up lets the scores learn first)."""
+    if choice != "auto":
+        return choice
+    return "constant" if start == "pretrained" else "magnitude"
+
+
 def run_prune(ctx: RunContext) -> dict[str, Any]:
     from kdtui.methods.contrastive import BANKS, CapHook, MemoryBank, bank_rows
     from kdtui.methods.kd import KdHook
@@ -67,8 +76,6 @@ def run_prune(ctx: RunContext) -> dict[str, Any]:
     folder = Path(resolve_model_path(p.model))
     model = load_trained(folder)
     encoder_layers(model)  # a clear error for models kdtui cannot prune
-    if cfg.model.dropout >= 0:
-        _set_dropout(model, cfg.model.dropout)
     tokenizer = _tokenizer(folder)
     data = load_run_data(ctx)
     labels = label_names_of(model)
@@ -77,6 +84,15 @@ def run_prune(ctx: RunContext) -> dict[str, Any]:
             f"model {p.model} predicts labels {labels} but the data has {data.label_names}"
         )
     teacher = _teacher(p.teacher, model, tokenizer, labels)
+    if p.start == "pretrained":
+        # The authors' regime: the pre-trained weights (a new, seeded head) are pruned while
+        # they learn the task from the fine-tuned model (KD and FiC).
+        model = _pretrained_model(ctx, folder, labels)
+        model.train()
+        for param in model.parameters():
+            param.requires_grad_(True)
+    if cfg.model.dropout >= 0:
+        _set_dropout(model, cfg.model.dropout)
     if p.structure == "heads-ffn":
         limit = max_structured_sparsity(model)
         if p.sparsity > limit:
@@ -114,6 +130,9 @@ def run_prune(ctx: RunContext) -> dict[str, Any]:
             cooldown_steps=cooldown,
             scope=p.scope,
             score_lr=p.score_lr,
+            score_init=score_init(p.score_init, p.start),
+            soft_mask=p.soft_mask,
+            final_threshold=p.final_threshold,
             stages=p.snapshot_views,
         )
     else:
@@ -202,7 +221,12 @@ def run_prune(ctx: RunContext) -> dict[str, Any]:
         "criterion": p.criterion if p.structure == "weights" else "gradient-importance",
         "cap_modules": modules,
         "target_sparsity": p.sparsity,
+        "start": p.start,
     }
+    if p.structure == "weights" and p.criterion != "magnitude":
+        summary["score_init"] = score_init(p.score_init, p.start)
+    if p.structure == "weights" and p.criterion == "soft-movement":
+        summary["soft_mask"] = p.soft_mask
     if p.structure == "weights":
         summary["sparsity"] = pruner.finalize()
         layers = pruner.layer_sparsity()

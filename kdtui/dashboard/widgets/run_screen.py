@@ -24,7 +24,7 @@ from textual.screen import Screen
 from textual.widgets import Footer
 
 from kdtui.dashboard.runs import teacher_accuracy
-from kdtui.dashboard.state import RunState
+from kdtui.dashboard.state import RunState, diagnostics_line
 from kdtui.dashboard.widgets.domain_table import DomainTable
 from kdtui.dashboard.widgets.event_log import EventLog
 from kdtui.dashboard.widgets.layer_heatmap import LayerHeatmap
@@ -239,6 +239,7 @@ class RunScreen(Screen[None]):
                 chart = self.query_one(SparsityChart)
                 chart.display = bool(state.sparsity_series())
                 chart.show({k: s.points() for k, s in state.sparsity_series().items()})
+                chart.border_subtitle = diagnostics_line(state.prune_diagnostics())
                 heatmap = self.query_one(LayerHeatmap)
                 heatmap.display = bool(state.layer_sparsity)
                 heatmap.show(state.layer_sparsity, state.layer_sparsity_step)
