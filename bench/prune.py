@@ -1,12 +1,34 @@
-"""`kdtui prune` benchmark: MiniLM fine-tuned on real multi-domain data, then pruned with
-magnitude, movement, soft movement and CAP (plus CAP without PrC / SnC / FiC) to several
-sparsities with the same step budget and seed; then heads-ffn structured pruning with its size
-and CPU speed-up. Prints markdown tables of test accuracy (checkpoint chosen on dev) and
-retention (pruned / dense). Runs the real CLI in child processes; a run that already finished
-in the output folder is reused and an interrupted one is resumed, so the script can be rerun.
+"""`kdtui prune` benchmark: can it tell pruning methods apart?
 
-    python bench/prune.py                                   # ../shared/data/amazon-4domains
-    python bench/prune.py --model tiny --data synthetic --steps 12 --teacher-epochs 1  # check
+Protocol (fixed before any test number was looked at; the README's pruning section is this
+script's output):
+
+* Teacher: --model (MiniLM) fine-tuned on the data for --teacher-epochs at length
+  --max-length, seed 42. It is the dense reference, the start of every pruning run, the KD
+  teacher and FiC's model; one teacher is shared by every run (it is the costly upstream run).
+* Every pruning run: --steps optimiser steps of batch --batch-size at --prune-lr (the schedule's
+  default shares: 10% warm-up, 20% cool-down at the final sparsity), dev evaluated every
+  20% / (--evals − 1) of the steps; the checkpoint is the best dev one among the --evals
+  evaluations at the final sparsity, so every row has the same dev checkpoints to choose from.
+* Rows at each of --sparsities (unstructured): magnitude, movement, soft movement (baselines,
+  no CAP), CAP on soft movement (the paper's pairing), and CAP on the best baseline: the
+  criterion with the highest *mean dev* accuracy over the seeds at that sparsity (when that is
+  soft movement, the row is the CAP-on-soft-movement runs). Plus CAP heads-ffn at
+  --heads-sparsity with its speed-up. Every setting is kdtui's default unless named here.
+* Seeds --seeds (pruning-run seeds: data order, dropout, CAP's negatives); every row runs every
+  seed. A row reports its mean test accuracy with a 95% t-interval over seeds; CAP against its
+  own criterion and against the best baseline as paired differences: a bootstrap over seeds and
+  test examples of the same seeds' predictions on the same examples (bench/stats.py).
+
+Each finished run leaves a small record (metrics, wall time, per-example test correctness) in
+--results (bench/results/prune by default, kept in git): a rerun skips every run that has a
+record, resumes an interrupted run from its checkpoints, and prints the table from the records.
+Runs themselves go to --output-dir. --jobs runs that many pruning runs at once (one thread
+each is fastest on a shared CPU).
+
+    python bench/prune.py --jobs 2                                  # ../shared/data/amazon-4domains
+    python bench/prune.py --model tiny --data synthetic --steps 12 --teacher-epochs 1 \\
+        --results /tmp/kdtui-bench-check --output-dir /tmp/kdtui-bench-check/runs  # a check
 """
 
 from __future__ import annotations
@@ -18,232 +40,274 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon-4domains"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stats import fmt_diff, fmt_mean_ci, mean_ci, paired_bootstrap  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "amazon-4domains"
 BASELINES = ("magnitude", "movement", "soft-movement")
-# CAP runs: its modules on top of a criterion (method name -> prune options besides it).
-CAP_METHODS: dict[str, list[str]] = {
-    "cap": ["--cap"],
-    "cap-no-prc": ["--cap", "--no-prc"],
-    "cap-no-snc": ["--cap", "--no-snc"],
-    "cap-no-fic": ["--cap", "--no-fic"],
-}
-METHODS = [*BASELINES, *CAP_METHODS]
 LABELS = {
     "magnitude": "magnitude",
     "movement": "movement",
     "soft-movement": "soft movement",
-    "cap": "CAP (PrC + SnC + FiC)",
-    "cap-no-prc": "CAP without PrC",
-    "cap-no-snc": "CAP without SnC",
-    "cap-no-fic": "CAP without FiC",
+    "cap-soft": "CAP on soft movement",
+    "cap-best": "CAP on the best baseline",
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder, file or 'synthetic'")
     parser.add_argument("--model", default="minilm")
-    parser.add_argument("--teacher", type=Path, default=None, help="reuse this teacher run")
     parser.add_argument("--teacher-epochs", type=float, default=1.0)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-5, help="teacher learning rate")
     parser.add_argument("--prune-lr", type=float, default=1e-4, help="pruning learning rate")
-    parser.add_argument("--steps", type=int, default=100, help="pruning steps per run")
-    parser.add_argument("--evals", type=int, default=1, help="dev evaluations per pruning run")
-    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.97, 0.5])
-    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
-    parser.add_argument(
-        "--cap-criterion",
-        default="best-dev",
-        choices=["best-dev", *BASELINES],
-        help="criterion under CAP; best-dev: the baseline with the best dev accuracy at that "
-        "sparsity (needs the baselines first)",
-    )
-    parser.add_argument(
-        "--cap-pooling",
-        nargs="+",
-        default=["cls", "mean"],
-        choices=["cls", "mean"],
-        help="CAP's sentence vectors; each gives its own table rows",
-    )
-    parser.add_argument(
-        "--ablation-sparsities",
-        type=float,
-        nargs="+",
-        default=[0.9, 0.97],
-        help="sparsities at which the CAP ablations run",
-    )
-    parser.add_argument(
-        "--ablation-pooling",
-        nargs="+",
-        default=None,
-        choices=["cls", "mean"],
-        help="poolings the CAP ablations run with (default: every --cap-pooling)",
-    )
+    parser.add_argument("--steps", type=int, default=250, help="pruning steps per run")
+    parser.add_argument("--evals", type=int, default=2, help="dev evaluations in the cool-down")
+    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.97])
     parser.add_argument("--heads-sparsity", type=float, default=0.5, help="0 = skip heads-ffn")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--threads", type=int, default=1, help="1 is faster on a busy CPU")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--jobs", type=int, default=1, help="pruning runs at once")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
     parser.add_argument("--set", action="append", default=[], help="extra --set for prune runs")
     parser.add_argument("--output-dir", type=Path, default=Path("/tmp/kdtui-bench-prune"))
+    parser.add_argument("--results", type=Path, default=REPO / "bench" / "results" / "prune")
     args = parser.parse_args()
     if args.data != "synthetic" and not Path(args.data).exists():
         sys.exit(f"data not found: {args.data} (give --data PATH, or --data synthetic)")
-    out = args.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    timings: dict[str, float] = {}
+    bench = Bench(args)
+    started = time.perf_counter()
+    bench.run_all()
+    print(render(bench, time.perf_counter() - started))
 
-    teacher = args.teacher or out / "teacher"
-    if args.teacher is None:
-        timings["teacher"] = run_kdtui(
-            out,
-            "teacher",
-            [
-                "teacher",
-                "--data",
-                args.data,
-                "--model",
-                args.model,
-                "--epochs",
-                str(args.teacher_epochs),
-                "--batch-size",
-                str(args.batch_size),
-                "--lr",
-                str(args.lr),
-                "--seed",
-                str(args.seed),
-                "--set",
-                f"data.max_length={args.max_length}",
-                "--set",
-                f"run.threads={args.threads}",
-            ],
-        )
-    dense = json.loads((teacher / "metrics.json").read_text())["test"]
 
-    results: dict[str, dict[str, Any]] = {}
-    # Evaluations fall in the cool-down (the last 20% of steps) and at the end: the checkpoint
-    # is chosen on dev among evaluations at the final sparsity.
-    eval_every = args.steps
-    if args.evals > 1:
-        eval_every = max(1, round(0.2 * args.steps / (args.evals - 1)))
-    common = [
-        "prune",
-        "--model",
-        str(teacher),
-        "--max-steps",
-        str(args.steps),
-        "--batch-size",
-        str(args.batch_size),
-        "--lr",
-        str(args.prune_lr),
-        "--seed",
-        str(args.seed),
-        "--set",
-        f"train.eval_every={eval_every}",
-        "--set",
-        f"run.threads={args.threads}",
-        *(x for s in args.set for x in ("--set", s)),
-    ]
-    for sparsity in args.sparsities:
-        for prefix, method, pooling in table_rows(args):
-            if method.startswith("cap-no") and sparsity not in args.ablation_sparsities:
-                continue
-            name = f"{prefix}-{round(sparsity * 100)}"
-            if method in BASELINES:
-                options = ["--criterion", method, "--no-cap"]
-            else:
-                criterion = cap_criterion(args.cap_criterion, results, sparsity)
-                options = ["--criterion", criterion, *CAP_METHODS[method], "--pooling", pooling]
-            options = [*common, "--sparsity", str(sparsity), *options]
-            timings[name] = run_kdtui(out, name, options)
-            results[name] = json.loads((out / name / "metrics.json").read_text())
-            report_progress(name, results[name], dense, timings[name])
-
-    heads: dict[str, Any] | None = None
-    if args.heads_sparsity > 0:
-        name = f"heads-ffn-{round(args.heads_sparsity * 100)}"
-        options = [*common, "--structure", "heads-ffn", "--sparsity", str(args.heads_sparsity)]
-        timings[name] = run_kdtui(out, name, options)
-        heads = json.loads((out / name / "metrics.json").read_text())
-        heads["speed"] = speed_up(teacher, out / name, threads=args.threads)
-        heads["bytes"] = {
-            "dense": (teacher / "model" / "model.safetensors").stat().st_size,
-            "pruned": (out / name / "model" / "model.safetensors").stat().st_size,
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out = args.output_dir.resolve()
+        self.results = args.results.resolve()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.results.mkdir(parents=True, exist_ok=True)
+        self.protocol = {
+            k: v
+            for k, v in vars(args).items()
+            if k not in ("jobs", "threads", "output_dir", "results")
         }
-        report_progress(name, heads, dense, timings[name])
+        self.protocol = json.loads(json.dumps(self.protocol, default=str))
+        self._check_protocol()
 
-    wall = time.perf_counter() - start
-    summary = {
-        "args": {k: str(v) for k, v in vars(args).items()},
-        "dense": dense,
-        "results": results,
-        "heads": heads,
-        "timings_s": timings,
-        "wall_s": wall,
-    }
-    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print_tables(args, dense, results, heads, wall, out)
-
-
-def table_rows(args: argparse.Namespace) -> list[tuple[str, str, str]]:
-    """(run name prefix, method, pooling) per table row; CAP rows once per --cap-pooling."""
-    rows = []
-    for method in args.methods:
-        if method in BASELINES:
-            rows.append((method, method, ""))
-            continue
-        poolings = args.cap_pooling
-        if method.startswith("cap-no") and args.ablation_pooling:
-            poolings = [p for p in poolings if p in args.ablation_pooling]
-        for pooling in poolings:
-            rows.append((method if pooling == "cls" else f"{method}-{pooling}", method, pooling))
-    return rows
-
-
-def cap_criterion(choice: str, results: dict[str, dict[str, Any]], sparsity: float) -> str:
-    """CAP is a framework over a pruning criterion; with a short budget the best criterion is
-    not the paper's, so by default CAP builds on the baseline with the best *dev* accuracy at
-    this sparsity (the test split is never looked at)."""
-    if choice != "best-dev":
-        return choice
-    dev = {
-        c: results[f"{c}-{round(sparsity * 100)}"]["best_dev"]
-        for c in BASELINES
-        if f"{c}-{round(sparsity * 100)}" in results
-    }
-    if not dev:
-        sys.exit("--cap-criterion best-dev needs the baselines in --methods")
-    return max(dev, key=lambda c: dev[c])
-
-
-def run_kdtui(out: Path, name: str, options: list[str]) -> float:
-    """Run one kdtui command into OUT/NAME: reuse a finished run, resume an interrupted one.
-    Returns the seconds the run has taken, over all its sessions (from its events)."""
-    run = out / name
-    if not (run / "metrics.json").is_file():
-        if (run / "config.toml").is_file():
-            command = [options[0], "--resume", str(run)]
+    def _check_protocol(self) -> None:
+        """Records made under another protocol must not mix into this table."""
+        path = self.results / "protocol.json"
+        if path.is_file():
+            recorded = json.loads(path.read_text())
+            if recorded != self.protocol:
+                changed = sorted(k for k in self.protocol if recorded.get(k) != self.protocol[k])
+                sys.exit(
+                    f"{self.results} holds records of another protocol (differs in: "
+                    f"{', '.join(changed)}); give another --results folder"
+                )
         else:
-            command = [*options, "--output-dir", str(out), "--name", name, "--force"]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        subprocess.run([sys.executable, "-m", "kdtui", *command, "--quiet"], check=True, env=env)
-    return run_seconds(run)
+            path.write_text(json.dumps(self.protocol, indent=2) + "\n")
+
+    # -- runs --------------------------------------------------------------------------------
+
+    def record(self, name: str) -> dict[str, Any] | None:
+        path = self.results / f"{name}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def teacher(self) -> Path:
+        """The dense teacher's run folder, trained once (the record keeps its test results)."""
+        a = self.args
+        options = [
+            "teacher",
+            "--data",
+            a.data,
+            "--model",
+            a.model,
+            "--epochs",
+            str(a.teacher_epochs),
+            "--batch-size",
+            str(a.batch_size),
+            "--lr",
+            str(a.lr),
+            "--seed",
+            "42",
+            "--set",
+            f"data.max_length={a.max_length}",
+            "--set",
+            f"run.threads={a.threads}",
+        ]
+        self.run("teacher", options, {"row": "dense"})
+        return self.out / "teacher"
+
+    def prune_options(self, sparsity: float, seed: int, method: list[str]) -> list[str]:
+        a = self.args
+        # Evaluations every 20% / (evals - 1) of the steps: `evals` of them fall at the final
+        # sparsity (the cool-down's first step and its end), the earlier ones show the way there
+        # (and whether the model collapsed).
+        eval_every = a.steps if a.evals < 2 else max(1, round(0.2 * a.steps / (a.evals - 1)))
+        return [
+            "prune",
+            "--model",
+            str(self.out / "teacher"),
+            "--sparsity",
+            str(sparsity),
+            "--max-steps",
+            str(a.steps),
+            "--batch-size",
+            str(a.batch_size),
+            "--lr",
+            str(a.prune_lr),
+            "--seed",
+            str(seed),
+            "--set",
+            f"train.eval_every={eval_every}",
+            "--set",
+            f"run.threads={a.threads}",
+            *(x for s in a.set for x in ("--set", s)),
+            *method,
+        ]
+
+    def run(self, name: str, options: list[str], info: dict[str, Any]) -> dict[str, Any]:
+        """Run one kdtui command into OUTPUT/NAME unless its record exists; resume an
+        interrupted run; write the record. Returns the record."""
+        found = self.record(name)
+        if found is not None:
+            return found
+        run = self.out / name
+        if not (run / "metrics.json").is_file():
+            if (run / "config.toml").is_file():
+                command = [options[0], "--resume", str(run)]
+            else:
+                command = [*options, "--output-dir", str(self.out), "--name", name, "--force"]
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            log = self.out / f"{name}.log"
+            with open(log, "a", encoding="utf-8") as f:
+                done = subprocess.run(
+                    [sys.executable, "-m", "kdtui", *command, "--quiet"],
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                )
+            if done.returncode != 0:
+                raise RuntimeError(f"{name} failed (exit {done.returncode}); see {log}")
+        metrics = json.loads((run / "metrics.json").read_text())
+        predictions = json.loads((run / "test_predictions.json").read_text())
+        correct = "".join(
+            "1" if p == y else "0"
+            for p, y in zip(predictions["predictions"], predictions["labels"], strict=True)
+        )
+        keep = ("test", "best_dev", "best_step", "steps", "sparsity", "criterion", "cap_modules")
+        record = {
+            "name": name,
+            **info,
+            "command": options,
+            "metrics": {k: metrics[k] for k in keep if k in metrics},
+            "warnings": warnings_of(run),
+            "diagnostics": last_diagnostics(run),
+            "wall_s": run_seconds(run),
+            "correct": correct,
+        }
+        for key in ("kept_heads", "intermediate_sizes", "sparse_model", "model_bytes"):
+            if key in metrics:
+                record["metrics"][key] = metrics[key]
+        if info.get("row") == "heads-ffn":
+            record["speed"] = speed_up(self.out / "teacher", run, threads=self.args.threads)
+        tmp = self.results / f".{name}.json.tmp"
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        tmp.replace(self.results / f"{name}.json")
+        report(record, self.dense_accuracy())
+        return record
+
+    def dense_accuracy(self) -> float | None:
+        dense = self.record("teacher")
+        return dense["metrics"]["test"]["all"] if dense else None
+
+    def plan(self) -> list[tuple[str, list[str], dict[str, Any]]]:
+        """Every run that does not depend on another's result: (name, options, info)."""
+        runs = []
+        for sparsity in self.args.sparsities:
+            pct = round(sparsity * 100)
+            for seed in self.args.seeds:
+                for criterion in BASELINES:
+                    method = ["--criterion", criterion, "--no-cap"]
+                    info = {"row": criterion, "criterion": criterion, "sparsity": sparsity}
+                    runs.append((f"{criterion}-{pct}-s{seed}", method, info | {"seed": seed}))
+                method = ["--criterion", "soft-movement", "--cap"]
+                info = {"row": "cap-soft", "criterion": "soft-movement", "sparsity": sparsity}
+                runs.append((f"cap-soft-movement-{pct}-s{seed}", method, info | {"seed": seed}))
+        if self.args.heads_sparsity > 0:
+            pct = round(self.args.heads_sparsity * 100)
+            for seed in self.args.seeds:
+                method = ["--structure", "heads-ffn", "--cap"]
+                info = {"row": "heads-ffn", "sparsity": self.args.heads_sparsity, "seed": seed}
+                runs.append((f"heads-ffn-{pct}-s{seed}", method, info))
+        return [
+            (name, self.prune_options(info["sparsity"], info["seed"], method), info)
+            for name, method, info in runs
+        ]
+
+    def best_baseline(self, sparsity: float) -> str | None:
+        """The baseline with the highest mean dev accuracy over seeds (None until all ran)."""
+        pct = round(sparsity * 100)
+        dev = {}
+        for criterion in BASELINES:
+            records = [self.record(f"{criterion}-{pct}-s{s}") for s in self.args.seeds]
+            if any(r is None for r in records):
+                return None
+            dev[criterion] = statistics.mean(r["metrics"]["best_dev"] for r in records)  # type: ignore[index]
+        return max(dev, key=lambda c: dev[c])
+
+    def cap_best_runs(self) -> list[tuple[str, list[str], dict[str, Any]]]:
+        runs = []
+        for sparsity in self.args.sparsities:
+            best = self.best_baseline(sparsity)
+            if best is None or best == "soft-movement":
+                continue  # not decided yet, or the CAP-on-soft-movement runs are the row
+            pct = round(sparsity * 100)
+            for seed in self.args.seeds:
+                info = {"row": "cap-best", "criterion": best, "sparsity": sparsity, "seed": seed}
+                method = ["--criterion", best, "--cap"]
+                options = self.prune_options(sparsity, seed, method)
+                runs.append((f"cap-{best}-{pct}-s{seed}", options, info))
+        return runs
+
+    def run_all(self) -> None:
+        pending = [p for p in self.plan() if self.record(p[0]) is None]
+        pending += [p for p in self.cap_best_runs() if self.record(p[0]) is None]
+        if pending:
+            self.teacher()
+        self._parallel(pending)
+        # CAP on the best baseline can only be planned once every baseline run has a record.
+        self._parallel([p for p in self.cap_best_runs() if self.record(p[0]) is None])
+
+    def _parallel(self, runs: list[tuple[str, list[str], dict[str, Any]]]) -> None:
+        def one(item: tuple[str, list[str], dict[str, Any]]) -> None:
+            self.run(*item)
+
+        with ThreadPoolExecutor(max_workers=max(1, self.args.jobs)) as pool:
+            for future in [pool.submit(one, item) for item in runs]:
+                future.result()
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading runs
 
 
 def run_seconds(run: Path) -> float:
     """Wall time of a run: each session from its run_started to the last event it wrote."""
     total, start, last = 0.0, None, None
-    for line in (run / "events.jsonl").read_text(encoding="utf-8").splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
+    for event in events(run):
         if event.get("type") == "run_started":
             if start is not None and last is not None:
                 total += last - start
@@ -254,11 +318,40 @@ def run_seconds(run: Path) -> float:
     return total
 
 
-def report_progress(name: str, metrics: dict[str, Any], dense: dict[str, float], s: float) -> None:
-    acc = metrics["test"]["all"]
+def events(run: Path) -> list[dict[str, Any]]:
+    out = []
+    for line in (run / "events.jsonl").read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def warnings_of(run: Path) -> list[str]:
+    return [
+        e["text"] for e in events(run) if e.get("type") == "message" and e["level"] == "warning"
+    ]
+
+
+def last_diagnostics(run: Path) -> dict[str, float]:
+    """The pruner's last diagnostics (prune/* step metrics) of the run."""
+    latest: dict[str, float] = {}
+    for event in events(run):
+        if event.get("type") == "step":
+            for key, value in (event.get("metrics") or {}).items():
+                if key.startswith("prune/") and value is not None:
+                    latest[key.removeprefix("prune/")] = value
+    return latest
+
+
+def report(record: dict[str, Any], dense: float | None) -> None:
+    acc = record["metrics"]["test"]["all"]
+    retention = f" (retention {acc / dense:.1%})" if dense else ""
     print(
-        f"{name}: test {100 * acc:.1f} (retention {acc / dense['all']:.1%}), "
-        f"sparsity {metrics['sparsity']:.4f}, best dev {metrics['best_dev']:.4f}, {s / 60:.1f} min",
+        f"{record['name']}: test {100 * acc:.1f}{retention}, dev "
+        f"{100 * (record['metrics'].get('best_dev') or 0):.1f}, "
+        f"{record['wall_s'] / 60:.1f} min",
         flush=True,
     )
 
@@ -293,94 +386,152 @@ def speed_up(teacher: Path, pruned: Path, *, threads: int) -> dict[str, float]:
     }
 
 
-def print_tables(
-    args: argparse.Namespace,
-    dense: dict[str, float],
-    results: dict[str, dict[str, Any]],
-    heads: dict[str, Any] | None,
-    wall: float,
-    out: Path,
-) -> None:
-    source = Path(args.data).name if args.data != "synthetic" else "synthetic"
-    print()
-    print(
-        f"Unstructured pruning of {args.model} fine-tuned on {source}: test accuracy % "
-        f"(retention = pruned / dense). Budget per run: {args.steps} steps x batch "
-        f"{args.batch_size}, length {args.max_length}, lr {args.prune_lr}, seed {args.seed}, "
-        f"{args.threads} CPU threads; checkpoint chosen on dev among evaluations at the final "
-        f"sparsity. Dense teacher ({args.teacher_epochs:g} epoch(s), lr {args.lr}): "
-        f"{100 * dense['all']:.1f}. CAP runs on "
-        + (
-            "the baseline criterion with the best dev accuracy at each sparsity."
-            if args.cap_criterion == "best-dev"
-            else f"the {args.cap_criterion} criterion."
-        )
-    )
-    print()
-    print("| method | " + " | ".join(f"{s:.0%} sparsity" for s in args.sparsities) + " |")
-    print("| --- |" + " --- |" * len(args.sparsities))
-    for prefix, method, pooling in table_rows(args):
+# ---------------------------------------------------------------------------------------------
+# The tables
+
+
+def render(bench: Bench, invocation_s: float) -> str:
+    a = bench.args
+    dense = bench.record("teacher")
+    if dense is None:
+        return "no teacher record yet"
+    dense_acc = dense["metrics"]["test"]["all"]
+    source = Path(a.data).name if a.data != "synthetic" else "synthetic"
+    lines = [
+        f"Unstructured pruning of {a.model} fine-tuned on {source} (dense test "
+        f"{100 * dense_acc:.1f}): test accuracy %, mean ± 95% interval over seeds "
+        f"{', '.join(map(str, a.seeds))}; retention = mean / dense. Every run: {a.steps} steps x "
+        f"batch {a.batch_size}, length {a.max_length}, lr {a.prune_lr}; the best of {a.evals} dev "
+        "evaluations at the final sparsity.",
+        "",
+        "| method | " + " | ".join(f"{s:.0%} sparsity" for s in a.sparsities) + " |",
+        "| --- |" + " --- |" * len(a.sparsities),
+    ]
+    rows = [*BASELINES, "cap-soft", "cap-best"]
+    cells_by_row: dict[str, dict[float, list[dict[str, Any]]]] = {}
+    for row in rows:
         cells = []
-        for s in args.sparsities:
-            m = results.get(f"{prefix}-{round(s * 100)}")
-            if m is None:
+        cells_by_row[row] = {}
+        for s in a.sparsities:
+            records = row_records(bench, row, s)
+            cells_by_row[row][s] = records
+            if not records:
                 cells.append("-")
                 continue
-            acc = m["test"]["all"]
-            cells.append(f"{100 * acc:.1f} ({acc / dense['all']:.1%})")
-        label = LABELS[method] + (f", {pooling} pooling" if pooling else "")
-        print(f"| {label} | " + " | ".join(cells) + " |")
-    print()
-    print("Dev accuracy % of the same runs (what the criterion under CAP was chosen by):")
-    print()
-    print("| method | " + " | ".join(f"{s:.0%}" for s in args.sparsities) + " |")
-    print("| --- |" + " --- |" * len(args.sparsities))
-    for prefix, method, pooling in table_rows(args):
+            accs = [r["metrics"]["test"]["all"] for r in records]
+            mean, _ = mean_ci(accs)
+            note = ""
+            if row == "cap-best":
+                note = f" [{LABELS[records[0]['criterion']]}]"
+            partial = f" (n={len(records)})" if len(records) < len(a.seeds) else ""
+            cells.append(f"{fmt_mean_ci(accs)} ({mean / dense_acc:.1%}){partial}{note}")
+        lines.append(f"| {LABELS[row]} | " + " | ".join(cells) + " |")
+    lines += ["", "Dev accuracy % (mean over seeds; what the best baseline is chosen by):", ""]
+    lines += ["| method | " + " | ".join(f"{s:.0%}" for s in a.sparsities) + " |"]
+    lines += ["| --- |" + " --- |" * len(a.sparsities)]
+    for row in rows:
         cells = []
-        for s in args.sparsities:
-            m = results.get(f"{prefix}-{round(s * 100)}")
-            cells.append("-" if m is None else f"{100 * m['best_dev']:.1f}")
-        label = LABELS[method] + (f", {pooling} pooling" if pooling else "")
-        print(f"| {label} | " + " | ".join(cells) + " |")
-    chosen = [
-        f"{s:.0%}: {results[f'cap-{round(s * 100)}']['criterion']}"
-        for s in args.sparsities
-        if f"cap-{round(s * 100)}" in results
+        for s in a.sparsities:
+            records = cells_by_row[row][s]
+            devs = [r["metrics"]["best_dev"] for r in records]
+            cells.append(f"{100 * statistics.mean(devs):.1f}" if devs else "-")
+        lines.append(f"| {LABELS[row]} | " + " | ".join(cells) + " |")
+
+    lines += [
+        "",
+        "Paired differences in test accuracy points, mean [95% interval] (bootstrap over seeds "
+        "and test examples; an interval that holds 0 means no difference shown):",
+        "",
+        "| comparison | " + " | ".join(f"{s:.0%}" for s in a.sparsities) + " |",
+        "| --- |" + " --- |" * len(a.sparsities),
     ]
-    if chosen:
-        print(f"\nCAP's criterion per sparsity: {', '.join(chosen)}.")
-    if heads is not None:
-        acc = heads["test"]["all"]
-        speed = heads["speed"]
-        print()
-        print(
-            f"Structured pruning (heads-ffn, CAP) to {args.heads_sparsity:.0%} of the encoder's "
-            f"parameters, same budget; latency: median forward at batch 32, length 128, "
-            f"{args.threads} CPU threads."
-        )
-        print()
-        print("| model | test accuracy | weights file | latency | speed-up |")
-        print("| --- | --- | --- | --- | --- |")
-        b = heads["bytes"]
-        print(
-            f"| dense teacher | {100 * dense['all']:.1f} | {b['dense'] / 2**20:.1f} MiB | "
-            f"{speed['dense_ms']:.0f} ms | 1.00x |"
-        )
-        print(
-            f"| heads-ffn {heads['sparsity']:.1%} (heads per layer {heads['kept_heads']}) | "
-            f"{100 * acc:.1f} ({acc / dense['all']:.1%}) | {b['pruned'] / 2**20:.1f} MiB | "
-            f"{speed['pruned_ms']:.0f} ms | {speed['speed_up']:.2f}x |"
-        )
-    sizes = [(name, m["sparse_model"]) for name, m in results.items() if m.get("sparse_model")]
-    if sizes:
-        print()
-        print("Compressed sparse files (bitmask + float32 values):")
-        for name, s in sizes:
-            print(
-                f"  {name}: {s['bytes'] / 2**20:.1f} MiB, encoder Linear weights at "
-                f"{s['encoder_linear_ratio']:.1%} of their dense size"
-            )
-    print(f"\nwall time {wall / 60:.1f} min; runs in {out}")
+    comparisons: list[tuple[str, Callable[[float], tuple[str, str] | None]]] = [
+        ("CAP on soft movement − soft movement", lambda s: ("cap-soft", "soft-movement")),
+        (
+            "CAP on the best baseline − that baseline",
+            lambda s: ("cap-best", best) if (best := bench.best_baseline(s)) else None,
+        ),
+        (
+            "CAP on soft movement − the best baseline",
+            lambda s: ("cap-soft", best) if (best := bench.best_baseline(s)) else None,
+        ),
+    ]
+    for label, pair_of in comparisons:
+        cells = []
+        for s in a.sparsities:
+            pair = pair_of(s)
+            if pair is None:
+                cells.append("-")
+                continue
+            cells.append(paired_cell(cells_by_row[pair[0]][s], row_records(bench, pair[1], s)))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    best = [f"{s:.0%}: {LABELS[b]}" for s in a.sparsities if (b := bench.best_baseline(s))]
+    if best:
+        lines.append(f"\nBest baseline by mean dev accuracy: {', '.join(best)}.")
+
+    flagged = [
+        f"{r['name']}: {w[:120]}"
+        for row in rows
+        for s in a.sparsities
+        for r in cells_by_row[row][s]
+        for w in r["warnings"]
+        if "collapsed" in w or "no signal" in w
+    ]
+    if flagged:
+        lines += ["", "Warnings raised by runs:", *(f"- {f}" for f in flagged)]
+
+    heads = [
+        r for s in a.seeds if (r := bench.record(f"heads-ffn-{round(a.heads_sparsity * 100)}-s{s}"))
+    ]
+    if heads:
+        accs = [r["metrics"]["test"]["all"] for r in heads]
+        mean, _ = mean_ci(accs)
+        speed = heads[0]["speed"]
+        lines += [
+            "",
+            f"Structured (heads-ffn, CAP) to {a.heads_sparsity:.0%} of the encoder's parameters, "
+            f"same budget: test {fmt_mean_ci(accs)} ({mean / dense_acc:.1%} retention, "
+            f"{len(heads)} seeds); heads kept per layer (seed {heads[0]['seed']}) "
+            f"{heads[0]['metrics']['kept_heads']}; forward at batch 32, length 128, "
+            f"{a.threads} thread(s): {speed['pruned_ms']:.0f} ms against {speed['dense_ms']:.0f} "
+            f"ms dense, {speed['speed_up']:.2f}x.",
+        ]
+    all_records = [
+        r for p in bench.results.glob("*.json") if (r := json.loads(p.read_text())).get("wall_s")
+    ]
+    total = sum(r["wall_s"] for r in all_records)
+    lines += [
+        "",
+        f"Run time: {total / 3600:.2f} h summed over {len(all_records)} runs (teacher included); "
+        f"this invocation {invocation_s / 60:.1f} min with {a.jobs} run(s) at a time.",
+    ]
+    return "\n".join(lines)
+
+
+def row_records(bench: Bench, row: str, sparsity: float) -> list[dict[str, Any]]:
+    pct = round(sparsity * 100)
+    if row in BASELINES:
+        names = [f"{row}-{pct}-s{s}" for s in bench.args.seeds]
+    elif row == "cap-soft":
+        names = [f"cap-soft-movement-{pct}-s{s}" for s in bench.args.seeds]
+    else:  # cap-best
+        best = bench.best_baseline(sparsity)
+        if best is None:
+            return []
+        names = [f"cap-{best}-{pct}-s{s}" for s in bench.args.seeds]
+    return [r for n in names if (r := bench.record(n)) is not None]
+
+
+def paired_cell(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> str:
+    """The paired difference a − b over the seeds both rows have."""
+    by_seed = {r["seed"]: r for r in b}
+    pairs = [(r, by_seed[r["seed"]]) for r in a if r["seed"] in by_seed]
+    if not pairs:
+        return "-"
+    x = [[int(c) for c in r["correct"]] for r, _ in pairs]
+    y = [[int(c) for c in q["correct"]] for _, q in pairs]
+    partial = f" (n={len(pairs)})" if len(pairs) < 3 else ""
+    return fmt_diff(paired_bootstrap(x, y)) + partial
 
 
 if __name__ == "__main__":
