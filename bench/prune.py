@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-5, help="teacher learning rate")
     parser.add_argument("--prune-lr", type=float, default=1e-4, help="pruning learning rate")
-    parser.add_argument("--steps", type=int, default=250, help="pruning steps per run")
+    parser.add_argument("--steps", type=int, default=200, help="pruning steps per run")
     parser.add_argument("--evals", type=int, default=2, help="dev evaluations in the cool-down")
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.97])
     parser.add_argument("--heads-sparsity", type=float, default=0.5, help="0 = skip heads-ffn")
