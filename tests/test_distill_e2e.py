@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from kdtui.config import DataConfig
 from kdtui.data import load_data
-from kdtui.events import Eval, Histogram, RunFinished, RunStarted, Step
+from kdtui.events import Eval, Histogram, Message, RunFinished, RunStarted, Step
 from tests.conftest import events_of, invoke, kill_when, metrics_of
 
 DOMAINS = ["books", "dvd", "electronics", "kitchen"]
@@ -55,16 +55,30 @@ def test_meta_teacher_run(meta_teacher: Path) -> None:
     histograms = [e for e in events if isinstance(e, Histogram)]
     assert sorted(h.domain for h in histograms) == sorted(DOMAINS)
     assert all(sum(h.counts) == 48 and h.name == "prototype_score" for h in histograms)
+    assert all(h.edges[0] >= 0 for h in histograms)  # weights never reverse the loss
+    assert any(isinstance(e, Message) and "prototype scores: raw" in e.text for e in events)
     steps = [e for e in events if isinstance(e, Step)]
-    assert steps and all(set(s.losses) == {"ce", "domain_adv"} for s in steps)
+    assert steps and all(set(s.losses) == {"ce", "domain_adv", "domain_cls"} for s in steps)
     # the loop weighs the adversarial term by γ1 = teacher.domain_loss_weight (0.5)
     for s in steps:
-        expected = s.losses["ce"] + 0.5 * s.losses["domain_adv"]
+        expected = s.losses["ce"] + 0.5 * s.losses["domain_adv"] + s.losses["domain_cls"]
         assert s.loss == pytest.approx(expected, rel=1e-5)
+        # the domain head's diagnostics, every step
+        assert {"domain/acc_true", "domain/acc_corrupted", "domain/adv_chance"} <= set(s.metrics)
+        assert 0 <= s.metrics["domain/acc_true"] <= 1
+        assert s.metrics["domain/adv_chance"] > 0
+    # evaluation steps carry each term's gradient norm on the model: the task and the
+    # adversary reach the encoder, the head's own loss does not (stopped features)
+    graded = [s for s in steps if "grad/ce" in s.metrics]
+    assert graded and all(s.metrics["grad/domain_adv"] > 0 for s in graded)
+    assert all(s.metrics["grad/domain_cls"] == 0 for s in graded)
     assert isinstance(events[-1], RunFinished)
 
     scores = load_file(meta_teacher / "prototype_scores.safetensors")
     assert len(scores["ids"]) == 4 * 48 and torch.isfinite(scores["scores"]).all()
+    assert bool((scores["scores"] >= 0).all())
+    for d in range(4):  # teacher.score_normalization = "domain-mean"
+        assert scores["scores"][scores["domains"] == d].mean().item() == pytest.approx(1.0)
     assert (meta_teacher / "model" / "domain_head.safetensors").is_file()
     from transformers import AutoModelForSequenceClassification
 
@@ -96,9 +110,9 @@ def test_distill_all_domains(runs: Path, meta_teacher: Path) -> None:
     stage2 = [s for s in steps if "soft_ce" in s.losses]
     assert len(stage1) == len(stage2) == 24
     for s in stage1:
-        assert set(s.losses) == {"hidden_mse", "attention_mse", "domain_mse"}
+        assert set(s.losses) == {"hidden_mse", "attention_mse", "domain_kl"}
         terms = s.losses
-        expected = terms["hidden_mse"] + terms["attention_mse"] + 0.5 * terms["domain_mse"]
+        expected = terms["hidden_mse"] + terms["attention_mse"] + 0.5 * terms["domain_kl"]
         assert s.loss == pytest.approx(expected, rel=1e-5)  # γ2 = distill.domain_weight
     evals = [e for e in events if isinstance(e, Eval)]
     assert evals and all(set(e.accuracy) == {*DOMAINS, "all"} for e in evals)

@@ -1,8 +1,10 @@
-"""Meta-KD's pieces against hand computations: prototype scores, λ_i, the corrupted-label
-adversarial loss, the layer mapping, and every distillation loss term."""
+"""Meta-KD's pieces against hand computations: prototype scores and their normalisation, λ_i,
+the corrupted-label adversarial loss and the domain head's diagnostics, the layer mapping,
+attention probabilities, and every distillation loss term."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -11,20 +13,23 @@ import torch
 import torch.nn.functional as F
 
 from kdtui.config import ModelConfig
-from kdtui.engine.hooks import Batch, HookContext
+from kdtui.engine.hooks import Batch, HookContext, StepInfo
 from kdtui.errors import KdtuiError
 from kdtui.methods.losses import attention_mse_per_instance
 from kdtui.methods.meta_kd import (
+    DOMAIN_HEAD_FILE,
     DomainHead,
     IntermediateDistillHook,
     MetaTeacherHook,
     PredictionDistillHook,
+    attention_probabilities,
     attention_scores,
     corrupt_domain_labels,
     embed_for_prototypes,
     expertise_weights,
     load_domain_head,
     mean_token_states,
+    normalise_scores,
     parse_layer_map,
     prototype_scores,
     save_domain_head,
@@ -95,6 +100,22 @@ def test_expertise_weights_follow_the_formula() -> None:
     assert expertise_weights(torch.tensor([0.0]), torch.tensor([1.0])).item() == pytest.approx(0.5)
 
 
+def test_normalised_scores_are_never_negative_and_weigh_domains_alike() -> None:
+    raw = torch.tensor([-0.2, 0.1, 0.3, 0.5, 0.5, -0.1, 0.0, 0.0])
+    domains = torch.tensor([0, 0, 0, 1, 1, 2, 2, 3])
+    clamped = normalise_scores(raw, domains, num_domains=5, mode="clamp")
+    assert clamped.tolist() == pytest.approx([0.0, 0.1, 0.3, 0.5, 0.5, 0.0, 0.0, 0.0])
+    used = normalise_scores(raw, domains, num_domains=5)  # "domain-mean"
+    # domain 0: clamped (0, .1, .3), mean 4/30 -> (0, .75, 2.25); domain 1: (1, 1);
+    # domains 2 and 3 have nothing above 0: weight 1 each, not 0
+    assert used.tolist() == pytest.approx([0.0, 0.75, 2.25, 1.0, 1.0, 1.0, 1.0, 1.0])
+    assert bool((used >= 0).all())
+    for d in range(4):
+        assert used[domains == d].mean().item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="unknown score normalization"):
+        normalise_scores(raw, domains, num_domains=5, mode="none")
+
+
 # ---------------------------------------------------------------------------------------------
 # Tiny models and a batch
 
@@ -159,7 +180,7 @@ def test_corrupted_domain_labels_are_a_permutation_and_resumable() -> None:
     assert torch.equal(again.head.dense.weight, hook.head.dense.weight)
 
 
-def test_meta_teacher_terms_by_hand_and_gradients_reach_the_domain_head(tiny) -> None:
+def test_meta_teacher_terms_by_hand_and_who_learns_from_which(tiny) -> None:
     batch = _batch()
     scores = torch.tensor([0.9, 0.5, 0.2, 0.7])  # by example id
     hook = MetaTeacherHook(
@@ -170,23 +191,92 @@ def test_meta_teacher_terms_by_hand_and_gradients_reach_the_domain_head(tiny) ->
     shadow.set_state(hook.generator.get_state())
     outputs = tiny(**batch.model_inputs(), output_hidden_states=True)
     terms = hook.loss_terms(batch, outputs, tiny)
+    assert set(terms) == {"ce", "domain_adv", "domain_cls"}
 
     t = scores[batch.example_ids]
     ce = F.cross_entropy(outputs.logits, batch.labels, reduction="none")
     assert terms["ce"].item() == pytest.approx((t * ce).mean().item(), rel=1e-5)
-    permuted = batch.domain_ids[torch.randperm(4, generator=shadow)]
     features = mean_token_states(outputs.hidden_states[-1], batch.attention_mask)
     head = hook.head
-    logits = head.classifier(torch.tanh(head.dense(features + head.embedding(batch.domain_ids))))
-    adv = F.cross_entropy(logits, permuted, reduction="none")
+    logits = head.classifier(torch.tanh(head.dense(features)))
+    # the corrupted-label CE averaged over all 4! permutations of the batch's domain labels
+    every = [
+        F.cross_entropy(logits, batch.domain_ids[list(order)], reduction="none")
+        for order in itertools.permutations(range(4))
+    ]
+    adv = torch.stack(every).mean(dim=0)
     assert terms["domain_adv"].item() == pytest.approx((t * adv).mean().item(), rel=1e-5)
+    permuted = batch.domain_ids[torch.randperm(4, generator=shadow)]  # drawn, for diagnostics
+    guess = logits.argmax(dim=-1)
+    metrics = hook.after_step(StepInfo(step=1, total_steps=1, epoch=0.0))
+    assert metrics["domain/acc_corrupted"] == pytest.approx((guess == permuted).float().mean())
+    assert metrics["domain/acc_true"] == pytest.approx((guess == batch.domain_ids).float().mean())
+    cls = F.cross_entropy(logits, batch.domain_ids)
+    assert terms["domain_cls"].item() == pytest.approx(cls.item(), rel=1e-5)
 
+    encoder = tiny.base_model.encoder.layer[-1].output.dense.weight
     tiny.zero_grad()
-    terms["domain_adv"].backward()
+    terms["domain_adv"].backward(retain_graph=True)  # the encoder plays against the frozen head
+    assert encoder.grad is not None and encoder.grad.abs().sum() > 0
+    assert all(p.grad is None for p in hook.parameters())
+    tiny.zero_grad()
+    terms["domain_cls"].backward()  # the head learns the true domains from stopped features
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in hook.parameters())
-    encoder_grad = tiny.base_model.encoder.layer[-1].output.dense.weight.grad
-    assert encoder_grad is not None and encoder_grad.abs().sum() > 0  # the features move too
+    assert encoder.grad is None
     tiny.zero_grad()
+
+
+class _Outputs:
+    def __init__(self, hidden: torch.Tensor) -> None:
+        self.hidden_states = (hidden,)
+        self.logits = torch.zeros(hidden.shape[0], 2)
+
+
+def test_domain_head_diagnostics_follow_what_the_head_learns() -> None:
+    # Crafted features: each domain's sentences point one way, so the domain is in the features
+    # and a head that learns finds it; the corrupted labels stay unpredictable.
+    num_domains, width, size = 4, 8, 32
+    directions = 3.0 * torch.eye(width)[:num_domains]
+    generator = torch.Generator().manual_seed(0)
+    hook = MetaTeacherHook(
+        num_domains=num_domains,
+        hidden=width,
+        prototype_scores_by_example_id=torch.full((size,), 0.5),
+        seed=3,
+    )
+    hook.setup(_ctx(torch.nn.Linear(1, 1)))
+    optimizer = torch.optim.Adam(hook.parameters(), lr=1e-2)
+
+    def step() -> dict[str, float]:
+        domains = torch.arange(size) % num_domains
+        hidden = directions[domains][:, None, :].repeat(1, 3, 1)
+        hidden = hidden + 0.3 * torch.randn(hidden.shape, generator=generator)
+        batch = Batch(
+            input_ids=torch.zeros(size, 3, dtype=torch.long),
+            attention_mask=torch.ones(size, 3, dtype=torch.long),
+            token_type_ids=torch.zeros(size, 3, dtype=torch.long),
+            labels=torch.zeros(size, dtype=torch.long),
+            domain_ids=domains,
+            example_ids=torch.arange(size),
+        )
+        terms = hook.loss_terms(batch, _Outputs(hidden.requires_grad_()), hook.head)
+        optimizer.zero_grad()
+        (terms["domain_cls"] + terms["domain_adv"]).backward()
+        optimizer.step()
+        metrics = dict(hook.after_step(StepInfo(step=1, total_steps=1, epoch=0.0)))
+        return {**metrics, "domain_adv": terms["domain_adv"].item()}
+
+    first = step()
+    for _ in range(60):
+        last = step()
+    chance = 0.5 * math.log(num_domains)
+    assert first["domain/adv_chance"] == pytest.approx(chance)
+    assert first["domain/acc_true"] <= 0.5  # a new head guesses
+    assert first["domain_adv"] == pytest.approx(chance, abs=0.05)  # ... and is at chance
+    assert last["domain/acc_true"] == 1.0  # it has learned the domains
+    assert last["domain/acc_corrupted"] < 0.6  # ... which the corrupted labels are not
+    assert last["domain_adv"] > chance + 0.5  # so confusing it is a real loss for the encoder
+    assert hook.after_step(StepInfo(step=2, total_steps=2, epoch=0.0)) == {}  # reset per step
 
 
 def test_domain_head_round_trip(tmp_path: Path) -> None:
@@ -197,6 +287,15 @@ def test_domain_head_round_trip(tmp_path: Path) -> None:
     assert loaded is not None and loaded.domain_names == ["a", "b", "c"]
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in head.state_dict().items())
     assert load_domain_head(tmp_path / "elsewhere") is None
+    # a head saved by an earlier kdtui (with a domain embedding) still loads
+    from safetensors.torch import save_file
+
+    older = tmp_path / "older"
+    older.mkdir()
+    state = {k: v.contiguous() for k, v in head.state_dict().items()}
+    save_file({**state, "embedding.weight": torch.zeros(3, 8)}, str(older / DOMAIN_HEAD_FILE))
+    loaded = load_domain_head(older)
+    assert loaded is not None and torch.equal(loaded.dense.weight, head.dense.weight)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,6 +344,19 @@ def test_attention_mse_by_hand() -> None:
     assert got.item() == pytest.approx(((s - (t + 1)) ** 2).mean().item())
 
 
+def test_attention_probabilities_by_hand() -> None:
+    scores = torch.tensor([[[[1.0, 2.0, 50.0], [0.0, math.log(3.0), -7.0], [4.0, 4.0, 4.0]]]])
+    mask = torch.tensor([[1, 1, 0]])  # the third token is padding: no query attends to it
+    got = attention_probabilities(scores, mask)
+    e = math.e
+    expected = [[1 / (1 + e), e / (1 + e), 0.0], [0.25, 0.75, 0.0], [0.5, 0.5, 0.0]]
+    assert got[0, 0].tolist() == [pytest.approx(row, abs=1e-6) for row in expected]
+    # padding's query row (the last) and key column are left out of the MSE: only the 2x2 block
+    teacher = torch.zeros_like(got)
+    block = sum(v**2 for row in expected[:2] for v in row[:2]) / 4
+    assert attention_mse_per_instance(got, teacher, mask).item() == pytest.approx(block)
+
+
 def test_recomputed_attention_scores_give_the_models_attention_maps() -> None:
     model = load_classifier(
         ModelConfig(name="tiny"), ["neg", "pos"], attn_implementation="eager", seed=1
@@ -257,6 +369,8 @@ def test_recomputed_attention_scores_give_the_models_attention_maps() -> None:
         scores = attention_scores(model, layer, out.hidden_states[layer])
         maps = torch.softmax(scores + additive, dim=-1)
         assert torch.allclose(maps, out.attentions[layer], atol=1e-5)
+        probs = attention_probabilities(scores, batch.attention_mask)
+        assert torch.allclose(probs, out.attentions[layer], atol=1e-5)
 
 
 def _masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -267,7 +381,8 @@ def _masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.T
     return torch.stack(rows)
 
 
-def test_intermediate_terms_by_hand(tiny) -> None:
+@pytest.mark.parametrize("attention", ["probs", "scores"])
+def test_intermediate_terms_by_hand(tiny, attention: str) -> None:
     student = build_student(tiny, num_layers=1, seed=2)
     student.eval()
     with torch.no_grad():  # a student that differs from the teacher layer it was copied from
@@ -285,11 +400,17 @@ def test_intermediate_terms_by_hand(tiny) -> None:
         teacher_domain_head=head,
         prototype_scores_by_example_id=scores,
         use_expertise_weights=True,
+        attention=attention,
     )
     hook.setup(_ctx(student))
     with torch.no_grad():  # a projection that is not the identity
         hook.projection.weight.mul_(1.5)
         hook.projection.bias.fill_(0.1)
+    assert hook.student_domain_head is not None
+    assert set(hook.parameters()) == {
+        *hook.projection.parameters(),
+        *hook.student_domain_head.parameters(),
+    }
     batch = _batch()
     mask = batch.attention_mask
     out = student(**batch.model_inputs(), output_hidden_states=True)
@@ -306,25 +427,30 @@ def test_intermediate_terms_by_hand(tiny) -> None:
 
     s_scores = attention_scores(student, 0, out.hidden_states[0])
     t_scores = attention_scores(tiny, 1, t_out.hidden_states[1])
-    attention = []
+    per_example = []
     for i in range(4):
-        n = int(mask[i].sum())
-        attention.append(((s_scores[i, :, :n, :n] - t_scores[i, :, :n, :n]) ** 2).mean())
-    expected = (lam * torch.stack(attention)).mean()
+        n = int(mask[i].sum())  # real tokens only: softmax over them, then compare
+        s_i, t_i = s_scores[i, :, :n, :n], t_scores[i, :, :n, :n]
+        if attention == "probs":
+            s_i, t_i = s_i.softmax(dim=-1), t_i.softmax(dim=-1)
+        per_example.append(((s_i - t_i) ** 2).mean())
+    expected = (lam * torch.stack(per_example)).mean()
     assert terms["attention_mse"].item() == pytest.approx(expected.item(), rel=1e-4)
 
-    def domain_vector(h: torch.Tensor) -> torch.Tensor:
-        rows = [h[i, 1 : int(mask[i].sum())].mean(dim=0) for i in range(4)]
-        return torch.tanh(head.dense(torch.stack(rows) + head.embedding(batch.domain_ids)))
+    def sentence(h: torch.Tensor) -> torch.Tensor:
+        return torch.stack([h[i, 1 : int(mask[i].sum())].mean(dim=0) for i in range(4)])
 
-    d_s = domain_vector(proj(out.hidden_states[-1]))
-    d_t = domain_vector(t_out.hidden_states[-1])
-    expected = (lam * ((d_s - d_t) ** 2).mean(dim=-1)).mean()
-    assert terms["domain_mse"].item() == pytest.approx(expected.item(), rel=1e-4)
+    p_t = torch.softmax(
+        head.classifier(torch.tanh(head.dense(sentence(t_out.hidden_states[-1])))), -1
+    )
+    log_p_s = torch.log_softmax(hook.student_domain_head(sentence(out.hidden_states[-1])), -1)
+    kl = (p_t * (p_t.log() - log_p_s)).sum(dim=-1)
+    assert terms["domain_kl"].item() == pytest.approx((lam * kl).mean().item(), rel=1e-4)
 
     total = sum(terms.values())
     total.backward()
     assert proj.weight.grad is not None and proj.weight.grad.abs().sum() > 0
+    assert hook.student_domain_head.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in tiny.parameters())  # the teacher is frozen
     assert all(p.grad is None for p in head.parameters())
     assert not tiny.training

@@ -16,29 +16,55 @@ Choices the paper leaves open, and why:
 * Sentence features for prototypes and domain heads are the mean of the last layer's token
   states without [CLS], as in the authors' code, but with the padding masked (their code
   averages the padding in, so a sentence's features depend on the batch's longest sentence).
+* Prototype scores are clamped at 0 and divided by their domain's mean (`normalise_scores`,
+  `teacher.score_normalization`): a raw t_i < 0 would make the teacher climb that example's
+  loss, and the raw cosines sit on an arbitrary, domain-dependent offset (MiniLM: t in
+  −0.08..0.57, domains 21–29% of the total weight), which would weigh domains unevenly and make
+  1 + t_i in λ_i almost constant. After it every domain's mean weight is 1 and the ranking
+  inside a domain, which is what the paper's score expresses, is kept.
 * The meta-teacher's classifier is the model's own Hugging Face head (pooler + linear), not the
   authors' ReLU(pooler) head, so `RUN/model` loads as a plain sequence classifier; the domain
   head lives in `domain_head.safetensors` beside it and only distillation reads it.
-* The student's domain representation: the paper gives the student a domain representation
-  but a student head of its own, trained only to imitate the teacher's vector, could match it
-  from the (single, fixed) target domain's embedding alone and teach the encoder nothing. So
-  the student's last-layer features, mapped to the teacher's width by the same learned
-  projection as the hidden-state loss, go through the teacher's *frozen* domain head (with the
-  target domain's embedding): both vectors come from one function, the MSE compares like with
-  like, and its gradient reaches only the student and the projection.
-* Attention is matched on the pre-softmax scores Q·Kᵀ/√d (TinyBERT, Meta-KD), recomputed
-  from each layer's input hidden state with that layer's own query/key projections
-  (`attention_scores`). What `output_attentions` returns (eager attention only, in
-  transformers 5) is the probabilities *after* attention dropout: in training mode the
-  student's maps would carry dropout's zeros and 1/(1−p) rescaling, and probabilities of
-  ~1/T give an MSE too small to matter. Masked entries are zeroed on both sides (`losses.py`).
-* Every stage-1 MSE is computed per instance first and then weighted by λ_i (METHODS.md: the
+* The transferable domain-adversarial loss as a two-player game (domain confusion). In the
+  authors' code one head is trained on the corrupted labels *and* reads the true domain's
+  embedding: the best it can do against random labels is a constant guess, so it stays at chance
+  (measured: ln 4 from the first step on MiniLM), learns nothing about domains, and sends the
+  encoder a gradient that is noise (orthogonal to the task's). Here the domain head (dense + tanh
+  + linear, no domain embedding, which would give the answer away) learns the *true* domain from
+  the sentence features with the encoder's gradient stopped ("domain_cls"), and the encoder,
+  through the head's frozen weights, learns to make it predict the corrupted labels
+  ("domain_adv", γ1, t-weighted as in the paper). Its expectation over the permutations is the
+  cross-entropy to the batch's domain mix (the confusion loss of Tzeng et al., 2015), which is
+  computed exactly: one sampled permutation gives every example a random target, whose
+  gradient noise was 2-5x the task's gradient on MiniLM (measured) and drowned the task.
+  The permutation is still drawn, for the diagnostics. So the head learns, its accuracy on
+  the true labels says how much domain the features still carry, and "domain_adv" sits above
+  its chance value mean(t)·ln K exactly when there is domain to remove (diagnostics in each
+  step's metrics).
+* What the student learns from the domain head: the teacher's domain posterior
+  p_T(k | x) (its head on its features), matched by a small head of the student's own (linear,
+  no tanh, as the authors' student head) on the student's features, KL per instance ("domain_kl",
+  weight γ2). The posterior says how much an example of the target domain reads like each of the
+  other domains, which a student that sees one domain cannot learn from its data or its labels,
+  and a vector of K numbers is not a restatement of the hidden-state MSE. (The authors' student
+  matches an H-wide vector made by linear maps of the mean token states, the hidden MSE again.)
+* Attention (`distill.attention`): "probs" (the default) matches the attention probabilities
+  after softmax, as EasyNLP's official Meta-KD does (what its BERT returns; its `<= -1e2`
+  filter is a TinyBERT leftover that never fires on probabilities); "scores" matches the
+  pre-softmax scores Q·Kᵀ/√d as TinyBERT does. Both are recomputed from each layer's input
+  hidden state with the layer's own query/key projections (`attention_scores`), without
+  attention dropout (what `output_attentions` returns in training mode carries dropout's zeros
+  and rescaling). On MiniLM the scores' MSE is ~3,000x the probabilities' and its gradient
+  ~300x the hidden-state term's, so with "scores" stage 1 is only about attention (README,
+  Meta-KD). Entries whose query or key is padding are 0 on both sides (`losses.py`).
+* Every stage-1 term is computed per instance first and then weighted by λ_i (METHODS.md: the
   authors' code averages over the batch first, which turns λ_i into a batch-level scale).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,7 +73,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdtui.engine.hooks import BaseHook, Batch, HookContext, gather_micro_batch
+from kdtui.engine.hooks import BaseHook, Batch, HookContext, StepInfo, gather_micro_batch
 from kdtui.errors import KdtuiError
 from kdtui.methods.losses import (
     attention_mse_per_instance,
@@ -145,6 +171,29 @@ def prototype_scores(
     raise ValueError(f"unknown prototype variant {variant!r}")
 
 
+SCORE_NORMALIZATIONS = ("domain-mean", "clamp")
+
+
+def normalise_scores(
+    scores: torch.Tensor, domains: torch.Tensor, *, num_domains: int, mode: str = "domain-mean"
+) -> torch.Tensor:
+    """Prototype scores the losses can use as weights: never below 0. (N,), (N,) -> (N,).
+
+    "clamp": max(t_i, 0). "domain-mean": max(t_i, 0) divided by the mean of its domain's
+    clamped scores, so every domain's mean weight is 1 (a domain whose scores are all 0 gets 1
+    everywhere: no information is no reason to drop it)."""
+    if mode not in SCORE_NORMALIZATIONS:
+        raise ValueError(f"unknown score normalization {mode!r}")
+    clamped = scores.float().clamp_min(0.0)
+    if mode == "clamp":
+        return clamped
+    sums = torch.zeros(num_domains).index_add_(0, domains, clamped)
+    counts = torch.zeros(num_domains).index_add_(0, domains, torch.ones_like(clamped))
+    means = sums / counts.clamp_min(1.0)
+    result = clamped / means[domains].clamp_min(1e-12)
+    return torch.where(means[domains] > 0, result, torch.ones_like(result))
+
+
 def expertise_weights(scores: torch.Tensor, gold_probability: torch.Tensor) -> torch.Tensor:
     """Domain-expertise weight λ_i = (1 + t_i) · 1 / (1 + exp((1 − p_T(y_i|x_i))²)). (B,) -> (B,)
 
@@ -171,31 +220,36 @@ def lookup_scores(table: torch.Tensor | None, example_ids: torch.Tensor) -> torc
 
 
 class DomainHead(nn.Module):
-    """Meta-KD's domain head: a learned domain embedding D(k) added to the sentence features,
-    dense + tanh (the domain representation d), and a linear domain classifier on d."""
+    """The meta-teacher's domain head: sentence features -> dense + tanh -> domain logits.
+
+    It has no domain embedding: it is trained to *recognise* the domain from the features, and
+    an embedding of the true domain in its input would hand it the answer."""
 
     def __init__(self, num_domains: int, hidden: int, domain_names: Sequence[str] = ()) -> None:
         super().__init__()
         self.domain_names = list(domain_names) or [str(k) for k in range(num_domains)]
-        self.embedding = nn.Embedding(num_domains, hidden)
         self.dense = nn.Linear(hidden, hidden)
         self.classifier = nn.Linear(hidden, num_domains)
 
     def init_weights(self, seed: int) -> None:
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            for weight in (self.embedding.weight, self.dense.weight, self.classifier.weight):
+            for weight in (self.dense.weight, self.classifier.weight):
                 nn.init.normal_(weight, 0.0, INIT_STD, generator=generator)
             nn.init.zeros_(self.dense.bias)
             nn.init.zeros_(self.classifier.bias)
 
-    def represent(self, features: torch.Tensor, domain_ids: torch.Tensor) -> torch.Tensor:
-        """d = tanh(W·(features + D(k)) + b). (B, H), (B,) -> (B, H)."""
-        return torch.tanh(self.dense(features.float() + self.embedding(domain_ids)))
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Domain logits. (B, H) -> (B, K)."""
+        return self.classifier(torch.tanh(self.dense(features.float())))
 
-    def forward(self, features: torch.Tensor, domain_ids: torch.Tensor) -> torch.Tensor:
-        """Domain logits. (B, H), (B,) -> (B, K)."""
-        return self.classifier(self.represent(features, domain_ids))
+    def frozen_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The same logits with the head's weights treated as constants: the gradient reaches
+        only the features (the encoder's side of the adversarial game)."""
+        hidden = torch.tanh(
+            F.linear(features.float(), self.dense.weight.detach(), self.dense.bias.detach())
+        )
+        return F.linear(hidden, self.classifier.weight.detach(), self.classifier.bias.detach())
 
 
 def save_domain_head(head: DomainHead, folder: Path) -> Path:
@@ -211,7 +265,8 @@ def save_domain_head(head: DomainHead, folder: Path) -> Path:
 
 
 def load_domain_head(folder: Path) -> DomainHead | None:
-    """The domain head saved with a meta-teacher's model, or None (not a meta-teacher)."""
+    """The domain head saved with a meta-teacher's model, or None (not a meta-teacher). A head
+    saved by an earlier kdtui also holds a domain embedding, which is no longer read."""
     from safetensors import safe_open
 
     path = Path(folder) / DOMAIN_HEAD_FILE
@@ -221,11 +276,11 @@ def load_domain_head(folder: Path) -> DomainHead | None:
         with safe_open(str(path), framework="pt") as f:
             names = json.loads((f.metadata() or {}).get("domains", "[]"))
             state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iter
-        num_domains, hidden = state["embedding.weight"].shape
+        num_domains, hidden = state["classifier.weight"].shape
+        head = DomainHead(int(num_domains), int(hidden), names)
+        head.load_state_dict({k: v for k, v in state.items() if not k.startswith("embedding.")})
     except Exception as e:  # noqa: BLE001 - any decoding failure means a damaged file
         raise KdtuiError(f"cannot read the domain head {path}: {e}") from None
-    head = DomainHead(int(num_domains), int(hidden), names)
-    head.load_state_dict(state)
     return head
 
 
@@ -236,11 +291,18 @@ def corrupt_domain_labels(domain_ids: torch.Tensor, generator: torch.Generator) 
 
 
 class MetaTeacherHook(BaseHook):
-    """Meta-teacher loss, mean_i t_i·(CE(y_i, f(x_i)) + γ1·CE(ỹ_i, g(x_i, k_i))) with ỹ the
-    permuted domain labels, as two named terms: "ce" and "domain_adv" (the loop applies γ1
-    through its weights). No gradient reversal: the corrupted labels alone push the shared
-    features toward domain invariance. The permutation's generator is part of the state, so
-    a resumed run draws the same permutations."""
+    """Meta-teacher loss as three named terms (the loop weighs them; module docstring for why):
+
+    * "ce" = mean_i t_i·CE(y_i, f(x_i));
+    * "domain_adv" = mean_i t_i·E_π[CE(ỹ_i, g(x_i))], ỹ = the batch's domain labels permuted by
+      π, i.e. the CE to the batch's domain mix, through the head's frozen weights: only the
+      encoder learns from it (weight γ1);
+    * "domain_cls" = mean_i CE(k_i, g(sg(x_i))), the head learning the true domains from
+      features whose gradient is stopped: only the head learns from it.
+
+    `after_step` returns the head's accuracy on the true and on the corrupted labels and the
+    adversarial term's chance value mean(t)·ln K over the step's examples. The permutation's
+    generator is part of the state, so a resumed run draws the same permutations."""
 
     name = "meta_teacher"
     needs_hidden_states = True
@@ -253,11 +315,14 @@ class MetaTeacherHook(BaseHook):
         prototype_scores_by_example_id: torch.Tensor,
         domain_names: Sequence[str] = (),
         seed: int = 0,
+        head_lr: float | None = None,
     ) -> None:
         self.head = DomainHead(num_domains, hidden, domain_names)
         self.head.init_weights(seed)
         self.scores = prototype_scores_by_example_id.float()
         self.generator = torch.Generator().manual_seed(seed)
+        self.lr = head_lr
+        self._tally = torch.zeros(4)  # examples, right (true), right (corrupted), sum of t
 
     def setup(self, ctx: HookContext) -> None:
         super().setup(ctx)
@@ -273,15 +338,46 @@ class MetaTeacherHook(BaseHook):
         features = mean_token_states(outputs.hidden_states[-1], batch.attention_mask)
         # Permute the global batch with the same generator in every process, then take this
         # process's rows: several processes corrupt the labels exactly as one process would.
-        everyone = corrupt_domain_labels(
-            gather_micro_batch(batch.domain_ids, self.ctx), self.generator
-        )
+        global_domains = gather_micro_batch(batch.domain_ids, self.ctx)
+        everyone = corrupt_domain_labels(global_domains, self.generator)
         corrupted = everyone[self.ctx.process_index :: self.ctx.num_processes].to(
             batch.domain_ids.device
         )
-        domain_logits = self.head(features, batch.domain_ids)
-        adversarial = F.cross_entropy(domain_logits.float(), corrupted, reduction="none")
-        return {"ce": weighted_mean(ce, t), "domain_adv": weighted_mean(adversarial, t)}
+        recognised = self.head(features.detach())
+        # The corrupted-label CE averaged over every permutation of the batch's labels is the CE
+        # to the batch's domain mix; computed exactly, it drops the noise one sampled
+        # permutation adds (a random target per example: a gradient as large as the signal).
+        num_domains = self.head.classifier.out_features
+        mix = F.one_hot(global_domains, num_domains).float().mean(dim=0).to(features.device)
+        log_p = F.log_softmax(self.head.frozen_logits(features), dim=-1)
+        adversarial = -(mix * log_p).sum(dim=-1)
+        with torch.no_grad():
+            guess = recognised.argmax(dim=-1)
+            self._tally += torch.tensor(
+                [
+                    len(batch),
+                    float((guess == batch.domain_ids).sum()),
+                    float((guess == corrupted).sum()),
+                    float(t.sum()),
+                ]
+            )
+        return {
+            "ce": weighted_mean(ce, t),
+            "domain_adv": weighted_mean(adversarial, t),
+            "domain_cls": F.cross_entropy(recognised, batch.domain_ids),
+        }
+
+    def after_step(self, info: StepInfo) -> Mapping[str, float]:
+        n, right_true, right_corrupted, t_sum = self._tally.tolist()
+        self._tally.zero_()
+        if n == 0:
+            return {}
+        num_domains = self.head.classifier.out_features
+        return {
+            "domain/acc_true": right_true / n,
+            "domain/acc_corrupted": right_corrupted / n,
+            "domain/adv_chance": t_sum / n * math.log(num_domains),
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -383,6 +479,20 @@ def attention_scores(model: nn.Module, layer: int, layer_input: torch.Tensor) ->
     return torch.matmul(query.float(), key.float().transpose(-1, -2)) * scaling
 
 
+def attention_probabilities(scores: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """softmax over the keys of pre-softmax scores, padded keys left out (probability 0).
+    (B, heads, T, T), (B, T) -> (B, heads, T, T): the layer's attention map without dropout."""
+    keys = attention_mask[:, None, None, :].to(torch.bool)
+    return torch.softmax(scores.float().masked_fill(~keys, torch.finfo(torch.float32).min), dim=-1)
+
+
+ATTENTION_TARGETS = ("probs", "scores")
+
+
+def _cpu_copy(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
 def _freeze(module: nn.Module) -> None:
     module.eval()
     for p in module.parameters():
@@ -394,14 +504,17 @@ class IntermediateDistillHook(BaseHook):
 
     * "hidden_mse": Σ over matched layers of MSE_i(W·H^S_m, H^T_g(m)), W a learned projection
       (a hook parameter; it starts as the identity when the widths agree);
-    * "attention_mse": Σ over matched layers m ≥ 1 of the attention-score MSE_i;
-    * "domain_mse" (with a teacher domain head): MSE_i(d^S, d^T), the loop's weight is γ2.
+    * "attention_mse": Σ over matched layers m ≥ 1 of the attention MSE_i, on the probabilities
+      (`attention="probs"`) or the pre-softmax scores ("scores");
+    * "domain_kl" (with a teacher domain head): KL(p_T(·|x_i) ‖ p_S(·|x_i)) between the
+      teacher's domain posterior (its frozen head on its features) and the student's own domain
+      head (linear, a hook parameter) on the student's features; the loop's weight is γ2.
 
     λ_i = expertise_weights(t_i, p_T(y_i|x_i)) with `use_expertise_weights`, else 1 (vanilla).
     The teacher runs in eval mode without gradient."""
 
     name = "intermediate"
-    needs_hidden_states = True  # attention scores are recomputed from them (no eager needed)
+    needs_hidden_states = True  # attention is recomputed from them (no eager attention needed)
 
     def __init__(
         self,
@@ -411,27 +524,34 @@ class IntermediateDistillHook(BaseHook):
         student_hidden: int,
         teacher_hidden: int,
         teacher_domain_head: DomainHead | None = None,
-        head_domain_of: torch.Tensor | None = None,
         prototype_scores_by_example_id: torch.Tensor | None = None,
         use_expertise_weights: bool = False,
+        attention: str = "probs",
         seed: int = 0,
     ) -> None:
+        if attention not in ATTENTION_TARGETS:
+            raise ValueError(f"unknown attention target {attention!r}")
         self.teacher = teacher
         self.layer_map = list(layer_map)
+        self.attention = attention
         self.domain_head = teacher_domain_head
-        # data domain id -> the head's domain index (the student's data may order domains
-        # differently from the teacher's); None = the same ids
-        self.head_domain_of = head_domain_of
         self.scores = prototype_scores_by_example_id
         self.use_expertise_weights = use_expertise_weights
+        generator = torch.Generator().manual_seed(seed)
         self.projection = nn.Linear(student_hidden, teacher_hidden)
         with torch.no_grad():
             if student_hidden == teacher_hidden:
                 self.projection.weight.copy_(torch.eye(teacher_hidden))
             else:
-                generator = torch.Generator().manual_seed(seed)
                 nn.init.normal_(self.projection.weight, 0.0, INIT_STD, generator=generator)
             nn.init.zeros_(self.projection.bias)
+        self.student_domain_head: nn.Linear | None = None
+        if teacher_domain_head is not None:
+            num_domains = teacher_domain_head.classifier.out_features
+            self.student_domain_head = nn.Linear(student_hidden, num_domains)
+            with torch.no_grad():
+                nn.init.normal_(self.student_domain_head.weight, 0.0, INIT_STD, generator=generator)
+                nn.init.zeros_(self.student_domain_head.bias)
 
     def setup(self, ctx: HookContext) -> None:
         super().setup(ctx)
@@ -444,12 +564,17 @@ class IntermediateDistillHook(BaseHook):
         if self.domain_head is not None:
             _freeze(self.domain_head)
             self.domain_head.to(ctx.device)
-        if self.head_domain_of is not None:
-            self.head_domain_of = self.head_domain_of.to(ctx.device)
         self.projection.to(ctx.device)
+        if self.student_domain_head is not None:
+            self.student_domain_head.to(ctx.device)
 
     def parameters(self) -> list[nn.Parameter]:
-        return list(self.projection.parameters())
+        heads = [self.projection, self.student_domain_head]
+        return [p for head in heads if head is not None for p in head.parameters()]
+
+    def _attention(self, model: nn.Module, layer: int, layer_input: torch.Tensor, mask: Any) -> Any:
+        scores = attention_scores(model, layer, layer_input)
+        return attention_probabilities(scores, mask) if self.attention == "probs" else scores
 
     def loss_terms(self, batch: Batch, outputs: Any, model: nn.Module) -> dict[str, torch.Tensor]:
         with torch.no_grad():
@@ -471,37 +596,36 @@ class IntermediateDistillHook(BaseHook):
             if s == 0:
                 continue
             with torch.no_grad():
-                t_scores = attention_scores(self.teacher, t - 1, t_hidden[t - 1])
-            s_scores = attention_scores(model, s - 1, s_hidden[s - 1])
-            attention = attention + attention_mse_per_instance(s_scores, t_scores, mask)
+                t_attention = self._attention(self.teacher, t - 1, t_hidden[t - 1], mask)
+            s_attention = self._attention(model, s - 1, s_hidden[s - 1], mask)
+            attention = attention + attention_mse_per_instance(s_attention, t_attention, mask)
         terms = {
             "hidden_mse": weighted_mean(hidden, weights),
             "attention_mse": weighted_mean(attention, weights),
         }
-        if self.domain_head is not None:
-            domains = batch.domain_ids
-            if self.head_domain_of is not None:
-                domains = self.head_domain_of[domains]
-            student_features = self.projection(mean_token_states(s_hidden[-1], mask))
-            d_student = self.domain_head.represent(student_features, domains)
+        if self.domain_head is not None and self.student_domain_head is not None:
             with torch.no_grad():
-                d_teacher = self.domain_head.represent(
-                    mean_token_states(t_hidden[-1], mask), domains
+                log_p_t = F.log_softmax(
+                    self.domain_head(mean_token_states(t_hidden[-1], mask)), dim=-1
                 )
-            per_instance = ((d_student - d_teacher) ** 2).mean(dim=-1)
-            terms["domain_mse"] = weighted_mean(per_instance, weights)
+            log_p_s = F.log_softmax(
+                self.student_domain_head(mean_token_states(s_hidden[-1], mask)), dim=-1
+            )
+            per_instance = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)
+            terms["domain_kl"] = weighted_mean(per_instance, weights)
         return terms
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "projection": {
-                k: v.detach().cpu().clone() for k, v in self.projection.state_dict().items()
-            }
-        }
+        state = {"projection": _cpu_copy(self.projection)}
+        if self.student_domain_head is not None:
+            state["domain_head"] = _cpu_copy(self.student_domain_head)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "projection" in state:
             self.projection.load_state_dict(state["projection"])
+        if "domain_head" in state and self.student_domain_head is not None:
+            self.student_domain_head.load_state_dict(state["domain_head"])
 
 
 class PredictionDistillHook(BaseHook):

@@ -2,8 +2,9 @@
 
 For each target domain: build (or load) the student, then
   stage 1 (methods meta, vanilla): intermediate layers — hidden-state MSE through a learned
-          projection, attention MSE, and (meta) the domain-representation MSE, each instance
-          weighted by its domain-expertise weight λ_i (meta) or 1 (vanilla);
+          projection, attention MSE (probabilities or scores: distill.attention), and (meta)
+          the KL to the meta-teacher's domain posterior, each instance weighted by its
+          domain-expertise weight λ_i (meta) or 1 (vanilla);
   stage 2 (all methods): prediction layer — soft cross-entropy on the teacher's logits at
           temperature T, weighted by λ_i for meta.
 The student sees only its domain's training data; it is evaluated on every domain's dev set
@@ -122,7 +123,7 @@ def run_distill(ctx: RunContext) -> dict[str, Any]:
     domains = data.domain_names if d.domain == "all" else [d.domain]
     for name in domains:
         data.domain_id(name)
-    head_domain_of = _head_domains(teacher.domain_head, data, domains)
+    _check_head_domains(teacher.domain_head, domains)
 
     tokenizer = teacher.tokenizer
     dev = encode(data.dev, tokenizer, cfg.data.max_length)
@@ -150,7 +151,6 @@ def run_distill(ctx: RunContext) -> dict[str, Any]:
             teacher,
             method,
             layer_map,
-            head_domain_of,
             scores,
             dev,
             data,
@@ -175,7 +175,6 @@ def distill_one(
     teacher: Teacher,
     method: str,
     layer_map: list[tuple[int, int]],
-    head_domain_of: torch.Tensor | None,
     scores: torch.Tensor | None,
     dev: Encoded,
     data: MultiDomainData,
@@ -206,9 +205,9 @@ def distill_one(
                 student_hidden=student.config.hidden_size,
                 teacher_hidden=teacher.hidden,
                 teacher_domain_head=teacher.domain_head if use_meta else None,
-                head_domain_of=head_domain_of,
                 prototype_scores_by_example_id=scores if use_meta else None,
                 use_expertise_weights=use_meta,
+                attention=d.attention,
                 seed=cfg.run.seed,
             )
         ]
@@ -219,7 +218,7 @@ def distill_one(
                 hooks=stage1,
                 cfg=_stage_cfg(ctx, d.intermediate_epochs),
                 checkpoint_dir=plan.stage1_dir,
-                weights={"domain_mse": d.domain_weight},
+                weights={"domain_kl": d.domain_weight},
                 stage="intermediate",
                 step_offset=offset,
                 **common,
@@ -331,20 +330,17 @@ def _make_student(ctx: RunContext, teacher: Teacher) -> Any:
     )
 
 
-def _head_domains(head: Any, data: MultiDomainData, targets: list[str]) -> torch.Tensor | None:
-    """Data domain id -> the meta-teacher's domain-embedding index (-1: unknown to it). The
-    student's data may order or select domains differently from the teacher's."""
+def _check_head_domains(head: Any, targets: list[str]) -> None:
+    """Meta-distillation needs a meta-teacher that saw the target domain (its domain posterior
+    and prototype scores are about the domains it was trained on)."""
     if head is None:
-        return None
+        return
     missing = [name for name in targets if name not in head.domain_names]
     if missing:
         raise KdtuiError(
             f"the meta-teacher was trained on domains {', '.join(head.domain_names)}, "
             f"not on {', '.join(missing)}"
         )
-    return torch.tensor(
-        [head.domain_names.index(n) if n in head.domain_names else -1 for n in data.domain_names]
-    )
 
 
 def _load_tokenizer(folder: Path) -> Any:

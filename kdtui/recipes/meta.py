@@ -1,5 +1,6 @@
 """The Meta-KD parts of `kdtui teacher --method meta`: prototype scores from the pre-trained
-encoder, then the meta-teacher hook (weighted CE + transferable domain-adversarial loss)."""
+encoder (normalised into weights >= 0), then the meta-teacher hook (weighted CE + transferable
+domain-adversarial loss + the domain head learning the true domains)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from kdtui.data import MultiDomainData, Split, collate, encode
 from kdtui.engine.hooks import Hook
-from kdtui.events import Histogram
+from kdtui.events import Histogram, Message
 from kdtui.recipes.common import RunContext
 
 SCORES_FILE = "prototype_scores.safetensors"
@@ -21,14 +22,19 @@ def meta_teacher_hooks(
     ctx: RunContext, data: MultiDomainData, train_split: Split, model: Any, tokenizer: Any
 ) -> tuple[list[Hook], dict[str, float]]:
     """Score every training example with the still pre-trained encoder, then build the hook."""
-    from kdtui.methods.meta_kd import MetaTeacherHook
+    from kdtui.methods.meta_kd import MetaTeacherHook, normalise_scores
 
     cfg = ctx.config
-    scores = compute_prototype_scores(ctx, data, train_split, model, tokenizer)
+    raw = compute_prototype_scores(ctx, data, train_split, model, tokenizer)
+    domains = torch.tensor(train_split.domains)
+    scores = normalise_scores(
+        raw, domains, num_domains=len(data.domain_names), mode=cfg.teacher.score_normalization
+    )
     if ctx.is_main:
         save_scores(ctx.run.path / SCORES_FILE, train_split, scores, data.domain_names)
+        ctx.run.log(Message(level="info", text=describe_scores(raw, scores, domains, data)))
         for d, name in enumerate(data.domain_names):
-            domain_scores = scores[torch.tensor(train_split.domains) == d]
+            domain_scores = scores[domains == d]
             if len(domain_scores):
                 counts, edges = torch.histogram(domain_scores.float(), bins=20)
                 ctx.run.log(
@@ -47,9 +53,30 @@ def meta_teacher_hooks(
         prototype_scores_by_example_id=by_id,
         domain_names=data.domain_names,
         seed=cfg.run.seed,
+        head_lr=cfg.teacher.domain_head_lr or None,
     )
     # The hook returns unweighted terms; γ1 weighs the adversarial one in the loop.
     return [hook], {"domain_adv": cfg.teacher.domain_loss_weight}
+
+
+def describe_scores(
+    raw: torch.Tensor, used: torch.Tensor, domains: torch.Tensor, data: MultiDomainData
+) -> str:
+    """One line for the events: the raw scores' range and how many were below 0, and each
+    domain's share of the total weight before and after normalisation."""
+
+    def shares(values: torch.Tensor) -> str:
+        total = float(values.clamp_min(0).sum()) or 1.0
+        return " ".join(
+            f"{name} {100 * float(values[domains == d].clamp_min(0).sum()) / total:.0f}%"
+            for d, name in enumerate(data.domain_names)
+        )
+
+    return (
+        f"prototype scores: raw {float(raw.min()):.3f}..{float(raw.max()):.3f} "
+        f"({int((raw < 0).sum())} below 0), used {float(used.min()):.3f}..{float(used.max()):.3f}; "
+        f"weight share raw (clamped) {shares(raw)}, used {shares(used)}"
+    )
 
 
 def compute_prototype_scores(
