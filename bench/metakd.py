@@ -1,36 +1,61 @@
-"""Meta-KD against its baselines (METHODS.md), on the same data, budget and seed, through the real
-CLI: test accuracy of a small single-domain student per domain, the average, and wall time per row.
+"""Meta-KD against its baselines (METHODS.md) through the real CLI, with a protocol fixed before
+running, several student seeds, and paired intervals.
 
-Rows, for every target domain D:
+Rows, for a target domain D (each student learns from D's training data only, is selected on
+D's dev split and tested on D's test split):
   student alone   `kdtui teacher --method single --domain D --model STUDENT` (no KD)
-  KD single       `kdtui teacher --method single --domain D`, then `kdtui distill --method vanilla`
-  KD mix          `kdtui teacher --method mix`, then `kdtui distill --method vanilla`
-  Meta-KD         `kdtui teacher --method meta`, then `kdtui distill --method meta`
-Every student starts from the same checkpoint STUDENT: the first --student-layers layers of the
-pre-trained --model with a seeded new classifier head, written once into the output folder.
-KD rows run both distillation stages (intermediate layers, then predictions); the student alone
-trains for as many epochs as the two stages together. Every command gets the same seed.
+  KD single       `kdtui distill --method vanilla` from a teacher fine-tuned on D alone
+  KD mix          `kdtui distill --method vanilla` from a teacher fine-tuned on all domains mixed
+  Meta-KD         `kdtui distill --method meta` from a meta-teacher (`kdtui teacher --method meta`)
 
-Budget: the mix and meta teachers train --teacher-epochs over their data. At fraction f the
-single-domain teacher and every student train 1/f times the epochs, i.e. as many steps as at
-full data (one epoch of 20% of a domain is 17 steps here, after which a single-domain teacher is
-still at chance, measured), and students are evaluated on their domain's dev every full-data
-epoch's worth of steps. --teacher-min-steps puts a floor under every teacher.
+Protocol (fixed before the first real run; every number below is an option's default):
+* Teachers: MiniLM-L6, length 64, batch 16, lr 5e-5. Every teacher (mix, meta and single-domain,
+  in both settings) trains the same number of optimiser steps, --teacher-steps 200 (0.57 epoch
+  of the four domains, 2.3 epochs of one domain at full data, 11 epochs of 20% of one), with
+  --evals 4 dev evaluations evenly spaced, selected on dev: all domains for mix and meta, D for
+  the single-domain teacher. Teachers are trained once with seed --seed and shared by the
+  student seeds they feed (so the intervals cover student training, not teacher training).
+* Students: MiniLM's first 2 layers with a new classifier head (one checkpoint per student
+  seed: the seed also draws the head). One budget for every row, in optimiser steps, the same in
+  every row of a setting: at full data, KD rows --stage1-steps 50 of intermediate-layer
+  distillation, then --stage2-steps 150 of prediction distillation (2.3 epochs of a domain), and
+  the student alone trains for the 200 steps of the two stages together; in the data-scarce
+  setting every student trains --scarce-student-scale 0.5 of these steps (25 + 75, or 100
+  alone: still 5.7 epochs of its 280 examples). Every student has --evals 4 dev evaluations
+  (over stage 2 for KD, over its whole run alone) and the best one is tested. lr 1e-4 for every
+  student. The budget is the largest that fits the time limit below, not a dev optimum (no
+  budget pilot was run); each record keeps the dev curve, so whether dev had stopped rising can
+  be checked afterwards, on dev only.
+* Seeds: --seeds 3 student seeds per row (seed + 1, seed + 2, ...), the same seeds for every row.
+* Settings: full data on every domain; and the data-scarce setting, where D keeps 20% of its
+  training data (`data.train_fraction=0.2`, `data.subsample_domains=D`: 280 examples) and the
+  other domains stay whole. Teachers that see D (mix, meta, single) are retrained per target
+  domain in the data-scarce setting. To fit ~3 hours on 2 shared cores at `run.threads=1`, both
+  settings use two target domains, --domains books,dvd (the first two in alphabetical order,
+  chosen before any result); the teachers still see all four domains.
+* Statistics (bench/stats.py): a row's mean over seeds of its average test accuracy over the
+  target domains, with a 95% t-interval over seeds; Meta-KD minus each baseline as a paired
+  difference over the same seeds and the same test examples (all target domains' test examples
+  together), with a 95% paired-bootstrap interval resampling seeds and examples (10,000 draws).
+  Test accuracy is read only to fill the table; nothing is chosen on it.
 
-Settings: full data, and data-scarce fractions (--fractions 1,0.2): at fraction f < 1 the target
-domain D keeps a seeded f of its training data (`data.train_fraction=f`,
-`data.subsample_domains=D`) and the other domains stay whole, for teachers and students alike;
-every teacher that sees D is therefore trained once per target domain. Models are selected on
-dev only; test accuracy is read from each run's metrics.json.
+Estimated wall time of the default table at `--set run.threads=1` while another benchmark uses
+the other core: about 3.2 hours (README, Meta-KD benchmark).
 
-    python bench/metakd.py                           # ../shared/data/amazon-4domains, MiniLM
-    python bench/metakd.py --model tiny --data synthetic --student-layers 1 --max-length 48 \\
-        --intermediate-epochs 1 --prediction-epochs 1 --lr 1e-3 --student-lr 1e-3 \\
-        --set data.synthetic_train_per_domain=48 --set data.synthetic_eval_per_domain=12
+Resuming: every finished run writes one small JSON record (command, wall time, metrics, dev
+curve, per-example test correctness) to --records (default bench/results/metakd/), meant to be
+committed as results come in. A run with a record is never rerun, so a later session resumes
+from the records alone; an interrupted run resumes from its run folder under --output-dir; a
+teacher whose record exists but whose run folder is gone is retrained (deterministic on CPU)
+only if a student still needs it. A record made with another command is an error.
 
-Runs already finished under --output-dir are reused, interrupted ones resumed, so the command can
-be rerun after a crash; a run made with other options (OUTPUT/commands.json) is an error. The
-table is printed and written to OUTPUT/table.md.
+    python bench/metakd.py --set run.threads=1                     # the table (~3 hours)
+    python bench/metakd.py --model tiny --data synthetic --teacher-steps 12 --stage1-steps 4 \\
+        --stage2-steps 8 --lr 1e-3 --student-lr 1e-3 --max-length 48 \\
+        --set data.synthetic_train_per_domain=48 --set data.synthetic_eval_per_domain=12 \\
+        --output-dir /tmp/metakd-smoke --records /tmp/metakd-smoke/records   # seconds
+
+The table is printed and written to OUTPUT/table.md.
 """
 
 from __future__ import annotations
@@ -43,11 +68,23 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.stats import fmt_diff, fmt_mean_ci, paired_bootstrap  # noqa: E402
+
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "amazon-4domains"
-ROWS = ("student alone", "KD single-domain teacher", "KD mix teacher", "Meta-KD")
-ROW_KEYS = dict(zip(("alone", "single", "mix", "meta"), ROWS, strict=True))  # for --rows
+ROWS = {
+    "alone": "student alone",
+    "single": "KD single-domain teacher",
+    "mix": "KD mix teacher",
+    "meta": "Meta-KD",
+}
+TEACHER_OF = {"single": "single", "mix": "mix", "meta": "meta"}
+PREDICTIONS_FILE = "test_predictions.json"
+OUT = "{OUT}"  # stands for --output-dir in recorded commands
 
 
 def main() -> None:
@@ -59,32 +96,24 @@ def main() -> None:
     parser.add_argument("--student-layers", type=int, default=2)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--teacher-epochs", type=float, default=1.0)
-    parser.add_argument("--teacher-min-steps", type=int, default=0, help="floor for every teacher")
-    parser.add_argument("--intermediate-epochs", type=float, default=1.0, help="KD stage 1")
-    parser.add_argument("--prediction-epochs", type=float, default=2.0, help="KD stage 2")
+    parser.add_argument("--teacher-steps", type=int, default=200, help="every teacher")
+    parser.add_argument("--stage1-steps", type=int, default=50, help="KD intermediate stage")
+    parser.add_argument("--stage2-steps", type=int, default=150, help="KD prediction stage")
+    parser.add_argument(
+        "--scarce-student-scale",
+        type=float,
+        default=0.5,
+        help="student steps in the data-scarce setting, as a fraction of the full-data ones",
+    )
+    parser.add_argument("--evals", type=int, default=4, help="dev evaluations of every run")
     parser.add_argument("--lr", type=float, default=5e-5, help="teacher learning rate")
     parser.add_argument("--student-lr", type=float, default=1e-4)
-    parser.add_argument("--fractions", default="1,0.2", help="target-domain training fractions")
-    parser.add_argument("--domains", default="", help="comma-separated; default: all")
-    parser.add_argument(
-        "--rows",
-        default=",".join(ROW_KEYS),
-        help="which rows, comma-separated: alone, single, mix, meta (default: all four)",
-    )
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument(
-        "--max-train-per-domain", type=int, default=0, help="cap per domain (0: all), seeded"
-    )
-    parser.add_argument(
-        "--teacher-eval-per-domain",
-        type=int,
-        default=0,
-        help="teachers' dev/test cap per domain (0: all); students always use the full splits",
-    )
-    parser.add_argument(
-        "--bf16", action="store_true", help="bf16 autocast (slow on CPUs without native bf16)"
-    )
+    parser.add_argument("--seeds", type=int, default=3, help="student seeds per row")
+    parser.add_argument("--seed", type=int, default=42, help="teachers' seed; students seed+1..")
+    parser.add_argument("--fraction", type=float, default=0.2, help="data-scarce setting")
+    parser.add_argument("--settings", default="full,scarce", help="full, scarce or both")
+    parser.add_argument("--domains", default="books,dvd", help="target domains; 'all' = every")
+    parser.add_argument("--rows", default=",".join(ROWS), help="alone, single, mix, meta")
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -93,24 +122,31 @@ def main() -> None:
         help="extra section.key=value for every command (repeatable)",
     )
     parser.add_argument("--output-dir", type=Path, default=Path("runs/bench-metakd"))
+    parser.add_argument("--records", type=Path, default=REPO / "bench" / "results" / "metakd")
     args = parser.parse_args()
     if args.data != "synthetic" and not Path(args.data).exists():
         sys.exit(
             f"data not found: {args.data}\n"
             "give --data PATH (a folder with train/dev/test files) or --data synthetic"
         )
+    unknown = [r for r in args.rows.split(",") if r not in ROWS]
+    if unknown or "meta" not in args.rows.split(","):
+        sys.exit(f"--rows: need meta and any of {', '.join(ROWS)}; got {args.rows}")
     bench = Bench(args)
-    fractions = [float(f) for f in args.fractions.split(",")]
-    tables = []
     started = time.monotonic()
-    for fraction in fractions:
-        results = bench.setting(fraction)
-        tables.append(render(results, fraction, bench.domains))
+    tables = []
+    for setting in args.settings.split(","):
+        if setting not in ("full", "scarce"):
+            sys.exit(f"--settings: unknown {setting!r}; choose full, scarce")
+        tables.append(bench.setting(setting))
         print(tables[-1], flush=True)
-    text = "\n".join(tables)
-    text += f"\nTotal wall time: {(time.monotonic() - started) / 60:.1f} min (this invocation)\n"
-    (args.output_dir / "table.md").write_text(text, encoding="utf-8")
-    print(f"written: {args.output_dir / 'table.md'}")
+    minutes = (time.monotonic() - started) / 60
+    text = "\n".join(tables) + f"\nWall time of this invocation: {minutes:.1f} min\n"
+    text += f"Sum of all recorded runs: {bench.recorded_minutes():.1f} min\n"
+    (bench.out / "table.md").write_text(text, encoding="utf-8")
+    print(text.splitlines()[-2])
+    print(text.splitlines()[-1])
+    print(f"written: {bench.out / 'table.md'}")
 
 
 class Bench:
@@ -118,25 +154,15 @@ class Bench:
         self.args = args
         self.out = args.output_dir.resolve()
         self.out.mkdir(parents=True, exist_ok=True)
-        self.times_file = self.out / "times.json"
-        self.times: dict[str, float] = (
-            json.loads(self.times_file.read_text()) if self.times_file.is_file() else {}
-        )
-        # The command behind each run: a finished run is reused only for the same command.
-        self.commands_file = self.out / "commands.json"
-        self.commands: dict[str, list[str]] = (
-            json.loads(self.commands_file.read_text()) if self.commands_file.is_file() else {}
-        )
-        self.domains = self._domains()
-        unknown = [k for k in args.rows.split(",") if k not in ROW_KEYS]
-        if unknown:
-            sys.exit(f"--rows: unknown {unknown}; choose from {', '.join(ROW_KEYS)}")
-        self.rows = [ROW_KEYS[k] for k in ROW_KEYS if k in args.rows.split(",")]
-        self.student = self._student_init()
+        self.records = args.records.resolve()
+        self.records.mkdir(parents=True, exist_ok=True)
+        self.rows = [r for r in ROWS if r in args.rows.split(",")]
+        self.seeds = [args.seed + 1 + i for i in range(args.seeds)]
+        self.domains, self.train_counts = self._domains()
 
-    # -- data and the shared student checkpoint ------------------------------------------------
+    # -- data and student checkpoints -----------------------------------------------------------
 
-    def _data_config(self) -> object:
+    def _config(self) -> Any:
         from kdtui.config import build_config
         from kdtui.profile import parse_override
 
@@ -146,239 +172,195 @@ class Bench:
             merged.setdefault(section, {})[key] = value
         return build_config(merged)
 
-    def _domains(self) -> list[str]:
+    def _domains(self) -> tuple[list[str], dict[str, int]]:
         from kdtui.data import load_data
 
-        data = load_data(self._data_config().data)
+        data = load_data(self._config().data)
         self.label_names = data.label_names
+        counts = {d: data.train.domains.count(i) for i, d in enumerate(data.domain_names)}
+        if self.args.domains == "all":
+            return data.domain_names, counts
         wanted = [d for d in self.args.domains.split(",") if d]
         unknown = [d for d in wanted if d not in data.domain_names]
         if unknown:
             sys.exit(f"--domains: {unknown} not in the data ({data.domain_names})")
-        return wanted or data.domain_names
+        return wanted, counts
 
-    def _student_init(self) -> Path:
-        """The first k layers of the pre-trained model, a seeded new head: every row's student."""
-        folder = (
-            self.out
-            / f"student-init-{self.args.model.replace('/', '_')}-{self.args.student_layers}L"
-        )
+    def student_init_name(self, seed: int) -> str:
+        a = self.args
+        return f"student-init-{a.model.replace('/', '_')}-{a.student_layers}L-seed{seed}"
+
+    def student_init(self, seed: int) -> Path:
+        """The first k layers of the pre-trained model with a head drawn from `seed`."""
+        a = self.args
+        folder = self.out / self.student_init_name(seed)
         if (folder / "config.json").is_file():
             return folder
         from dataclasses import replace
 
+        from kdtui.checkpoint import atomic_folder
         from kdtui.models import build_student, load_classifier, load_tokenizer, save_classifier
 
-        config = self._data_config()
-        model_cfg = replace(config.model, name=self.args.model)
-        base = load_classifier(model_cfg, self.label_names, seed=self.args.seed)
+        model_cfg = replace(self._config().model, name=a.model)
+        base = load_classifier(model_cfg, self.label_names, seed=seed)
         student = build_student(
-            base,
-            num_layers=self.args.student_layers,
-            init_layers=list(range(self.args.student_layers)),
-            seed=self.args.seed,
+            base, num_layers=a.student_layers, init_layers=list(range(a.student_layers)), seed=seed
         )
-        save_classifier(student, load_tokenizer(model_cfg), folder, self.label_names)
+        with atomic_folder(folder) as tmp:
+            save_classifier(student, load_tokenizer(model_cfg), tmp, self.label_names)
         return folder
 
-    # -- budget ----------------------------------------------------------------------------------
+    # -- one setting ----------------------------------------------------------------------------
 
-    def _train_counts(self, fraction: float, domain: str) -> dict[str, int]:
-        """Training examples per domain in a setting (after the cap and the target's fraction)."""
-        from dataclasses import replace
-
-        from kdtui.data import load_data
-
-        cfg = self._data_config().data
-        cfg = replace(cfg, max_train_per_domain=self.args.max_train_per_domain)
-        if fraction < 1:
-            cfg = replace(cfg, train_fraction=fraction, subsample_domains=(domain,))
-        data = load_data(cfg)
-        return {d: data.train.domains.count(i) for i, d in enumerate(data.domain_names)}
-
-    def _teacher_steps(self, examples: int) -> int:
-        """--teacher-epochs over `examples`, but at least --teacher-min-steps."""
-        a = self.args
-        per_epoch = max(1, examples // a.batch_size)
-        return max(math.ceil(a.teacher_epochs * per_epoch), a.teacher_min_steps)
-
-    # -- one setting (a training fraction of the target domain) ---------------------------------
-
-    def setting(self, fraction: float) -> dict[str, dict[str, float]]:
-        """{row: {domain: test accuracy of the domain's student, "_time": seconds}}."""
-        tag = "full" if fraction >= 1 else f"frac{fraction:g}"
-        a = self.args
-        full_counts = self._train_counts(1.0, "")
-        rows = self.rows
-        accuracy: dict[str, dict[str, float]] = {row: {} for row in rows}
-        used: dict[str, set[str]] = {row: set() for row in rows}  # runs whose time a row pays
-        shared: dict[str, str] = {}
-        shared_methods = [m for m in ("mix", "meta") if ROW_KEYS[m] in rows]
-        if fraction >= 1:  # one mix and one meta teacher serve every domain
-            steps = self._teacher_steps(sum(full_counts.values()))
-            for method in shared_methods:
-                shared[method] = self.run(
-                    f"{tag}/teacher-{method}",
-                    ["teacher", "--method", method, "--max-steps", str(steps)],
-                    self._data(1.0, ""),
-                )
+    def setting(self, setting: str) -> str:
+        """Run (or read the records of) every run of a setting; returns its table."""
+        students: dict[str, dict[str, list[dict]]] = {r: {} for r in self.rows}
+        teachers: dict[str, dict[str, dict]] = {k: {} for k in ("single", "mix", "meta")}
         for domain in self.domains:
-            data = self._data(fraction, domain)
-            counts = full_counts if fraction >= 1 else self._train_counts(fraction, domain)
-            if fraction < 1:  # the teachers see the scarce target domain: one set per domain
-                steps = self._teacher_steps(sum(counts.values()))
-                for method in shared_methods:
-                    shared[method] = self.run(
-                        f"{tag}/{domain}/teacher-{method}",
-                        ["teacher", "--method", method, "--max-steps", str(steps)],
-                        data,
-                    )
-            # The single-domain teacher and the student alone are the same command on D.
-            on_domain = ["teacher", "--method", "single", "--domain", domain]
-            single = ""
-            if ROW_KEYS["single"] in rows:
-                steps = self._teacher_steps(full_counts[domain])  # 1/f epochs
-                single = self.run(
-                    f"{tag}/{domain}/teacher-single", [*on_domain, "--max-steps", str(steps)], data
-                )
-            # Students: their own domain only (its dev picks them, its test ranks them); at
-            # fraction f they train 1/f times the epochs, i.e. as many steps as at full data,
-            # and are evaluated every full-data epoch's worth of steps.
-            scale = 1.0 / fraction if fraction < 1 else 1.0
-            eval_every = max(1, full_counts[domain] // a.batch_size)
-            student_data = [
-                *data,
-                "--set",
-                f"data.domains={domain}",
-                "--set",
-                "data.max_eval_per_domain=0",
-                "--set",
-                f"train.eval_every={eval_every}",
-            ]
-            alone = ""
-            if ROW_KEYS["alone"] in rows:
-                alone = self.run(
-                    f"{tag}/{domain}/student-alone",
-                    [
-                        *on_domain,
-                        "--model",
-                        str(self.student),
-                        "--epochs",
-                        str(scale * (a.intermediate_epochs + a.prediction_epochs)),
-                        "--lr",
-                        str(a.student_lr),
-                    ],
-                    student_data,
-                    teacher=False,
-                )
-            kd = {
-                "KD single-domain teacher": (single, "vanilla", "single"),
-                "KD mix teacher": (shared.get("mix"), "vanilla", "mix"),
-                "Meta-KD": (shared.get("meta"), "meta", "meta"),
-            }
-            runs = {"student alone": [alone]} if alone else {}
-            for row, (teacher, method, kind) in kd.items():
-                if row not in rows:
-                    continue
-                distilled = self._distill(tag, domain, teacher, method, kind, student_data, scale)
-                runs[row] = [teacher, distilled]
-            for row, names in runs.items():
-                accuracy[row][domain] = test_accuracy(self.out / names[-1], domain)
-                used[row].update(names)  # a teacher shared by all domains counts once
-        return {
-            row: {**accuracy[row], "_time": sum(self.times[n] for n in used[row])} for row in rows
-        }
+            for row in self.rows:
+                kind = TEACHER_OF.get(row)
+                teacher = self.teacher(setting, kind, domain) if kind else None
+                if teacher is not None:
+                    teachers[kind][domain] = teacher
+                students[row][domain] = [
+                    self.student(setting, row, domain, seed, teacher) for seed in self.seeds
+                ]
+        return self.render(setting, students, teachers)
 
-    def _distill(
-        self,
-        tag: str,
-        domain: str,
-        teacher: str,
-        method: str,
-        kind: str,
-        data: list[str],
-        scale: float,
-    ) -> str:
-        a = self.args
-        return self.run(
-            f"{tag}/{domain}/distill-{kind}",
-            [
-                "distill",
-                "--teacher",
-                str(self.out / teacher),
-                "--domain",
-                domain,
-                "--method",
-                method,
-                "--student",
-                str(self.student),
-                "--lr",
-                str(a.student_lr),
-                "--set",
-                f"distill.intermediate_epochs={scale * a.intermediate_epochs}",
-                "--set",
-                f"distill.prediction_epochs={scale * a.prediction_epochs}",
-            ],
-            data,
-            teacher=False,
-        )
-
-    def _data(self, fraction: float, domain: str) -> list[str]:
-        """Options every command of a target domain shares: data, length, seed, batch."""
+    def _data(self, setting: str, domain: str) -> list[str]:
+        """Options every command of a (setting, target domain) shares."""
         a = self.args
         options = [
-            "--data",
-            a.data,
-            "--seed",
-            str(a.seed),
-            "--batch-size",
-            str(a.batch_size),
-            "--set",
-            f"data.max_length={a.max_length}",
-            "--set",
-            "train.eval_every=0",
-        ]
-        if a.max_train_per_domain:
-            options += ["--set", f"data.max_train_per_domain={a.max_train_per_domain}"]
-        if fraction < 1:
+            "--data", a.data, "--batch-size", str(a.batch_size),
+            "--set", f"data.max_length={a.max_length}", "--no-bf16",
+        ]  # fmt: skip
+        if setting == "scarce":
             options += [
-                "--set",
-                f"data.train_fraction={fraction}",
-                "--set",
-                f"data.subsample_domains={domain}",
-            ]
-        options += ["--bf16" if a.bf16 else "--no-bf16"]
+                "--set", f"data.train_fraction={a.fraction}",
+                "--set", f"data.subsample_domains={domain}",
+            ]  # fmt: skip
         for text in a.overrides:
             options += ["--set", text]
         return options
 
-    def run(self, name: str, command: list[str], data: list[str], teacher: bool = True) -> str:
-        """Run (or reuse, or resume) one kdtui command into OUTPUT/name; returns name."""
+    def teacher(self, setting: str, kind: str, domain: str) -> dict:
+        """A teacher's record. At full data the mix and meta teachers serve every domain."""
         a = self.args
+        shared = setting == "full" and kind in ("mix", "meta")
+        name = f"{setting}/teacher-{kind}" if shared else f"{setting}/{domain}/teacher-{kind}"
+        command = ["teacher", "--method", kind]
+        if kind == "single":
+            command += ["--domain", domain]
+        command += [
+            "--model", a.model, "--lr", str(a.lr), "--seed", str(a.seed),
+            "--max-steps", str(a.teacher_steps),
+            "--set", f"train.eval_every={max(1, a.teacher_steps // a.evals)}",
+            *self._data(setting, "" if shared else domain),
+        ]  # fmt: skip
+        return self.run(name, command)
+
+    def student(self, setting: str, row: str, domain: str, seed: int, teacher: dict | None) -> dict:
+        a = self.args
+        name = f"{setting}/{domain}/{row}-seed{seed}"
+        init = f"{OUT}/{self.student_init_name(seed)}"
+        data = [
+            *self._data(setting, domain),
+            "--seed", str(seed), "--lr", str(a.student_lr),
+            "--set", f"data.domains={domain}",
+        ]  # fmt: skip
+        stage1, stage2 = self.student_steps(setting)
+        if row == "alone":
+            steps = stage1 + stage2
+            command = [
+                "teacher", "--method", "single", "--domain", domain, "--model", init,
+                "--max-steps", str(steps),
+                "--set", f"train.eval_every={max(1, steps // a.evals)}", *data,
+            ]  # fmt: skip
+            return self.run(name, command, seed=seed)
+        assert teacher is not None
+        examples = self.train_counts[domain]
+        if setting == "scarce":
+            examples = self._scarce_count(domain)
+        per_epoch = max(1, examples // a.batch_size)
+        # epochs that give exactly the wanted steps (the loop takes ceil(per_epoch * epochs))
+        command = [
+            "distill", "--teacher", f"{OUT}/{teacher['name']}", "--domain", domain,
+            "--method", "meta" if row == "meta" else "vanilla", "--student", init,
+            "--set", f"distill.intermediate_epochs={(stage1 - 0.5) / per_epoch!r}",
+            "--set", f"distill.prediction_epochs={(stage2 - 0.5) / per_epoch!r}",
+            "--set", f"train.eval_every={max(1, stage2 // a.evals)}", *data,
+        ]  # fmt: skip
+        return self.run(name, command, needs=teacher, seed=seed)
+
+    def student_steps(self, setting: str) -> tuple[int, int]:
+        """(stage 1, stage 2) optimiser steps of every student of a setting."""
+        a = self.args
+        scale = a.scarce_student_scale if setting == "scarce" else 1.0
+        return max(1, round(scale * a.stage1_steps)), max(1, round(scale * a.stage2_steps))
+
+    def _scarce_count(self, domain: str) -> int:
+        from dataclasses import replace
+
+        from kdtui.data import load_data
+
+        cfg = replace(
+            self._config().data, train_fraction=self.args.fraction, subsample_domains=(domain,)
+        )
+        data = load_data(cfg)
+        return data.train.domains.count(data.domain_names.index(domain))
+
+    # -- runs and their records -----------------------------------------------------------------
+
+    def folder(self, record: dict) -> Path:
+        """A run's folder, retraining it if only its record is left (a student needs it)."""
+        folder = self.out / record["name"]
+        if not (folder / "model" / "config.json").is_file():
+            self._execute(record["name"], record["command"])
+        return folder
+
+    def record_path(self, name: str) -> Path:
+        return self.records / (name.replace("/", "__") + ".json")
+
+    def recorded_minutes(self) -> float:
+        total = 0.0
+        for path in self.records.glob("*.json"):
+            total += json.loads(path.read_text())["wall_s"]
+        return total / 60
+
+    def run(
+        self, name: str, command: list[str], needs: dict | None = None, seed: int | None = None
+    ) -> dict:
+        """The record of one kdtui run: read it, or run (resume) the command and write it.
+        Commands name folders under --output-dir as {OUT}/..., so records do not depend on
+        where the run folders are."""
+        path = self.record_path(name)
+        if path.is_file():
+            record = json.loads(path.read_text())
+            if record["command"] != command:
+                sys.exit(
+                    f"{path} was made with another command than this benchmark now runs;"
+                    " move it away (or use another --records) and rerun"
+                )
+            return record
+        if needs is not None:
+            self.folder(needs)
+        if seed is not None:
+            self.student_init(seed)
+        wall = self._execute(name, command)
+        record = self._record(name, command, wall)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, separators=(",", ":")) + "\n")
+        tmp.replace(path)
+        return record
+
+    def _execute(self, name: str, command: list[str]) -> float:
         folder = self.out / name
-        if teacher:
-            data = [*data, "--set", f"data.max_eval_per_domain={a.teacher_eval_per_domain}"]
-            command = [*command, "--model", a.model, "--lr", str(a.lr)]
-        argv = [
-            *command,
-            *data,
-            "--output-dir",
-            str(folder.parent),
-            "--name",
-            folder.name,
-            "--quiet",
-        ]
-        recorded = self.commands.get(name)
-        if recorded is not None and recorded != argv and (folder / "config.toml").is_file():
-            sys.exit(
-                f"{folder} was run with other options than this benchmark now asks for;"
-                " move it away (or use another --output-dir) and rerun"
-            )
-        if (folder / "metrics.json").is_file() and name in self.times:
-            return name
-        self.commands[name] = argv
-        self.commands_file.write_text(json.dumps(self.commands, indent=1) + "\n")
-        if (folder / "config.toml").is_file():  # interrupted: continue it
+        command = [part.replace(OUT, str(self.out)) for part in command]
+        argv = [*command, "--output-dir", str(folder.parent), "--name", folder.name, "--quiet"]
+        if (folder / "config.toml").is_file():
+            if (folder / "metrics.json").is_file():  # finished, record not yet written
+                spent = folder / "wall_s"
+                return float(spent.read_text()) if spent.is_file() else 0.0
             argv = [command[0], "--resume", str(folder), "--quiet"]
         folder.parent.mkdir(parents=True, exist_ok=True)
         print(f"[{time.strftime('%H:%M:%S')}] kdtui {' '.join(argv)}", flush=True)
@@ -387,32 +369,92 @@ class Bench:
         done = subprocess.run([sys.executable, "-m", "kdtui", *argv], env=env, cwd=REPO)
         if done.returncode != 0:
             sys.exit(f"kdtui {command[0]} failed ({done.returncode}) for {name}")
-        self.times[name] = self.times.get(name, 0.0) + time.monotonic() - start
-        self.times_file.write_text(json.dumps(self.times, indent=1) + "\n")
-        return name
+        wall = time.monotonic() - start
+        previous = folder / "wall_s"
+        if previous.is_file():  # a resumed run adds to the time already spent
+            wall += float(previous.read_text())
+        previous.write_text(f"{wall}\n")
+        return wall
+
+    def _record(self, name: str, command: list[str], wall: float) -> dict:
+        folder = self.out / name
+        metrics = json.loads((folder / "metrics.json").read_text())
+        predictions = json.loads((folder / PREDICTIONS_FILE).read_text())
+        correct: dict[str, str] = {}
+        for d, y, p in zip(
+            predictions["domains"], predictions["labels"], predictions["predictions"], strict=True
+        ):
+            correct[d] = correct.get(d, "") + ("1" if y == p else "0")
+        dev = []
+        for line in (folder / "events.jsonl").read_text().splitlines():
+            event = json.loads(line)
+            if event.get("type") == "eval":
+                dev.append([event["step"], event["accuracy"]])
+        keep = ("steps", "best_step", "best_dev", "stopped_early", "test")
+        return {
+            "name": name,
+            "command": command,
+            "wall_s": round(wall, 1),
+            "metrics": {k: metrics[k] for k in keep if k in metrics},
+            "dev": dev,
+            "test_correct": correct,
+        }
+
+    # -- the table ------------------------------------------------------------------------------
+
+    def render(
+        self, setting: str, students: dict[str, dict[str, list[dict]]], teachers: dict
+    ) -> str:
+        a = self.args
+        title = (
+            "Full data"
+            if setting == "full"
+            else f"Data-scarce: {a.fraction:.0%} of the target domain's training data"
+        )
+        domains = self.domains
+        lines = [
+            f"### {title} ({len(self.seeds)} student seeds; test accuracy %, mean ± 95% interval)",
+            "",
+            "| row | " + " | ".join(domains) + " | average | Meta-KD minus row [95%] | wall time |",
+            "| --- | " + " | ".join("---:" for _ in domains) + " | ---: | ---: | ---: |",
+        ]
+
+        def correct(row: str, domain: str) -> list[list[int]]:
+            return [[int(c) for c in r["test_correct"][domain]] for r in students[row][domain]]
+
+        def joined(row: str) -> list[list[int]]:  # per seed: every target domain's examples
+            per_domain = [correct(row, d) for d in domains]
+            return [sum((p[s] for p in per_domain), []) for s in range(len(self.seeds))]
+
+        for row in self.rows:
+            cells = [fmt_mean_ci([_acc(r, d) for r in students[row][d]]) for d in domains]
+            average = fmt_mean_ci(
+                [
+                    sum(_acc(students[row][d][s], d) for d in domains) / len(domains)
+                    for s in range(len(self.seeds))
+                ]
+            )
+            diff = "-" if row == "meta" else fmt_diff(paired_bootstrap(joined("meta"), joined(row)))
+            runs = [r for d in domains for r in students[row][d]]
+            kind = TEACHER_OF.get(row)
+            if kind:  # a teacher shared by several domains counts once
+                runs += list({t["name"]: t for t in teachers[kind].values()}.values())
+            minutes = sum(r["wall_s"] for r in runs) / 60
+            lines.append(
+                f"| {ROWS[row]} | {' | '.join(cells)} | {average} | {diff} | {minutes:.1f} min |"
+            )
+        lines += ["", "Teachers on the target domain's test split (one run each, seed "
+                  f"{a.seed}):", ""]  # fmt: skip
+        for kind, by_domain in teachers.items():
+            if by_domain:
+                accs = ", ".join(f"{d} {100 * _acc(t, d):.1f}" for d, t in by_domain.items())
+                lines.append(f"- {kind}: {accs}")
+        return "\n".join(lines) + "\n"
 
 
-def test_accuracy(run: Path, domain: str) -> float:
-    metrics = json.loads((run / "metrics.json").read_text())
-    if "test" not in metrics and "domains" in metrics:
-        metrics = metrics["domains"][domain]
-    return float(metrics["test"][domain])
-
-
-def render(results: dict[str, dict[str, float]], fraction: float, domains: list[str]) -> str:
-    title = "full data" if fraction >= 1 else f"data-scarce: {fraction:.0%} of the target domain"
-    lines = [
-        f"### {title}",
-        "",
-        "| row | " + " | ".join(domains) + " | average | wall time |",
-        "| --- | " + " | ".join("---:" for _ in domains) + " | ---: | ---: |",
-    ]
-    for row, values in results.items():
-        accs = [values[d] for d in domains]
-        cells = " | ".join(f"{100 * v:.1f}" for v in accs)
-        average = 100 * sum(accs) / len(accs)
-        lines.append(f"| {row} | {cells} | {average:.1f} | {values['_time'] / 60:.1f} min |")
-    return "\n".join(lines) + "\n"
+def _acc(record: dict, domain: str) -> float:
+    text = record["test_correct"][domain]
+    return sum(c == "1" for c in text) / len(text) if text else math.nan
 
 
 if __name__ == "__main__":
