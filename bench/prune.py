@@ -235,20 +235,21 @@ class Bench:
 
     def plan(self) -> list[tuple[str, list[str], dict[str, Any]]]:
         """Every run that does not depend on another's result: (name, options, info)."""
+        # Seed by seed, so an interrupted table has whole seeds of every row; CAP first, so the
+        # first finished runs show whether every part of it acts.
         runs = []
-        for sparsity in self.args.sparsities:
-            pct = round(sparsity * 100)
-            for seed in self.args.seeds:
+        for seed in self.args.seeds:
+            for sparsity in sorted(self.args.sparsities, reverse=True):
+                pct = round(sparsity * 100)
+                method = ["--criterion", "soft-movement", "--cap"]
+                info = {"row": "cap-soft", "criterion": "soft-movement", "sparsity": sparsity}
+                runs.append((f"cap-soft-movement-{pct}-s{seed}", method, info | {"seed": seed}))
                 for criterion in BASELINES:
                     method = ["--criterion", criterion, "--no-cap"]
                     info = {"row": criterion, "criterion": criterion, "sparsity": sparsity}
                     runs.append((f"{criterion}-{pct}-s{seed}", method, info | {"seed": seed}))
-                method = ["--criterion", "soft-movement", "--cap"]
-                info = {"row": "cap-soft", "criterion": "soft-movement", "sparsity": sparsity}
-                runs.append((f"cap-soft-movement-{pct}-s{seed}", method, info | {"seed": seed}))
-        if self.args.heads_sparsity > 0:
-            pct = round(self.args.heads_sparsity * 100)
-            for seed in self.args.seeds:
+            if self.args.heads_sparsity > 0:
+                pct = round(self.args.heads_sparsity * 100)
                 method = ["--structure", "heads-ffn", "--cap"]
                 info = {"row": "heads-ffn", "sparsity": self.args.heads_sparsity, "seed": seed}
                 runs.append((f"heads-ffn-{pct}-s{seed}", method, info))
