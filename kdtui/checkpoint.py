@@ -72,7 +72,20 @@ def save_checkpoint(
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise KdtuiError(f"could not write checkpoint {folder}: {e.strerror or e}") from None
+    except BaseException:  # a second Ctrl-C or SIGTERM stops the write at once
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return folder
+
+
+def remove_unfinished(root: Path) -> None:
+    """Remove the temporary folders of checkpoints whose write never finished (the process was
+    killed while writing), in `root` (step-N.tmp) and of `root` itself (a single checkpoint
+    such as RUN/best): they never count as checkpoints, and nothing else would remove them."""
+    if root.is_dir():
+        for tmp in root.glob("step-*.tmp"):
+            shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(root.with_name(root.name + ".tmp"), ignore_errors=True)
 
 
 @contextmanager

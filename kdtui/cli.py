@@ -7,8 +7,10 @@ code 2; an unexpected error exits 1 (with the traceback saved in the run's error
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from kdtui import __version__
-from kdtui.errors import KdtuiError
+from kdtui.errors import Interrupted, KdtuiError
 
 app = typer.Typer(
     name="kdtui",
@@ -87,9 +89,11 @@ def handles_errors(fn: F) -> F:
         except KdtuiError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(e.exit_code) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted: the last checkpoint is kept; continue with --resume", err=True)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as e:
+            stop = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT)
+            with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+                typer.echo(stop.message(), err=True)
+            raise typer.Exit(stop.exit_code) from None
         except typer.Exit:
             raise
         except Exception as e:

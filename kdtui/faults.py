@@ -1,5 +1,5 @@
-"""Deterministic crash points, so tests can prove that a run killed exactly there resumes to the
-same result.
+"""Deterministic crash points, so tests can prove that a run killed or stopped exactly there
+resumes to the same result.
 
 `KDTUI_CRASH_AT="<point>:<step>"` makes the process SIGKILL itself when it reaches `<point>` at
 optimiser step `<step>` (counted across stages, as in the events):
@@ -8,6 +8,10 @@ optimiser step `<step>` (counted across stages, as in the events):
 * `eval`:        after the dev predictions, before the eval event is written;
 * `checkpoint`:  with the checkpoint's files written but not yet renamed into place;
 * `interrupt`:   where `step` is, but SIGINT, as Ctrl-C in a terminal sends it.
+
+`<point>:<step>:<SIGNAL>[+<SIGNAL>...]` sends those signals instead, one after the other (e.g.
+`checkpoint:8:SIGTERM`, or `checkpoint:8:SIGINT+SIGINT` for a double Ctrl-C), and several
+points can be given separated by commas (`step:7:SIGINT,checkpoint:7`).
 
 Outside tests the variable is unset and a crash point costs one environment lookup.
 """
@@ -24,7 +28,11 @@ def crash_point(point: str, step: int) -> None:
     wanted = os.environ.get(CRASH_ENV)
     if wanted is None:
         return
-    if wanted == f"{point}:{step}":
-        os.kill(os.getpid(), signal.SIGKILL)
-    elif point == "step" and wanted == f"interrupt:{step}":
-        os.kill(os.getpid(), signal.SIGINT)
+    for fault in wanted.split(","):
+        name, _, rest = fault.partition(":")
+        where, _, signals = rest.partition(":")
+        if name == point and where == str(step):
+            for signal_name in signals.split("+") if signals else ["SIGKILL"]:
+                os.kill(os.getpid(), signal.Signals[signal_name])
+        elif point == "step" and name == "interrupt" and where == str(step):
+            os.kill(os.getpid(), signal.SIGINT)

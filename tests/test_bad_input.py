@@ -318,6 +318,17 @@ CASES = [
     ),
     # run directories
     Case(
+        "name-of-a-folder-that-is-not-a-run",
+        lambda *_: teacher("--name", "keep"),
+        "is not a kdtui run (it holds events.jsonl); choose another --name or --output-dir",
+    ),
+    Case(
+        "force-on-a-folder-that-is-not-a-run",
+        lambda *_: teacher("--name", "keep", "--force"),
+        "is not a kdtui run (it holds events.jsonl); --force replaces only kdtui runs; "
+        "nothing was touched",
+    ),
+    Case(
         "output-dir-is-a-file",
         lambda tmp, _: teacher("--output-dir", str(write(tmp / "f", "x"))),
         "is a file, not a directory",
@@ -440,3 +451,20 @@ def test_bad_input(case: Case, tmp_path: Path, teacher_run: Path) -> None:
     assert (keep / "events.jsonl").read_text() == "a run that must survive\n"
     assert (teacher_run / "events.jsonl").read_bytes() == teacher_before
     assert not (scratch / "EXPLOITED").exists()  # no weights file ran code
+
+
+def test_force_never_touches_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
+    home = tmp_path / "fakehome"
+    write(home / ".bashrc", "export PATH\n")
+    write(home / "docs" / "notes.txt", "notes\n")
+    common = ["teacher", "--profile", "smoke", "--output-dir", str(tmp_path), "--name", "fakehome"]
+
+    for extra in ([], ["--force"]):
+        result = invoke(*common, *extra, "--quiet")
+        assert result.exit_code == 2, result.stderr
+        assert f"{home} is not a kdtui run (it holds .bashrc, docs/)" in result.stderr
+        assert "already holds a run" not in result.stderr
+    assert "nothing was touched" in result.stderr
+    assert (home / ".bashrc").read_text() == "export PATH\n"
+    assert (home / "docs" / "notes.txt").read_text() == "notes\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fakehome"]

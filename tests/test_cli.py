@@ -78,7 +78,7 @@ def test_a_bad_command_does_not_touch_an_existing_run(runs: Path) -> None:
     (keep / "events.jsonl").write_text("precious\n")
     result = _smoke(runs, "--name", "keep", "--data", "missing.jsonl")
     assert result.exit_code == 2
-    assert "already holds a run" in result.stderr
+    assert "is not a kdtui run (it holds events.jsonl)" in result.stderr
     assert (keep / "events.jsonl").read_text() == "precious\n"
 
 

@@ -1,8 +1,10 @@
 """Crash safety: a teacher, distill or prune run SIGKILLed during a step, an evaluation or a
 checkpoint write, then `--resume`d, ends exactly like an uninterrupted run; so does one stopped
-with Ctrl-C; a damaged newest checkpoint is reported and the previous one used; a full disk is a
-clear error that leaves no half-written checkpoint; a NaN loss stops the run and keeps the last
-good checkpoint."""
+with Ctrl-C, SIGTERM or SIGHUP; a second signal abandons a checkpoint being written, and a
+half-written one is removed on the next start; a run that a live process writes is refused to
+any other command; a damaged newest checkpoint is reported and the previous one used; a full
+disk is a clear error that leaves no half-written checkpoint; a NaN loss stops the run and keeps
+the last good checkpoint."""
 
 from __future__ import annotations
 
@@ -34,7 +36,14 @@ def run_until_crash(args: list[str], crash_at: str) -> subprocess.CompletedProce
     result = subprocess.run(
         [sys.executable, "-m", "kdtui", *args], env=env, capture_output=True, text=True
     )
-    expected = 130 if crash_at.startswith("interrupt") else -signal.SIGKILL
+    last = crash_at.split(",")[-1]  # the fault that ends the process
+    signals = last.split(":")[2:]
+    if last.startswith("interrupt"):
+        expected = 130
+    elif signals:  # stopped by a signal it handles: exit code 128 + the signal's number
+        expected = 128 + signal.Signals[signals[0].split("+")[0]]
+    else:
+        expected = -signal.SIGKILL
     assert result.returncode == expected, f"did not stop at {crash_at}: {result.stderr}"
     return result
 
@@ -139,8 +148,11 @@ def test_ctrl_c_checkpoints_the_step_it_stopped_at_and_resumes_to_the_same_resul
     full = invoke(*argv, "--name", "full")
     assert full.exit_code == 0, full.stderr
     stopped = run_until_crash([*argv, "--name", "stopped"], "interrupt:7")
-    assert "interrupted: the last checkpoint is kept; continue with --resume" in stopped.stderr
     run = runs / "stopped"
+    assert stopped.stderr.endswith(
+        f"interrupted by Ctrl-C (SIGINT): the last checkpoint of {run} is kept; "
+        f"continue with: kdtui {argv[0]} --resume {run}\n"
+    )
     events = events_of(run)
     assert isinstance(events[-1], RunFailed) and events[-1].kind == "interrupted"
     checkpoints = [e for e in events if isinstance(e, CheckpointEvent) and e.kind != "best"]
@@ -148,6 +160,99 @@ def test_ctrl_c_checkpoints_the_step_it_stopped_at_and_resumes_to_the_same_resul
     resumed = invoke(command, "--resume", str(run), "--quiet")
     assert resumed.exit_code == 0, resumed.stderr
     assert_same_result(runs / "full", run)
+
+
+@pytest.mark.parametrize(
+    ("crash_at", "stopped_at"),
+    [
+        ("step:7:SIGTERM", 7),  # mid-step: the step is finished and checkpointed
+        ("checkpoint:8:SIGTERM", 8),  # while a checkpoint is written: that one completes
+        ("step:7:SIGHUP", 7),  # the terminal went away
+    ],
+)
+def test_sigterm_and_sighup_stop_like_ctrl_c_and_resume_to_the_same_result(
+    uninterrupted: Path, runs: Path, crash_at: str, stopped_at: int
+) -> None:
+    run = runs / "stopped"
+    stopped = run_until_crash([*TEACHER, "--output-dir", str(runs), "--name", "stopped"], crash_at)
+    name = crash_at.rsplit(":", 1)[1]
+    assert stopped.stderr.endswith(
+        f"interrupted by {name}: the last checkpoint of {run} is kept; "
+        f"continue with: kdtui teacher --resume {run}\n"
+    )
+    events = events_of(run)
+    assert isinstance(events[-1], RunFailed) and events[-1].kind == "interrupted"
+    assert name in events[-1].error
+    checkpoints = [e for e in events if isinstance(e, CheckpointEvent) and e.kind != "best"]
+    assert checkpoints[-1].step == stopped_at
+    assert not list(run.rglob("*.tmp")) and not (run / ".lock").exists()
+    resumed = invoke("teacher", "--resume", str(run), "--quiet")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert_same_result(uninterrupted, run)
+
+
+def test_a_second_signal_abandons_the_checkpoint_being_written(
+    uninterrupted: Path, runs: Path
+) -> None:
+    run = runs / "stopped"
+    argv = [*TEACHER, "--output-dir", str(runs), "--name", "stopped"]
+    run_until_crash(argv, "checkpoint:8:SIGTERM+SIGTERM")
+    assert not list(run.rglob("*.tmp"))  # the half-written step-8 folder was removed
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-00000004"]
+    assert isinstance(events_of(run)[-1], RunFailed)
+    resumed = invoke("teacher", "--resume", str(run), "--quiet")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert_same_result(uninterrupted, run)
+
+
+def test_a_checkpoint_killed_mid_write_is_removed_on_the_next_start(
+    uninterrupted: Path, runs: Path
+) -> None:
+    # Ctrl-C at step 7, then SIGKILL while its checkpoint is written: step 7 is never saved
+    # again, so only the start of the resumed run can remove the half-written folder.
+    run = runs / "killed"
+    argv = [*TEACHER, "--output-dir", str(runs), "--name", "killed"]
+    run_until_crash(argv, "step:7:SIGINT,checkpoint:7")
+    assert (run / "checkpoints" / "step-00000007.tmp").is_dir()
+    resumed = invoke("teacher", "--resume", str(run), "--quiet")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert not list(run.rglob("*.tmp"))
+    assert_same_result(uninterrupted, run)
+
+
+def test_one_writer_per_run_directory(uninterrupted: Path, runs: Path) -> None:
+    """A second command on a run that a live process writes is refused, whether it starts a
+    run there, replaces it or resumes it; once the writer is killed, its lock is stale and a
+    resume takes it over."""
+    from kdtui.dashboard.runs import RunScanner
+
+    run = runs / "busy"
+    argv = [*TEACHER, "--output-dir", str(runs), "--name", "busy"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), CRASH_ENV: "checkpoint:8:SIGSTOP"}
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "kdtui", *argv], env=env, stderr=subprocess.DEVNULL
+    )
+    try:
+        _, status = os.waitpid(writer.pid, os.WUNTRACED)  # frozen mid-run, holding the lock
+        assert os.WIFSTOPPED(status)
+        events_before = (run / "events.jsonl").read_bytes()
+        for second in (argv, [*argv, "--force"], ["teacher", "--resume", str(run), "--quiet"]):
+            result = invoke(*second)
+            assert result.exit_code == 2, result.stderr
+            assert result.stderr == (
+                f"error: {run} is in use: process {writer.pid} is writing to it; wait for it to "
+                f"end, or stop it with `kill {writer.pid}` (it checkpoints and stops)\n"
+            )
+        assert (run / "events.jsonl").read_bytes() == events_before
+        assert [s.name for s in RunScanner(runs).scan()] == ["busy"]  # the dashboard sees it
+    finally:
+        writer.kill()
+        writer.wait()
+    assert (run / ".lock").is_file()  # left by the killed writer
+    resumed = invoke("teacher", "--resume", str(run), "--quiet")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert not (run / ".lock").exists()
+    assert_same_result(uninterrupted, run)
 
 
 def test_damaged_newest_checkpoint_is_reported_and_the_previous_one_used(

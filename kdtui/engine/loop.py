@@ -35,6 +35,7 @@ from kdtui.checkpoint import (
     list_checkpoints,
     load_latest,
     prune_old,
+    remove_unfinished,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -43,7 +44,7 @@ from kdtui.config import TrainConfig
 from kdtui.data import Encoded, collate
 from kdtui.engine.evaluate import accuracy_of_predictions, predictions_in_order
 from kdtui.engine.hooks import Batch, Hook, HookContext, StepInfo
-from kdtui.errors import KdtuiError
+from kdtui.errors import Interrupted, KdtuiError
 from kdtui.events import Checkpoint, Eval, Message, Step
 from kdtui.faults import crash_point
 from kdtui.rundir import RunDir
@@ -165,6 +166,10 @@ def train(job: TrainJob) -> TrainResult:
     need_attn = any(h.needs_attentions for h in job.hooks)
 
     state = EngineState()
+    if run.is_main:
+        remove_unfinished(job.checkpoint_dir)
+        if job.best_dir is not None:
+            remove_unfinished(job.best_dir)
     loaded = load_latest(job.checkpoint_dir, lambda text: log(Message(level="warning", text=text)))
     if loaded is not None:
         model.load_state_dict(loaded.model)
@@ -202,8 +207,8 @@ def train(job: TrainJob) -> TrainResult:
             )
         )
 
-    interrupted = threading.Event()
-    previous_handler = _catch_sigint(interrupted)
+    stop = _StopRequest()
+    previous_handlers = _catch_stop_signals(stop)
     model.train()
     try:
         while state.step < n_steps and not state.stopped_early:
@@ -241,8 +246,10 @@ def train(job: TrainJob) -> TrainResult:
                 for name, value in [("loss", loss), *terms.items()]:
                     sums[name] = sums.get(name, 0.0) + value.detach().float() * share
             crash_point("step", job.step_offset + state.step + 1)
+            agreed_stop = False
             if world > 1:
-                _all_reduce_sum(params, sums, device)
+                # Processes stop after the same step: the one in which any of them was asked to.
+                agreed_stop = _all_reduce_sum(params, sums, device, stop.signum is not None)
             if not all(math.isfinite(float(v)) for v in sums.values()):
                 bad = ", ".join(k for k, v in sums.items() if not math.isfinite(float(v)))
                 kept = list_checkpoints(job.checkpoint_dir)
@@ -279,12 +286,14 @@ def train(job: TrainJob) -> TrainResult:
                 _evaluate(job, state, model, device, autocast, rank, world, acc)
             if state.step % checkpoint_every == 0 or last or state.stopped_early:
                 save("final" if last else "periodic")
-            if interrupted.is_set():
+            # One process stops as soon as it can: a signal during this step's evaluation or
+            # checkpoint counts too.
+            if agreed_stop if world > 1 else stop.signum is not None:
                 if state.step % checkpoint_every and not last:
                     save("periodic")
-                raise KeyboardInterrupt
+                raise Interrupted(stop.signum or signal.SIGINT)
     finally:
-        _restore_sigint(previous_handler)
+        _restore_signals(previous_handlers)
     return TrainResult(
         state.step, state.best_metric, state.best_step, state.last_eval, state.stopped_early
     )
@@ -452,16 +461,22 @@ def _adamw(model: nn.Module, hooks: Sequence[Hook], cfg: TrainConfig) -> torch.o
 
 
 def _all_reduce_sum(
-    params: list[nn.Parameter], sums: dict[str, torch.Tensor], device: torch.device
-) -> None:
+    params: list[nn.Parameter], sums: dict[str, torch.Tensor], device: torch.device, stop: bool
+) -> bool:
     """Sum every gradient and logged term over processes in one flat buffer. Each process
-    scaled its loss by its share of the global batch, so the sum is the global mean."""
+    scaled its loss by its share of the global batch, so the sum is the global mean. The same
+    buffer carries each process's stop request; returns whether any process has one."""
     import torch.distributed as dist
 
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat(
         [g.reshape(-1) for g in grads]
-        + [torch.stack([torch.as_tensor(v, device=device) for v in sums.values()])]
+        + [
+            torch.stack(
+                [torch.as_tensor(v, device=device) for v in sums.values()]
+                + [torch.tensor(float(stop), device=device)]
+            )
+        ]
     )
     dist.all_reduce(flat)
     offset = 0
@@ -470,21 +485,32 @@ def _all_reduce_sum(
         offset += g.numel()
     for i, name in enumerate(sums):
         sums[name] = flat[offset + i]
+    return bool(flat[-1] > 0)
 
 
-def _catch_sigint(flag: threading.Event) -> Any:
-    """First Ctrl-C: finish the current step, checkpoint, stop. A second one stops at once."""
+@dataclass
+class _StopRequest:
+    signum: int | None = None  # the first stop signal received
+
+
+# Ctrl-C, `kill` (and schedulers, container stops), a closed terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _catch_stop_signals(stop: _StopRequest) -> dict[int, Any]:
+    """The first stop signal: finish the current step, checkpoint, stop. A second one stops at
+    once (a checkpoint being written is abandoned, the previous one is kept)."""
     if threading.current_thread() is not threading.main_thread():
-        return None
+        return {}
 
     def handler(signum: int, frame: Any) -> None:
-        if flag.is_set():
-            raise KeyboardInterrupt
-        flag.set()
+        if stop.signum is not None:
+            raise Interrupted(signum)
+        stop.signum = signum
 
-    return signal.signal(signal.SIGINT, handler)
+    return {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
 
 
-def _restore_sigint(previous: Any) -> None:
-    if previous is not None:
-        signal.signal(signal.SIGINT, previous)
+def _restore_signals(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)

@@ -4,6 +4,8 @@ start Accelerate, run the recipe body, and end with run_finished or run_failed."
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -11,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kdtui.config import Config
-from kdtui.errors import KdtuiError
+from kdtui.errors import Interrupted, KdtuiError
 from kdtui.events import Event, RunFailed, RunFinished, RunStarted
 from kdtui.profile import to_toml
 from kdtui.rundir import RunDir, check_new_run_path, default_run_name
@@ -109,44 +111,76 @@ def execute(
             check_new_run_path(path, force=force)
     run = RunDir(path, is_main=accelerator.is_main_process)
     run.listeners.extend(listeners)
-    run.open(fresh=resume is None)
-    if resume is None:
-        run.write_text(
-            "config.toml",
-            to_toml(
-                config,
-                header=f"kdtui {command}: resolved configuration of run {path.name}\n"
-                f"rerun: kdtui {command} --profile {path / 'config.toml'}",
-            ),
-        )
-    ctx = RunContext(command, config, run, accelerator, profile, resumed=resume is not None)
+    run.open(fresh=resume is None)  # locks the directory: from here on, `run.close()` unlocks it
+    previous_handlers = _stop_on_signals()
     try:
-        metrics = body(ctx)
-    except KdtuiError as e:
-        run.log(RunFailed(step=ctx.last_step, error=str(e), kind="user"))
-        if resume is None and not ctx.started:
-            # A mistake caught before training began leaves nothing worth keeping; removing the
-            # new directory lets the user fix the command and rerun it under the same name.
-            run.discard()
-        raise
-    except KeyboardInterrupt:
-        run.log(
-            RunFailed(
-                step=ctx.last_step, error="interrupted; resume with --resume", kind="interrupted"
+        if resume is None:
+            run.write_text(
+                "config.toml",
+                to_toml(
+                    config,
+                    header=f"kdtui {command}: resolved configuration of run {path.name}\n"
+                    f"rerun: kdtui {command} --profile {path / 'config.toml'}",
+                ),
             )
-        )
-        raise
-    except Exception as e:
-        run.log(RunFailed(step=ctx.last_step, error=f"{type(e).__name__}: {e}", kind="internal"))
-        if run.is_main:
-            (path / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
-        raise
+        ctx = RunContext(command, config, run, accelerator, profile, resumed=resume is not None)
+        try:
+            metrics = body(ctx)
+        except KdtuiError as e:
+            run.log(RunFailed(step=ctx.last_step, error=str(e), kind="user"))
+            if resume is None and not ctx.started:
+                # A mistake caught before training began leaves nothing worth keeping; removing
+                # the new directory lets the user fix the command and rerun it under the same
+                # name.
+                run.discard()
+            raise
+        except KeyboardInterrupt as e:
+            stop = Interrupted(getattr(e, "signum", signal.SIGINT), path, command)
+            run.log(
+                RunFailed(
+                    step=ctx.last_step,
+                    error=f"interrupted by {stop.signal_name}; resume with --resume",
+                    kind="interrupted",
+                )
+            )
+            raise stop from None
+        except Exception as e:
+            run.log(
+                RunFailed(step=ctx.last_step, error=f"{type(e).__name__}: {e}", kind="internal")
+            )
+            if run.is_main:
+                (path / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
+            raise
+        finally:
+            accelerator.wait_for_everyone()
+        run.write_metrics(metrics)
+        run.log(RunFinished(step=ctx.last_step, metrics=metrics))
     finally:
-        accelerator.wait_for_everyone()
-    run.write_metrics(metrics)
-    run.log(RunFinished(step=ctx.last_step, metrics=metrics))
-    run.close()
+        _restore_signals(previous_handlers)
+        run.close()
     return path, metrics
+
+
+# Signals that ask a run to stop: `kill` and schedulers send SIGTERM, a closed terminal SIGHUP.
+# Ctrl-C (SIGINT) already raises KeyboardInterrupt; these now do the same, so the run logs that
+# it was interrupted and unlocks its directory. The training loop replaces all three with a
+# handler that first finishes the step and checkpoints.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _stop_on_signals() -> dict[int, Any]:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
+    return {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+
+
+def _restore_signals(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 def load_resume_config(run_path: Path) -> Config:
