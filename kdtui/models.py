@@ -11,6 +11,7 @@ import copy
 import importlib.resources
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from pickle import UnpicklingError
 from typing import Any
@@ -65,16 +66,101 @@ def resolve_model_path(name: str) -> str:
 
 
 def load_tokenizer(cfg: ModelConfig) -> Any:
-    quiet_transformers()
-    from transformers import AutoTokenizer
-
     source = str(bundled_minilm_path()) if cfg.name == "tiny" else resolve_model_path(cfg.name)
+    return load_model_tokenizer(source, name=cfg.name, trust_remote_code=cfg.trust_remote_code)
+
+
+# Files that hold a tokenizer's vocabulary (fast tokenizers, WordPiece, BPE, SentencePiece).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "spm.model",
+)
+# An embedding matrix may be padded past its tokenizer to a round size (a multiple of 64 or
+# 128) for speed, so a tokenizer up to this many tokens smaller still matches its model.
+VOCAB_PADDING = 128
+
+
+def load_model_tokenizer(
+    source: str | Path, *, name: str = "", trust_remote_code: bool = False
+) -> Any:
+    """The tokenizer saved with a model (a folder or a hub name), checked against the model.
+
+    Every place that reads a model's tokenizer goes through here. Without tokenizer files,
+    transformers silently builds a tokenizer with an empty vocabulary (every word unknown: a
+    wrong score, a useless training run); a tokenizer from another model gives ids the model
+    has no embedding for, or the wrong ones. Both are errors."""
+    quiet_transformers()
+    from transformers import AutoConfig, AutoTokenizer
+
+    shown = name or str(source)
     try:
-        return AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError) as e:
+        config = AutoConfig.from_pretrained(str(source), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise KdtuiError(f"cannot load a tokenizer for model '{shown}': {_first_line(e)}") from None
+    folder = Path(source)
+    if folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_FILES):
         raise KdtuiError(
-            f"cannot load a tokenizer for model '{cfg.name}': {_first_line(e)}"
-        ) from None
+            f"model folder {folder} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:3])}, "
+            "...); copy in the tokenizer files of the model it was trained from"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise KdtuiError(f"cannot load a tokenizer for model '{shown}': {_first_line(e)}") from None
+    model_vocab = getattr(config, "vocab_size", None)
+    size = len(tokenizer)
+    if isinstance(model_vocab, int) and not 0 <= model_vocab - size < VOCAB_PADDING:
+        raise KdtuiError(
+            f"the tokenizer of model '{shown}' does not match the model: it has {size:,} "
+            f"tokens, the model {model_vocab:,} (vocab_size in its config.json); copy in the "
+            "tokenizer files of the model it was trained from"
+        )
+    return tokenizer
+
+
+# The tiny random BERT's position embeddings (as BERT's).
+TINY_POSITIONS = 512
+# Model types whose positions start after the padding index, so that many fewer are usable.
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text")
+
+
+def position_limit(config: Mapping[str, Any]) -> int | None:
+    """How many tokens a model's position embeddings cover (None: not a fixed limit)."""
+    positions = config.get("max_position_embeddings")
+    if not isinstance(positions, int) or isinstance(positions, bool):
+        return None
+    if config.get("model_type") in OFFSET_POSITIONS:
+        pad = config.get("pad_token_id")
+        positions -= (pad if isinstance(pad, int) else 1) + 1
+    return positions
+
+
+def check_max_length(max_length: int, model: str, config: Mapping[str, Any]) -> None:
+    """Longer inputs than the model's positions would fail inside its forward pass."""
+    limit = position_limit(config)
+    if limit is not None and max_length > limit:
+        raise KdtuiError(
+            f"data.max_length = {max_length} is more than model '{model}' can read: its "
+            f"position embeddings cover {limit} tokens (max_position_embeddings); set "
+            f"data.max_length to {limit} or less"
+        )
+
+
+def declared_config(name: str) -> dict[str, Any] | None:
+    """A model's config.json as written, without loading the model; None where it cannot be
+    read here (a hub name, a broken folder: loading the model reports those)."""
+    if name == "tiny":
+        return {"max_position_embeddings": TINY_POSITIONS, "model_type": "bert"}
+    try:
+        config = read_config_json(Path(resolve_model_path(name)))
+    except KdtuiError:
+        return None
+    return config if isinstance(config, dict) else None
 
 
 def load_classifier(
@@ -111,7 +197,7 @@ def load_classifier(
             num_hidden_layers=cfg.tiny_layers,
             num_attention_heads=cfg.tiny_heads,
             intermediate_size=cfg.tiny_intermediate,
-            max_position_embeddings=512,
+            max_position_embeddings=TINY_POSITIONS,
             **label_kwargs,
         )
         config._attn_implementation = attn_implementation

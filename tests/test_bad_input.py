@@ -109,6 +109,23 @@ def pickled_code_model(tmp: Path) -> Path:
     return folder
 
 
+def without_tokenizer(tmp: Path, teacher_run: Path) -> Path:
+    """The teacher's model folder with its tokenizer files removed (a copy made carelessly)."""
+    folder = tmp / "no-tokenizer"
+    folder.mkdir()
+    for f in (teacher_run / "model").iterdir():
+        if not f.name.startswith("tokenizer"):
+            (folder / f.name).write_bytes(f.read_bytes())
+    return folder
+
+
+def with_other_tokenizer(tmp: Path, teacher_run: Path) -> Path:
+    """The teacher's model with a 7-word WordPiece vocabulary in place of its tokenizer."""
+    folder = without_tokenizer(tmp, teacher_run)
+    write(folder / "vocab.txt", "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\ngood\nbad\n")
+    return folder
+
+
 CASES = [
     # profiles and options
     Case("malformed-toml", profile("[train\nlr = "), "is not valid TOML"),
@@ -141,6 +158,12 @@ CASES = [
         "negative-cap",
         lambda *_: teacher("--set", "data.max_train_per_domain=-1"),
         "data.max_train_per_domain must be >= 0",
+    ),
+    Case(
+        "length-beyond-the-model-positions",
+        lambda *_: teacher("--set", "data.max_length=1000"),
+        "data.max_length = 1000 is more than model 'tiny' can read: its position embeddings "
+        "cover 512 tokens",
     ),
     Case("infinite-lr", lambda *_: teacher("--set", "train.lr=inf"), "must be a finite number"),
     Case("set-without-equals", lambda *_: teacher("--set", "train.lr"), "section.key=value"),
@@ -315,6 +338,44 @@ CASES = [
             str(jsonl(tmp / "d.jsonl", ROWS)),
         ],
         "the data has no test split",
+    ),
+    Case(
+        "evaluate-model-without-tokenizer",
+        lambda tmp, run: ["evaluate", str(without_tokenizer(tmp, run)), "--profile", "smoke"],
+        "no-tokenizer has no tokenizer (none of tokenizer.json, vocab.txt",
+    ),
+    Case(
+        "evaluate-tokenizer-of-another-vocabulary",
+        lambda tmp, run: ["evaluate", str(with_other_tokenizer(tmp, run)), "--profile", "smoke"],
+        "does not match the model: it has 7 tokens, the model 30,522",
+    ),
+    Case(
+        "evaluate-length-beyond-the-model-positions",
+        lambda tmp, run: ["evaluate", str(run), "--set", "data.max_length=1000"],
+        "data.max_length = 1000 is more than model",
+    ),
+    Case(
+        "prune-model-without-tokenizer",
+        lambda tmp, run: [
+            *("prune", "--profile", "smoke", "--model", str(without_tokenizer(tmp, run))),
+        ],
+        "has no tokenizer",
+    ),
+    Case(
+        "distill-teacher-without-tokenizer",
+        lambda tmp, run: [
+            *("distill", "--profile", "smoke", "--domain", "books"),
+            *("--teacher", str(without_tokenizer(tmp, run))),
+        ],
+        "has no tokenizer",
+    ),
+    Case(
+        "distill-student-without-tokenizer",
+        lambda tmp, run: [
+            *("distill", "--profile", "smoke", "--domain", "books", "--teacher", str(run)),
+            *("--student", str(without_tokenizer(tmp, run))),
+        ],
+        "has no tokenizer",
     ),
     # run directories
     Case(

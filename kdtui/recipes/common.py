@@ -109,6 +109,7 @@ def execute(
         path = Path(config.run.output_dir).expanduser() / name
         if accelerator.is_main_process:
             check_new_run_path(path, force=force)
+    check_models_fit(command, config)
     run = RunDir(path, is_main=accelerator.is_main_process)
     run.listeners.extend(listeners)
     run.open(fresh=resume is None)  # locks the directory: from here on, `run.close()` unlocks it
@@ -181,6 +182,23 @@ def _stop_on_signals() -> dict[int, Any]:
 def _restore_signals(previous: dict[int, Any]) -> None:
     for signum, handler in previous.items():
         signal.signal(signum, handler)
+
+
+def check_models_fit(command: str, config: Config) -> None:
+    """data.max_length against the position limit of every model the command reads, before
+    anything is written or loaded. A model whose config cannot be read here is left to the
+    recipe, which reports that problem better."""
+    from kdtui.models import check_max_length, declared_config
+
+    names = {
+        "teacher": [config.model.name],
+        "prune": [config.prune.model, config.prune.teacher, config.prune.pretrained],
+        "distill": [config.distill.teacher, config.distill.student],
+    }.get(command, [])
+    for name in names:
+        declared = declared_config(name) if name else None
+        if declared is not None:
+            check_max_length(config.data.max_length, name, declared)
 
 
 def load_resume_config(run_path: Path) -> Config:

@@ -344,12 +344,9 @@ def _check_head_domains(head: Any, targets: list[str]) -> None:
 
 
 def _load_tokenizer(folder: Path) -> Any:
-    from transformers import AutoTokenizer
+    from kdtui.models import load_model_tokenizer
 
-    try:
-        return AutoTokenizer.from_pretrained(str(folder))
-    except (OSError, ValueError) as e:
-        raise KdtuiError(f"cannot load the tokenizer saved with {folder}: {e}") from None
+    return load_model_tokenizer(folder)
 
 
 def _resumed_step(plans: list[Plan]) -> int:

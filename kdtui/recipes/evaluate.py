@@ -16,7 +16,13 @@ from kdtui.config import Config
 from kdtui.data import MultiDomainData, encode, load_data
 from kdtui.engine.evaluate import accuracy_by_domain
 from kdtui.errors import KdtuiError
-from kdtui.models import LABELS_KEY, label_names_of, load_tokenizer, resolve_model_path
+from kdtui.models import (
+    LABELS_KEY,
+    check_max_length,
+    label_names_of,
+    load_tokenizer,
+    resolve_model_path,
+)
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
@@ -77,6 +83,7 @@ def evaluate_one(path: str, config: Config, data: MultiDomainData) -> dict[str, 
             f"model {path} was trained for labels {list(trained)} but the data has "
             f"{list(data.label_names)}"
         )
+    check_max_length(config.data.max_length, path, model.config.to_dict())
     tokenizer = load_tokenizer_for(folder, config)
     split = data.split(config.evaluate.split)
     encoded = encode(split, tokenizer, config.data.max_length)

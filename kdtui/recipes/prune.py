@@ -351,12 +351,9 @@ def _command_of(run: Path) -> str | None:
 
 
 def _tokenizer(folder: Path) -> Any:
-    from transformers import AutoTokenizer
+    from kdtui.models import load_model_tokenizer
 
-    try:
-        return AutoTokenizer.from_pretrained(str(folder))
-    except (OSError, ValueError) as e:
-        raise KdtuiError(f"cannot load the tokenizer saved with {folder}: {e}") from None
+    return load_model_tokenizer(folder)
 
 
 def _set_dropout(model: Any, p: float) -> None:
