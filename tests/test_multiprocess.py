@@ -35,7 +35,8 @@ def torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def assert_written_once(run: Path) -> None:
-    """Rank 0 alone writes events and checkpoints: nothing appears twice."""
+    """Rank 0 alone writes events and checkpoints (and locks the run): nothing appears twice."""
+    assert not (run / ".lock").exists()  # released when the run ended
     events = events_of(run)
     assert sum(isinstance(e, RunStarted) for e in events) == 1
     steps = [e.step for e in events if isinstance(e, Step)]
