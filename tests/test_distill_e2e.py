@@ -109,6 +109,12 @@ def test_distill_all_domains(runs: Path, meta_teacher: Path) -> None:
     stage1 = [s for s in steps if "hidden_mse" in s.losses]
     stage2 = [s for s in steps if "soft_ce" in s.losses]
     assert len(stage1) == len(stage2) == 24
+    # Each stage logs its terms' gradient norms at its end (the evaluation cadence), stage 1 too.
+    graded = [s for s in stage1 if "grad/hidden_mse" in s.metrics]
+    assert graded and all(
+        s.metrics["grad/hidden_mse"] > 0 and "grad/domain_kl" in s.metrics for s in graded
+    )
+    assert any("grad/soft_ce" in s.metrics for s in stage2)
     for s in stage1:
         assert set(s.losses) == {"hidden_mse", "attention_mse", "domain_kl"}
         terms = s.losses

@@ -218,9 +218,9 @@ def train(job: TrainJob) -> TrainResult:
 
             optimizer.zero_grad(set_to_none=True)
             sums: dict[str, torch.Tensor] = {}
-            evaluates = job.dev is not None and (
-                (state.step + 1) % eval_every == 0 or state.step + 1 == n_steps
-            )
+            # On the evaluation cadence, also for a stage without dev data (distillation's
+            # intermediate stage), so every stage shows its terms' balance.
+            evaluates = (state.step + 1) % eval_every == 0 or state.step + 1 == n_steps
             grad_norms: dict[str, float] = {}
             for micro in _chunks(step_indices, cfg.grad_accum):
                 local = micro[rank::world]
