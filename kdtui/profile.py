@@ -8,6 +8,7 @@ is itself a profile: `--profile RUN/config.toml` reruns the run exactly.
 
 from __future__ import annotations
 
+import importlib.util
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,18 @@ from typing import Any
 from kdtui.config import Config, build_config
 from kdtui.errors import KdtuiError
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+
+def _profiles_dir() -> Path:
+    """Where the shipped profiles are: the package data `kdtui.profiles` of an installed kdtui
+    (the repository's top-level profiles/, mapped at build time), else the source checkout's
+    profiles/ (kdtui run from a checkout that was never installed)."""
+    spec = importlib.util.find_spec("kdtui.profiles")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(__file__).resolve().parent.parent / "profiles"
+
+
+PROFILES_DIR = _profiles_dir()
 
 
 @dataclass(frozen=True)

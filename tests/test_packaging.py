@@ -1,0 +1,82 @@
+"""kdtui installs anywhere: the wheel carries the profiles and the dashboard's stylesheet."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_the_package_list_names_every_package_directory() -> None:
+    """pyproject lists packages by hand (to map profiles/ into the wheel): a new subpackage
+    that is not listed would be missing from every install but the editable one."""
+    listed = set(
+        tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(init.parent.relative_to(REPO).parts)
+        for init in (REPO / "kdtui").rglob("__init__.py")
+    }
+    assert found | {"kdtui.profiles"} == listed
+
+
+@pytest.mark.slow
+def test_the_built_wheel_works_from_any_directory(tmp_path: Path) -> None:
+    """Build the wheel, install it into a fresh virtual environment (its dependencies from this
+    interpreter's site-packages), and run the CLI from an empty directory."""
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(wheels),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = wheels.glob("kdtui-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--no-deps", "-q", str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    def kdtui(*args: str) -> str:
+        done = subprocess.run(
+            [str(python), "-m", "kdtui", *args], cwd=work, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    where = subprocess.run(
+        [str(python), "-c", "import kdtui; print(kdtui.__file__)"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert str(venv) in where  # the installed copy, not the checkout
+    listed = kdtui("profiles")
+    assert all(name in listed for name in ("smoke", "quickstart", "cap-97"))
+    kdtui("teacher", "--profile", "smoke", "--name", "t", "--quiet")
+    kdtui("prune", "--profile", "smoke", "--name", "p", "--quiet")
+    assert (work / "runs" / "p" / "metrics.json").is_file()
