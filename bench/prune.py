@@ -6,8 +6,8 @@ script's output):
 * Teacher: --model (MiniLM) fine-tuned on the data for --teacher-epochs at length
   --max-length, seed 42. It is the dense reference, the start of every pruning run, the KD
   teacher and FiC's model; one teacher is shared by every run (it is the costly upstream run).
-* Every pruning run: --steps optimiser steps of batch --batch-size at --prune-lr, bf16 autocast
-  (--no-bf16 for fp32; the teacher trains in fp32) (the schedule's
+* Every pruning run: --steps optimiser steps of batch --batch-size at --prune-lr, fp32 (--bf16
+  for autocast where the CPU has native bf16) (the schedule's
   default shares: 10% warm-up, 20% cool-down at the final sparsity), dev evaluated every
   20% / (--evals − 1) of the steps; the checkpoint is the best dev one among the --evals
   evaluations at the final sparsity, so every row has the same dev checkpoints to choose from.
@@ -76,9 +76,9 @@ def main() -> None:
     parser.add_argument(
         "--bf16",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="bf16 autocast for the pruning runs (1.4x on CPUs with AVX512-BF16; use --no-bf16 "
-        "elsewhere)",
+        default=False,
+        help="bf16 autocast for the pruning runs (1.4x on CPUs with AVX512-BF16, several times "
+        "slower on CPUs without)",
     )
     parser.add_argument("--evals", type=int, default=2, help="dev evaluations in the cool-down")
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.97])
