@@ -48,8 +48,8 @@ def check_new_run_path(path: Path, *, force: bool) -> None:
             if not parent.is_dir():
                 raise KdtuiError(f"cannot create {path}: {parent} is a file, not a directory")
             break
-    if not path.is_dir() or not any(path.iterdir()):
-        return
+    if not path.is_dir() or all(p.name == LOCK_FILE for p in path.iterdir()):
+        return  # a new folder, or one whose run was killed as it started
     holder = lock_holder(path)
     if holder is not None:
         raise KdtuiError(holder.in_use(path))

@@ -130,7 +130,8 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path, runs: Path) -> None:
     result = invoke("dashboard", "--profile", "smoke")
     assert result.exit_code == 2 and "name the command too" in result.stderr
     (runs / "taken").mkdir()
-    (runs / "taken" / "events.jsonl").write_text("")
+    (runs / "taken" / "config.toml").write_text("# kdtui teacher: resolved configuration\n")
+    (runs / "taken" / "events.jsonl").write_text("")  # a run killed before its first event
     result = invoke(
         "teacher", "--profile", "smoke", "--output-dir", str(runs), "--name", "taken", "--dashboard"
     )
