@@ -11,7 +11,15 @@ import pytest
 
 from kdtui.dashboard import fmt
 from kdtui.dashboard.runs import RunScanner, is_runs_folder, resolve_run_path, teacher_accuracy
-from kdtui.dashboard.state import RunState, Series, diagnostics_line, ema, layer_grid, thin
+from kdtui.dashboard.state import (
+    RunState,
+    Series,
+    diagnostics_line,
+    domain_line,
+    ema,
+    layer_grid,
+    thin,
+)
 from kdtui.errors import KdtuiError
 from kdtui.events import Message, RunFailed, RunStarted, Step
 from kdtui.runlog import EventFollower
@@ -207,6 +215,21 @@ def test_pruning_diagnostics_reach_the_sparsity_panel_line() -> None:
     assert "kept∩magnitude 0.81 (random 0.80)" in line
     assert "|∂L/∂S| 3.0e-10 < eps!" in line and "flipped 0.25%" in line
     assert diagnostics_line({}) == ""
+
+
+def test_gradient_norms_and_the_domain_game_are_kept_latest_first() -> None:
+    state = RunState()
+    metrics = {"grad/ce": 0.9, "grad/domain_adv": 0.5, "domain/acc_true": 0.75}
+    metrics |= {"domain/acc_corrupted": 0.25, "domain/adv_chance": 1.386}
+    state.apply(Step(**{**step(4, fx.T0, ce=1.0, domain_adv=1.3).__dict__, "metrics": metrics}))
+    later = {"domain/acc_true": 0.5, "domain/acc_corrupted": 0.3, "domain/adv_chance": 1.386}
+    state.apply(Step(**{**step(5, fx.T0, ce=1.0).__dict__, "metrics": later}))
+    assert state.latest("grad/") == {"ce": 0.9, "domain_adv": 0.5}
+    assert (
+        domain_line(state.latest("domain/"))
+        == "domain head: true 50% · corrupted 30% · chance 1.39"
+    )
+    assert domain_line({}) == ""
 
 
 def test_process_exit_without_an_ending_is_a_failure() -> None:

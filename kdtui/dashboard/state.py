@@ -33,6 +33,8 @@ STALL_AFTER = 120.0
 TOTAL_LOSS = "loss"  # the weighted sum the loop minimises, shown beside the named terms
 SPARSITY_PREFIX = "sparsity/"
 PRUNE_PREFIX = "prune/"
+GRAD_PREFIX = "grad/"
+DOMAIN_PREFIX = "domain/"
 ADAM_EPS = 1e-8  # what the pruner's median score gradient is compared with (torch's default)
 
 
@@ -351,15 +353,17 @@ class RunState:
     def sparsity_series(self) -> dict[str, Series]:
         return {k: v for k, v in self.metrics.items() if k.startswith(SPARSITY_PREFIX)}
 
-    def prune_diagnostics(self) -> dict[str, float]:
-        """The latest value of every `prune/*` metric (the pruner's diagnostics), by short name."""
-        latest = {}
+    def latest(self, prefix: str) -> dict[str, float]:
+        """The latest value of every step metric named `prefix...`, by the rest of its name:
+        `prune/` (the pruner's diagnostics), `grad/` (each term's gradient norm), `domain/`."""
+        found = {}
         for name, series in self.metrics.items():
-            if name.startswith(PRUNE_PREFIX):
-                _, ys = series.points()
-                if ys:
-                    latest[name.removeprefix(PRUNE_PREFIX)] = ys[-1]
-        return latest
+            if name.startswith(prefix) and series.last is not None:
+                found[name.removeprefix(prefix)] = series.last
+        return found
+
+    def prune_diagnostics(self) -> dict[str, float]:
+        return self.latest(PRUNE_PREFIX)
 
     @property
     def has_sparsity(self) -> bool:
@@ -463,3 +467,15 @@ def diagnostics_line(d: dict[str, float]) -> str:
     if "threshold" in d:
         parts.append(f"τ {d['threshold']:.3f}")
     return " · ".join(parts)
+
+
+def domain_line(d: dict[str, float]) -> str:
+    """The meta-teacher's domain game in a few words: the head's accuracy on the true and on the
+    corrupted domain labels, and the adversarial loss against its chance value."""
+    if "acc_true" not in d:
+        return ""
+    line = f"domain head: true {100 * d['acc_true']:.0f}% · corrupted "
+    line += f"{100 * d.get('acc_corrupted', 0):.0f}%"
+    if "adv_chance" in d:
+        line += f" · chance {d['adv_chance']:.2f}"
+    return line

@@ -24,7 +24,13 @@ from textual.screen import Screen
 from textual.widgets import Footer
 
 from kdtui.dashboard.runs import teacher_accuracy
-from kdtui.dashboard.state import RunState, diagnostics_line
+from kdtui.dashboard.state import (
+    DOMAIN_PREFIX,
+    GRAD_PREFIX,
+    RunState,
+    diagnostics_line,
+    domain_line,
+)
 from kdtui.dashboard.widgets.domain_table import DomainTable
 from kdtui.dashboard.widgets.event_log import EventLog
 from kdtui.dashboard.widgets.layer_heatmap import LayerHeatmap
@@ -213,7 +219,9 @@ class RunScreen(Screen[None]):
             self._show_header()
             lines = {name: s.points() for name, s in state.losses.items()}
             self.query_one(LossLegend).show(
-                {name: s.last for name, s in state.losses.items()}, self.hidden
+                {name: s.last for name, s in state.losses.items()},
+                self.hidden,
+                state.latest(GRAD_PREFIX),
             )
             self.query_one(LossChart).show(
                 lines,
@@ -223,7 +231,10 @@ class RunScreen(Screen[None]):
                 log_scale=self.log_scale,
             )
             self.query_one("#losses-panel").border_subtitle = " · ".join(
-                flag for flag, on in (("smoothed", self.smooth), ("log y", self.log_scale)) if on
+                [
+                    *(f for f, on in (("smoothed", self.smooth), ("log y", self.log_scale)) if on),
+                    *filter(None, [domain_line(state.latest(DOMAIN_PREFIX))]),
+                ]
             )
             self.query_one(DomainTable).show(state.domains, state.teacher_accuracy, state.evals)
             self.query_one(EventLog).show(
