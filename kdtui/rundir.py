@@ -238,19 +238,33 @@ def _read_holder_fd(fd: int) -> LockHolder | None:
         return None
 
 
-def latest_finished_run(root: Path, command: str) -> Path | None:
-    """The most recently finished run of `command` under `root` (by metrics.json time)."""
+def run_command(run: Path) -> str | None:
+    """The command that made a run (`teacher`, `prune`, ...): its first run_started event. Notes
+    about the data can come before it, so the first line is not enough."""
     import json
 
-    candidates = []
-    for metrics in root.glob("*/metrics.json"):
-        run = metrics.parent
-        try:
-            first = json.loads((run / EVENTS_FILE).open(encoding="utf-8").readline())
-        except (OSError, ValueError):
-            continue
-        if first.get("type") == "run_started" and first.get("command") == command:
-            candidates.append((metrics.stat().st_mtime, run))
+    try:
+        with open(run / EVENTS_FILE, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(event, dict) and event.get("type") == "run_started":
+                    command = event.get("command")
+                    return command if isinstance(command, str) else None
+    except OSError:
+        return None
+    return None
+
+
+def latest_finished_run(root: Path, command: str) -> Path | None:
+    """The most recently finished run of `command` under `root` (by metrics.json time)."""
+    candidates = [
+        (metrics.stat().st_mtime, metrics.parent)
+        for metrics in root.glob("*/metrics.json")
+        if run_command(metrics.parent) == command
+    ]
     return max(candidates)[1] if candidates else None
 
 

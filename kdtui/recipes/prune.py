@@ -39,6 +39,7 @@ from kdtui.models import (
 )
 from kdtui.recipes.common import RunContext, load_run_data
 from kdtui.recipes.teacher import final_metrics, restore_best
+from kdtui.rundir import run_command
 
 SPARSE_DIR = "model-sparse"
 
@@ -329,7 +330,7 @@ def _pretrained_model(ctx: RunContext, folder: Path, labels: list[str]) -> Any:
         # The run's model section still applies (a tiny model's sizes, dropout, remote code).
         return load_classifier(replace(ctx.config.model, name=p.pretrained), labels).eval()
     run = folder.parent
-    if folder.name != "model" or _command_of(run) != "teacher":
+    if folder.name != "model" or run_command(run) != "teacher":
         raise KdtuiError(
             f"PrC contrasts with the pre-trained model that {p.model} was fine-tuned from, and "
             "only a `kdtui teacher` run records it: give --pretrained NAME_OR_FOLDER "
@@ -339,15 +340,6 @@ def _pretrained_model(ctx: RunContext, folder: Path, labels: list[str]) -> Any:
     model_cfg = build_config({"model": recorded.get("model", {})}).model
     seed = int(recorded.get("run", {}).get("seed", 42))
     return load_classifier(model_cfg, labels, seed=seed).eval()
-
-
-def _command_of(run: Path) -> str | None:
-    try:
-        with open(run / "events.jsonl", encoding="utf-8") as f:
-            first = json.loads(f.readline())
-    except (OSError, ValueError):
-        return None
-    return first.get("command") if first.get("type") == "run_started" else None
 
 
 def _tokenizer(folder: Path) -> Any:
