@@ -89,12 +89,16 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="extra --set for prune runs")
     parser.add_argument("--output-dir", type=Path, default=Path("/tmp/kdtui-bench-prune"))
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "results" / "prune")
+    parser.add_argument(
+        "--report", action="store_true", help="print the table from the records; run nothing"
+    )
     args = parser.parse_args()
     if args.data != "synthetic" and not Path(args.data).exists():
         sys.exit(f"data not found: {args.data} (give --data PATH, or --data synthetic)")
     bench = Bench(args)
     started = time.perf_counter()
-    bench.run_all()
+    if not args.report:
+        bench.run_all()
     print(render(bench, time.perf_counter() - started))
 
 
@@ -108,7 +112,7 @@ class Bench:
         self.protocol = {
             k: v
             for k, v in vars(args).items()
-            if k not in ("jobs", "threads", "output_dir", "results")
+            if k not in ("jobs", "threads", "output_dir", "results", "report")
         }
         self.protocol = json.loads(json.dumps(self.protocol, default=str))
         self._check_protocol()
@@ -268,14 +272,24 @@ class Bench:
         ]
 
     def best_baseline(self, sparsity: float) -> str | None:
-        """The baseline with the highest mean dev accuracy over seeds (None until all ran)."""
+        """The baseline with the highest mean dev accuracy over seeds: None until every
+        baseline run has a record (with --report: over the seeds every baseline has so far,
+        a provisional choice the table marks)."""
         pct = round(sparsity * 100)
-        dev = {}
-        for criterion in BASELINES:
-            records = [self.record(f"{criterion}-{pct}-s{s}") for s in self.args.seeds]
-            if any(r is None for r in records):
-                return None
-            dev[criterion] = statistics.mean(r["metrics"]["best_dev"] for r in records)  # type: ignore[index]
+        seeds = [
+            s
+            for s in self.args.seeds
+            if all(self.record(f"{c}-{pct}-s{s}") is not None for c in BASELINES)
+        ]
+        if not seeds or (len(seeds) < len(self.args.seeds) and not self.args.report):
+            return None
+        dev = {
+            c: statistics.mean(
+                self.record(f"{c}-{pct}-s{s}")["metrics"]["best_dev"]  # type: ignore[index]
+                for s in seeds
+            )
+            for c in BASELINES
+        }
         return max(dev, key=lambda c: dev[c])
 
     def cap_best_runs(self) -> list[tuple[str, list[str], dict[str, Any]]]:
