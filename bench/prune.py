@@ -491,7 +491,11 @@ def render(bench: Bench, invocation_s: float) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     best = [f"{s:.0%}: {LABELS[b]}" for s in a.sparsities if (b := bench.best_baseline(s))]
     if best:
-        lines.append(f"\nBest baseline by mean dev accuracy: {', '.join(best)}.")
+        complete = all(
+            len(cells_by_row[c][s]) == len(a.seeds) for c in BASELINES for s in a.sparsities
+        )
+        note = "" if complete else " (provisional: over the seeds every baseline has so far)"
+        lines.append(f"\nBest baseline by mean dev accuracy{note}: {', '.join(best)}.")
 
     flagged = [
         f"{r['name']}: {w[:120]}"
