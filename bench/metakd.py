@@ -1,5 +1,5 @@
-"""Meta-KD against its baselines (METHODS.md) through the real CLI, with a protocol fixed before
-running, several student seeds, and paired intervals.
+"""Meta-KD against its baselines (the paper's table rows) through the real CLI, with a protocol
+fixed before running, several student seeds, and paired intervals.
 
 Rows, for a target domain D (each student learns from D's training data only, is selected on
 D's dev split and tested on D's test split):

@@ -101,7 +101,7 @@ class TeacherConfig:
 
     method: str = "mix"  # "mix" (all domains pooled), "single" (one domain), "meta" (Meta-KD)
     domain: str = ""  # the domain for method "single"
-    # Meta-KD meta-teacher (method "meta"); see METHODS.md.
+    # Meta-KD meta-teacher (method "meta"); see the README, section Meta-KD.
     prototype: str = "class"  # "class" (paper: class-wise prototypes) or "centroid" (authors' code)
     alpha: float = 0.5  # weight of the own-domain prototype similarity
     zeta: float = 0.5  # weight of the other domains' prototype similarity

@@ -1,6 +1,7 @@
 """Meta-KD (Pan et al., ACL 2021): pure functions and the three hooks the recipes plug in.
 
-The formulas and the authors' defaults are in ../shared/METHODS.md (section Meta-KD). Here:
+The formulas, the authors' defaults and where kdtui departs from them are in the README
+(section Meta-KD). Here:
 
 * instance-level transferable knowledge: `embed_for_prototypes` (pre-trained encoder),
   `prototype_scores` t_i (variant "class", the paper's, is the default; "centroid" is the
@@ -57,7 +58,7 @@ Choices the paper leaves open, and why:
   and rescaling). On MiniLM the scores' MSE is ~3,000x the probabilities' and its gradient
   ~300x the hidden-state term's, so with "scores" stage 1 is only about attention (README,
   Meta-KD). Entries whose query or key is padding are 0 on both sides (`losses.py`).
-* Every stage-1 term is computed per instance first and then weighted by λ_i (METHODS.md: the
+* Every stage-1 term is computed per instance first and then weighted by λ_i (the
   authors' code averages over the batch first, which turns λ_i into a batch-level scale).
 """
 

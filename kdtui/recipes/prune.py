@@ -45,7 +45,7 @@ SPARSE_DIR = "model-sparse"
 
 
 def authors_defaults(structure: str) -> dict[str, float]:
-    """CAP's loss weights and KD temperature from the authors' scripts (DESIGN.md)."""
+    """CAP's loss weights and KD temperature from the authors' scripts (README, CAP pruning)."""
     if structure == "heads-ffn":
         return {"w_unsup": 0.3, "w_sup": 3.0, "kd_temperature": 1.0}
     return {"w_unsup": 0.1, "w_sup": 10.0, "kd_temperature": 2.0}
