@@ -1,4 +1,5 @@
-"""Accuracy per domain, sharded over processes and summed, so every process gets the result."""
+"""Predictions sharded over processes and gathered in split order, and accuracy per domain from
+them, so every process gets the same result."""
 
 from __future__ import annotations
 
@@ -42,41 +43,6 @@ def predict_logits(
     return torch.cat(chunks)
 
 
-def accuracy_by_domain(
-    model: nn.Module,
-    encoded: Encoded,
-    domain_names: Sequence[str],
-    *,
-    batch_size: int,
-    pad_id: int,
-    device: torch.device,
-    autocast: bool = False,
-    process_index: int = 0,
-    num_processes: int = 1,
-    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> dict[str, float]:
-    """{domain: accuracy, ..., "all": accuracy over all examples} for domains present.
-
-    Each process predicts its shard (every num_processes-th example); `reduce` sums the
-    (correct, total) counts over processes."""
-    indices = list(range(process_index, len(encoded), num_processes))
-    counts = torch.zeros(len(domain_names), 2, dtype=torch.float64)
-    if indices:
-        logits = predict_logits(
-            model,
-            encoded,
-            indices,
-            batch_size=batch_size,
-            pad_id=pad_id,
-            device=device,
-            autocast=autocast,
-        )
-        counts = _counts(logits.argmax(dim=-1), encoded, indices, len(domain_names))
-    if reduce is not None:
-        counts = reduce(counts)
-    return accuracy_from_counts(counts, domain_names)
-
-
 def predictions_in_order(
     model: nn.Module,
     encoded: Encoded,
@@ -118,25 +84,14 @@ def predictions_in_order(
 def accuracy_of_predictions(
     predictions: Sequence[int], encoded: Encoded, domain_names: Sequence[str]
 ) -> dict[str, float]:
-    counts = _counts(
-        torch.tensor(list(predictions)), encoded, range(len(encoded)), len(domain_names)
-    )
+    """{domain: accuracy, ..., "all": accuracy over all examples} for domains present."""
+    counts = torch.zeros(len(domain_names), 2, dtype=torch.float64)
+    if len(encoded):
+        correct = (torch.tensor(list(predictions)) == torch.tensor(encoded.labels)).double()
+        domains = torch.tensor(encoded.domains)
+        counts[:, 0].index_add_(0, domains, correct)
+        counts[:, 1].index_add_(0, domains, torch.ones_like(correct))
     return accuracy_from_counts(counts, domain_names)
-
-
-def _counts(
-    predictions: torch.Tensor, encoded: Encoded, indices: Sequence[int], n_domains: int
-) -> torch.Tensor:
-    """(n_domains, 2) float64: correct and total per domain."""
-    counts = torch.zeros(n_domains, 2, dtype=torch.float64)
-    if len(indices) == 0:
-        return counts
-    labels = torch.tensor([encoded.labels[i] for i in indices])
-    domains = torch.tensor([encoded.domains[i] for i in indices])
-    correct = (predictions == labels).double()
-    counts[:, 0].index_add_(0, domains, correct)
-    counts[:, 1].index_add_(0, domains, torch.ones_like(correct))
-    return counts
 
 
 def accuracy_from_counts(counts: torch.Tensor, domain_names: Sequence[str]) -> dict[str, float]:

@@ -14,7 +14,7 @@ import torch
 
 from kdtui.config import Config
 from kdtui.data import MultiDomainData, encode, load_data
-from kdtui.engine.evaluate import accuracy_by_domain
+from kdtui.engine.evaluate import accuracy_of_predictions, predictions_in_order
 from kdtui.errors import KdtuiError
 from kdtui.models import (
     LABELS_KEY,
@@ -87,14 +87,14 @@ def evaluate_one(path: str, config: Config, data: MultiDomainData) -> dict[str, 
     tokenizer = load_tokenizer_for(folder, config)
     split = data.split(config.evaluate.split)
     encoded = encode(split, tokenizer, config.data.max_length)
-    accuracy = accuracy_by_domain(
+    predictions = predictions_in_order(
         model,
         encoded,
-        data.domain_names,
         batch_size=config.train.eval_batch_size,
         pad_id=tokenizer.pad_token_id or 0,
         device=torch.device("cpu"),
     )
+    accuracy = accuracy_of_predictions(predictions, encoded, data.domain_names)
     params = list(model.parameters())
     total = sum(p.numel() for p in params)
     nonzero = sum(int(torch.count_nonzero(p)) for p in params)
