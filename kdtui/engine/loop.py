@@ -239,8 +239,12 @@ def train(job: TrainJob) -> TrainResult:
                 loss = sum(
                     job.weights.get(name, 1.0) * value.float() for name, value in terms.items()
                 )
-                if evaluates and cfg.term_grad_norms and not grad_norms:
-                    grad_norms = _term_grad_norms(terms, job.weights, model_params)
+                # Every process must join the norms' all-reduce: only a micro-batch that gives
+                # each of them an example (the same decision everywhere) qualifies.
+                if evaluates and cfg.term_grad_norms and not grad_norms and len(micro) >= world:
+                    grad_norms = _term_grad_norms(
+                        terms, job.weights, model_params, len(local) / len(micro), world
+                    )
                 share = len(local) / len(step_indices)  # gradient of the mean over the global batch
                 (loss * share).backward()
                 for name, value in [("loss", loss), *terms.items()]:
@@ -394,21 +398,44 @@ def _term_grad_norms(
     terms: Mapping[str, torch.Tensor],
     weights: Mapping[str, float],
     params: list[nn.Parameter],
+    share: float,
+    world: int,
 ) -> dict[str, float]:
-    """L2 norm of the gradient of each weighted term on the model's parameters, from this
-    process's first micro-batch (the graph is kept for the real backward that follows).
+    """L2 norm of the gradient of each weighted term on the model's parameters, over one
+    micro-batch (the graph is kept for the real backward that follows).
 
+    With several processes each holds `share` of the micro-batch: their gradients are summed
+    before the norm, so the metric is the same as one process computes on the whole micro-batch.
     A term whose norm is orders of magnitude below the others does not steer training, whatever
     its value; a term with no path to the model (a hook's own parameters only) shows 0."""
     norms = {}
     for name, value in terms.items():
         weight = weights.get(name, 1.0)
-        if weight == 0 or not value.requires_grad:
+        # Skipped terms are skipped on every process (same weights, same hooks): no collective.
+        if weight == 0:
             norms[name] = 0.0
             continue
-        grads = torch.autograd.grad(
-            weight * value.float(), params, retain_graph=True, allow_unused=True
-        )
+        grads: list[torch.Tensor | None] = [None] * len(params)
+        if value.requires_grad:
+            grads = list(
+                torch.autograd.grad(
+                    weight * value.float(), params, retain_graph=True, allow_unused=True
+                )
+            )
+        if world > 1:
+            import torch.distributed as dist
+
+            flat = torch.cat(
+                [
+                    (g.float() if g is not None else torch.zeros_like(p, dtype=torch.float32))
+                    .reshape(-1)
+                    .mul(share)
+                    for g, p in zip(grads, params, strict=True)
+                ]
+            )
+            dist.all_reduce(flat)
+            norms[name] = float(flat.norm())
+            continue
         squares = [g.float().pow(2).sum() for g in grads if g is not None]
         norms[name] = float(torch.stack(squares).sum().sqrt()) if squares else 0.0
     return norms
