@@ -268,6 +268,9 @@ def latest_finished_run(root: Path, command: str) -> Path | None:
     return max(candidates)[1] if candidates else None
 
 
+SPARSE_DIR = "model-sparse"  # `kdtui prune`'s compressed copy of RUN/model
+
+
 class RunDir:
     def __init__(self, path: Path, *, is_main: bool = True) -> None:
         self.path = path
