@@ -61,10 +61,16 @@ DataOpt = Annotated[
 ]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Run seed [run.seed].")]
 EpochsOpt = Annotated[
-    float | None, typer.Option("--epochs", help="Training epochs [train.epochs].")
+    float | None,
+    typer.Option(
+        "--epochs",
+        help="Training epochs; replaces a max_steps the profile sets (--max-steps, if also "
+        "given, wins) [train.epochs].",
+    ),
 ]
 MaxStepsOpt = Annotated[
-    int | None, typer.Option("--max-steps", help="Stop after N steps [train.max_steps].")
+    int | None,
+    typer.Option("--max-steps", help="Stop after N steps; 0 = by epochs [train.max_steps]."),
 ]
 BatchOpt = Annotated[
     int | None, typer.Option("--batch-size", help="Global batch [train.batch_size].")
@@ -139,6 +145,7 @@ def _run_training(
 ) -> None:
     from kdtui.profile import resolve
 
+    notes: list[str] = []  # choices made here for the user, told on the terminal and logged
     if resume is not None:
         if profile or overrides or any(v is not None for v in options.values()):
             raise KdtuiError(
@@ -146,12 +153,22 @@ def _run_training(
                 "drop --profile/--set/options, or start a new run"
             )
         from kdtui.recipes.common import load_resume_config
+        from kdtui.rundir import is_finished
 
         config = load_resume_config(resume)
+        if is_finished(resume):
+            # Resuming means "make sure this run completes": for a finished run that is already
+            # true, so a retried job succeeds (exit 0) and the run's results stay as they are.
+            if _is_main_process():
+                typer.echo(
+                    f"{resume} is finished: nothing to resume, nothing was changed", err=True
+                )
+                _print_summary(resume, _read_metrics(resume), quiet=quiet)
+            return
     else:
         config, _ = resolve(profile, overrides or [], options)
         if command in UPSTREAM:
-            config = _with_upstream_data(command, config, profile, overrides or [], options)
+            config, notes = _with_upstream_data(command, config, profile, overrides or [], options)
     if dashboard:
         _launch_with_dashboard(
             command,
@@ -169,8 +186,7 @@ def _run_training(
 
     module_name, _, func_name = body_path.rpartition(".")
     body = getattr(importlib.import_module(module_name), func_name)
-    # Under torchrun every process runs this; only rank 0 talks to the terminal.
-    main_process = os.environ.get("RANK", "0") == "0"
+    main_process = _is_main_process()
     progress = _ProgressListener(
         enabled=main_process and not quiet and sys.stderr.isatty(),
         warnings=main_process and not quiet,
@@ -184,11 +200,36 @@ def _run_training(
             resume=resume,
             force=force,
             listeners=[progress],
+            notes=notes,
         )
     finally:
         progress.close()
     if main_process:
         _print_summary(path, metrics, quiet=quiet)
+
+
+def _is_main_process() -> bool:
+    # Under torchrun every process runs the command; only rank 0 talks to the terminal.
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _read_metrics(run: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
+
+
+def _max_steps_unless_epochs(max_steps: int | None, *epochs: float | None) -> int | None:
+    """The max-steps option's value. An explicit --epochs means the run is measured in epochs,
+    so it clears the profile's max-steps, which would otherwise win without a word; --max-steps
+    given as well still wins."""
+    if max_steps is None and any(e is not None for e in epochs):
+        return 0
+    return max_steps
 
 
 # Commands that start from another run, and the key naming it.
@@ -197,14 +238,16 @@ UPSTREAM = {"distill": "distill.teacher", "prune": "prune.model"}
 
 def _with_upstream_data(
     command: str, config: Any, profile: str | None, overrides: list[str], options: dict[str, Any]
-) -> Any:
+) -> tuple[Any, list[str]]:
     """Train on the upstream run's data unless told otherwise: its [data] section becomes the
-    base under the profile. `kdtui prune` without --model takes the newest finished teacher run."""
+    base under the profile. `kdtui prune` without --model takes the newest finished teacher run
+    (and says so: the returned notes)."""
     from kdtui.profile import read_profile, resolve
     from kdtui.rundir import latest_finished_run
 
     section, key = UPSTREAM[command].split(".")
     upstream = getattr(getattr(config, section), key)
+    notes = []
     if not upstream and command == "prune":
         found = latest_finished_run(Path(config.run.output_dir).expanduser(), "teacher")
         if found is None:
@@ -214,11 +257,15 @@ def _with_upstream_data(
             )
         upstream = str(found)
         options = {**options, UPSTREAM[command]: upstream}
+        notes.append(
+            f"no --model given: pruning {found}, the newest finished teacher run in "
+            f"{config.run.output_dir}/"
+        )
     run_config = Path(upstream).expanduser() / "config.toml"
     if not run_config.is_file():
-        return resolve(profile, overrides, options)[0]
+        return resolve(profile, overrides, options)[0], notes
     base = {"data": read_profile(run_config).get("data", {})}
-    return resolve(profile, overrides, options, base=base)[0]
+    return resolve(profile, overrides, options, base=base)[0], notes
 
 
 def _launch_with_dashboard(
@@ -272,8 +319,9 @@ def _toml_literal(value: Any) -> str:
 
 class _ProgressListener:
     """Turns engine events into a Rich progress bar (step/total, loss, ETA) and eval lines on a
-    terminal; warnings and errors the run reports (a damaged checkpoint it skipped, emulated
-    bf16) reach stderr whenever the bar is not silenced with --quiet, terminal or not."""
+    terminal; notes, warnings and errors the run reports (a held-out dev split, a damaged
+    checkpoint it skipped, emulated bf16) reach stderr whenever the bar is not silenced with
+    --quiet, terminal or not. Info messages stay in events.jsonl and the dashboard."""
 
     def __init__(self, enabled: bool, warnings: bool = True, console: Any = None) -> None:
         self.enabled = enabled
@@ -328,7 +376,11 @@ class _ProgressListener:
             mark = "  (best)" if event.best else ""
             self.progress.console.print(f"step {event.step}  dev accuracy: {parts}{mark}")
         elif kind == "message" and event.level != "info":
-            self.progress.console.print(f"[yellow]{event.level}:[/] {event.text}")
+            from rich.markup import escape
+
+            style = "cyan" if event.level == "note" else "yellow"
+            # escape: a message may quote a setting in brackets ([prune.model]), not markup
+            self.progress.console.print(f"[{style}]{event.level}:[/] {escape(event.text)}")
 
     def close(self) -> None:
         if self.progress is not None:
@@ -424,7 +476,7 @@ def teacher(
             "model.name": model,
             "data.source": data,
             "train.epochs": epochs,
-            "train.max_steps": max_steps,
+            "train.max_steps": _max_steps_unless_epochs(max_steps, epochs),
             "train.batch_size": batch_size,
             "train.lr": lr,
             "train.bf16": bf16,
@@ -477,6 +529,28 @@ def distill(
         float | None,
         typer.Option("--train-fraction", help="Keep this share of the domain's training data."),
     ] = None,
+    epochs: Annotated[
+        float | None,
+        typer.Option(
+            "--epochs",
+            help="Epochs of stage 2 (prediction); replaces a distill.max_steps the profile sets "
+            "[distill.prediction_epochs].",
+        ),
+    ] = None,
+    intermediate_epochs: Annotated[
+        float | None,
+        typer.Option(
+            "--intermediate-epochs",
+            help="Epochs of stage 1 (intermediate layers); 0 skips it "
+            "[distill.intermediate_epochs].",
+        ),
+    ] = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--max-steps", help="Stop each stage after N steps; 0 = by epochs [distill.max_steps]."
+        ),
+    ] = None,
     profile: ProfileOpt = None,
     set_: SetOpt = None,
     data: DataOpt = None,
@@ -506,6 +580,9 @@ def distill(
             "distill.student_hidden": student_hidden,
             "distill.student_init": student_init,
             "data.train_fraction": train_fraction,
+            "distill.prediction_epochs": epochs,
+            "distill.intermediate_epochs": intermediate_epochs,
+            "distill.max_steps": _max_steps_unless_epochs(max_steps, epochs, intermediate_epochs),
             "data.source": data,
             "train.batch_size": batch_size,
             "train.lr": lr,
@@ -694,7 +771,7 @@ def prune(
             "prune.cooldown_ratio": prune_cooldown,
             "data.source": data,
             "train.epochs": epochs,
-            "train.max_steps": max_steps,
+            "train.max_steps": _max_steps_unless_epochs(max_steps, epochs),
             "train.batch_size": batch_size,
             "train.lr": lr,
             "train.bf16": bf16,

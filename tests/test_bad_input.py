@@ -498,6 +498,16 @@ CASES = [
         "prune.sparsity must be in [0, 1)",
     ),
     Case(
+        "prune-sparsity-as-a-percentage",
+        lambda tmp, run: ["prune", "--profile", "smoke", "--model", str(run), "--sparsity", "97"],
+        "prune.sparsity must be in [0, 1), a fraction: for 97% give 0.97",
+    ),
+    Case(
+        "epochs-zero-under-a-profile-with-max-steps",
+        lambda *_: teacher("--epochs", "0"),
+        "train.epochs must be > 0",
+    ),
+    Case(
         "prune-unknown-criterion",
         lambda tmp, run: [
             *("prune", "--profile", "smoke", "--model", str(run)),
