@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,52 @@ def test_version_and_help() -> None:
     assert result.exit_code == 0
     for command in ("teacher", "distill", "evaluate", "profiles"):
         assert command in result.stdout
+
+
+COMMANDS = ("teacher", "distill", "prune", "evaluate", "profiles", "dashboard")
+
+
+def _help(*args: str) -> str:
+    """Help as on a wide terminal, so no expected phrase is wrapped."""
+    from typer.testing import CliRunner
+
+    from kdtui.cli import app
+
+    result = CliRunner().invoke(app, [*args, "--help"], terminal_width=240)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_the_command_list_shows_each_description_whole() -> None:
+    lines = [line.split(maxsplit=1) for line in _help().splitlines() if line.startswith("  ")]
+    described = {words[0]: words[1] for words in lines if words[0] in COMMANDS}
+    assert set(described) == set(COMMANDS)
+    for text in described.values():
+        assert text.endswith(".") and not text.endswith("..."), text
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_names_values_not_python_types(command: str) -> None:
+    text = _help(command)
+    assert not re.search(r"<[\w\[\], |]+>", text), text  # Typer's <str>, <list[str]>
+
+
+def test_help_shows_the_defaults_and_every_command_has_a_length() -> None:
+    prune = _help("prune")
+    for shown in (
+        "--sparsity F ",
+        "[prune.sparsity; default 0.9]",
+        "--criterion magnitude|movement|soft-movement\n",
+        "[prune.criterion; default soft-movement]",
+        "--structure weights|heads-ffn ",
+        "[prune.structure; default weights]",
+        "--keep-checkpoints N ",
+    ):
+        assert shown in prune
+    distill = _help("distill")
+    for option in ("--epochs N ", "--intermediate-epochs N ", "--max-steps N "):
+        assert option in distill
+    assert "replaces a max_steps the profile sets" in _help("teacher")
 
 
 def test_help_does_not_import_heavy_libraries() -> None:
@@ -197,17 +244,26 @@ def test_epochs_zero_is_an_error_not_ignored(runs: Path) -> None:
     assert not (runs / "zero").exists()
 
 
-def test_prune_without_model_says_which_run_it_prunes(file_teacher: tuple[Path, object]) -> None:
+def test_prune_without_model_says_which_run_and_keeps_checkpoints_as_told(
+    file_teacher: tuple[Path, object],
+) -> None:
+    from kdtui.checkpoint import list_checkpoints
+
     runs, _ = file_teacher
     result = invoke(
         *("prune", "--profile", "smoke", "--output-dir", str(runs), "--name", "p"),
-        *("--max-steps", "2"),
+        *("--max-steps", "8", "--keep-checkpoints", "1"),
     )
     assert result.exit_code == 0, result.stderr
     assert (
         f"note: no --model given: pruning {runs / 't'}, the newest finished teacher run in "
         f"{runs}/" in result.stderr
     )
+    # Checkpoints were written at steps 4 and 8 (every evaluation); only the newest is kept.
+    written = [e.step for e in events_of(runs / "p") if e.type == "checkpoint" and e.kind != "best"]
+    assert written == [4, 8]
+    assert [c.name for c in list_checkpoints(runs / "p" / "checkpoints")] == ["step-00000008"]
+    assert (runs / "p" / "best").is_dir()
 
 
 def test_distill_takes_max_steps_for_each_stage(file_teacher: tuple[Path, object]) -> None:
