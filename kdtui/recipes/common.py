@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from kdtui.config import Config
 from kdtui.errors import Interrupted, KdtuiError
-from kdtui.events import Event, RunFailed, RunFinished, RunStarted
+from kdtui.events import Event, Message, RunFailed, RunFinished, RunStarted
 from kdtui.profile import to_toml
 from kdtui.rundir import RunDir, check_new_run_path, default_run_name
 
@@ -73,13 +73,12 @@ class RunContext:
 
 def load_run_data(ctx: RunContext) -> Any:
     """The run's data, with anything the loader decided on the user's behalf (a held-out dev
-    split) logged as an info message."""
+    split) or noticed (a domain with one label) logged as a note: the terminal shows it."""
     from kdtui.data import load_data
-    from kdtui.events import Message
 
     data = load_data(ctx.config.data)
     for note in data.notes:
-        ctx.run.log(Message(level="info", text=note))
+        ctx.run.log(Message(level="note", text=note))
     return data
 
 
@@ -105,8 +104,10 @@ def execute(
     resume: Path | None = None,
     force: bool = False,
     listeners: Sequence[Callable[[Event], None]] = (),
+    notes: Sequence[str] = (),
 ) -> tuple[Path, dict[str, Any]]:
-    """Run `body` inside a run directory; returns (run path, final metrics)."""
+    """Run `body` inside a run directory; returns (run path, final metrics). `notes` are
+    choices the command line made for the user (the model `prune` picked), logged first."""
     accelerator = make_accelerator(config)
     if resume is not None:
         path = resume
@@ -134,6 +135,8 @@ def execute(
                     f"rerun: kdtui {command} --profile {path / 'config.toml'}",
                 ),
             )
+        for note in notes:
+            run.log(Message(level="note", text=note))
         ctx = RunContext(command, config, run, accelerator, profile, resumed=resume is not None)
         try:
             metrics = body(ctx)

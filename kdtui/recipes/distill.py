@@ -276,8 +276,9 @@ def distill_one(
 
 
 def _stage_cfg(ctx: RunContext, epochs: float) -> Any:
-    """The train section for one stage: its own epochs (train.max_steps is the teacher's)."""
-    return replace(ctx.config.train, epochs=epochs, max_steps=0)
+    """The train section for one stage: its own epochs or distill.max_steps (train.max_steps is
+    the teacher's)."""
+    return replace(ctx.config.train, epochs=epochs, max_steps=ctx.config.distill.max_steps)
 
 
 def _check_student(ctx: RunContext, teacher: Teacher) -> int:
