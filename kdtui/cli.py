@@ -19,6 +19,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from kdtui import __version__
+from kdtui.config import CHOICES, default_of
 from kdtui.errors import Interrupted, KdtuiError
 
 app = typer.Typer(
@@ -34,46 +35,128 @@ app = typer.Typer(
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Options shared by every training command.
+
+def _key(key: str) -> str:
+    """The end of an option's help: the config key it sets and kdtui's own default for it (a
+    profile may set another), e.g. `[prune.criterion; default soft-movement]`."""
+    value = default_of(*key.split("."))
+    if isinstance(value, bool):
+        shown = "on" if value else "off"
+    elif isinstance(value, float):
+        shown = f"{value:g}"
+    else:
+        shown = str(value)
+    return f"[{key}; default {shown}]" if shown else f"[{key}]"
+
+
+def _one_of(key: str) -> str:
+    """A metavar listing an option's allowed values: `weights|heads-ffn`."""
+    return "|".join(c for c in CHOICES[key] if c)
+
+
+# Options shared by every training command. Every option has a metavar: Typer's own would read
+# `<str>` or `<list[str]>`.
 ProfileOpt = Annotated[
     str | None,
-    typer.Option("--profile", "-p", help="Profile name in profiles/, a TOML file, or a run dir."),
+    typer.Option(
+        "--profile",
+        "-p",
+        metavar="PROFILE",
+        help="Profile name in profiles/ (kdtui profiles), a TOML file, or a run directory.",
+    ),
 ]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", "-s", help="Override any key: section.key=value (repeatable)."),
+    typer.Option(
+        "--set",
+        "-s",
+        metavar="KEY=VALUE",
+        help="Override any key, e.g. train.lr=3e-5 (repeatable).",
+    ),
 ]
 ResumeOpt = Annotated[
     Path | None,
-    typer.Option("--resume", help="Continue an interrupted run from its last checkpoint."),
+    typer.Option(
+        "--resume",
+        metavar="RUN",
+        help="Continue an interrupted run from its last checkpoint; a finished run is left as "
+        "it is (exit 0).",
+    ),
 ]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing run directory.")]
-NameOpt = Annotated[str | None, typer.Option("--name", help="Run directory name [run.name].")]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Replace an existing run directory (a kdtui run only).")
+]
+NameOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--name", metavar="NAME", help="Run directory name [run.name; default COMMAND-TIME]."
+    ),
+]
 OutputOpt = Annotated[
     str | None,
-    typer.Option("--output-dir", "-o", help="Where run directories go [run.output_dir]."),
+    typer.Option(
+        "--output-dir",
+        "-o",
+        metavar="DIR",
+        help=f"Where run directories go {_key('run.output_dir')}.",
+    ),
 ]
 DataOpt = Annotated[
     str | None,
     typer.Option(
-        "--data", help="'synthetic', a csv/tsv/jsonl/parquet file or folder [data.source]."
+        "--data",
+        metavar="SOURCE",
+        help="'synthetic', a csv/tsv/jsonl/json/parquet file, or a folder of train/dev/test files "
+        f"{_key('data.source')}.",
     ),
 ]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Run seed [run.seed].")]
+SeedOpt = Annotated[
+    int | None, typer.Option("--seed", metavar="N", help=f"Run seed {_key('run.seed')}.")
+]
 EpochsOpt = Annotated[
-    float | None, typer.Option("--epochs", help="Training epochs [train.epochs].")
+    float | None,
+    typer.Option(
+        "--epochs",
+        metavar="N",
+        help="Training epochs; replaces a max_steps the profile sets (--max-steps, if also "
+        f"given, wins) {_key('train.epochs')}.",
+    ),
 ]
 MaxStepsOpt = Annotated[
-    int | None, typer.Option("--max-steps", help="Stop after N steps [train.max_steps].")
+    int | None,
+    typer.Option(
+        "--max-steps",
+        metavar="N",
+        help=f"Stop after N steps; 0 = by epochs {_key('train.max_steps')}.",
+    ),
 ]
 BatchOpt = Annotated[
-    int | None, typer.Option("--batch-size", help="Global batch [train.batch_size].")
+    int | None,
+    typer.Option(
+        "--batch-size",
+        metavar="N",
+        help=f"Global batch (all processes together) {_key('train.batch_size')}.",
+    ),
 ]
-LrOpt = Annotated[float | None, typer.Option("--lr", help="Peak learning rate [train.lr].")]
+LrOpt = Annotated[
+    float | None,
+    typer.Option("--lr", metavar="LR", help=f"Peak learning rate {_key('train.lr')}."),
+]
 Bf16Opt = Annotated[
-    bool | None, typer.Option("--bf16/--no-bf16", help="bf16 autocast [train.bf16].")
+    bool | None, typer.Option("--bf16/--no-bf16", help=f"bf16 autocast {_key('train.bf16')}.")
 ]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+KeepCheckpointsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--keep-checkpoints",
+        metavar="N",
+        help="Periodic checkpoints kept on disk (the newest N; the best model is kept apart) "
+        f"{_key('train.keep_checkpoints')}.",
+    ),
+]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bar, notes or warnings on stderr.")
+]
 DashboardOpt = Annotated[
     bool, typer.Option("--dashboard", help="Run in the background and follow it in the dashboard.")
 ]
@@ -139,6 +222,7 @@ def _run_training(
 ) -> None:
     from kdtui.profile import resolve
 
+    notes: list[str] = []  # choices made here for the user, told on the terminal and logged
     if resume is not None:
         if profile or overrides or any(v is not None for v in options.values()):
             raise KdtuiError(
@@ -146,12 +230,22 @@ def _run_training(
                 "drop --profile/--set/options, or start a new run"
             )
         from kdtui.recipes.common import load_resume_config
+        from kdtui.rundir import is_finished
 
         config = load_resume_config(resume)
+        if is_finished(resume):
+            # Resuming means "make sure this run completes": for a finished run that is already
+            # true, so a retried job succeeds (exit 0) and the run's results stay as they are.
+            if _is_main_process():
+                typer.echo(
+                    f"{resume} is finished: nothing to resume, nothing was changed", err=True
+                )
+                _print_summary(resume, _read_metrics(resume), quiet=quiet)
+            return
     else:
         config, _ = resolve(profile, overrides or [], options)
         if command in UPSTREAM:
-            config = _with_upstream_data(command, config, profile, overrides or [], options)
+            config, notes = _with_upstream_data(command, config, profile, overrides or [], options)
     if dashboard:
         _launch_with_dashboard(
             command,
@@ -169,8 +263,7 @@ def _run_training(
 
     module_name, _, func_name = body_path.rpartition(".")
     body = getattr(importlib.import_module(module_name), func_name)
-    # Under torchrun every process runs this; only rank 0 talks to the terminal.
-    main_process = os.environ.get("RANK", "0") == "0"
+    main_process = _is_main_process()
     progress = _ProgressListener(
         enabled=main_process and not quiet and sys.stderr.isatty(),
         warnings=main_process and not quiet,
@@ -184,11 +277,36 @@ def _run_training(
             resume=resume,
             force=force,
             listeners=[progress],
+            notes=notes,
         )
     finally:
         progress.close()
     if main_process:
         _print_summary(path, metrics, quiet=quiet)
+
+
+def _is_main_process() -> bool:
+    # Under torchrun every process runs the command; only rank 0 talks to the terminal.
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _read_metrics(run: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
+
+
+def _max_steps_unless_epochs(max_steps: int | None, *epochs: float | None) -> int | None:
+    """The max-steps option's value. An explicit --epochs means the run is measured in epochs,
+    so it clears the profile's max-steps, which would otherwise win without a word; --max-steps
+    given as well still wins."""
+    if max_steps is None and any(e is not None for e in epochs):
+        return 0
+    return max_steps
 
 
 # Commands that start from another run, and the key naming it.
@@ -197,14 +315,16 @@ UPSTREAM = {"distill": "distill.teacher", "prune": "prune.model"}
 
 def _with_upstream_data(
     command: str, config: Any, profile: str | None, overrides: list[str], options: dict[str, Any]
-) -> Any:
+) -> tuple[Any, list[str]]:
     """Train on the upstream run's data unless told otherwise: its [data] section becomes the
-    base under the profile. `kdtui prune` without --model takes the newest finished teacher run."""
+    base under the profile. `kdtui prune` without --model takes the newest finished teacher run
+    (and says so: the returned notes)."""
     from kdtui.profile import read_profile, resolve
     from kdtui.rundir import latest_finished_run
 
     section, key = UPSTREAM[command].split(".")
     upstream = getattr(getattr(config, section), key)
+    notes = []
     if not upstream and command == "prune":
         found = latest_finished_run(Path(config.run.output_dir).expanduser(), "teacher")
         if found is None:
@@ -214,11 +334,15 @@ def _with_upstream_data(
             )
         upstream = str(found)
         options = {**options, UPSTREAM[command]: upstream}
+        notes.append(
+            f"no --model given: pruning {found}, the newest finished teacher run in "
+            f"{config.run.output_dir}/"
+        )
     run_config = Path(upstream).expanduser() / "config.toml"
     if not run_config.is_file():
-        return resolve(profile, overrides, options)[0]
+        return resolve(profile, overrides, options)[0], notes
     base = {"data": read_profile(run_config).get("data", {})}
-    return resolve(profile, overrides, options, base=base)[0]
+    return resolve(profile, overrides, options, base=base)[0], notes
 
 
 def _launch_with_dashboard(
@@ -272,8 +396,9 @@ def _toml_literal(value: Any) -> str:
 
 class _ProgressListener:
     """Turns engine events into a Rich progress bar (step/total, loss, ETA) and eval lines on a
-    terminal; warnings and errors the run reports (a damaged checkpoint it skipped, emulated
-    bf16) reach stderr whenever the bar is not silenced with --quiet, terminal or not."""
+    terminal; notes, warnings and errors the run reports (a held-out dev split, a damaged
+    checkpoint it skipped, emulated bf16) reach stderr whenever the bar is not silenced with
+    --quiet, terminal or not. Info messages stay in events.jsonl and the dashboard."""
 
     def __init__(self, enabled: bool, warnings: bool = True, console: Any = None) -> None:
         self.enabled = enabled
@@ -328,7 +453,11 @@ class _ProgressListener:
             mark = "  (best)" if event.best else ""
             self.progress.console.print(f"step {event.step}  dev accuracy: {parts}{mark}")
         elif kind == "message" and event.level != "info":
-            self.progress.console.print(f"[yellow]{event.level}:[/] {event.text}")
+            from rich.markup import escape
+
+            style = "cyan" if event.level == "note" else "yellow"
+            # escape: a message may quote a setting in brackets ([prune.model]), not markup
+            self.progress.console.print(f"[{style}]{event.level}:[/] {escape(event.text)}")
 
     def close(self) -> None:
         if self.progress is not None:
@@ -378,25 +507,37 @@ def _print_summary(path: Path, metrics: dict[str, Any], *, quiet: bool) -> None:
         )
 
 
-@app.command()
+@app.command(short_help="Fine-tune a teacher on multi-domain data (mix, single or meta).")
 @handles_errors
 def teacher(
     profile: ProfileOpt = None,
     set_: SetOpt = None,
     method: Annotated[
         str | None,
-        typer.Option("--method", help="mix (all domains), single (one domain), meta (Meta-KD)."),
+        typer.Option(
+            "--method",
+            metavar=_one_of("teacher.method"),
+            help="mix (all domains), single (one domain), meta (Meta-KD) "
+            f"{_key('teacher.method')}.",
+        ),
     ] = None,
     domain: Annotated[
         str | None,
         typer.Option(
             "--domain",
+            metavar="DOMAIN",
             help="Train on this domain alone (implies --method single) [teacher.domain].",
         ),
     ] = None,
     model: Annotated[
         str | None,
-        typer.Option("--model", "-m", help="'minilm', 'tiny', a checkpoint folder or hub name."),
+        typer.Option(
+            "--model",
+            "-m",
+            metavar="MODEL",
+            help="'minilm' (bundled all-MiniLM-L6-v2), 'tiny' (random, for tests), a checkpoint "
+            f"folder or hub name {_key('model.name')}.",
+        ),
     ] = None,
     data: DataOpt = None,
     epochs: EpochsOpt = None,
@@ -404,6 +545,7 @@ def teacher(
     batch_size: BatchOpt = None,
     lr: LrOpt = None,
     bf16: Bf16Opt = None,
+    keep_checkpoints: KeepCheckpointsOpt = None,
     seed: SeedOpt = None,
     name: NameOpt = None,
     output_dir: OutputOpt = None,
@@ -412,7 +554,10 @@ def teacher(
     quiet: QuietOpt = False,
     dashboard: DashboardOpt = False,
 ) -> None:
-    """Fine-tune a teacher on multi-domain data; writes RUN/model and RUN/metrics.json."""
+    """Fine-tune a teacher on multi-domain data; writes RUN/model and RUN/metrics.json.
+
+    In [brackets]: the config key an option sets and kdtui's own default (a --profile may
+    set another)."""
     _run_training(
         "teacher",
         "kdtui.recipes.teacher.run_teacher",
@@ -424,10 +569,11 @@ def teacher(
             "model.name": model,
             "data.source": data,
             "train.epochs": epochs,
-            "train.max_steps": max_steps,
+            "train.max_steps": _max_steps_unless_epochs(max_steps, epochs),
             "train.batch_size": batch_size,
             "train.lr": lr,
             "train.bf16": bf16,
+            "train.keep_checkpoints": keep_checkpoints,
             "run.seed": seed,
             "run.name": name,
             "run.output_dir": output_dir,
@@ -439,43 +585,102 @@ def teacher(
     )
 
 
-@app.command()
+@app.command(short_help="Distil a small student for one domain from a (meta-)teacher.")
 @handles_errors
 def distill(
     teacher: Annotated[
         str | None,
-        typer.Option("--teacher", "-t", help="Teacher run directory or model [distill.teacher]."),
+        typer.Option(
+            "--teacher",
+            "-t",
+            metavar="RUN",
+            help="Teacher run directory or classifier folder [distill.teacher].",
+        ),
     ] = None,
     domain: Annotated[
         str | None,
-        typer.Option("--domain", "-d", help="Target domain, or 'all' [distill.domain]."),
+        typer.Option(
+            "--domain",
+            "-d",
+            metavar="DOMAIN",
+            help="Target domain, or 'all' for one student each [distill.domain].",
+        ),
     ] = None,
     method: Annotated[
         str | None,
-        typer.Option("--method", help="meta, vanilla or logits; default meta for a meta-teacher."),
+        typer.Option(
+            "--method",
+            metavar=_one_of("distill.method"),
+            help="Meta-KD or a baseline; default meta for a meta-teacher, else vanilla "
+            "[distill.method].",
+        ),
     ] = None,
     student: Annotated[
-        str | None, typer.Option("--student", help="Student checkpoint folder [distill.student].")
+        str | None,
+        typer.Option(
+            "--student",
+            metavar="MODEL",
+            help="Student checkpoint folder; default: built from the teacher [distill.student].",
+        ),
     ] = None,
     student_layers: Annotated[
-        int | None, typer.Option("--student-layers", help="Student depth [distill.student_layers].")
+        int | None,
+        typer.Option(
+            "--student-layers",
+            metavar="N",
+            help=f"Student depth {_key('distill.student_layers')}.",
+        ),
     ] = None,
     student_hidden: Annotated[
         int | None,
         typer.Option(
-            "--student-hidden", help="Student width; 0 = teacher's [distill.student_hidden]."
+            "--student-hidden",
+            metavar="N",
+            help=f"Student width; 0 = the teacher's {_key('distill.student_hidden')}.",
         ),
     ] = None,
     student_init: Annotated[
         str | None,
         typer.Option(
             "--student-init",
-            help="teacher (copy evenly spaced teacher layers) or random [distill.student_init].",
+            metavar=_one_of("distill.student_init"),
+            help="teacher (copy evenly spaced teacher layers) or random "
+            f"{_key('distill.student_init')}.",
         ),
     ] = None,
     train_fraction: Annotated[
         float | None,
-        typer.Option("--train-fraction", help="Keep this share of the domain's training data."),
+        typer.Option(
+            "--train-fraction",
+            metavar="F",
+            help=f"Keep this share of the training data {_key('data.train_fraction')}.",
+        ),
+    ] = None,
+    epochs: Annotated[
+        float | None,
+        typer.Option(
+            "--epochs",
+            metavar="N",
+            help="Epochs of stage 2 (prediction); replaces a distill.max_steps the profile sets "
+            f"{_key('distill.prediction_epochs')}.",
+        ),
+    ] = None,
+    intermediate_epochs: Annotated[
+        float | None,
+        typer.Option(
+            "--intermediate-epochs",
+            metavar="N",
+            help="Epochs of stage 1 (intermediate layers); 0 skips it "
+            f"{_key('distill.intermediate_epochs')}.",
+        ),
+    ] = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--max-steps",
+            metavar="N",
+            help=f"Stop each stage after N steps; 0 = by epochs {_key('distill.max_steps')}.",
+        ),
     ] = None,
     profile: ProfileOpt = None,
     set_: SetOpt = None,
@@ -483,6 +688,7 @@ def distill(
     batch_size: BatchOpt = None,
     lr: LrOpt = None,
     bf16: Bf16Opt = None,
+    keep_checkpoints: KeepCheckpointsOpt = None,
     seed: SeedOpt = None,
     name: NameOpt = None,
     output_dir: OutputOpt = None,
@@ -491,7 +697,10 @@ def distill(
     quiet: QuietOpt = False,
     dashboard: DashboardOpt = False,
 ) -> None:
-    """Distil a small single-domain student from a (meta-)teacher (Meta-KD or baselines)."""
+    """Distil a small single-domain student from a (meta-)teacher (Meta-KD or baselines).
+
+    In [brackets]: the config key an option sets and kdtui's own default (a --profile may
+    set another)."""
     _run_training(
         "distill",
         "kdtui.recipes.distill.run_distill",
@@ -506,10 +715,14 @@ def distill(
             "distill.student_hidden": student_hidden,
             "distill.student_init": student_init,
             "data.train_fraction": train_fraction,
+            "distill.prediction_epochs": epochs,
+            "distill.intermediate_epochs": intermediate_epochs,
+            "distill.max_steps": _max_steps_unless_epochs(max_steps, epochs, intermediate_epochs),
             "data.source": data,
             "train.batch_size": batch_size,
             "train.lr": lr,
             "train.bf16": bf16,
+            "train.keep_checkpoints": keep_checkpoints,
             "run.seed": seed,
             "run.name": name,
             "run.output_dir": output_dir,
@@ -521,7 +734,7 @@ def distill(
     )
 
 
-@app.command()
+@app.command(short_help="Prune a fine-tuned model with CAP (contrastive pruning).")
 @handles_errors
 def prune(
     model: Annotated[
@@ -529,6 +742,7 @@ def prune(
         typer.Option(
             "--model",
             "-m",
+            metavar="RUN",
             help="Teacher run directory or classifier folder to prune; default: the newest "
             "finished teacher run in the output dir [prune.model].",
         ),
@@ -537,109 +751,172 @@ def prune(
         float | None,
         typer.Option(
             "--sparsity",
-            help="Fraction of encoder weights removed, in [0, 1) (default 0.9); reached exactly, "
-            "except with --soft-mask threshold, where it caps each matrix [prune.sparsity].",
+            metavar="F",
+            help="Fraction of encoder weights removed, in [0, 1) (0.97, not 97); reached "
+            "exactly, except with --soft-mask threshold, where it caps each matrix "
+            f"{_key('prune.sparsity')}.",
         ),
     ] = None,
     start: Annotated[
         str | None,
         typer.Option(
             "--start",
+            metavar=_one_of("prune.start"),
             help="finetuned (prune the model, which is also the teacher) or pretrained (prune "
-            "the pre-trained weights, learning from the model; the authors') [prune.start].",
+            f"the pre-trained weights, learning from the model; the authors') "
+            f"{_key('prune.start')}.",
         ),
     ] = None,
     score_init: Annotated[
         str | None,
         typer.Option(
             "--score-init",
+            metavar=_one_of("prune.score_init"),
             help="Movement scores start at magnitude (|W|), constant (0) or auto: magnitude "
-            "from a fine-tuned model, constant from pretrained [prune.score_init].",
+            f"from a fine-tuned model, constant from pretrained {_key('prune.score_init')}.",
         ),
     ] = None,
     soft_mask: Annotated[
         str | None,
         typer.Option(
             "--soft-mask",
+            metavar=_one_of("prune.soft_mask"),
             help="Soft movement: calibrated (top-k, exact sparsity) or threshold (the authors': "
-            "σ(S) > τ, sparsity follows from λ) [prune.soft_mask].",
+            f"σ(S) > τ, sparsity follows from λ) {_key('prune.soft_mask')}.",
         ),
     ] = None,
     structure: Annotated[
         str | None,
-        typer.Option("--structure", help="weights (unstructured) or heads-ffn (structured)."),
+        typer.Option(
+            "--structure",
+            metavar=_one_of("prune.structure"),
+            help="weights (unstructured) or heads-ffn (whole heads and FFN neurons) "
+            f"{_key('prune.structure')}.",
+        ),
     ] = None,
     criterion: Annotated[
         str | None,
         typer.Option(
-            "--criterion", help="weights: magnitude, movement or soft-movement [prune.criterion]."
+            "--criterion",
+            metavar=_one_of("prune.criterion"),
+            help=f"What ranks weights (--structure weights) {_key('prune.criterion')}.",
         ),
     ] = None,
     scope: Annotated[
         str | None,
-        typer.Option("--scope", help="matrix (each Linear alike) or global ranking [prune.scope]."),
+        typer.Option(
+            "--scope",
+            metavar=_one_of("prune.scope"),
+            help=f"matrix (each Linear alike) or global ranking {_key('prune.scope')}.",
+        ),
     ] = None,
     cap: Annotated[
         bool | None,
-        typer.Option("--cap/--no-cap", help="CAP's contrastive modules on top [prune.cap]."),
+        typer.Option(
+            "--cap/--no-cap", help=f"CAP's contrastive modules on top {_key('prune.cap')}."
+        ),
     ] = None,
     prc: Annotated[
-        bool | None, typer.Option("--prc/--no-prc", help="Pre-trained model module [prune.prc].")
+        bool | None,
+        typer.Option("--prc/--no-prc", help=f"Pre-trained model module {_key('prune.prc')}."),
     ] = None,
     snc: Annotated[
-        bool | None, typer.Option("--snc/--no-snc", help="Snapshot module [prune.snc].")
+        bool | None, typer.Option("--snc/--no-snc", help=f"Snapshot module {_key('prune.snc')}.")
     ] = None,
     fic: Annotated[
-        bool | None, typer.Option("--fic/--no-fic", help="Fine-tuned model module [prune.fic].")
+        bool | None,
+        typer.Option("--fic/--no-fic", help=f"Fine-tuned model module {_key('prune.fic')}."),
     ] = None,
     teacher: Annotated[
         str | None,
-        typer.Option("--teacher", help="KD teacher; default the model itself [prune.teacher]."),
+        typer.Option(
+            "--teacher",
+            metavar="MODEL",
+            help="KD teacher; default: the model itself, before pruning [prune.teacher].",
+        ),
     ] = None,
     pretrained: Annotated[
         str | None,
         typer.Option(
-            "--pretrained", help="PrC's pre-trained model; default the teacher run's model."
+            "--pretrained",
+            metavar="MODEL",
+            help="PrC's pre-trained model; default: the model the teacher run started from "
+            "[prune.pretrained].",
         ),
     ] = None,
     temperature: Annotated[
         float | None,
-        typer.Option("--temperature", help="Contrastive temperature τ [prune.temperature]."),
+        typer.Option(
+            "--temperature",
+            metavar="T",
+            help=f"Contrastive temperature τ {_key('prune.temperature')}.",
+        ),
     ] = None,
     w_unsup: Annotated[
         float | None,
-        typer.Option("--w-unsup", help="Weight of each unsupervised contrastive term."),
+        typer.Option(
+            "--w-unsup",
+            metavar="W",
+            help="Weight of each unsupervised contrastive term; default (< 0): 0.1 weights, 0.3 "
+            "heads-ffn [prune.w_unsup].",
+        ),
     ] = None,
     w_sup: Annotated[
         float | None,
-        typer.Option("--w-sup", help="Weight of each supervised contrastive term."),
+        typer.Option(
+            "--w-sup",
+            metavar="W",
+            help="Weight of each supervised contrastive term; default (< 0): 10 weights, 3 "
+            "heads-ffn [prune.w_sup].",
+        ),
     ] = None,
     negatives: Annotated[
         int | None,
-        typer.Option("--negatives", help="Bank vectors drawn per batch [prune.num_negatives]."),
+        typer.Option(
+            "--negatives",
+            metavar="N",
+            help=f"Bank vectors drawn per batch {_key('prune.num_negatives')}.",
+        ),
     ] = None,
     pooling: Annotated[
         str | None,
-        typer.Option("--pooling", help="Sentence vector: cls (pooler) or mean [prune.pooling]."),
+        typer.Option(
+            "--pooling",
+            metavar=_one_of("prune.pooling"),
+            help=f"Sentence vector: cls (pooler) or mean {_key('prune.pooling')}.",
+        ),
     ] = None,
     kd_weight: Annotated[
-        float | None, typer.Option("--kd-weight", help="Weight of KD [prune.kd_weight].")
+        float | None,
+        typer.Option("--kd-weight", metavar="W", help=f"Weight of KD {_key('prune.kd_weight')}."),
     ] = None,
     kd_temperature: Annotated[
         float | None,
-        typer.Option("--kd-temperature", help="KD temperature; 0 = 2 weights, 1 heads-ffn."),
+        typer.Option(
+            "--kd-temperature",
+            metavar="T",
+            help="KD temperature; 0 = 2 for weights, 1 for heads-ffn "
+            f"{_key('prune.kd_temperature')}.",
+        ),
     ] = None,
     ce_weight: Annotated[
-        float | None, typer.Option("--ce-weight", help="Weight of CE [prune.ce_weight].")
+        float | None,
+        typer.Option("--ce-weight", metavar="W", help=f"Weight of CE {_key('prune.ce_weight')}."),
     ] = None,
     prune_warmup: Annotated[
         float | None,
-        typer.Option("--prune-warmup", help="Share of steps before pruning [prune.warmup_ratio]."),
+        typer.Option(
+            "--prune-warmup",
+            metavar="F",
+            help=f"Share of steps before pruning {_key('prune.warmup_ratio')}.",
+        ),
     ] = None,
     prune_cooldown: Annotated[
         float | None,
         typer.Option(
-            "--prune-cooldown", help="Share of steps at the final sparsity [prune.cooldown_ratio]."
+            "--prune-cooldown",
+            metavar="F",
+            help=f"Share of steps at the final sparsity {_key('prune.cooldown_ratio')}.",
         ),
     ] = None,
     profile: ProfileOpt = None,
@@ -650,6 +927,7 @@ def prune(
     batch_size: BatchOpt = None,
     lr: LrOpt = None,
     bf16: Bf16Opt = None,
+    keep_checkpoints: KeepCheckpointsOpt = None,
     seed: SeedOpt = None,
     name: NameOpt = None,
     output_dir: OutputOpt = None,
@@ -661,7 +939,10 @@ def prune(
     """Prune a fine-tuned model with CAP (contrastive pruning) while distilling from it.
 
     Writes RUN/model (dense, zeros in place; heads-ffn: heads and neurons removed) and, for
-    unstructured pruning, RUN/model-sparse (compressed). Data: the teacher run's, by default."""
+    unstructured pruning, RUN/model-sparse (compressed). Data: the teacher run's, by default.
+
+    In [brackets]: the config key an option sets and kdtui's own default (a --profile may
+    set another)."""
     _run_training(
         "prune",
         "kdtui.recipes.prune.run_prune",
@@ -694,10 +975,11 @@ def prune(
             "prune.cooldown_ratio": prune_cooldown,
             "data.source": data,
             "train.epochs": epochs,
-            "train.max_steps": max_steps,
+            "train.max_steps": _max_steps_unless_epochs(max_steps, epochs),
             "train.batch_size": batch_size,
             "train.lr": lr,
             "train.bf16": bf16,
+            "train.keep_checkpoints": keep_checkpoints,
             "run.seed": seed,
             "run.name": name,
             "run.output_dir": output_dir,
@@ -709,26 +991,32 @@ def prune(
     )
 
 
-@app.command()
+@app.command(short_help="Accuracy per domain, size and latency of models, side by side.")
 @handles_errors
 def evaluate(
     models: Annotated[
         list[str],
-        typer.Argument(help="Models or run directories; several are shown side by side."),
+        # Described in the docstring: Typer's own argument help adds a `<list[str]>`.
+        typer.Argument(metavar="MODEL", hidden=True),
     ],
     profile: ProfileOpt = None,
     set_: SetOpt = None,
     data: DataOpt = None,
     split: Annotated[
-        str | None, typer.Option("--split", help="Split to score [evaluate.split].")
+        str | None,
+        typer.Option(
+            "--split", metavar="train|dev|test", help=f"Split to score {_key('evaluate.split')}."
+        ),
     ] = None,
     json_path: Annotated[
-        Path | None, typer.Option("--json", help="Also write the report as JSON here.")
+        Path | None,
+        typer.Option("--json", metavar="FILE", help="Also write the report as JSON here."),
     ] = None,
 ) -> None:
     """Accuracy per domain, parameters, size on disk and latency of one or more models.
 
-    Data: the first run directory's data config, unless --profile/--set/--data is given."""
+    MODEL: a model folder or run directory; several are shown side by side. Data: the first
+    run directory's data config, unless --profile/--set/--data is given."""
     from kdtui.profile import resolve
 
     options = {"data.source": data, "evaluate.split": split}
@@ -802,16 +1090,13 @@ def profiles() -> None:
 TRAINING_COMMANDS = ("teacher", "distill", "prune")
 
 
-@app.command()
+@app.command(short_help="Follow a run live, replay a finished one, or browse the runs.")
 @handles_errors
 def dashboard(
     target: Annotated[
         str | None,
-        typer.Argument(
-            metavar="[RUN_DIR|COMMAND]",
-            help="A run directory (followed live; it may not exist yet), a folder of runs "
-            "(browsed), or a training command to start and follow: teacher, distill, prune.",
-        ),
+        # Described in the docstring: Typer's own argument help adds a `<str>`.
+        typer.Argument(metavar="RUN_DIR|COMMAND", hidden=True),
     ] = None,
     profile: ProfileOpt = None,
     set_: SetOpt = None,
@@ -821,6 +1106,7 @@ def dashboard(
         typer.Option(
             "--output-dir",
             "-o",
+            metavar="DIR",
             help="The runs folder the browser lists [runs]; with COMMAND, where the run goes.",
         ),
     ] = None,
@@ -828,8 +1114,10 @@ def dashboard(
 ) -> None:
     """Follow a run live or replay a finished one; with no RUN_DIR, browse the runs folder.
 
-    `kdtui dashboard --profile smoke teacher` starts the command in the background and follows
-    it (as `kdtui teacher --profile smoke --dashboard` does); quitting asks whether to stop it."""
+    RUN_DIR: a run directory (followed live; it may not exist yet) or a folder of runs
+    (browsed). COMMAND: teacher, distill or prune: `kdtui dashboard --profile smoke teacher`
+    starts the command in the background and follows it (as `kdtui teacher --profile smoke
+    --dashboard` does); quitting asks whether to stop it."""
     if target in TRAINING_COMMANDS:
         _run_training(
             target,

@@ -129,6 +129,9 @@ class DistillConfig:
     layer_map: tuple[tuple[int, ...], ...] = ()  # [[student, teacher], ...]; empty = uniform
     intermediate_epochs: float = 1.0  # stage 1: hidden/attention/domain MSE (0 = skip)
     prediction_epochs: float = 1.0  # stage 2: soft cross-entropy on the teacher's logits
+    # If > 0, each stage stops after this many steps instead of its epochs (train.max_steps is
+    # the teacher's: a profile shared by teacher and distill sets it for the teacher).
+    max_steps: int = 0
     temperature: float = 2.0
     # Stage 1's attention term: "probs" (attention probabilities after softmax, as EasyNLP's
     # official Meta-KD; on MiniLM its gradient is on the hidden-state term's scale) or "scores"
@@ -383,12 +386,22 @@ def _validate(config: Config) -> None:
         (config.distill.student_hidden >= 0, "distill.student_hidden must be >= 0"),
         (config.distill.intermediate_epochs >= 0, "distill.intermediate_epochs must be >= 0"),
         (config.distill.prediction_epochs > 0, "distill.prediction_epochs must be > 0"),
+        (config.distill.max_steps >= 0, "distill.max_steps must be >= 0"),
         (config.distill.temperature > 0, "distill.temperature must be > 0"),
         (
             all(len(pair) == 2 for pair in config.distill.layer_map),
             "distill.layer_map must be a list of [student_layer, teacher_layer] pairs",
         ),
-        (0 <= config.prune.sparsity < 1, "prune.sparsity must be in [0, 1)"),
+        (
+            0 <= config.prune.sparsity < 1,
+            "prune.sparsity must be in [0, 1)"
+            # A percentage is the likely mistake: suggest the fraction it meant.
+            + (
+                f", a fraction: for {config.prune.sparsity:g}% give {config.prune.sparsity / 100:g}"
+                if 1 < config.prune.sparsity < 100
+                else ""
+            ),
+        ),
         (config.prune.temperature > 0, "prune.temperature must be > 0"),
         (config.prune.num_negatives >= 0, "prune.num_negatives must be >= 0"),
         (config.prune.snapshot_views >= 1, "prune.snapshot_views must be at least 1"),

@@ -18,6 +18,7 @@ by it in every process and across runs on the same data.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Sequence
@@ -171,13 +172,105 @@ def _read_file(path: Path) -> Columns:
             builder, data_files=str(path), split="train", keep_in_memory=True, **kwargs
         )
         columns = dataset.to_dict()  # plain lists: a datasets Column is slow to index by row
-    except UnicodeDecodeError as e:
-        raise KdtuiError(f"data file {path} is not UTF-8 text ({e.reason})") from None
     except Exception as e:  # noqa: BLE001 - datasets raises many types for a malformed file
-        raise KdtuiError(f"cannot read data file {path}: {_root_cause(e)}") from None
+        # The parsers' own messages name neither the file nor the line ("StopIteration",
+        # "Trailing data at position 82"); a second, plain reading of the text finds both.
+        problem = _text_file_problem(path) or _root_cause(e)
+        raise KdtuiError(f"cannot read data file {path}: {problem}") from None
     if len(dataset) == 0:
-        raise KdtuiError(f"data file {path} holds no examples")
+        raise KdtuiError(
+            f"cannot read data file {path}: {_text_file_problem(path) or 'it holds no examples'}"
+        )
     return columns
+
+
+def _text_file_problem(path: Path) -> str | None:
+    """What is wrong with a text data file (.csv, .tsv, .jsonl, .json), naming the line, or
+    None if this reading finds nothing. Only called once the real parser has failed."""
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".tsv", ".jsonl", ".json"):
+        return None
+    json_lines = suffix == ".jsonl"
+    first: tuple[int, str] | None = None  # the first non-blank line: a header, or JSON
+    rows = 0
+    try:
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    return (
+                        f"line {number} is not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                        f"{e.start + 1}); convert the file to UTF-8, e.g. from Latin-1: "
+                        f"iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}"
+                    )
+                line = line.removeprefix("\ufeff") if number == 1 else line
+                if not line.strip():
+                    continue
+                if first is None:
+                    first = (number, line.strip())
+                    # A .json file is JSON lines when its first line is a whole JSON value.
+                    json_lines = json_lines or (suffix == ".json" and _is_json(line))
+                else:
+                    rows += 1
+                if json_lines and (problem := _json_line_problem(line, number)):
+                    return problem
+    except OSError as e:
+        return e.strerror or str(e)
+    if first is None:
+        return "it is empty (no examples)"
+    if suffix in (".csv", ".tsv") and rows == 0:
+        return f"it has a header line ({first[1][:80]}) but no examples below it"
+    if suffix == ".json" and not json_lines:
+        return _json_document_problem(path)
+    return None
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _json_line_problem(line: str, number: int) -> str | None:
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as e:
+        why = "more text after a complete JSON value" if e.msg == "Extra data" else e.msg
+        return (
+            f"line {number}, column {e.colno} is not valid JSON ({why}); each line must hold "
+            "one JSON object"
+        )
+    if not isinstance(value, dict):
+        kind = _JSON_KINDS.get(type(value), type(value).__name__)
+        return (
+            f"line {number} holds a JSON {kind}, not an object; each line must hold one JSON "
+            'object such as {"text": "...", "label": 1}'
+        )
+    return None
+
+
+_JSON_KINDS = {
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
+
+
+def _json_document_problem(path: Path) -> str | None:
+    """A .json file that is one JSON document (an array of objects, say) rather than lines."""
+    try:
+        json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as e:
+        return f"line {e.lineno}, column {e.colno} is not valid JSON ({e.msg})"
+    except (OSError, UnicodeDecodeError):
+        return None
+    return None
 
 
 def _read_hub(cfg: DataConfig) -> tuple[dict[str, Columns], list[str]]:

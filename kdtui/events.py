@@ -14,7 +14,9 @@ Event types and fields (all floats are plain numbers, never NaN in the file):
 * layer_sparsity: step, layers {"layer.0.attention.self.query": fraction_zero, ...}
 * histogram:     name, domain, edges [n+1 floats], counts [n ints]
 * checkpoint:    step, path, kind ("periodic" | "best" | "final")
-* message:       level ("info" | "warning" | "error"), text
+* message:       level ("info" | "note" | "warning" | "error"), text; a note is a fact the user
+                 must hear (a choice made for them), shown on the terminal like a warning;
+                 info is for the log and the dashboard only
 * run_finished:  step, metrics {name: value}
 * run_failed:    step, error (one line), kind ("user" | "internal" | "interrupted")
 """

@@ -71,9 +71,14 @@ def find_profile(name_or_path: str) -> Path:
 
 def read_profile(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise KdtuiError(f"profile {path} is not UTF-8 text") from None
+        # utf-8-sig: editors on Windows start a UTF-8 file with a byte-order mark, which TOML
+        # does not allow and which is invisible to whoever reads the file.
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = e.object[: e.start].count(b"\n") + 1
+        raise KdtuiError(
+            f"profile {path} is not UTF-8 text (line {line}: byte 0x{e.object[e.start]:02x})"
+        ) from None
     except OSError as e:
         raise KdtuiError(f"cannot read profile {path}: {e.strerror}") from None
     try:

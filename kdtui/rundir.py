@@ -258,6 +258,11 @@ def run_command(run: Path) -> str | None:
     return None
 
 
+def is_finished(run: Path) -> bool:
+    """Whether a run ended successfully: its metrics.json is written as it finishes."""
+    return (run / "metrics.json").is_file()
+
+
 def latest_finished_run(root: Path, command: str) -> Path | None:
     """The most recently finished run of `command` under `root` (by metrics.json time)."""
     candidates = [
@@ -266,6 +271,9 @@ def latest_finished_run(root: Path, command: str) -> Path | None:
         if run_command(metrics.parent) == command
     ]
     return max(candidates)[1] if candidates else None
+
+
+SPARSE_DIR = "model-sparse"  # `kdtui prune`'s compressed copy of RUN/model
 
 
 class RunDir:

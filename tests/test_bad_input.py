@@ -129,7 +129,11 @@ def with_other_tokenizer(tmp: Path, teacher_run: Path) -> Path:
 CASES = [
     # profiles and options
     Case("malformed-toml", profile("[train\nlr = "), "is not valid TOML"),
-    Case("profile-not-utf8", profile(b"\xff\xfe[train]\x00"), "is not UTF-8"),
+    Case(
+        "profile-not-utf8", profile(b"\xff\xfe[train]\x00"), "is not UTF-8 text (line 1: byte 0xff)"
+    ),
+    # A byte-order mark (Windows editors write one) is read past: the error is the profile's own.
+    Case("profile-with-bom", profile(b"\xef\xbb\xbf[train]\nlr = -1\n"), "train.lr must be > 0"),
     Case(
         "profile-is-a-folder",
         lambda tmp, _: teacher("--profile", str(tmp)),
@@ -186,7 +190,57 @@ CASES = [
         data(lambda t: write(t / "d.parquet", b"PAR1" + bytes(range(256)) * 4)),
         "cannot read data file",
     ),
-    Case("data-empty", data(lambda t: write(t / "d.csv", "")), "cannot read data file"),
+    Case("data-empty", data(lambda t: write(t / "d.csv", "")), "d.csv: it is empty (no examples)"),
+    Case(
+        "data-empty-jsonl",
+        data(lambda t: write(t / "d.jsonl", "")),
+        "d.jsonl: it is empty (no examples)",
+    ),
+    Case(
+        "data-blank-lines-only",
+        data(lambda t: write(t / "d.jsonl", "\n  \n\n")),
+        "d.jsonl: it is empty (no examples)",
+    ),
+    Case(
+        "data-csv-header-only",
+        data(lambda t: write(t / "d.csv", "text,label,domain\n")),
+        "d.csv: it has a header line (text,label,domain) but no examples below it",
+    ),
+    Case(
+        "data-latin1-csv",
+        data(
+            lambda t: write(
+                t / "d.csv", "text,label,domain\ngood,1,a\ncafé,0,a\n".encode("latin-1")
+            )
+        ),
+        "d.csv: line 3 is not UTF-8 text (byte 0xe9 at column 4); convert the file to UTF-8",
+    ),
+    Case(
+        "data-bad-json-line",
+        data(
+            lambda t: write(
+                t / "d.jsonl",
+                "".join(
+                    json.dumps(r) + ("  x" if i == 5 else "") + "\n" for i, r in enumerate(ROWS)
+                ),
+            )
+        ),
+        "d.jsonl: line 6, column 50 is not valid JSON (more text after a complete JSON value)",
+    ),
+    Case(
+        "data-json-line-not-an-object",
+        data(lambda t: write(t / "d.jsonl", json.dumps(ROWS[0]) + "\n[1, 2]\n")),
+        "d.jsonl: line 2 holds a JSON array, not an object",
+    ),
+    Case(
+        "data-broken-json-document",
+        data(
+            lambda t: write(
+                t / "d.json", '[\n  {"text": "a", "label": 1},\n  {"text": "b" "label": 0}\n]\n'
+            )
+        ),
+        "d.json: line 3, column 16 is not valid JSON (Expecting ',' delimiter)",
+    ),
     Case(
         "data-missing-text-column",
         data(lambda t: jsonl(t / "d.jsonl", [{"body": "x", "label": 1}] * 20)),
@@ -442,6 +496,16 @@ CASES = [
         "prune-sparsity-one",
         lambda tmp, run: ["prune", "--profile", "smoke", "--model", str(run), "--sparsity", "1"],
         "prune.sparsity must be in [0, 1)",
+    ),
+    Case(
+        "prune-sparsity-as-a-percentage",
+        lambda tmp, run: ["prune", "--profile", "smoke", "--model", str(run), "--sparsity", "97"],
+        "prune.sparsity must be in [0, 1), a fraction: for 97% give 0.97",
+    ),
+    Case(
+        "epochs-zero-under-a-profile-with-max-steps",
+        lambda *_: teacher("--epochs", "0"),
+        "train.epochs must be > 0",
     ),
     Case(
         "prune-unknown-criterion",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kdtui import __version__
-from tests.conftest import REPO, invoke
+from tests.conftest import REPO, events_of, invoke
 
 
 def test_version_and_help() -> None:
@@ -19,6 +21,52 @@ def test_version_and_help() -> None:
     assert result.exit_code == 0
     for command in ("teacher", "distill", "evaluate", "profiles"):
         assert command in result.stdout
+
+
+COMMANDS = ("teacher", "distill", "prune", "evaluate", "profiles", "dashboard")
+
+
+def _help(*args: str) -> str:
+    """Help as on a wide terminal, so no expected phrase is wrapped."""
+    from typer.testing import CliRunner
+
+    from kdtui.cli import app
+
+    result = CliRunner().invoke(app, [*args, "--help"], terminal_width=240)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_the_command_list_shows_each_description_whole() -> None:
+    lines = [line.split(maxsplit=1) for line in _help().splitlines() if line.startswith("  ")]
+    described = {words[0]: words[1] for words in lines if words[0] in COMMANDS}
+    assert set(described) == set(COMMANDS)
+    for text in described.values():
+        assert text.endswith(".") and not text.endswith("..."), text
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_names_values_not_python_types(command: str) -> None:
+    text = _help(command)
+    assert not re.search(r"<[\w\[\], |]+>", text), text  # Typer's <str>, <list[str]>
+
+
+def test_help_shows_the_defaults_and_every_command_has_a_length() -> None:
+    prune = _help("prune")
+    for shown in (
+        "--sparsity F ",
+        "[prune.sparsity; default 0.9]",
+        "--criterion magnitude|movement|soft-movement\n",
+        "[prune.criterion; default soft-movement]",
+        "--structure weights|heads-ffn ",
+        "[prune.structure; default weights]",
+        "--keep-checkpoints N ",
+    ):
+        assert shown in prune
+    distill = _help("distill")
+    for option in ("--epochs N ", "--intermediate-epochs N ", "--max-steps N "):
+        assert option in distill
+    assert "replaces a max_steps the profile sets" in _help("teacher")
 
 
 def test_help_does_not_import_heavy_libraries() -> None:
@@ -138,3 +186,105 @@ def test_without_a_terminal_only_warnings_are_printed(capsys: pytest.CaptureFixt
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == "warning: damaged checkpoint skipped\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# What kdtui decides for the user is said on the terminal; explicit options win; a finished run
+# is not rerun. One teacher run on a file of its own serves these tests.
+
+
+@pytest.fixture(scope="module")
+def file_teacher(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    """A finished smoke teacher on a single .jsonl file (dev is held out of it) whose domain 'a'
+    has one label, trained for --epochs 0.5 under the smoke profile's max_steps = 12."""
+    tmp = tmp_path_factory.mktemp("file-teacher")
+    rows = [
+        {"text": f"review {i}", "label": 0 if i % 4 < 2 else i % 2, "domain": "ab"[(i // 2) % 2]}
+        for i in range(40)
+    ]
+    data = tmp / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    runs = tmp / "runs"
+    result = invoke(
+        *("teacher", "--profile", "smoke", "--data", str(data), "--epochs", "0.5"),
+        *("--output-dir", str(runs), "--name", "t"),
+    )
+    assert result.exit_code == 0, result.stderr
+    return runs, result
+
+
+def test_notes_about_the_data_are_printed_not_only_logged(
+    file_teacher: tuple[Path, object],
+) -> None:
+    runs, result = file_teacher
+    held_out = (
+        "note: d.jsonl is the training split: holding out 4 training examples "
+        "(10% per domain, seed 0) as dev"
+    )
+    single = "note: domain 'a' has a single label ('0') in the training data"
+    assert held_out in result.stderr and single in result.stderr
+    notes = [e.text for e in events_of(runs / "t") if e.type == "message" and e.level == "note"]
+    assert len(notes) == 2
+
+
+def test_epochs_on_the_command_line_replace_the_profiles_max_steps(
+    file_teacher: tuple[Path, object],
+) -> None:
+    runs, _ = file_teacher
+    started = next(e for e in events_of(runs / "t") if e.type == "run_started")
+    # 36 training examples, batch 8: 4 steps an epoch, so 2 steps, not the profile's 12.
+    assert started.total_steps == 2
+    assert started.config["train"]["max_steps"] == 0
+
+
+def test_epochs_zero_is_an_error_not_ignored(runs: Path) -> None:
+    result = _smoke(runs, "--name", "zero", "--epochs", "0")
+    assert result.exit_code == 2
+    assert "train.epochs must be > 0" in result.stderr
+    assert not (runs / "zero").exists()
+
+
+def test_prune_without_model_says_which_run_and_keeps_checkpoints_as_told(
+    file_teacher: tuple[Path, object],
+) -> None:
+    from kdtui.checkpoint import list_checkpoints
+
+    runs, _ = file_teacher
+    result = invoke(
+        *("prune", "--profile", "smoke", "--output-dir", str(runs), "--name", "p"),
+        *("--max-steps", "8", "--keep-checkpoints", "1"),
+    )
+    assert result.exit_code == 0, result.stderr
+    assert (
+        f"note: no --model given: pruning {runs / 't'}, the newest finished teacher run in "
+        f"{runs}/" in result.stderr
+    )
+    # Checkpoints were written at steps 4 and 8 (every evaluation); only the newest is kept.
+    written = [e.step for e in events_of(runs / "p") if e.type == "checkpoint" and e.kind != "best"]
+    assert written == [4, 8]
+    assert [c.name for c in list_checkpoints(runs / "p" / "checkpoints")] == ["step-00000008"]
+    assert (runs / "p" / "best").is_dir()
+
+
+def test_distill_takes_max_steps_for_each_stage(file_teacher: tuple[Path, object]) -> None:
+    runs, _ = file_teacher
+    result = invoke(
+        *("distill", "--profile", "smoke", "--teacher", str(runs / "t"), "--domain", "b"),
+        *("--data", str(runs.parent / "d.jsonl"), "--max-steps", "2"),
+        *("--output-dir", str(runs), "--name", "d", "--quiet"),
+    )
+    assert result.exit_code == 0, result.stderr
+    started = next(e for e in events_of(runs / "d") if e.type == "run_started")
+    assert started.total_steps == 4  # stage 1 and stage 2, two steps each
+
+
+def test_resume_of_a_finished_run_changes_nothing(file_teacher: tuple[Path, object]) -> None:
+    runs, _ = file_teacher
+    run = runs / "t"
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()}
+    result = invoke("teacher", "--resume", str(run))
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == f"{run} is finished: nothing to resume, nothing was changed\n"
+    assert result.stdout.startswith(f"run: {run}\n") and "best dev accuracy" in result.stdout
+    after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()}
+    assert after == before

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import signal
 import threading
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -327,15 +328,14 @@ def _evaluate(
     )
     accuracy = accuracy_of_predictions(predictions, job.dev, job.domain_names)
     crash_point("eval", job.step_offset + state.step)
-    if not state.warned_collapse and _collapsed(predictions, job.dev.labels):
+    if not state.warned_collapse and (what := _collapse(predictions, job.dev.labels)):
         state.warned_collapse = True
         causes = [d for h in job.hooks if (d := getattr(h, "diagnosis", lambda: "")())]
         job.run.log(
             Message(
                 level="warning",
-                text=f"the model predicts one class for every dev example at step "
-                f"{job.step_offset + state.step}: it has collapsed"
-                + (f"; {'; '.join(causes)}" if causes else ""),
+                text=f"the model {what} at step {job.step_offset + state.step}: it has collapsed "
+                "or not learned yet" + (f"; {'; '.join(causes)}" if causes else ""),
             )
         )
     state.last_eval = accuracy
@@ -375,9 +375,22 @@ def _evaluate(
             )
 
 
-def _collapsed(predictions: Sequence[int], labels: Sequence[int]) -> bool:
-    """One predicted class for every example of a split that holds several."""
-    return len(set(predictions)) == 1 and len(set(labels)) > 1
+def _collapse(predictions: Sequence[int], labels: Sequence[int]) -> str:
+    """What shows that a model carries no information about a split that holds several classes
+    (empty when nothing does): one predicted class for every example, or an accuracy no better
+    than always answering the most common class (a model at chance can still mix its answers)."""
+    if len(set(labels)) < 2:
+        return ""
+    if len(set(predictions)) == 1:
+        return "predicts one class for every dev example"
+    majority = max(Counter(labels).values()) / len(labels)
+    correct = sum(p == y for p, y in zip(predictions, labels, strict=True)) / len(labels)
+    if correct <= majority:
+        return (
+            f"is no better on dev ({correct:.1%}) than always predicting the most common class "
+            f"({majority:.1%})"
+        )
+    return ""
 
 
 def _loss_terms(

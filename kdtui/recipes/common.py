@@ -1,5 +1,8 @@
 """What every training command shares: open the run directory, record the resolved config,
-start Accelerate, run the recipe body, and end with run_finished or run_failed."""
+start Accelerate, run the recipe body, and end with run_finished or run_failed; and the pieces
+the recipes have in common (the TrainJob for a run, restoring the best model, the final test
+metrics, the meta-teacher's prototype scores). Recipes share through here, never import each
+other."""
 
 from __future__ import annotations
 
@@ -10,13 +13,20 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kdtui.config import Config
 from kdtui.errors import Interrupted, KdtuiError
-from kdtui.events import Event, RunFailed, RunFinished, RunStarted
+from kdtui.events import Event, Message, RunFailed, RunFinished, RunStarted
 from kdtui.profile import to_toml
 from kdtui.rundir import RunDir, check_new_run_path, default_run_name
+
+if TYPE_CHECKING:  # annotations only: the CLI imports this module, and stays quick to start
+    from kdtui.data import MultiDomainData, Split
+    from kdtui.engine.hooks import Hook
+
+PREDICTIONS_FILE = "test_predictions.json"
+SCORES_FILE = "prototype_scores.safetensors"  # a meta-teacher's, read by `kdtui distill`
 
 
 @dataclass
@@ -63,13 +73,12 @@ class RunContext:
 
 def load_run_data(ctx: RunContext) -> Any:
     """The run's data, with anything the loader decided on the user's behalf (a held-out dev
-    split) logged as an info message."""
+    split) or noticed (a domain with one label) logged as a note: the terminal shows it."""
     from kdtui.data import load_data
-    from kdtui.events import Message
 
     data = load_data(ctx.config.data)
     for note in data.notes:
-        ctx.run.log(Message(level="info", text=note))
+        ctx.run.log(Message(level="note", text=note))
     return data
 
 
@@ -95,8 +104,10 @@ def execute(
     resume: Path | None = None,
     force: bool = False,
     listeners: Sequence[Callable[[Event], None]] = (),
+    notes: Sequence[str] = (),
 ) -> tuple[Path, dict[str, Any]]:
-    """Run `body` inside a run directory; returns (run path, final metrics)."""
+    """Run `body` inside a run directory; returns (run path, final metrics). `notes` are
+    choices the command line made for the user (the model `prune` picked), logged first."""
     accelerator = make_accelerator(config)
     if resume is not None:
         path = resume
@@ -124,6 +135,8 @@ def execute(
                     f"rerun: kdtui {command} --profile {path / 'config.toml'}",
                 ),
             )
+        for note in notes:
+            run.log(Message(level="note", text=note))
         ctx = RunContext(command, config, run, accelerator, profile, resumed=resume is not None)
         try:
             metrics = body(ctx)
@@ -212,3 +225,108 @@ def load_resume_config(run_path: Path) -> Config:
     if not config_file.is_file():
         raise KdtuiError(f"--resume {run_path}: not a kdtui run (no config.toml)")
     return build_config(read_profile(config_file))
+
+
+def train_job(ctx: RunContext, **fields: Any) -> Any:
+    """The loop's TrainJob for this run: the run's train settings, run directory, accelerator,
+    seed, checkpoints and best-model folder unless FIELDS says otherwise (a distillation stage
+    has its own)."""
+    from kdtui.engine.loop import TrainJob
+
+    defaults: dict[str, Any] = {
+        "cfg": ctx.config.train,
+        "run": ctx.run,
+        "accelerator": ctx.accelerator,
+        "seed": ctx.config.run.seed,
+        "checkpoint_dir": ctx.run.checkpoints,
+        "best_dir": ctx.run.best,
+    }
+    return TrainJob(**{**defaults, **fields})
+
+
+def restore_best(
+    ctx: RunContext, model: Any, hooks: Sequence[Hook] = (), best_dir: Path | None = None
+) -> None:
+    """Load the best weights (by dev accuracy) back into the model and hooks, if any were kept
+    (in BEST_DIR: the run's `best/` by default)."""
+    from kdtui.checkpoint import load_checkpoint
+
+    ctx.accelerator.wait_for_everyone()
+    best_dir = best_dir or ctx.run.best
+    if (best_dir / "state.json").is_file():
+        best = load_checkpoint(best_dir)
+        model.load_state_dict(best.model)
+        for hook in hooks:
+            hook.load_state_dict(best.train_state["hooks"].get(hook.name, {}))
+
+
+def final_metrics(
+    ctx: RunContext,
+    model: Any,
+    tokenizer: Any,
+    data: MultiDomainData,
+    result: Any,
+    folder: Path | None = None,
+) -> dict[str, Any]:
+    """Best dev accuracy and the best model's test accuracy per domain. The test predictions go
+    to FOLDER/test_predictions.json (FOLDER: the run directory by default), so a benchmark can
+    compare two models example by example."""
+    from accelerate.utils import gather_object
+
+    from kdtui.checkpoint import write_json_atomic
+    from kdtui.data import encode
+    from kdtui.engine.evaluate import accuracy_of_predictions, predictions_in_order
+
+    cfg = ctx.config
+    metrics: dict[str, Any] = {
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "best_dev": result.best_metric,
+        "stopped_early": result.stopped_early,
+    }
+    if data.test is not None:
+        test_enc = encode(data.test, tokenizer, cfg.data.max_length)
+        acc = ctx.accelerator
+        predictions = predictions_in_order(
+            model,
+            test_enc,
+            batch_size=cfg.train.eval_batch_size,
+            pad_id=tokenizer.pad_token_id or 0,
+            device=acc.device,
+            autocast=cfg.train.bf16,
+            process_index=acc.process_index,
+            num_processes=acc.num_processes,
+            gather=gather_object if acc.num_processes > 1 else None,
+        )
+        metrics["test"] = accuracy_of_predictions(predictions, test_enc, data.domain_names)
+        if ctx.is_main:
+            write_json_atomic(
+                (folder or ctx.run.path) / PREDICTIONS_FILE,
+                {
+                    "domains": [data.domain_names[d] for d in test_enc.domains],
+                    "labels": list(test_enc.labels),
+                    "predictions": predictions,
+                },
+            )
+    return metrics
+
+
+def save_scores(path: Path, split: Split, scores: Any, domain_names: list[str]) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    save_file(
+        {
+            "ids": torch.tensor(split.ids, dtype=torch.long),
+            "domains": torch.tensor(split.domains, dtype=torch.long),
+            "scores": scores.float().contiguous(),
+        },
+        str(path),
+        metadata={"domains": ",".join(domain_names)},
+    )
+
+
+def load_scores(path: Path) -> dict[str, Any] | None:
+    from safetensors.torch import load_file
+
+    return load_file(str(path)) if path.is_file() else None

@@ -24,25 +24,32 @@ from typing import Any
 
 import torch
 
-from kdtui.checkpoint import atomic_folder, list_checkpoints, load_checkpoint
+from kdtui.checkpoint import atomic_folder, list_checkpoints
 from kdtui.data import Encoded, MultiDomainData, encode
 from kdtui.engine.evaluate import predict_logits
 from kdtui.engine.hooks import Hook
-from kdtui.engine.loop import TrainJob, total_steps, train
+from kdtui.engine.loop import total_steps, train
 from kdtui.errors import KdtuiError
 from kdtui.events import Message
 from kdtui.models import (
     build_student,
     label_names_of,
+    load_model_tokenizer,
     load_trained,
     read_config_json,
     resolve_model_path,
     save_classifier,
 )
 from kdtui.profile import read_profile
-from kdtui.recipes.common import RunContext, load_run_data
-from kdtui.recipes.meta import SCORES_FILE, load_scores
-from kdtui.recipes.teacher import final_metrics
+from kdtui.recipes.common import (
+    SCORES_FILE,
+    RunContext,
+    final_metrics,
+    load_run_data,
+    load_scores,
+    restore_best,
+    train_job,
+)
 
 SUMMARY_FILE = "summary.md"
 
@@ -101,7 +108,7 @@ def run_distill(ctx: RunContext) -> dict[str, Any]:
     teacher = Teacher(
         folder=teacher_folder,
         model=teacher_model,
-        tokenizer=_load_tokenizer(teacher_folder),
+        tokenizer=load_model_tokenizer(teacher_folder),
         domain_head=domain_head if method == "meta" else None,
         layers=teacher_model.config.num_hidden_layers,
         hidden=teacher_model.config.hidden_size,
@@ -190,10 +197,7 @@ def distill_one(
     common = dict(
         train=plan.train,
         domain_names=data.domain_names,
-        run=ctx.run,
-        accelerator=ctx.accelerator,
         pad_id=pad_id,
-        seed=cfg.run.seed,
         total_steps_all=all_steps,
     )
     use_meta = method == "meta"
@@ -212,12 +216,14 @@ def distill_one(
             )
         ]
         train(
-            TrainJob(
+            train_job(
+                ctx,
                 model=student,
                 dev=None,
                 hooks=stage1,
                 cfg=_stage_cfg(ctx, d.intermediate_epochs),
                 checkpoint_dir=plan.stage1_dir,
+                best_dir=None,
                 weights={"domain_kl": d.domain_weight},
                 stage="intermediate",
                 step_offset=offset,
@@ -248,7 +254,8 @@ def distill_one(
     ]
     best_dir = plan.folder / "best"
     result = train(
-        TrainJob(
+        train_job(
+            ctx,
             model=student,
             dev=dev,
             hooks=stage2,
@@ -261,7 +268,7 @@ def distill_one(
             **common,
         )
     )
-    _restore(ctx, student, best_dir)
+    restore_best(ctx, student, best_dir=best_dir)
     if ctx.is_main:
         with atomic_folder(plan.folder / "model") as folder:
             save_classifier(student, teacher.tokenizer, folder, data.label_names)
@@ -269,14 +276,9 @@ def distill_one(
 
 
 def _stage_cfg(ctx: RunContext, epochs: float) -> Any:
-    """The train section for one stage: its own epochs (train.max_steps is the teacher's)."""
-    return replace(ctx.config.train, epochs=epochs, max_steps=0)
-
-
-def _restore(ctx: RunContext, model: Any, best_dir: Path) -> None:
-    ctx.accelerator.wait_for_everyone()
-    if (best_dir / "state.json").is_file():
-        model.load_state_dict(load_checkpoint(best_dir).model)
+    """The train section for one stage: its own epochs or distill.max_steps (train.max_steps is
+    the teacher's)."""
+    return replace(ctx.config.train, epochs=epochs, max_steps=ctx.config.distill.max_steps)
 
 
 def _check_student(ctx: RunContext, teacher: Teacher) -> int:
@@ -286,7 +288,7 @@ def _check_student(ctx: RunContext, teacher: Teacher) -> int:
     if not d.student:
         return d.student_layers
     folder = Path(resolve_model_path(d.student))
-    student_tokenizer = _load_tokenizer(folder)
+    student_tokenizer = load_model_tokenizer(folder)
     if student_tokenizer.get_vocab() != teacher.tokenizer.get_vocab():
         raise KdtuiError(
             f"student {d.student} uses a different tokenizer from the teacher {d.teacher}; "
@@ -341,12 +343,6 @@ def _check_head_domains(head: Any, targets: list[str]) -> None:
             f"the meta-teacher was trained on domains {', '.join(head.domain_names)}, "
             f"not on {', '.join(missing)}"
         )
-
-
-def _load_tokenizer(folder: Path) -> Any:
-    from kdtui.models import load_model_tokenizer
-
-    return load_model_tokenizer(folder)
 
 
 def _resumed_step(plans: list[Plan]) -> int:

@@ -20,7 +20,7 @@ from kdtui.models import (
     LABELS_KEY,
     check_max_length,
     label_names_of,
-    load_tokenizer,
+    load_model_tokenizer,
     resolve_model_path,
 )
 
@@ -84,7 +84,7 @@ def evaluate_one(path: str, config: Config, data: MultiDomainData) -> dict[str, 
             f"{list(data.label_names)}"
         )
     check_max_length(config.data.max_length, path, model.config.to_dict())
-    tokenizer = load_tokenizer_for(folder, config)
+    tokenizer = load_model_tokenizer(folder, trust_remote_code=config.model.trust_remote_code)
     split = data.split(config.evaluate.split)
     encoded = encode(split, tokenizer, config.data.max_length)
     predictions = predictions_in_order(
@@ -117,12 +117,6 @@ def evaluate_one(path: str, config: Config, data: MultiDomainData) -> dict[str, 
     return result
 
 
-def load_tokenizer_for(folder: Path, config: Config) -> Any:
-    from dataclasses import replace
-
-    return load_tokenizer(replace(config.model, name=str(folder)))
-
-
 def encoder_sparsity(model: Any) -> float | None:
     """Fraction of zeros in the encoder's Linear weights (None for non-BERT layouts)."""
     from kdtui.methods.pruning import encoder_linears
@@ -138,17 +132,13 @@ def encoder_sparsity(model: Any) -> float | None:
 def weights_files(path: str, folder: Path) -> list[Path]:
     """The files whose size is reported: for a run directory that has a compressed sparse model
     (RUN/model-sparse, written by `kdtui prune`) that file, else the model folder's weights."""
-    from kdtui.recipes.prune import SPARSE_DIR
+    from kdtui.rundir import SPARSE_DIR
     from kdtui.sparse import SPARSE_FILE
 
     sparse = Path(path).expanduser() / SPARSE_DIR / SPARSE_FILE
     if sparse.is_file():
         return [sparse]
     return sorted(p for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
-
-
-def weights_size(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
 
 
 def _shown(file: Path, path: str) -> str:

@@ -4,18 +4,14 @@ domain-adversarial loss + the domain head learning the true domains)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from kdtui.data import MultiDomainData, Split, collate, encode
 from kdtui.engine.hooks import Hook
 from kdtui.events import Histogram, Message
-from kdtui.recipes.common import RunContext
-
-SCORES_FILE = "prototype_scores.safetensors"
+from kdtui.recipes.common import SCORES_FILE, RunContext, save_scores
 
 
 def meta_teacher_hooks(
@@ -104,19 +100,3 @@ def compute_prototype_scores(
         alpha=cfg.teacher.alpha,
         zeta=cfg.teacher.zeta,
     )
-
-
-def save_scores(path: Path, split: Split, scores: torch.Tensor, domain_names: list[str]) -> None:
-    save_file(
-        {
-            "ids": torch.tensor(split.ids, dtype=torch.long),
-            "domains": torch.tensor(split.domains, dtype=torch.long),
-            "scores": scores.float().contiguous(),
-        },
-        str(path),
-        metadata={"domains": ",".join(domain_names)},
-    )
-
-
-def load_scores(path: Path) -> dict[str, torch.Tensor] | None:
-    return load_file(str(path)) if path.is_file() else None

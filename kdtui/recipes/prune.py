@@ -27,21 +27,25 @@ import torch
 from kdtui.checkpoint import atomic_folder
 from kdtui.data import Encoded, encode
 from kdtui.engine.hooks import CrossEntropyHook, Hook
-from kdtui.engine.loop import TrainJob, total_steps, train
+from kdtui.engine.loop import total_steps, train
 from kdtui.errors import KdtuiError
 from kdtui.events import LayerSparsity, Message
 from kdtui.models import (
     label_names_of,
     load_classifier,
+    load_model_tokenizer,
     load_trained,
     resolve_model_path,
     save_classifier,
 )
-from kdtui.recipes.common import RunContext, load_run_data
-from kdtui.recipes.teacher import final_metrics, restore_best
-from kdtui.rundir import run_command
-
-SPARSE_DIR = "model-sparse"
+from kdtui.recipes.common import (
+    RunContext,
+    final_metrics,
+    load_run_data,
+    restore_best,
+    train_job,
+)
+from kdtui.rundir import SPARSE_DIR, run_command
 
 
 def authors_defaults(structure: str) -> dict[str, float]:
@@ -77,7 +81,7 @@ def run_prune(ctx: RunContext) -> dict[str, Any]:
     folder = Path(resolve_model_path(p.model))
     model = load_trained(folder)
     encoder_layers(model)  # a clear error for models kdtui cannot prune
-    tokenizer = _tokenizer(folder)
+    tokenizer = load_model_tokenizer(folder)
     data = load_run_data(ctx)
     labels = label_names_of(model)
     if labels != data.label_names:
@@ -198,19 +202,14 @@ def run_prune(ctx: RunContext) -> dict[str, Any]:
 
     ctx.start(n_steps)
     result = train(
-        TrainJob(
+        train_job(
+            ctx,
             model=model,
             train=train_enc,
             dev=dev_enc,
             domain_names=data.domain_names,
             hooks=hooks,
-            cfg=cfg.train,
-            run=ctx.run,
-            accelerator=ctx.accelerator,
             pad_id=pad_id,
-            seed=cfg.run.seed,
-            checkpoint_dir=ctx.run.checkpoints,
-            best_dir=ctx.run.best,
             weights=weights,
             select_after_step=pruner.final_step(),
         )
@@ -307,7 +306,7 @@ def _teacher(name: str, model: Any, tokenizer: Any, labels: list[str]) -> Any:
                 f"the teacher {name} predicts labels {label_names_of(teacher)} but the model "
                 f"being pruned predicts {labels}; KD needs the same label set"
             )
-        if _tokenizer(folder).get_vocab() != tokenizer.get_vocab():
+        if load_model_tokenizer(folder).get_vocab() != tokenizer.get_vocab():
             raise KdtuiError(
                 f"the teacher {name} uses another tokenizer than the model being pruned; "
                 "KD and the contrastive banks need the same inputs"
@@ -340,12 +339,6 @@ def _pretrained_model(ctx: RunContext, folder: Path, labels: list[str]) -> Any:
     model_cfg = build_config({"model": recorded.get("model", {})}).model
     seed = int(recorded.get("run", {}).get("seed", 42))
     return load_classifier(model_cfg, labels, seed=seed).eval()
-
-
-def _tokenizer(folder: Path) -> Any:
-    from kdtui.models import load_model_tokenizer
-
-    return load_model_tokenizer(folder)
 
 
 def _set_dropout(model: Any, p: float) -> None:
