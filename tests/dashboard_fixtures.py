@@ -186,6 +186,17 @@ def write_failed(run: Path, total: int = 40, at: int = 17) -> Path:
     return write(run, kept)
 
 
+STOP_ERROR = "interrupted by Ctrl-C (SIGINT); resume with --resume"  # what the engine writes
+
+
+def write_stopped(run: Path, total: int = 40, at: int = 17) -> Path:
+    """Stopped by the user (Ctrl-C, or the dashboard's stop) at step `at`."""
+    events = teacher_events(total)
+    kept = [e for e in events if getattr(e, "step", 0) <= at and not isinstance(e, RunFinished)]
+    kept.append(RunFailed(step=at, error=STOP_ERROR, kind="interrupted", time=T0 + at * 0.5))
+    return write(run, kept)
+
+
 def write_stalled(run: Path, total: int = 40, at: int = 12) -> Path:
     """Running (no run_finished) but silent since step `at`: stalled once the clock moves on."""
     events = [

@@ -132,8 +132,22 @@ async def test_failed_run_shows_its_error(tmp_path: Path) -> None:
         await settled(pilot)
         text = screen_text(app)
         assert "FAILED" in text and "step 17/40" in text
-        assert "RuntimeError: CUDA out of memory (fixture)" in text
+        assert "RuntimeError: CUDA out of memory (fixture)" in text, text
         assert "loss spike at step 16" in text
+
+
+@sync
+async def test_a_stopped_run_says_stopped_in_the_header_and_the_events(tmp_path: Path) -> None:
+    run = fx.write_stopped(tmp_path / "stopped-a")
+    app = app_for(run)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await settled(pilot)
+        text = screen_text(app)
+        assert "STOPPED" in text and "step 17/40" in text
+        assert "stopped: interrupted by Ctrl-C (SIGINT); resume with --resume" in text, text
+        assert "stop run stopped at step" in text  # the log line wraps to show all of it
+        assert "ERR" not in text and "failed" not in text
+        assert screen.state.log[-1].level == "stopped"
 
 
 @sync

@@ -164,6 +164,27 @@ def test_a_long_pause_raises_the_stall_threshold() -> None:
     assert state.status(fx.T0 + 101 + 200) == "running"
 
 
+def test_a_stop_the_user_asked_for_is_worded_as_a_stop_not_a_failure() -> None:
+    state = RunState()
+    state.apply(fx.started("teacher", 20))
+    state.apply(step(1, fx.T0 + 1, ce=1.0))
+    state.apply(RunFailed(step=7, error=fx.STOP_ERROR, kind="interrupted", time=fx.T0 + 10))
+    assert state.status(fx.T0 + 11) == "stopped" and state.errors == 0
+    last = state.log[-1]
+    assert last.level == "stopped"
+    assert last.text == f"run stopped at step 7: {fx.STOP_ERROR}"
+    assert not any("fail" in entry.text for entry in state.log)
+
+
+@pytest.mark.parametrize(("code", "status"), [(130, "stopped"), (143, "stopped"), (1, "failed")])
+def test_a_launched_process_ended_by_a_signal_is_stopped(code: int, status: str) -> None:
+    state = RunState()
+    state.apply(fx.started("teacher", 20))
+    state.process_exited(code, "", fx.T0 + 5)
+    assert state.status(fx.T0 + 5) == status
+    assert state.log[-1].level == ("stopped" if status == "stopped" else "error")
+
+
 def test_resume_rewinds_series_and_counts_sessions() -> None:
     state = RunState()
     state.apply(fx.started("teacher", 20))

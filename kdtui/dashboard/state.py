@@ -30,6 +30,8 @@ from kdtui.events import (
 # A run with no event for this long is shown as stalled, unless it has already gone longer
 # between two events (an evaluation or a teacher pass can take minutes): see `stall_threshold`.
 STALL_AFTER = 120.0
+# Exit codes of a process ended by SIGHUP, SIGINT or SIGTERM (128 + signal): a stop, not a crash.
+STOP_EXIT_CODES = (129, 130, 143)
 TOTAL_LOSS = "loss"  # the weighted sum the loop minimises, shown beside the named terms
 SPARSITY_PREFIX = "sparsity/"
 PRUNE_PREFIX = "prune/"
@@ -110,7 +112,7 @@ class DomainStats:
 class LogEntry:
     time: float
     step: int | None
-    level: str  # "info" | "warning" | "error" | "checkpoint" | "run"
+    level: str  # "info" | "warning" | "error" | "checkpoint" | "run" | "stopped"
     text: str
 
 
@@ -204,8 +206,7 @@ class RunState:
         elif isinstance(event, RunFailed):
             self.outcome, self.ended_at = "failed", event.time
             self.error, self.error_kind = event.error, event.kind
-            self.errors += 1
-            self._log(event.time, event.step, "error", f"run failed ({event.kind}): {event.error}")
+            self._log_end(event.time, event.step, f"run failed ({event.kind}): {event.error}")
         # Other known types (histograms) are not shown; unknown ones are counted by the reader.
 
     def note_unknown(self, unknown: dict[str, int], malformed: int = 0) -> None:
@@ -228,9 +229,18 @@ class RunState:
         self.error = f"the run's process exited with code {code}" + (
             f": {detail}" if detail else ""
         )
-        self.error_kind = "interrupted" if code == 130 else "internal"
-        self.errors += 1
-        self._log(now, None, "error", self.error)
+        self.error_kind = "interrupted" if code in STOP_EXIT_CODES else "internal"
+        self._log_end(now, None, self.error)
+
+    def _log_end(self, time: float, step: int | None, failure: str) -> None:
+        # A stop the user asked for (Ctrl-C, the dashboard's stop, `kill`) is not a failure:
+        # the header says STOPPED, and the log must not say "run failed" beside it.
+        if self.error_kind == "interrupted":
+            at = f" at step {step:,}" if step else ""
+            self._log(time, step, "stopped", f"run stopped{at}: {self.error}")
+        else:
+            self.errors += 1
+            self._log(time, step, "error", failure)
 
     def _note_time(self, event: Event) -> None:
         if self.first_event_at is None:

@@ -101,10 +101,14 @@ class RunScreen(Screen[None]):
     @property
     def settled(self) -> bool:
         """Everything written so far is read, folded and drawn (tests wait for this)."""
+        # A widget that changed height (the header's error line) is placed by a layout pass
+        # that runs on a later timer tick: until then the screen still shows the old layout.
         return (
             self.caught_up
             and not self._dirty
             and not any(chart.drawing for chart in self.query(ThreadedPlot))
+            and not self._layout_required
+            and not any(widget._layout_required for widget in self.walk_children())
         )
 
     def compose(self) -> ComposeResult:
