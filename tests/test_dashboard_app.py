@@ -339,6 +339,30 @@ async def test_run_browser_lists_runs_and_opens_one(tmp_path: Path) -> None:
 
 
 @sync
+async def test_each_screen_has_its_own_help(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    fx.write_teacher(root / "teacher-a")
+    app = app_for(None, runs_root=root)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, RunBrowser) and app.screen.scans > 0)
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        text = screen_text(app)
+        assert "the runs in a folder" in text and "enter    open it" in text
+        assert "loss term" not in text
+        await pilot.press("escape")
+        assert isinstance(app.screen, RunBrowser)
+        await pilot.press("enter")
+        await settled(pilot)
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        text = screen_text(app)
+        assert "show or hide loss term" in text and "enter    open it" not in text
+        await pilot.press("question_mark")  # ? closes it again
+        assert isinstance(app.screen, RunScreen)
+
+
+@sync
 async def test_run_browser_on_an_empty_folder(tmp_path: Path) -> None:
     app = app_for(None, runs_root=tmp_path / "nothing")
     async with app.run_test(size=(200, 20)) as pilot:

@@ -71,3 +71,13 @@ def test_help(snap_compare: Callable[..., bool]) -> None:
     assert snap_compare(
         run_app("prune-a"), terminal_size=NARROW, press=["question_mark"], run_before=wait_settled
     )
+
+
+def test_browser_help(snap_compare: Callable[..., bool]) -> None:
+    app = create_app(None, runs_root=Path("runs"), clock=lambda: fx.T0 + 100)
+
+    async def scanned(pilot: Pilot) -> None:
+        await until(pilot, lambda: isinstance(app.screen, RunBrowser) and app.screen.scans > 0)
+        await pilot.press("question_mark")
+
+    assert snap_compare(app, terminal_size=NARROW, run_before=scanned)

@@ -33,6 +33,7 @@ from kdtui.dashboard.state import (
 )
 from kdtui.dashboard.widgets.domain_table import DomainTable
 from kdtui.dashboard.widgets.event_log import EventLog
+from kdtui.dashboard.widgets.help_screen import RUN_HELP
 from kdtui.dashboard.widgets.layer_heatmap import LayerHeatmap
 from kdtui.dashboard.widgets.loss_chart import LossChart
 from kdtui.dashboard.widgets.loss_legend import LossLegend
@@ -50,6 +51,7 @@ WIDE = 140  # columns from which the side column takes a share of the width
 
 
 class RunScreen(Screen[None]):
+    HELP = RUN_HELP
     BINDINGS = [
         Binding("q", "app.quit_dashboard", "Quit"),
         Binding("question_mark", "app.help", "Help", key_display="?"),
