@@ -151,6 +151,21 @@ async def test_a_stopped_run_says_stopped_in_the_header_and_the_events(tmp_path:
 
 
 @sync
+async def test_a_file_with_a_never_ending_line_warns_instead_of_waiting(tmp_path: Path) -> None:
+    run = tmp_path / "huge"
+    run.mkdir()
+    (run / "events.jsonl").write_bytes(b"x" * (2 << 20))  # 2 MiB, no newline
+    app = app_for(run)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await settled(pilot)
+        assert screen.state.oversized == 1 and not screen.state.started
+        text = screen_text(app)
+        assert "WAITING" in text and "skipped 1 line that is not an event" in text
+        assert "1 warn" in text and "skipped 1 too long" in text and "warn skipped a line" in text
+        assert screen.state.log[-1].text.startswith("skipped a line longer than 1 MiB")
+
+
+@sync
 async def test_stalled_run(tmp_path: Path) -> None:
     run = fx.write_stalled(tmp_path / "stalled-a")
     last = fx.stalled_last_time()

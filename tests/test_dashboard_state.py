@@ -22,7 +22,7 @@ from kdtui.dashboard.state import (
 )
 from kdtui.errors import KdtuiError
 from kdtui.events import Message, RunFailed, RunStarted, Step
-from kdtui.runlog import EventFollower
+from kdtui.runlog import EventFollower, FollowBatch
 from tests import dashboard_fixtures as fx
 
 
@@ -85,6 +85,42 @@ def test_follower_reads_a_big_file_in_slices(tmp_path: Path) -> None:
         if batch.at_end:
             break
     assert seen == list(range(1, 201)) and polls > 3
+
+
+def poll_to_end(follower: EventFollower) -> list[FollowBatch]:
+    batches = [follower.poll()]
+    while not batches[-1].at_end:
+        batches.append(follower.poll())
+    return batches
+
+
+@pytest.mark.parametrize("slice_bytes", [64, 1000, 1 << 16])
+def test_follower_drops_a_never_ending_line_and_counts_it(
+    tmp_path: Path, slice_bytes: int
+) -> None:
+    path = tmp_path / "events.jsonl"
+    event = step(1, fx.T0, ce=0.5).to_json() + "\n"
+    path.write_text(event + "x" * 5000)  # a line with no newline, longer than max_line
+    follower = EventFollower(path, max_bytes=slice_bytes, max_line=1000)
+    batches = poll_to_end(follower)
+    assert [e.step for b in batches for e in b.events] == [1]
+    assert sum(b.oversized for b in batches) == 1
+    assert len(follower._partial) <= 1000  # nothing buffered beyond the cap
+
+    with open(path, "a") as f:  # more of the same line, then its end and a real event
+        f.write("x" * 5000 + "\n" + step(2, fx.T0, ce=0.4).to_json() + "\n")
+    batches = poll_to_end(follower)
+    assert [e.step for b in batches for e in b.events] == [2]
+    assert sum(b.oversized for b in batches) == 0 and follower.oversized == 1
+
+
+def test_follower_drops_a_complete_line_over_the_cap(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    event = step(1, fx.T0, ce=0.5).to_json() + "\n"
+    path.write_text("y" * 3000 + "\n" + event)
+    batch = EventFollower(path, max_line=1000).poll()
+    assert batch.oversized == 1 and [e.step for e in batch.events] == [1]
+    assert batch.malformed == 0
 
 
 def test_follower_starts_over_when_the_file_is_replaced(tmp_path: Path) -> None:

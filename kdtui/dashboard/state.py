@@ -150,6 +150,7 @@ class RunState:
     errors: int = 0
     unknown: dict[str, int] = field(default_factory=dict)
     malformed: int = 0
+    oversized: int = 0  # lines too long to be an event, dropped by the reader
     events: int = 0
     outcome: str | None = None  # None while going, "finished" or "failed"
     error: str = ""
@@ -220,6 +221,20 @@ class RunState:
                 )
             self.unknown[kind] = self.unknown.get(kind, 0) + n
         self.malformed += malformed
+
+    def note_oversized(self, lines: int, limit: int) -> None:
+        """The reader dropped `lines` lines longer than `limit` bytes unread."""
+        self.oversized += lines
+        self.warnings += lines
+        size = f"{limit / (1 << 20):g} MiB" if limit >= 1 << 20 else f"{limit:,} bytes"
+        for _ in range(lines):
+            self._log(
+                self.last_event_at or 0.0,
+                None,
+                "warning",
+                f"skipped a line longer than {size} (events are a few kB): "
+                "is this a kdtui events.jsonl?",
+            )
 
     def process_exited(self, code: int, detail: str, now: float) -> None:
         """The launched training process is gone; unless it said how it ended, it failed."""

@@ -34,6 +34,7 @@ class EventLog(Widget):
         warnings: int,
         unknown: dict[str, int],
         malformed: int,
+        oversized: int = 0,
     ) -> None:
         self.entries = entries
         counts = [f"{checkpoints} ckpt", f"{warnings} warn"]
@@ -43,6 +44,8 @@ class EventLog(Widget):
             skipped.append(f"{sum(unknown.values())} unknown")
         if malformed:
             skipped.append(f"{malformed} malformed")
+        if oversized:
+            skipped.append(f"{oversized} too long")
         self.border_subtitle = ("skipped " + ", ".join(skipped)) if skipped else ""
         self.refresh()
 

@@ -61,7 +61,12 @@ def header_renderable(state: RunState, now: float, *, source: str, exists: bool)
         if state.error:  # the process ended before it wrote anything
             return Group(top, _ending(status, state.error))
         what = "the run to start" if exists else "events.jsonl to appear"
-        return Group(top, Text(f"waiting for {what} …", style="dim"))
+        waiting = Text(f"waiting for {what} …", style="dim", no_wrap=True, overflow="ellipsis")
+        skipped = state.malformed + state.oversized
+        if skipped:  # a file that is not an event log would otherwise wait in silence
+            what = "line that is not an event" if skipped == 1 else "lines that are not events"
+            waiting.append(f"  skipped {skipped:,} {what}", style="yellow")
+        return Group(top, waiting)
 
     total = max(state.total_steps, 1)
     steps = Text(f"step {state.step:,}/{state.total_steps:,} ", no_wrap=True)

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 REFRESH_SECONDS = 0.2  # at most five redraws a second, however fast events arrive
 TICK_SECONDS = 1.0  # elapsed time, ETA and the stalled status move even without events
 WIDE = 140  # columns from which the side column takes a share of the width
+MAX_LINE = 1 << 20  # bytes: a longer line is not an event (the largest are a few kB)
 
 
 class RunScreen(Screen[None]):
@@ -83,6 +84,7 @@ class RunScreen(Screen[None]):
         self.process = app.process
         self.poll_interval = app.poll_interval
         self.stall_after = app.stall_after
+        self.max_line = MAX_LINE
         self.state = RunState(stall_after=self.stall_after)
         self.exists = False
         self.caught_up = False  # the follower has read everything written so far
@@ -145,7 +147,7 @@ class RunScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="follow")
     def _follow(self) -> None:
-        follower = EventFollower(self.run_dir / EVENTS_FILE)
+        follower = EventFollower(self.run_dir / EVENTS_FILE, max_line=self.max_line)
         process = self.process
         exited = False
         try:
@@ -179,6 +181,9 @@ class RunScreen(Screen[None]):
                 changed = True
             if batch.unknown or batch.malformed:
                 self.state.note_unknown(batch.unknown, batch.malformed)
+                changed = True
+            if batch.oversized:
+                self.state.note_oversized(batch.oversized, self.max_line)
                 changed = True
         return changed
 
@@ -249,6 +254,7 @@ class RunScreen(Screen[None]):
                 warnings=state.warnings,
                 unknown=dict(state.unknown),
                 malformed=state.malformed,
+                oversized=state.oversized,
             )
             row = self.query_one("#sparsity-row")
             row.display = state.has_sparsity
