@@ -95,9 +95,7 @@ def poll_to_end(follower: EventFollower) -> list[FollowBatch]:
 
 
 @pytest.mark.parametrize("slice_bytes", [64, 1000, 1 << 16])
-def test_follower_drops_a_never_ending_line_and_counts_it(
-    tmp_path: Path, slice_bytes: int
-) -> None:
+def test_follower_drops_a_never_ending_line_and_counts_it(tmp_path: Path, slice_bytes: int) -> None:
     path = tmp_path / "events.jsonl"
     event = step(1, fx.T0, ce=0.5).to_json() + "\n"
     path.write_text(event + "x" * 5000)  # a line with no newline, longer than max_line
