@@ -129,6 +129,13 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path, runs: Path) -> None:
     assert result.exit_code == 2 and "is a file, not a run directory" in result.stderr
     result = invoke("dashboard", "--profile", "smoke")
     assert result.exit_code == 2 and "name the command too" in result.stderr
+    stranger = tmp_path / "home"  # what `kdtui dashboard /etc` waited on forever
+    (stranger / "docs").mkdir(parents=True)
+    (stranger / ".bashrc").write_text("x")
+    result = invoke("dashboard", str(stranger))
+    assert result.exit_code == 2 and "is not a kdtui run or a folder of runs" in result.stderr
+    assert "holds .bashrc, docs/" in result.stderr and "events.jsonl" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
     (runs / "taken").mkdir()
     (runs / "taken" / "config.toml").write_text("# kdtui teacher: resolved configuration\n")
     (runs / "taken" / "events.jsonl").write_text("")  # a run killed before its first event

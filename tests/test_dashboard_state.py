@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from kdtui.dashboard import fmt
-from kdtui.dashboard.runs import RunScanner, is_runs_folder, resolve_run_path, teacher_accuracy
+from kdtui.dashboard.runs import (
+    RunScanner,
+    check_run_target,
+    is_runs_folder,
+    resolve_run_path,
+    teacher_accuracy,
+)
 from kdtui.dashboard.state import (
     RunState,
     Series,
@@ -356,6 +362,28 @@ def test_paths_a_user_can_give(tmp_path: Path) -> None:
     with pytest.raises(KdtuiError, match="not a run directory"):
         resolve_run_path(tmp_path / "notes.txt")
     assert resolve_run_path(tmp_path / "later") == tmp_path / "later"  # waited for
+
+
+def test_a_folder_that_is_neither_a_run_nor_a_folder_of_runs_is_refused(tmp_path: Path) -> None:
+    stranger = tmp_path / "home"
+    (stranger / "docs").mkdir(parents=True)
+    (stranger / ".bashrc").write_text("x")
+    (stranger / "docs" / "notes.txt").write_text("x")
+    with pytest.raises(KdtuiError) as caught:
+        check_run_target(stranger)
+    message = str(caught.value)
+    assert "is not a kdtui run or a folder of runs (it holds .bashrc, docs/)" in message
+    assert "a run folder holds events.jsonl and config.toml" in message
+
+    fx.write_teacher(tmp_path / "runs" / "a")
+    starting = tmp_path / "runs" / "b"  # locked, not one event yet: a run about to start
+    starting.mkdir()
+    (starting / ".lock").write_text("1 host\n")
+    (tmp_path / "empty").mkdir()
+    for waited_for in (tmp_path / "runs" / "a", starting, tmp_path / "empty", tmp_path / "later"):
+        check_run_target(waited_for)
+    check_run_target(tmp_path / "runs")
+    assert is_runs_folder(tmp_path / "runs") and not is_runs_folder(starting)
 
 
 def test_teacher_accuracy_from_the_teacher_run(tmp_path: Path) -> None:
