@@ -858,6 +858,12 @@ def dashboard(
         check_run_target(run)
         if is_runs_folder(run):
             run, root = None, run
+    from kdtui.dashboard import plain
+
+    if not plain.has_terminal():
+        # Redirected, piped, cron, CI: the run as it stands in plain text, then exit.
+        typer.echo(plain.run_summary(run) if run is not None else plain.runs_summary(root))
+        return
     create_app(run, runs_root=root).run()
 
 

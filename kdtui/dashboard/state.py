@@ -110,7 +110,7 @@ class DomainStats:
 
 @dataclass(frozen=True)
 class LogEntry:
-    time: float
+    time: float | None  # None: noted before any event had a time
     step: int | None
     level: str  # "info" | "warning" | "error" | "checkpoint" | "run" | "stopped"
     text: str
@@ -214,7 +214,7 @@ class RunState:
         for kind, n in unknown.items():
             if kind not in self.unknown:
                 self._log(
-                    self.last_event_at or 0.0,
+                    self.last_event_at,
                     None,
                     "info",
                     f"skipped unknown event type '{kind}' (from a newer kdtui?)",
@@ -229,7 +229,7 @@ class RunState:
         size = f"{limit / (1 << 20):g} MiB" if limit >= 1 << 20 else f"{limit:,} bytes"
         for _ in range(lines):
             self._log(
-                self.last_event_at or 0.0,
+                self.last_event_at,
                 None,
                 "warning",
                 f"skipped a line longer than {size} (events are a few kB): "
@@ -335,7 +335,7 @@ class RunState:
             series = table[name] = Series(self.capacity)
         return series
 
-    def _log(self, time: float, step: int | None, level: str, text: str) -> None:
+    def _log(self, time: float | None, step: int | None, level: str, text: str) -> None:
         self.log.append(LogEntry(time, step, level, text))
         while len(self.log) > self.max_log:
             self.log.popleft()
