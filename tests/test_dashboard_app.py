@@ -19,6 +19,7 @@ from kdtui.dashboard.app import DashboardApp, create_app
 from kdtui.dashboard.widgets.domain_table import DomainTable
 from kdtui.dashboard.widgets.help_screen import HelpScreen
 from kdtui.dashboard.widgets.loss_chart import LossChart
+from kdtui.dashboard.widgets.loss_legend import LossLegend
 from kdtui.dashboard.widgets.run_browser import RunBrowser
 from kdtui.dashboard.widgets.run_screen import RunScreen
 from kdtui.dashboard.widgets.stop_run_screen import StopRunScreen
@@ -223,6 +224,30 @@ async def test_follower_waits_for_the_run_and_picks_up_appended_lines(tmp_path: 
         await settled(pilot)
         text = screen_text(app)
         assert "step 11/40" in text and "FINISHED" in text
+
+
+@sync
+async def test_at_80x24_the_legend_is_one_line_and_the_loss_chart_keeps_its_rows(
+    tmp_path: Path,
+) -> None:
+    run = fx.write_cap_prune(tmp_path / "cap")
+    app = app_for(run)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await settled(pilot)
+        assert len(screen.state.losses) == 9 and screen.state.latest("grad/")
+        legend = screen.query_one(LossLegend)
+        chart = screen.query_one(LossChart)
+        assert legend.size.height == 1 and chart.size.height >= 8  # was 3 plot rows
+        text = screen_text(app)
+        line = text.splitlines()[2]
+        assert line == " 1━loss 2.98 2━ce 1.03 3━kd 0.533 4━l1 0.367 5━prc_unsup 0.283 +4".ljust(80)
+        sparsity = next(row for row in text.splitlines() if "per-layer" in row)
+        assert sparsity.startswith("╭─ sparsity ━tgt 90.0% ━act 88.0% ─")
+        await pilot.press("2", "3")  # hidden terms shrink to their key: more values fit
+        await until(pilot, lambda: legend.hidden == {"ce", "kd"})
+        await settled(pilot)
+        line = screen_text(app).splitlines()[2]
+        assert line.startswith(" 1━loss 2.98 2 3 4━l1 0.367 5━prc_unsup 0.283 6━prc_sup 0.233")
 
 
 @sync

@@ -26,6 +26,8 @@ from kdtui.dashboard.state import (
     layer_grid,
     thin,
 )
+from kdtui.dashboard.widgets.layer_heatmap import _layer_labels
+from kdtui.dashboard.widgets.loss_legend import legend_line
 from kdtui.errors import KdtuiError
 from kdtui.events import Message, RunFailed, RunStarted, Step
 from kdtui.runlog import EventFollower, FollowBatch
@@ -445,3 +447,45 @@ def test_dashboard_flag_reaches_the_dashboard_without_torch(
     )
     assert out.returncode == 0, out.stderr
     assert f"heavy [] child {argv[0]}" in out.stdout
+
+
+# -- the loss legend's one line ------------------------------------------------------------------
+
+CAP_TERMS = {
+    "loss": 52.5,
+    "ce": 0.698,
+    "kd": 3.3e-05,
+    "l1": 0.484,
+    "prc_unsup": 2.69,
+    "prc_sup": 0.108,
+    "fic_unsup": 3.18,
+    "fic_sup": 0.109,
+    "snc_unsup": 0.0,
+    "snc_sup": 0.123,
+}  # a CAP prune run's ten terms, which took four lines at 80x24
+
+
+def test_the_legend_is_one_line_and_gives_up_grads_then_spaces_then_terms() -> None:
+    terms = {"loss": 0.149, "hidden": 0.1, "attn": 0.05}
+    grads = {"hidden": 0.012}
+    full = legend_line(terms, {"attn"}, grads, 80).plain
+    assert full == "1━loss 0.149  2━hidden 0.1 ∇0.012  3 attn"
+    assert legend_line(terms, {"attn"}, grads, 35).plain == "1━loss 0.149 2━hidden 0.1 3"
+    cut = legend_line(CAP_TERMS, set(), {}, 78).plain
+    assert cut == "1━loss 52.5 2━ce 0.698 3━kd 3.3e-05 4━l1 0.484 5━prc_unsup 2.69 +5"
+    for width in (10, 20, 36, 78, 100, 160):
+        line = legend_line(CAP_TERMS, set(), {"ce": 0.5}, width)
+        assert "\n" not in line.plain and line.cell_len <= width
+        words = line.plain.split()
+        for i, word in enumerate(words):  # a term is shown with its whole value, or not at all
+            if "━" in word:
+                name = word.split("━")[1]
+                assert words[i + 1] == fmt.short(CAP_TERMS[name])
+    assert legend_line(CAP_TERMS, set(), {}, 200).plain.count("━") == 10
+    assert legend_line({}, set(), {}, 80).plain == "no loss logged yet"
+
+
+def test_layer_numbers_never_run_into_each_other() -> None:
+    assert _layer_labels(list(range(12)), 4) == "".join(f"{n:>4}" for n in range(12))
+    assert _layer_labels(list(range(12)), 2) == " 0   2   4   6   8  10  "  # was "91011"
+    assert _layer_labels([-1, *range(24)], 1).split() == ["*", "5", "10", "15", "20"]

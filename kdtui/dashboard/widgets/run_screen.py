@@ -117,9 +117,11 @@ class RunScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield RunHeader(id="header")
+        # The legend spans the screen, above the panels: inside the loss panel it had half the
+        # width and wrapped onto rows the chart needs (80×24).
+        yield LossLegend(id="loss-legend")
         with Horizontal(id="top"):
             with Vertical(id="losses-panel"):
-                yield LossLegend(id="loss-legend")
                 yield LossChart(id="loss-chart")
             with Vertical(id="side"):
                 yield DomainTable(id="domains")
