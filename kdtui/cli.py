@@ -1137,14 +1137,21 @@ def dashboard(
             "e.g. kdtui dashboard --profile smoke teacher"
         )
     from kdtui.dashboard.app import create_app
-    from kdtui.dashboard.runs import is_runs_folder, resolve_run_path
+    from kdtui.dashboard.runs import check_run_target, is_runs_folder, resolve_run_path
 
     root = Path(output_dir or "runs").expanduser()
     run: Path | None = None
     if target is not None:
         run = resolve_run_path(Path(target).expanduser())
+        check_run_target(run)
         if is_runs_folder(run):
             run, root = None, run
+    from kdtui.dashboard import plain
+
+    if not plain.has_terminal():
+        # Redirected, piped, cron, CI: the run as it stands in plain text, then exit.
+        typer.echo(plain.run_summary(run) if run is not None else plain.runs_summary(root))
+        return
     create_app(run, runs_root=root).run()
 
 

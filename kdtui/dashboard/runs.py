@@ -15,6 +15,7 @@ from pathlib import Path
 from kdtui.dashboard.state import STALL_AFTER
 from kdtui.errors import KdtuiError
 from kdtui.events import Eval, RunFailed, RunFinished, RunStarted, Step, parse_event
+from kdtui.rundir import LOCK_FILE, describe_contents
 from kdtui.runlog import EVENTS_FILE, EventFollower, read_events
 
 _STEP = b'{"type":"step"'
@@ -132,10 +133,43 @@ def resolve_run_path(target: Path) -> Path:
     return target
 
 
+# What a run directory holds from its first moment (see kdtui/rundir.py): its lock and event
+# log are created before anything else, config.toml right after.
+RUN_FILES = (EVENTS_FILE, "config.toml", LOCK_FILE)
+
+
+def is_run_folder(path: Path) -> bool:
+    """A run directory, possibly one whose run has not written an event yet."""
+    return any((path / name).exists() for name in RUN_FILES)
+
+
 def is_runs_folder(path: Path) -> bool:
     """A folder of runs (what the browser lists) rather than one run."""
-    return (
-        path.is_dir() and not (path / EVENTS_FILE).exists() and any(path.glob(f"*/{EVENTS_FILE}"))
+    if not path.is_dir() or is_run_folder(path):
+        return False
+    try:
+        return any(child.is_dir() and is_run_folder(child) for child in path.iterdir())
+    except OSError as e:
+        raise KdtuiError(f"cannot read {path}: {e.strerror}") from None
+
+
+def check_run_target(path: Path) -> None:
+    """Refuse a folder that is neither a run nor a folder of runs: following it would wait for
+    an events.jsonl that never comes. A path that does not exist yet, or an empty folder, is
+    a run about to start and is waited for."""
+    if not path.is_dir() or is_run_folder(path):
+        return
+    try:
+        empty = not any(path.iterdir())
+    except OSError as e:
+        raise KdtuiError(f"cannot read {path}: {e.strerror}") from None
+    if empty or is_runs_folder(path):
+        return
+    raise KdtuiError(
+        f"{path} is not a kdtui run or a folder of runs (it holds {describe_contents(path)}); "
+        f"a run folder holds {EVENTS_FILE} and config.toml (as kdtui teacher, distill and prune "
+        "write them, e.g. runs/teacher-20260101-120000), a folder of runs holds run folders "
+        "(e.g. runs)"
     )
 
 
