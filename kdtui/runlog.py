@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import IO
 
 from kdtui.events import EVENT_TYPES, Event, parse_event
-
-EVENTS_FILE = "events.jsonl"
+from kdtui.rundir import EVENTS_FILE  # noqa: F401 - the name the dashboard's run screen imports
 
 
 class EventSink:
