@@ -15,7 +15,8 @@ from pathlib import Path
 from kdtui.dashboard.state import STALL_AFTER
 from kdtui.errors import KdtuiError
 from kdtui.events import Eval, RunFailed, RunFinished, RunStarted, Step, parse_event
-from kdtui.runlog import EVENTS_FILE, EventFollower, read_events
+from kdtui.rundir import EVENTS_FILE, RunInfo, RunLayout, run_folders
+from kdtui.runlog import EventFollower
 
 _STEP = b'{"type":"step"'
 _INTERESTING = (b'{"type":"run_started"', b'{"type":"eval"', b'{"type":"run_f')
@@ -54,13 +55,14 @@ class RunScanner:
     def scan(self, now: float | None = None) -> list[RunSummary]:
         """Every run, newest first; `now` decides which silent runs count as stalled."""
         now = time.time() if now is None else now
-        found = sorted(p.parent for p in self.root.glob(f"*/{EVENTS_FILE}"))
+        found = run_folders(self.root)
         for gone in set(self._runs) - set(found):
             self._runs.pop(gone)[0].close()
         summaries = []
         for path in found:
             if path not in self._runs:
-                self._runs[path] = (EventFollower(path / EVENTS_FILE), RunSummary(path))
+                follower = EventFollower(RunLayout(path).events_file)
+                self._runs[path] = (follower, RunSummary(path))
             follower, summary = self._runs[path]
             summary = self._update(follower, summary, now)
             self._runs[path] = (follower, summary)
@@ -134,9 +136,7 @@ def resolve_run_path(target: Path) -> Path:
 
 def is_runs_folder(path: Path) -> bool:
     """A folder of runs (what the browser lists) rather than one run."""
-    return (
-        path.is_dir() and not (path / EVENTS_FILE).exists() and any(path.glob(f"*/{EVENTS_FILE}"))
-    )
+    return path.is_dir() and not RunLayout(path).events_file.exists() and bool(run_folders(path))
 
 
 def teacher_accuracy(source: str, run_dir: Path) -> dict[str, float]:
@@ -149,13 +149,13 @@ def teacher_accuracy(source: str, run_dir: Path) -> dict[str, float]:
     if not candidates[0].is_absolute():
         candidates += [run_dir.parent.parent / source, run_dir.parent / source]
     for folder in candidates:
-        events = folder / EVENTS_FILE
-        if not events.is_file():
+        run = RunInfo(folder)
+        if not run.events_file.is_file():
             continue
         best: dict[str, float] = {}
         last: dict[str, float] = {}
         try:
-            for event in read_events(events):
+            for event in run.events():
                 if isinstance(event, Eval):
                     values = {
                         k: v
