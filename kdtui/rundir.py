@@ -67,46 +67,16 @@ class RunLayout:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-
-    @property
-    def config_file(self) -> Path:
-        return self.path / CONFIG_FILE
-
-    @property
-    def events_file(self) -> Path:
-        return self.path / EVENTS_FILE
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / CHECKPOINTS_DIR
-
-    @property
-    def best(self) -> Path:
-        return self.path / BEST_DIR
-
-    @property
-    def model(self) -> Path:
-        return self.path / MODEL_DIR
-
-    @property
-    def sparse_model(self) -> Path:
-        return self.path / SPARSE_DIR
-
-    @property
-    def metrics_file(self) -> Path:
-        return self.path / METRICS_FILE
-
-    @property
-    def predictions_file(self) -> Path:
-        return self.path / PREDICTIONS_FILE
-
-    @property
-    def scores_file(self) -> Path:
-        return self.path / SCORES_FILE
-
-    @property
-    def error_log(self) -> Path:
-        return self.path / ERROR_LOG
+        self.config_file = path / CONFIG_FILE
+        self.events_file = path / EVENTS_FILE
+        self.checkpoints = path / CHECKPOINTS_DIR
+        self.best = path / BEST_DIR
+        self.model = path / MODEL_DIR
+        self.sparse_model = path / SPARSE_DIR
+        self.metrics_file = path / METRICS_FILE
+        self.predictions_file = path / PREDICTIONS_FILE
+        self.scores_file = path / SCORES_FILE
+        self.error_log = path / ERROR_LOG
 
     def student(self, domain: str) -> RunLayout:
         return RunLayout(self.path / DOMAINS_DIR / domain)
