@@ -229,18 +229,18 @@ def _run_training(
                 "--resume continues a run with the configuration it was started with; "
                 "drop --profile/--set/options, or start a new run"
             )
-        from kdtui.recipes.common import load_resume_config
-        from kdtui.rundir import is_finished
+        from kdtui.recipes.common import resumed_run
 
-        config = load_resume_config(resume)
-        if is_finished(resume):
+        run = resumed_run(resume)
+        config = run.config()
+        if run.finished():
             # Resuming means "make sure this run completes": for a finished run that is already
             # true, so a retried job succeeds (exit 0) and the run's results stay as they are.
             if _is_main_process():
                 typer.echo(
                     f"{resume} is finished: nothing to resume, nothing was changed", err=True
                 )
-                _print_summary(resume, _read_metrics(resume), quiet=quiet)
+                _print_summary(resume, run.metrics(), quiet=quiet)
             return
     else:
         config, _ = resolve(profile, overrides or [], options)
@@ -290,16 +290,6 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _read_metrics(run: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return metrics if isinstance(metrics, dict) else {}
-
-
 def _max_steps_unless_epochs(max_steps: int | None, *epochs: float | None) -> int | None:
     """The max-steps option's value. An explicit --epochs means the run is measured in epochs,
     so it clears the profile's max-steps, which would otherwise win without a word; --max-steps
@@ -319,8 +309,8 @@ def _with_upstream_data(
     """Train on the upstream run's data unless told otherwise: its [data] section becomes the
     base under the profile. `kdtui prune` without --model takes the newest finished teacher run
     (and says so: the returned notes)."""
-    from kdtui.profile import read_profile, resolve
-    from kdtui.rundir import latest_finished_run
+    from kdtui.profile import resolve
+    from kdtui.rundir import find_run, latest_finished_run
 
     section, key = UPSTREAM[command].split(".")
     upstream = getattr(getattr(config, section), key)
@@ -338,10 +328,10 @@ def _with_upstream_data(
             f"no --model given: pruning {found}, the newest finished teacher run in "
             f"{config.run.output_dir}/"
         )
-    run_config = Path(upstream).expanduser() / "config.toml"
-    if not run_config.is_file():
+    run = find_run(Path(upstream).expanduser())
+    if run is None:
         return resolve(profile, overrides, options)[0], notes
-    base = {"data": read_profile(run_config).get("data", {})}
+    base = {"data": run.config_dict().get("data", {})}
     return resolve(profile, overrides, options, base=base)[0], notes
 
 
@@ -493,11 +483,13 @@ def _print_summary(path: Path, metrics: dict[str, Any], *, quiet: bool) -> None:
     if metrics.get("best_dev") is not None:
         typer.echo(f"best dev accuracy: {metrics['best_dev']:.4f} (step {metrics['best_step']})")
     if metrics.get("sparsity") is not None:
+        from kdtui.rundir import RunLayout
+
         typer.echo(
             f"sparsity: {metrics['sparsity']:.4f} "
             f"({'at most' if metrics.get('soft_mask') == 'threshold' else 'target'} "
             f"{metrics['target_sparsity']:.4f}); "
-            f"model: {path / 'model'}"
+            f"model: {RunLayout(path).model}"
         )
     sparse = metrics.get("sparse_model")
     if isinstance(sparse, dict):
@@ -1018,11 +1010,12 @@ def evaluate(
     MODEL: a model folder or run directory; several are shown side by side. Data: the first
     run directory's data config, unless --profile/--set/--data is given."""
     from kdtui.profile import resolve
+    from kdtui.rundir import find_run
 
     options = {"data.source": data, "evaluate.split": split}
-    first_run_config = Path(models[0]) / "config.toml"
-    if profile is None and first_run_config.is_file():
-        profile = str(first_run_config)
+    first_run = find_run(Path(models[0]))
+    if profile is None and first_run is not None:
+        profile = str(first_run.config_file)
     config, _ = resolve(profile, set_ or [], options)
     from kdtui.recipes.evaluate import evaluate_models
 

@@ -49,9 +49,12 @@ def resolve_model_path(name: str) -> str:
     """The folder or hub name to load for a model name ("minilm", a path, a run directory)."""
     if name == "minilm":
         return str(bundled_minilm_path())
+    from kdtui.rundir import RunInfo
+
     path = Path(name).expanduser()
-    if path.is_dir() and (path / "model" / "config.json").is_file():
-        return str(path / "model")  # a kdtui run directory
+    run_model = RunInfo(path).saved_model()
+    if run_model is not None:
+        return str(run_model)  # a kdtui run directory
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise KdtuiError(f"model folder {path} has no config.json")

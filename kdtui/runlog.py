@@ -12,8 +12,6 @@ from typing import IO
 
 from kdtui.events import EVENT_TYPES, Event, parse_event
 
-EVENTS_FILE = "events.jsonl"
-
 
 class EventSink:
     """Appends events to a file, one line each, flushed per line so followers see them at once.

@@ -14,7 +14,8 @@ from pathlib import Path
 from kdtui.dashboard import fmt
 from kdtui.dashboard.runs import RunScanner
 from kdtui.dashboard.state import RunState
-from kdtui.runlog import EVENTS_FILE, EventFollower
+from kdtui.rundir import EVENTS_FILE
+from kdtui.runlog import EventFollower
 
 LAST_EVENTS = 5
 MAX_LINE = 1 << 20  # as in the live view: a longer line is not an event

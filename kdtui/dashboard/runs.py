@@ -15,8 +15,16 @@ from pathlib import Path
 from kdtui.dashboard.state import STALL_AFTER
 from kdtui.errors import KdtuiError
 from kdtui.events import Eval, RunFailed, RunFinished, RunStarted, Step, parse_event
-from kdtui.rundir import LOCK_FILE, describe_contents
-from kdtui.runlog import EVENTS_FILE, EventFollower, read_events
+from kdtui.rundir import (
+    CONFIG_FILE,
+    EVENTS_FILE,
+    LOCK_FILE,
+    RunInfo,
+    RunLayout,
+    describe_contents,
+    run_folders,
+)
+from kdtui.runlog import EventFollower
 
 _STEP = b'{"type":"step"'
 _INTERESTING = (b'{"type":"run_started"', b'{"type":"eval"', b'{"type":"run_f')
@@ -55,13 +63,14 @@ class RunScanner:
     def scan(self, now: float | None = None) -> list[RunSummary]:
         """Every run, newest first; `now` decides which silent runs count as stalled."""
         now = time.time() if now is None else now
-        found = sorted(p.parent for p in self.root.glob(f"*/{EVENTS_FILE}"))
+        found = run_folders(self.root)
         for gone in set(self._runs) - set(found):
             self._runs.pop(gone)[0].close()
         summaries = []
         for path in found:
             if path not in self._runs:
-                self._runs[path] = (EventFollower(path / EVENTS_FILE), RunSummary(path))
+                follower = EventFollower(RunLayout(path).events_file)
+                self._runs[path] = (follower, RunSummary(path))
             follower, summary = self._runs[path]
             summary = self._update(follower, summary, now)
             self._runs[path] = (follower, summary)
@@ -135,7 +144,7 @@ def resolve_run_path(target: Path) -> Path:
 
 # What a run directory holds from its first moment (see kdtui/rundir.py): its lock and event
 # log are created before anything else, config.toml right after.
-RUN_FILES = (EVENTS_FILE, "config.toml", LOCK_FILE)
+RUN_FILES = (EVENTS_FILE, CONFIG_FILE, LOCK_FILE)
 
 
 def is_run_folder(path: Path) -> bool:
@@ -167,7 +176,7 @@ def check_run_target(path: Path) -> None:
         return
     raise KdtuiError(
         f"{path} is not a kdtui run or a folder of runs (it holds {describe_contents(path)}); "
-        f"a run folder holds {EVENTS_FILE} and config.toml (as kdtui teacher, distill and prune "
+        f"a run folder holds {EVENTS_FILE} and {CONFIG_FILE} (as kdtui teacher, distill and prune "
         "write them, e.g. runs/teacher-20260101-120000), a folder of runs holds run folders "
         "(e.g. runs)"
     )
@@ -183,13 +192,13 @@ def teacher_accuracy(source: str, run_dir: Path) -> dict[str, float]:
     if not candidates[0].is_absolute():
         candidates += [run_dir.parent.parent / source, run_dir.parent / source]
     for folder in candidates:
-        events = folder / EVENTS_FILE
-        if not events.is_file():
+        run = RunInfo(folder)
+        if not run.events_file.is_file():
             continue
         best: dict[str, float] = {}
         last: dict[str, float] = {}
         try:
-            for event in read_events(events):
+            for event in run.events():
                 if isinstance(event, Eval):
                     values = {
                         k: v

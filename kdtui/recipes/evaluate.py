@@ -54,12 +54,13 @@ def evaluate_models(paths: list[str], config: Config) -> dict[str, Any]:
 def expand_runs(paths: list[str]) -> list[str]:
     """A `kdtui distill --domain all` run holds one student per domain (RUN/domains/D): it
     stands for all of them."""
+    from kdtui.rundir import RunInfo
+
     expanded = []
     for path in paths:
-        folder = Path(path).expanduser()
-        students = sorted(folder.glob("domains/*/model/config.json"))
-        if students and not (folder / "model").exists():
-            expanded += [str(s.parent.parent) for s in students]
+        students = RunInfo(Path(path).expanduser()).students()
+        if students:
+            expanded += [str(s) for s in students]
         else:
             expanded.append(path)
     return expanded
@@ -132,10 +133,10 @@ def encoder_sparsity(model: Any) -> float | None:
 def weights_files(path: str, folder: Path) -> list[Path]:
     """The files whose size is reported: for a run directory that has a compressed sparse model
     (RUN/model-sparse, written by `kdtui prune`) that file, else the model folder's weights."""
-    from kdtui.rundir import SPARSE_DIR
+    from kdtui.rundir import RunLayout
     from kdtui.sparse import SPARSE_FILE
 
-    sparse = Path(path).expanduser() / SPARSE_DIR / SPARSE_FILE
+    sparse = RunLayout(Path(path).expanduser()).sparse_model / SPARSE_FILE
     if sparse.is_file():
         return [sparse]
     return sorted(p for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))

@@ -40,7 +40,8 @@ from kdtui.dashboard.widgets.loss_legend import LossLegend
 from kdtui.dashboard.widgets.run_header import RunHeader
 from kdtui.dashboard.widgets.sparsity_chart import SparsityChart
 from kdtui.dashboard.widgets.threaded_plot import ThreadedPlot
-from kdtui.runlog import EVENTS_FILE, EventFollower, FollowBatch
+from kdtui.rundir import EVENTS_FILE
+from kdtui.runlog import EventFollower, FollowBatch
 
 if TYPE_CHECKING:
     from kdtui.dashboard.app import DashboardApp
