@@ -138,3 +138,17 @@ def test_without_a_terminal_only_warnings_are_printed(capsys: pytest.CaptureFixt
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == "warning: damaged checkpoint skipped\n"
+
+
+def test_export_without_the_extra_names_the_install_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
+    result = invoke("export", str(tmp_path), "--profile", "smoke")
+    assert result.exit_code == 2
+    assert "pip install -c constraints.txt -e '.[export]'" in result.stderr
+
+
+def test_export_refuses_an_unknown_format(tmp_path: Path) -> None:
+    result = invoke("export", str(tmp_path), "--format", "tflite")
+    assert result.exit_code == 2 and "--format must be one of onnx" in result.stderr
