@@ -21,6 +21,7 @@ before a command needs them.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import warnings
 from collections.abc import Sequence
@@ -140,7 +141,16 @@ def quantize_int8(source: Path, target: Path) -> None:
     require_onnx()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    root = logging.getLogger()
+    level = root.level
+    # The quantiser logs advice to pre-process the model first (onnxruntime's quant_pre_process);
+    # on these graphs that step fails (its symbolic shape inference is incomplete), so the
+    # advice is noise here.
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
 
 
 def session(path: Path, threads: int) -> Any:
@@ -219,6 +229,8 @@ def export_model(
     from kdtui.recipes.evaluate import check_labels, load_tokenizer_for
 
     require_onnx()
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
     if output.exists() and not force:
         raise KdtuiError(f"{output} exists; pass --force to replace it")
     if output.exists() and not (output.is_dir() and is_export_folder(output)):

@@ -47,6 +47,8 @@ STRUCTURED_NOTE = (
 
 
 def evaluate_models(paths: list[str], config: Config) -> dict[str, Any]:
+    if config.run.threads:  # latency is reported on this many threads (PyTorch and ORT alike)
+        torch.set_num_threads(config.run.threads)
     data = load_data(config.data)
     split = data.split(config.evaluate.split)
     report: dict[str, Any] = {
