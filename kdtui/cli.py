@@ -746,9 +746,8 @@ def evaluate(
         "evaluate.split": split,
         "evaluate.sparse_kernels": sparse_kernels,
     }
-    first_run_config = Path(models[0]) / "config.toml"
-    if profile is None and first_run_config.is_file():
-        profile = str(first_run_config)
+    if profile is None:
+        profile = _data_profile_of(models[0])
     config, _ = resolve(profile, set_ or [], options)
     from kdtui.recipes.evaluate import evaluate_models
 
@@ -761,6 +760,26 @@ def evaluate(
             json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         except OSError as e:
             raise KdtuiError(f"cannot write {json_path}: {e.strerror}") from None
+
+
+def _data_profile_of(model: str) -> str | None:
+    """The config.toml of the run a model comes from: the run directory itself, or for an ONNX
+    export (its folder or one of its files) the run it was exported from."""
+    path = Path(model).expanduser()
+    if (path / "config.toml").is_file():
+        return str(path / "config.toml")
+    folder = path.parent if path.suffix == ".onnx" else path
+    info = folder / "kdtui_export.json"
+    if info.is_file():
+        import json
+
+        try:
+            source = Path(json.loads(info.read_text(encoding="utf-8")).get("source", ""))
+        except (OSError, ValueError, AttributeError):
+            return None
+        if (source / "config.toml").is_file():
+            return str(source / "config.toml")
+    return None
 
 
 def _print_report(report: dict[str, Any]) -> None:
@@ -855,9 +874,8 @@ def export(
     if format_ not in FORMATS:
         raise KdtuiError(f"--format must be one of {', '.join(FORMATS)}, got '{format_}'")
     options = {"data.source": data, "evaluate.split": split}
-    run_config = Path(model) / "config.toml"
-    if profile is None and run_config.is_file():
-        profile = str(run_config)
+    if profile is None:
+        profile = _data_profile_of(model)
     config, _ = resolve(profile, set_ or [], options)
     target = output if output is not None else default_output(model)
     info = export_model(model, target, config, int8=int8, force=force)

@@ -24,7 +24,7 @@ import json
 import logging
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +166,7 @@ def session(path: Path, threads: int) -> Any:
         raise KdtuiError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0]}") from None
 
 
-def session_forward(sess: Any) -> Any:
+def session_forward(sess: Any) -> Callable[[dict[str, torch.Tensor]], np.ndarray]:
     """A function of a dict of int64 torch tensors (the collate keys) to logits."""
     wanted = [i.name for i in sess.get_inputs()]
 
@@ -256,7 +256,8 @@ def export_model(
     threads = torch.get_num_threads()
     info: dict[str, Any] = {
         "format": "onnx",
-        "source": str(source),
+        # absolute, so `kdtui evaluate EXPORT` finds the run's data from any directory
+        "source": str(Path(source).expanduser().resolve()) if Path(source).exists() else source,
         "opset": OPSET,
         "labels": label_names_of(model),
         "max_length": config.data.max_length,

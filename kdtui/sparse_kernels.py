@@ -6,12 +6,12 @@ kernels multiply the zeros too. `use_sparse_kernels(model)` replaces an encoder 
 matrix product) where that is faster.
 
 Which matrices go sparse is decided by a measurement, not a rule: on a CPU the crossover
-depends on the matrix's shape, its sparsity, the number of tokens and the machine (measured on
-MiniLM's shapes with 32 x 128 tokens, one thread: CSR lost at 90% zeros, 0.2-0.8x, and mostly
-won at 97%, but not on every shape). So each encoder Linear with at least `min_sparsity` zeros
-is timed both ways on random activations of `tokens` rows (the best of `repeats` runs each,
-interleaved, after a warm-up), and CSR is kept only where it was faster. Below `min_sparsity`
-CSR is not even timed: it cannot win there and timing costs load time.
+depends on the matrix's shape, its sparsity, the number of tokens and the machine (MiniLM's
+shapes, 4,096 tokens, one thread of a loaded 2-core machine: at 90% zeros CSR ran 0.6-1.5x
+dense, at 97% 1.0-2.4x, varying from shape to shape and run to run). So each encoder Linear
+with at least `min_sparsity` zeros is timed both ways on random activations of `tokens` rows
+(the best of `repeats` runs each, interleaved, after a warm-up), and CSR is kept only where it
+was faster. Below `min_sparsity` (80%) CSR is not timed, to keep loading quick.
 
 The sparse product sums the same terms in another order, so outputs equal the dense model's
 within float rounding (tests/test_sparse_kernels.py), not bit for bit.
@@ -29,7 +29,8 @@ from torch import nn
 from kdtui.errors import KdtuiError
 
 SPARSE_MODES: tuple[str, ...] = ("off", "auto", "all")
-# Below this share of zeros CSR is not timed (it lost at 90% on every MiniLM shape measured).
+# Below this share of zeros CSR is not timed, to keep loading quick: at 90% it won on some
+# matrices and lost on others, so the line sits below that (80% itself was not measured).
 MIN_SPARSITY = 0.8
 # Tokens per sparse product (see SparseLinear.forward).
 CHUNK = 128
@@ -59,8 +60,8 @@ class SparseLinear(nn.Module):
         out = torch.empty(flat.shape[0], self.out_features, dtype=flat.dtype, device=flat.device)
         # CSR (out, in) @ dense (in, tokens), the sparse operand on the left as torch requires,
         # over CHUNK tokens at a time: with all 4,096 tokens of batch 32 x 128 in one product,
-        # the operands torch copies and zero-fills for MKL fall out of cache and the product
-        # was no faster than dense (MiniLM 97%: 0.8x); in chunks of 128 it was 1.3-1.8x.
+        # the operands torch copies and zero-fills for MKL fall out of cache, and MiniLM at 97%
+        # with every matrix CSR ran 0.8x dense; in chunks of 64-256 tokens, 1.2-1.8x.
         for start in range(0, flat.shape[0], CHUNK):
             part = flat[start : start + CHUNK]
             out[start : start + CHUNK] = torch.mm(self.weight, part.t()).t()

@@ -110,6 +110,13 @@ def test_export_then_evaluate_the_export(teacher: Path, tmp_path: Path) -> None:
     assert [(r["batch"], r["length"]) for r in fp32["latency"]] == [(1, 16), (8, 16)]
     assert int8["size_bytes"] < fp32["size_bytes"]
 
+    # One file alone is scored on the data of the run it was exported from (48 examples).
+    result = invoke("evaluate", str(folder / INT8_FILE), "--json", str(report_path))
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(report_path.read_text())
+    assert report["examples"] == 48 and len(report["models"]) == 1
+    assert report["models"][0]["accuracy"] == pytest.approx(int8["accuracy"])
+
 
 def test_a_pytorch_loader_refuses_an_export_with_a_clear_error(teacher: Path) -> None:
     from kdtui.errors import KdtuiError

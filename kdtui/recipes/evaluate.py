@@ -111,6 +111,8 @@ def evaluate_one(path: str, config: Config, data: MultiDomainData) -> dict[str, 
     split = data.split(config.evaluate.split)
     encoded = encode(split, tokenizer, config.data.max_length)
     pad_id = tokenizer.pad_token_id or 0
+    # predictions_in_order's computation (one process), with the logits kept: sparse kernels
+    # are compared with them.
     logits = split_logits(model, encoded, config, pad_id)
     accuracy = accuracy_of_predictions(logits.argmax(-1).tolist(), encoded, data.domain_names)
     params = list(model.parameters())
