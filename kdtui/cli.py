@@ -1004,18 +1004,30 @@ def evaluate(
         Path | None,
         typer.Option("--json", metavar="FILE", help="Also write the report as JSON here."),
     ] = None,
+    sparse_kernels: Annotated[
+        str | None,
+        typer.Option(
+            "--sparse-kernels",
+            help="Unstructured models: auto (CSR where measured faster), all, off "
+            "[evaluate.sparse_kernels].",
+        ),
+    ] = None,
 ) -> None:
     """Accuracy per domain, parameters, size on disk and latency of one or more models.
 
-    MODEL: a model folder or run directory; several are shown side by side. Data: the first
-    run directory's data config, unless --profile/--set/--data is given."""
+    MODEL: a run directory, a model folder or an ONNX export folder (kdtui export; run under
+    ONNX Runtime); several are shown side by side. Unstructured models are timed with dense and
+    with sparse kernels. Data: the first run directory's data config, unless
+    --profile/--set/--data is given."""
     from kdtui.profile import resolve
-    from kdtui.rundir import find_run
 
-    options = {"data.source": data, "evaluate.split": split}
-    first_run = find_run(Path(models[0]))
-    if profile is None and first_run is not None:
-        profile = str(first_run.config_file)
+    options = {
+        "data.source": data,
+        "evaluate.split": split,
+        "evaluate.sparse_kernels": sparse_kernels,
+    }
+    if profile is None:
+        profile = _data_profile_of(models[0])
     config, _ = resolve(profile, set_ or [], options)
     from kdtui.recipes.evaluate import evaluate_models
 
@@ -1028,6 +1040,28 @@ def evaluate(
             json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         except OSError as e:
             raise KdtuiError(f"cannot write {json_path}: {e.strerror}") from None
+
+
+def _data_profile_of(model: str) -> str | None:
+    """The config.toml of the run a model comes from: the run directory itself, or for an ONNX
+    export (its folder or one of its files) the run it was exported from."""
+    from kdtui.rundir import find_run
+
+    path = Path(model).expanduser()
+    if (run := find_run(path)) is not None:
+        return str(run.config_file)
+    folder = path.parent if path.suffix == ".onnx" else path
+    info = folder / "kdtui_export.json"
+    if info.is_file():
+        import json
+
+        try:
+            source = Path(json.loads(info.read_text(encoding="utf-8")).get("source", ""))
+        except (OSError, ValueError, AttributeError):
+            return None
+        if (run := find_run(source)) is not None:
+            return str(run.config_file)
+    return None
 
 
 def _print_report(report: dict[str, Any]) -> None:
@@ -1060,14 +1094,85 @@ def _print_report(report: dict[str, Any]) -> None:
     table.add_row("size on disk", *(f"{m['size_bytes'] / 2**20:.1f} MiB" for m in models))
     if any("size_files" in m for m in models):
         table.add_row("weights file", *(", ".join(m.get("size_files", [])) for m in models))
+    table.add_row("runtime", *(m.get("runtime", "pytorch") for m in models))
     for i, row in enumerate(models[0]["latency"]):
         label = f"latency b{row['batch']} len{row['length']}"
         table.add_row(label, *(f"{m['latency'][i]['ms']:.1f} ms" for m in models))
+    sparse = [m.get("sparse_kernels", {}) for m in models]
+    if any("latency" in s for s in sparse):
+        for i, row in enumerate(models[0]["latency"]):
+            label = f"latency b{row['batch']} len{row['length']}, sparse kernels"
+            table.add_row(
+                label,
+                *(f"{s['latency'][i]['ms']:.1f} ms" if "latency" in s else "-" for s in sparse),
+            )
+        table.add_row(
+            "accuracy all, sparse kernels",
+            *(f"{s['accuracy']['all']:.4f}" if "accuracy" in s else "-" for s in sparse),
+        )
     console.print(table)
     console.print(f"latency: median forward time on {report['threads']} CPU threads")
+    for m, s in zip(models, sparse, strict=True):
+        if s:
+            line = f"sparse kernels ({m['model']}, {s['mode']}): {s['summary']}"
+            if "max_logit_diff" in s:
+                line += f"; max |logit difference| to dense kernels {s['max_logit_diff']:.2e}"
+            console.print(line)
     for m in models:
         for note in m["notes"]:
             console.print(f"[yellow]note[/] ({m['model']}): {note}")
+
+
+@app.command()
+@handles_errors
+def export(
+    model: Annotated[str, typer.Argument(help="A run directory or model folder.")],
+    format_: Annotated[
+        str, typer.Option("--format", help="Export format (onnx).", show_default=True)
+    ] = "onnx",
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Export folder [RUN/onnx, or FOLDER-onnx]."),
+    ] = None,
+    int8: Annotated[
+        bool, typer.Option("--int8", help="Also write int8 weights (dynamic quantisation).")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing export.")] = False,
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    data: DataOpt = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="Split the export is checked on [evaluate.split].")
+    ] = None,
+) -> None:
+    """Export a model for ONNX Runtime, with its tokenizer, checked against kdtui's outputs.
+
+    Needs the export extra: pip install -c constraints.txt -e '.[export]'. The export's logits
+    are compared with PyTorch's on the split (data as for evaluate: the run's, unless
+    --profile/--set/--data is given)."""
+    from kdtui.export import FORMATS, default_output, export_model
+    from kdtui.profile import resolve
+
+    if format_ not in FORMATS:
+        raise KdtuiError(f"--format must be one of {', '.join(FORMATS)}, got '{format_}'")
+    options = {"data.source": data, "evaluate.split": split}
+    if profile is None:
+        profile = _data_profile_of(model)
+    config, _ = resolve(profile, set_ or [], options)
+    target = output if output is not None else default_output(model)
+    info = export_model(model, target, config, int8=int8, force=force)
+    check = info["check"]
+    typer.echo(f"exported {model} to {target} (inputs: {', '.join(info['inputs'])})")
+    for name in ("model.onnx", "model.int8.onnx"):
+        if name in check:
+            c = check[name]
+            typer.echo(
+                f"  {name}: {c['bytes'] / 2**20:.1f} MiB; on {check['examples']} "
+                f"{check['split']} examples: max |logit difference| to kdtui "
+                f"{c['max_logit_diff']:.2e}, same predictions {c['same_predictions']:.2%}, "
+                f"accuracy {c['accuracy']:.4f} "
+                f"(kdtui {c['pytorch_accuracy']:.4f})"
+            )
 
 
 @app.command()
