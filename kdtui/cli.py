@@ -1008,8 +1008,9 @@ def evaluate(
         str | None,
         typer.Option(
             "--sparse-kernels",
+            metavar=_one_of("evaluate.sparse_kernels"),
             help="Unstructured models: auto (CSR where measured faster), all, off "
-            "[evaluate.sparse_kernels].",
+            f"{_key('evaluate.sparse_kernels')}.",
         ),
     ] = None,
 ) -> None:
@@ -1128,11 +1129,16 @@ def _print_report(report: dict[str, Any]) -> None:
 def export(
     model: Annotated[str, typer.Argument(help="A run directory or model folder.")],
     format_: Annotated[
-        str, typer.Option("--format", help="Export format (onnx).", show_default=True)
+        str, typer.Option("--format", metavar="onnx", help="Export format [default onnx].")
     ] = "onnx",
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Export folder [RUN/onnx, or FOLDER-onnx]."),
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="DIR",
+            help="Export folder [default RUN/onnx, or FOLDER-onnx].",
+        ),
     ] = None,
     int8: Annotated[
         bool, typer.Option("--int8", help="Also write int8 weights (dynamic quantisation).")

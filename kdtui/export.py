@@ -225,8 +225,14 @@ def export_model(
     from kdtui.checkpoint import atomic_folder
     from kdtui.data import encode, load_data
     from kdtui.engine.evaluate import predict_logits
-    from kdtui.models import check_max_length, label_names_of, load_any, resolve_model_path
-    from kdtui.recipes.evaluate import check_labels, load_tokenizer_for
+    from kdtui.models import (
+        check_max_length,
+        label_names_of,
+        load_any,
+        load_model_tokenizer,
+        resolve_model_path,
+    )
+    from kdtui.recipes.evaluate import check_labels
 
     require_onnx()
     if config.run.threads:
@@ -237,7 +243,7 @@ def export_model(
         raise KdtuiError(f"{output} is not a kdtui export folder; --force replaces only those")
     folder = Path(resolve_model_path(source))
     model = load_any(folder).eval()
-    tokenizer = load_tokenizer_for(folder, config)
+    tokenizer = load_model_tokenizer(folder, trust_remote_code=config.model.trust_remote_code)
     data = load_data(config.data)
     check_labels(source, model, data.label_names)
     check_max_length(config.data.max_length, source, model.config.to_dict())
