@@ -7,13 +7,20 @@
    SnC banks) with the teacher live or its logits and bank vectors cached, each fp32 and bf16;
 3. start-up: `kdtui --help` (target under 0.3 s) and the dashboard's first frame;
 4. compressed models: size on disk and inference throughput against the dense model (structured
-   heads-ffn removal at 50%; unstructured 90% / 97% in kdtui's bitmask format).
+   heads-ffn removal at 50%; unstructured 90% / 97% in kdtui's bitmask format);
+5. deployment ("deploy"): the trained models of bench/prune.py (dense teacher, heads-ffn 50%,
+   unstructured 90% and 97%) in PyTorch fp32, the unstructured ones also with sparse kernels,
+   and each exported to ONNX and run by ONNX Runtime in fp32 and int8, at batch 1 and 32,
+   length 128, with each one's test accuracy and its largest logit difference to the model
+   it came from. Needs the export extra and the finished runs (--runs, --dense, ...).
 
-Inputs are random token ids of exactly --length tokens, so the figures do not depend on a
-data set. Weights are MiniLM's (the classifier head is random): speed does not depend on them.
+Inputs of tables 1-4 and the latencies of 5 are random token ids of exactly --length tokens, so
+the figures do not depend on a data set. Weights in 1-4 are MiniLM's (the classifier head is
+random): speed does not depend on them.
 
-    python bench/speed.py                    # about 10 minutes on 2 CPU cores
+    python bench/speed.py                    # about 10 minutes on 2 CPU cores (+ deploy)
     python bench/speed.py --quick            # fewer steps, a first look
+    python bench/speed.py --tables deploy --runs /path/to/bench-prune-output
 """
 
 from __future__ import annotations
@@ -44,9 +51,27 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
         "--tables",
-        default="overhead,throughput,startup,compressed",
-        help="which tables, comma-separated (default: all four)",
+        default="overhead,throughput,startup,compressed,deploy",
+        help="which tables, comma-separated (default: all five)",
     )
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        default=Path("/tmp/kdtui-bench-prune"),
+        help="deploy: the folder of bench/prune.py's runs (its --output-dir)",
+    )
+    parser.add_argument("--dense", default="teacher", help="deploy: the dense run, in --runs")
+    parser.add_argument("--heads-ffn", default="heads-ffn-50-s1", help="deploy: heads-ffn run")
+    parser.add_argument(
+        "--unstructured-90", default="movement-90-s1", help="deploy: an unstructured 90%% run"
+    )
+    parser.add_argument(
+        "--unstructured-97", default="soft-movement-97-s1", help="deploy: an unstructured 97%% run"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="deploy: CPU threads (PyTorch and ONNX Runtime)"
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="deploy: timed forwards per cell")
     args = parser.parse_args()
     if args.quick:
         args.steps = 4
@@ -64,6 +89,7 @@ def main() -> None:
         "throughput": lambda: distill_table(args),
         "startup": startup_table,
         "compressed": lambda: compressed_table(args),
+        "deploy": lambda: deploy_table(args),
     }
     for name in args.tables.split(","):
         if name not in tables:
@@ -431,8 +457,143 @@ def compressed_table(args: argparse.Namespace) -> None:
         )
     print(
         "\nUnstructured sparsity shrinks the file, not the time: the loaded model is dense and "
-        "PyTorch's dense kernels multiply the zeros too.\n"
+        "PyTorch's dense kernels multiply the zeros too (the deploy table times sparse kernels).\n"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Deployment: sparse kernels and ONNX Runtime on trained models
+
+
+def deploy_table(args: argparse.Namespace) -> None:
+    from kdtui.data import load_data
+    from kdtui.export import INT8_FILE, ONNX_FILE, export_model, session, session_forward
+    from kdtui.models import read_config_json
+    from kdtui.profile import resolve
+    from kdtui.recipes.evaluate import evaluate_one, latency_grid
+
+    runs = {
+        "dense": args.runs / args.dense,
+        "heads-ffn 50%": args.runs / args.heads_ffn,
+        "unstructured 90%": args.runs / args.unstructured_90,
+        "unstructured 97%": args.runs / args.unstructured_97,
+    }
+    missing = [str(path) for path in runs.values() if not (path / "config.toml").is_file()]
+    if missing:
+        print(
+            f"## Deployment: skipped, no run at {', '.join(missing)} (bench/prune.py makes them)\n"
+        )
+        return
+    length = args.length
+    overrides = [
+        f"run.threads={args.threads}",
+        "evaluate.batch_sizes=[1, 32]",
+        f"evaluate.lengths=[{length}]",
+        f"evaluate.latency_repeats={args.repeats}",
+        "evaluate.sparse_kernels=auto",
+    ]
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, run in runs.items():
+            config, _ = resolve(str(run / "config.toml"), overrides, {})
+            torch.set_num_threads(args.threads)
+            data = load_data(config.data)
+            report = evaluate_one(str(run), config, data)
+            ms = {r["batch"]: r["ms"] for r in report["latency"]}
+            acc = report["accuracy"]["all"]
+            rows.append(
+                {"model": label, "runtime": "PyTorch fp32", "ms": ms, "acc": acc, "base": acc}
+            )
+            sparse = report.get("sparse_kernels")
+            if sparse is not None and sparse["matrices"]:
+                rows.append(
+                    {
+                        "model": label,
+                        "runtime": "PyTorch fp32, sparse kernels",
+                        "ms": {r["batch"]: r["ms"] for r in sparse["latency"]},
+                        "acc": sparse["accuracy"]["all"],
+                        "base": acc,
+                        "diff": sparse["max_logit_diff"],
+                        "note": f"{len(sparse['matrices'])}/{sparse['of']} matrices CSR",
+                    }
+                )
+            elif sparse is not None:
+                rows.append(
+                    {
+                        "model": label,
+                        "runtime": "PyTorch fp32, sparse kernels",
+                        "ms": ms,
+                        "acc": acc,
+                        "base": acc,
+                        "note": f"0/{sparse['of']} matrices measured faster as CSR: all dense",
+                    }
+                )
+            folder = Path(tmp) / label.replace(" ", "-").replace("%", "")
+            info = export_model(str(run), folder, config, int8=True)
+            for name, runtime in (
+                (ONNX_FILE, "ONNX Runtime fp32"),
+                (INT8_FILE, "ONNX Runtime int8"),
+            ):
+                check = info["check"][name]
+                forward = session_forward(session(folder / name, args.threads))
+                grid = latency_grid(
+                    forward, config, vocab_size=read_config_json(folder)["vocab_size"]
+                )
+                rows.append(
+                    {
+                        "model": label,
+                        "runtime": runtime,
+                        "ms": {r["batch"]: r["ms"] for r in grid},
+                        "acc": check["accuracy"],
+                        "base": acc,
+                        "diff": check["max_logit_diff"],
+                        "note": f"{check['bytes'] / 2**20:.1f} MiB",
+                    }
+                )
+    dense = rows[0]
+    print(
+        f"## Deployment (trained models, test accuracy; latency: median of {args.repeats} "
+        f"forwards of random ids, length {length}, {args.threads} thread(s))\n"
+    )
+    print(
+        "| model | runtime | test acc | vs its PyTorch fp32 | max abs logit diff to it "
+        "| b1 ms | b1 vs dense | b32 ms | b32 vs dense | notes |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        diff = f"{r['diff']:.1e}" if "diff" in r else "-"
+        print(
+            f"| {r['model']} | {r['runtime']} | {100 * r['acc']:.1f} "
+            f"| {100 * (r['acc'] - r['base']):+.1f} | {diff} "
+            f"| {r['ms'][1]:.1f} | {dense['ms'][1] / r['ms'][1]:.2f}x "
+            f"| {r['ms'][32]:.0f} | {dense['ms'][32] / r['ms'][32]:.2f}x | {r.get('note', '')} |"
+        )
+    print()
+    sparse97 = [r for r in rows if r["model"] == "unstructured 97%" and "sparse" in r["runtime"]]
+    plain97 = [
+        r for r in rows if r["model"] == "unstructured 97%" and r["runtime"] == "PyTorch fp32"
+    ]
+    if sparse97 and plain97:
+        s97, p97 = sparse97[0], plain97[0]
+        print(
+            f"- goal, unstructured 97% with sparse kernels >= 1.5x dense at batch 32: "
+            f"{dense['ms'][32] / s97['ms'][32]:.2f}x dense, {p97['ms'][32] / s97['ms'][32]:.2f}x "
+            f"itself with dense kernels; max abs logit diff {s97.get('diff', 0.0):.1e}"
+        )
+    exported = [r for r in rows if r["runtime"].startswith("ONNX")]
+    close = [r for r in exported if abs(r["acc"] - r["base"]) <= 0.01]
+    if close:
+        best = max(
+            close, key=lambda r: min(dense["ms"][1] / r["ms"][1], dense["ms"][32] / r["ms"][32])
+        )
+        print(
+            f"- goal, best export >= 4x dense PyTorch fp32 at batch 1 and 32 within 1 point: "
+            f"{best['model']}, {best['runtime']}: {dense['ms'][1] / best['ms'][1]:.2f}x (b1), "
+            f"{dense['ms'][32] / best['ms'][32]:.2f}x (b32), accuracy {100 * best['acc']:.1f} "
+            f"({100 * (best['acc'] - best['base']):+.1f} vs its PyTorch model, "
+            f"{100 * (best['acc'] - dense['acc']):+.1f} vs dense)"
+        )
+    print()
 
 
 if __name__ == "__main__":

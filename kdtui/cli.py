@@ -229,18 +229,18 @@ def _run_training(
                 "--resume continues a run with the configuration it was started with; "
                 "drop --profile/--set/options, or start a new run"
             )
-        from kdtui.recipes.common import load_resume_config
-        from kdtui.rundir import is_finished
+        from kdtui.recipes.common import resumed_run
 
-        config = load_resume_config(resume)
-        if is_finished(resume):
+        run = resumed_run(resume)
+        config = run.config()
+        if run.finished():
             # Resuming means "make sure this run completes": for a finished run that is already
             # true, so a retried job succeeds (exit 0) and the run's results stay as they are.
             if _is_main_process():
                 typer.echo(
                     f"{resume} is finished: nothing to resume, nothing was changed", err=True
                 )
-                _print_summary(resume, _read_metrics(resume), quiet=quiet)
+                _print_summary(resume, run.metrics(), quiet=quiet)
             return
     else:
         config, _ = resolve(profile, overrides or [], options)
@@ -290,16 +290,6 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _read_metrics(run: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return metrics if isinstance(metrics, dict) else {}
-
-
 def _max_steps_unless_epochs(max_steps: int | None, *epochs: float | None) -> int | None:
     """The max-steps option's value. An explicit --epochs means the run is measured in epochs,
     so it clears the profile's max-steps, which would otherwise win without a word; --max-steps
@@ -319,8 +309,8 @@ def _with_upstream_data(
     """Train on the upstream run's data unless told otherwise: its [data] section becomes the
     base under the profile. `kdtui prune` without --model takes the newest finished teacher run
     (and says so: the returned notes)."""
-    from kdtui.profile import read_profile, resolve
-    from kdtui.rundir import latest_finished_run
+    from kdtui.profile import resolve
+    from kdtui.rundir import find_run, latest_finished_run
 
     section, key = UPSTREAM[command].split(".")
     upstream = getattr(getattr(config, section), key)
@@ -338,10 +328,10 @@ def _with_upstream_data(
             f"no --model given: pruning {found}, the newest finished teacher run in "
             f"{config.run.output_dir}/"
         )
-    run_config = Path(upstream).expanduser() / "config.toml"
-    if not run_config.is_file():
+    run = find_run(Path(upstream).expanduser())
+    if run is None:
         return resolve(profile, overrides, options)[0], notes
-    base = {"data": read_profile(run_config).get("data", {})}
+    base = {"data": run.config_dict().get("data", {})}
     return resolve(profile, overrides, options, base=base)[0], notes
 
 
@@ -493,11 +483,13 @@ def _print_summary(path: Path, metrics: dict[str, Any], *, quiet: bool) -> None:
     if metrics.get("best_dev") is not None:
         typer.echo(f"best dev accuracy: {metrics['best_dev']:.4f} (step {metrics['best_step']})")
     if metrics.get("sparsity") is not None:
+        from kdtui.rundir import RunLayout
+
         typer.echo(
             f"sparsity: {metrics['sparsity']:.4f} "
             f"({'at most' if metrics.get('soft_mask') == 'threshold' else 'target'} "
             f"{metrics['target_sparsity']:.4f}); "
-            f"model: {path / 'model'}"
+            f"model: {RunLayout(path).model}"
         )
     sparse = metrics.get("sparse_model")
     if isinstance(sparse, dict):
@@ -1012,17 +1004,31 @@ def evaluate(
         Path | None,
         typer.Option("--json", metavar="FILE", help="Also write the report as JSON here."),
     ] = None,
+    sparse_kernels: Annotated[
+        str | None,
+        typer.Option(
+            "--sparse-kernels",
+            metavar=_one_of("evaluate.sparse_kernels"),
+            help="Unstructured models: auto (CSR where measured faster), all, off "
+            f"{_key('evaluate.sparse_kernels')}.",
+        ),
+    ] = None,
 ) -> None:
     """Accuracy per domain, parameters, size on disk and latency of one or more models.
 
-    MODEL: a model folder or run directory; several are shown side by side. Data: the first
-    run directory's data config, unless --profile/--set/--data is given."""
+    MODEL: a run directory, a model folder or an ONNX export folder (kdtui export; run under
+    ONNX Runtime); several are shown side by side. Unstructured models are timed with dense and
+    with sparse kernels. Data: the first run directory's data config, unless
+    --profile/--set/--data is given."""
     from kdtui.profile import resolve
 
-    options = {"data.source": data, "evaluate.split": split}
-    first_run_config = Path(models[0]) / "config.toml"
-    if profile is None and first_run_config.is_file():
-        profile = str(first_run_config)
+    options = {
+        "data.source": data,
+        "evaluate.split": split,
+        "evaluate.sparse_kernels": sparse_kernels,
+    }
+    if profile is None:
+        profile = _data_profile_of(models[0])
     config, _ = resolve(profile, set_ or [], options)
     from kdtui.recipes.evaluate import evaluate_models
 
@@ -1035,6 +1041,28 @@ def evaluate(
             json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         except OSError as e:
             raise KdtuiError(f"cannot write {json_path}: {e.strerror}") from None
+
+
+def _data_profile_of(model: str) -> str | None:
+    """The config.toml of the run a model comes from: the run directory itself, or for an ONNX
+    export (its folder or one of its files) the run it was exported from."""
+    from kdtui.rundir import find_run
+
+    path = Path(model).expanduser()
+    if (run := find_run(path)) is not None:
+        return str(run.config_file)
+    folder = path.parent if path.suffix == ".onnx" else path
+    info = folder / "kdtui_export.json"
+    if info.is_file():
+        import json
+
+        try:
+            source = Path(json.loads(info.read_text(encoding="utf-8")).get("source", ""))
+        except (OSError, ValueError, AttributeError):
+            return None
+        if (run := find_run(source)) is not None:
+            return str(run.config_file)
+    return None
 
 
 def _print_report(report: dict[str, Any]) -> None:
@@ -1067,14 +1095,90 @@ def _print_report(report: dict[str, Any]) -> None:
     table.add_row("size on disk", *(f"{m['size_bytes'] / 2**20:.1f} MiB" for m in models))
     if any("size_files" in m for m in models):
         table.add_row("weights file", *(", ".join(m.get("size_files", [])) for m in models))
+    table.add_row("runtime", *(m.get("runtime", "pytorch") for m in models))
     for i, row in enumerate(models[0]["latency"]):
         label = f"latency b{row['batch']} len{row['length']}"
         table.add_row(label, *(f"{m['latency'][i]['ms']:.1f} ms" for m in models))
+    sparse = [m.get("sparse_kernels", {}) for m in models]
+    if any("latency" in s for s in sparse):
+        for i, row in enumerate(models[0]["latency"]):
+            label = f"latency b{row['batch']} len{row['length']}, sparse kernels"
+            table.add_row(
+                label,
+                *(f"{s['latency'][i]['ms']:.1f} ms" if "latency" in s else "-" for s in sparse),
+            )
+        table.add_row(
+            "accuracy all, sparse kernels",
+            *(f"{s['accuracy']['all']:.4f}" if "accuracy" in s else "-" for s in sparse),
+        )
     console.print(table)
     console.print(f"latency: median forward time on {report['threads']} CPU threads")
+    for m, s in zip(models, sparse, strict=True):
+        if s:
+            line = f"sparse kernels ({m['model']}, {s['mode']}): {s['summary']}"
+            if "max_logit_diff" in s:
+                line += f"; max |logit difference| to dense kernels {s['max_logit_diff']:.2e}"
+            console.print(line)
     for m in models:
         for note in m["notes"]:
             console.print(f"[yellow]note[/] ({m['model']}): {note}")
+
+
+@app.command()
+@handles_errors
+def export(
+    model: Annotated[str, typer.Argument(help="A run directory or model folder.")],
+    format_: Annotated[
+        str, typer.Option("--format", metavar="onnx", help="Export format [default onnx].")
+    ] = "onnx",
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="DIR",
+            help="Export folder [default RUN/onnx, or FOLDER-onnx].",
+        ),
+    ] = None,
+    int8: Annotated[
+        bool, typer.Option("--int8", help="Also write int8 weights (dynamic quantisation).")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing export.")] = False,
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    data: DataOpt = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="Split the export is checked on [evaluate.split].")
+    ] = None,
+) -> None:
+    """Export a model for ONNX Runtime, with its tokenizer, checked against kdtui's outputs.
+
+    Needs the export extra: pip install -c constraints.txt -e '.[export]'. The export's logits
+    are compared with PyTorch's on the split (data as for evaluate: the run's, unless
+    --profile/--set/--data is given)."""
+    from kdtui.export import FORMATS, default_output, export_model
+    from kdtui.profile import resolve
+
+    if format_ not in FORMATS:
+        raise KdtuiError(f"--format must be one of {', '.join(FORMATS)}, got '{format_}'")
+    options = {"data.source": data, "evaluate.split": split}
+    if profile is None:
+        profile = _data_profile_of(model)
+    config, _ = resolve(profile, set_ or [], options)
+    target = output if output is not None else default_output(model)
+    info = export_model(model, target, config, int8=int8, force=force)
+    check = info["check"]
+    typer.echo(f"exported {model} to {target} (inputs: {', '.join(info['inputs'])})")
+    for name in ("model.onnx", "model.int8.onnx"):
+        if name in check:
+            c = check[name]
+            typer.echo(
+                f"  {name}: {c['bytes'] / 2**20:.1f} MiB; on {check['examples']} "
+                f"{check['split']} examples: max |logit difference| to kdtui "
+                f"{c['max_logit_diff']:.2e}, same predictions {c['same_predictions']:.2%}, "
+                f"accuracy {c['accuracy']:.4f} "
+                f"(kdtui {c['pytorch_accuracy']:.4f})"
+            )
 
 
 @app.command()
@@ -1137,14 +1241,21 @@ def dashboard(
             "e.g. kdtui dashboard --profile smoke teacher"
         )
     from kdtui.dashboard.app import create_app
-    from kdtui.dashboard.runs import is_runs_folder, resolve_run_path
+    from kdtui.dashboard.runs import check_run_target, is_runs_folder, resolve_run_path
 
     root = Path(output_dir or "runs").expanduser()
     run: Path | None = None
     if target is not None:
         run = resolve_run_path(Path(target).expanduser())
+        check_run_target(run)
         if is_runs_folder(run):
             run, root = None, run
+    from kdtui.dashboard import plain
+
+    if not plain.has_terminal():
+        # Redirected, piped, cron, CI: the run as it stands in plain text, then exit.
+        typer.echo(plain.run_summary(run) if run is not None else plain.runs_summary(root))
+        return
     create_app(run, runs_root=root).run()
 
 

@@ -201,6 +201,10 @@ class EvaluateConfig:
     batch_sizes: tuple[int, ...] = (1, 32)
     lengths: tuple[int, ...] = (32, 128)
     latency_repeats: int = 5
+    # Unstructured models are also timed with sparse kernels (kdtui/sparse_kernels.py): "auto"
+    # swaps in a CSR product where a measurement says it is faster, "all" wherever a matrix
+    # has at least 80% zeros, "off" never.
+    sparse_kernels: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -241,6 +245,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "prune.scope": ("matrix", "global"),
     "prune.pooling": ("cls", "mean"),
     "prune.sparse_values": ("float32", "float16"),
+    "evaluate.sparse_kernels": ("auto", "all", "off"),
 }
 
 

@@ -176,10 +176,11 @@ def _read_file(path: Path) -> Columns:
         # The parsers' own messages name neither the file nor the line ("StopIteration",
         # "Trailing data at position 82"); a second, plain reading of the text finds both.
         problem = _text_file_problem(path) or _root_cause(e)
-        raise KdtuiError(f"cannot read data file {path}: {problem}") from None
+        raise KdtuiError(f"data.source: cannot read data file {path}: {problem}") from None
     if len(dataset) == 0:
         raise KdtuiError(
-            f"cannot read data file {path}: {_text_file_problem(path) or 'it holds no examples'}"
+            f"data.source: cannot read data file {path}: "
+            f"{_text_file_problem(path) or 'it holds no examples'}"
         )
     return columns
 

@@ -49,9 +49,12 @@ def resolve_model_path(name: str) -> str:
     """The folder or hub name to load for a model name ("minilm", a path, a run directory)."""
     if name == "minilm":
         return str(bundled_minilm_path())
+    from kdtui.rundir import RunInfo
+
     path = Path(name).expanduser()
-    if path.is_dir() and (path / "model" / "config.json").is_file():
-        return str(path / "model")  # a kdtui run directory
+    run_model = RunInfo(path).saved_model()
+    if run_model is not None:
+        return str(run_model)  # a kdtui run directory
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise KdtuiError(f"model folder {path} has no config.json")
@@ -238,6 +241,11 @@ def load_trained(
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     source = resolve_model_path(str(path))
+    if (Path(source) / "model.onnx").is_file():
+        raise KdtuiError(
+            f"model '{path}' is an ONNX export: run it with onnxruntime, or score it with "
+            "`kdtui evaluate`"
+        )
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
@@ -362,10 +370,19 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def load_any(folder: str | Path) -> Any:
+def load_any(folder: str | Path, *, sparse_kernels: str = "off") -> Any:
     """Load any classifier kdtui writes, or a plain Hugging Face checkpoint: the documented
     entry point for users who want a kdtui model back in Python. It also rebuilds pruned models
     that plain transformers cannot load: heads-ffn models with heads and FFN neurons removed
     (`kdtui.methods.compact.load_compact`) and RUN/model-sparse folders
-    (`kdtui.sparse.load_sparse_model`)."""
-    return load_trained(folder)
+    (`kdtui.sparse.load_sparse_model`).
+
+    `sparse_kernels` ("off", "auto", "all"; kdtui.sparse_kernels) swaps the encoder Linears of
+    an unstructured model for CSR products, for inference: "auto" where a measurement at load
+    says they are faster. The choices are kept in `model.kdtui_sparse_kernels`."""
+    model = load_trained(folder)
+    if sparse_kernels != "off":
+        from kdtui.sparse_kernels import use_sparse_kernels
+
+        model.kdtui_sparse_kernels = use_sparse_kernels(model.eval(), sparse_kernels)
+    return model

@@ -16,6 +16,7 @@ from typing import Any
 
 from kdtui.config import Config, build_config
 from kdtui.errors import KdtuiError
+from kdtui.rundir import find_run
 
 
 def _profiles_dir() -> Path:
@@ -56,8 +57,9 @@ def shipped_profiles() -> list[ProfileInfo]:
 def find_profile(name_or_path: str) -> Path:
     """A TOML file, a run directory, or a shipped profile name (`cap-97`: profiles/cap-97.toml)."""
     path = Path(name_or_path).expanduser()
-    if path.is_dir() and (path / "config.toml").is_file():
-        return path / "config.toml"  # a run directory reruns its resolved config
+    run = find_run(path)
+    if run is not None:
+        return run.config_file  # a run directory reruns its resolved config
     if path.is_file():
         return path
     if path.exists():

@@ -1,11 +1,19 @@
-"""The run directory: the unit a user keeps.
+"""The run directory: the unit a user keeps. Its layout is written down here and nowhere else:
+`RunDir` writes a run, `RunInfo` reads one (`read_run`), and both name its parts through
+`RunLayout`.
 
     RUN/config.toml     the fully resolved config (a profile: `--profile RUN/config.toml` reruns it)
     RUN/events.jsonl    append-only event log (the dashboard's only input)
     RUN/checkpoints/    atomic checkpoints for --resume
     RUN/best/           the best weights so far (by dev accuracy)
     RUN/model/          the final model in Hugging Face layout
-    RUN/metrics.json    the final summary
+    RUN/model-sparse/   `kdtui prune`'s compressed copy of RUN/model (unstructured pruning)
+    RUN/metrics.json    the final summary (written as the run finishes)
+    RUN/test_predictions.json   the best model's test predictions, in split order
+    RUN/prototype_scores.safetensors   a meta-teacher's prototype scores (read by distill)
+    RUN/domains/D/      `kdtui distill --domain all`: one student's model, best, checkpoints
+                        and test predictions per domain D; RUN/summary.md compares them
+    RUN/error.log       the traceback of an unexpected error
     RUN/.lock           held by the one process writing the run (removed when it ends)
 
 Only the main process writes (and locks); other processes get a RunDir whose writes are no-ops.
@@ -21,14 +29,189 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from kdtui.errors import KdtuiError
-from kdtui.events import Event
-from kdtui.runlog import EVENTS_FILE, EventSink
+from kdtui.events import Event, RunFailed, RunStarted
+
+if TYPE_CHECKING:
+    from kdtui.config import Config
+    from kdtui.runlog import EventSink
+
+CONFIG_FILE = "config.toml"
+EVENTS_FILE = "events.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+BEST_DIR = "best"
+MODEL_DIR = "model"
+SPARSE_DIR = "model-sparse"
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "test_predictions.json"
+SCORES_FILE = "prototype_scores.safetensors"
+DOMAINS_DIR = "domains"
+SUMMARY_FILE = "summary.md"
+ERROR_LOG = "error.log"
+LOCK_FILE = ".lock"
+MODEL_CONFIG = "config.json"  # what makes a folder a saved Hugging Face model
+
+
+# ---------------------------------------------------------------------------------------------
+# Where things are
+
+
+class RunLayout:
+    """Where each part of a run directory is: paths only, nothing is read or written. A student
+    of `kdtui distill --domain all` has the same layout for its own parts (`student`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.config_file = path / CONFIG_FILE
+        self.events_file = path / EVENTS_FILE
+        self.checkpoints = path / CHECKPOINTS_DIR
+        self.best = path / BEST_DIR
+        self.model = path / MODEL_DIR
+        self.sparse_model = path / SPARSE_DIR
+        self.metrics_file = path / METRICS_FILE
+        self.predictions_file = path / PREDICTIONS_FILE
+        self.scores_file = path / SCORES_FILE
+        self.error_log = path / ERROR_LOG
+
+    def student(self, domain: str) -> RunLayout:
+        return RunLayout(self.path / DOMAINS_DIR / domain)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a run
+
+RunStatus = Literal["running", "finished", "failed", "stopped"]
+
+
+class RunInfo(RunLayout):
+    """A run directory, read. Every method reads the disk when it is called, so a live run's
+    answers change; a part that is not there yet reads as nothing (no command, no metrics), so
+    a run that is only starting can be read too. `read_run` checks that a folder is a run."""
+
+    def config_dict(self) -> dict[str, Any]:
+        """The recorded config.toml as a profile (nested dict), as the run was started."""
+        from kdtui.profile import read_profile  # not at the top: profile finds runs through here
+
+        return read_profile(self.config_file)
+
+    def config(self) -> Config:
+        from kdtui.config import build_config
+
+        return build_config(self.config_dict())
+
+    def events(self) -> Iterator[Event]:
+        """Its complete, known events, in order (none before the log exists)."""
+        from kdtui.runlog import read_events
+
+        if self.events_file.is_file():
+            yield from read_events(self.events_file)
+
+    def command(self) -> str | None:
+        """The command that made the run (`teacher`, `prune`, ...): its first run_started
+        record's, None before there is one. Notes about the data can come before that record,
+        so the first line is not enough; any record with a string `command` counts, so a run
+        written by another version of kdtui still tells its command."""
+        try:
+            with open(self.events_file, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(record, dict) and record.get("type") == RunStarted.type:
+                        command = record.get("command")
+                        return command if isinstance(command, str) else None
+        except OSError:
+            return None
+        return None
+
+    def finished(self) -> bool:
+        """Whether the run ended successfully: metrics.json is written as it finishes."""
+        return self.metrics_file.is_file()
+
+    def metrics(self) -> dict[str, Any]:
+        """The final summary; {} until the run has finished (or if it cannot be read)."""
+        try:
+            metrics = json.loads(self.metrics_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return metrics if isinstance(metrics, dict) else {}
+
+    def status(self) -> RunStatus:
+        """running: a live process writes it; finished: it completed; failed: it stopped on an
+        error; stopped: it was interrupted or killed (`--resume` continues it)."""
+        if lock_holder(self.path) is not None:
+            return "running"
+        if self.finished():
+            return "finished"
+        status: RunStatus = "stopped"  # no outcome recorded: killed (SIGKILL, power cut)
+        for event in self.events():
+            if isinstance(event, RunStarted):
+                status = "stopped"  # resumed after an earlier failure
+            elif isinstance(event, RunFailed):
+                status = "stopped" if event.kind == "interrupted" else "failed"
+        return status
+
+    def saved_model(self) -> Path | None:
+        """RUN/model once the run has saved it (a Hugging Face folder), else None."""
+        return self.model if (self.model / MODEL_CONFIG).is_file() else None
+
+    def students(self) -> list[Path]:
+        """The student folders of a `kdtui distill --domain all` run (RUN/domains/D, each with
+        its model), in domain order; [] for any other run."""
+        if self.model.exists():
+            return []
+        found = self.path.glob(f"{DOMAINS_DIR}/*/{MODEL_DIR}/{MODEL_CONFIG}")
+        return sorted(config.parent.parent for config in found)
+
+
+def read_run(path: Path) -> RunInfo:
+    """The run at PATH, for reading; a KdtuiError says why PATH is not one."""
+    if not path.is_dir():
+        raise KdtuiError(f"{path}: no such run directory")
+    run = RunInfo(path)
+    if not run.config_file.is_file():
+        raise KdtuiError(f"{path}: not a kdtui run (no {CONFIG_FILE})")
+    return run
+
+
+def find_run(path: Path) -> RunInfo | None:
+    """The run at PATH, or None when PATH is anything else (a model folder, a hub name)."""
+    try:
+        return read_run(path)
+    except KdtuiError:
+        return None
+
+
+def run_of_model(folder: Path) -> RunInfo | None:
+    """The run whose final model FOLDER is (RUN/model), or None for any other model folder."""
+    return find_run(folder.parent) if folder.name == MODEL_DIR else None
+
+
+def run_folders(root: Path) -> list[Path]:
+    """The runs in a folder, sorted: every subfolder with an event log (one that is starting
+    has no config.toml yet)."""
+    return sorted(events.parent for events in root.glob(f"*/{EVENTS_FILE}"))
+
+
+def latest_finished_run(root: Path, command: str) -> Path | None:
+    """The most recently finished run of `command` under `root` (by metrics.json time)."""
+    runs = [RunInfo(path) for path in run_folders(root)]
+    candidates = [
+        (run.metrics_file.stat().st_mtime, run.path)
+        for run in runs
+        if run.finished() and run.command() == command
+    ]
+    return max(candidates)[1] if candidates else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing a run
 
 Listener = Callable[[Event], None]
 
@@ -74,10 +257,11 @@ def is_run_dir(path: Path) -> bool:
     that is empty (killed before the first event) or starts with an event record. (The first
     event is not always run_started: notes about the data come before it.)"""
     try:
-        with open(path / "config.toml", encoding="utf-8", errors="replace") as f:
+        layout = RunLayout(path)
+        with open(layout.config_file, encoding="utf-8", errors="replace") as f:
             if not f.readline().startswith("# kdtui "):
                 return False
-        with open(path / EVENTS_FILE, "rb") as f:
+        with open(layout.events_file, "rb") as f:
             first = f.readline(1 << 20)
     except OSError:
         return False
@@ -103,8 +287,6 @@ def describe_contents(path: Path, shown: int = 4) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # One writer per run directory
-
-LOCK_FILE = ".lock"
 
 
 @dataclass(frozen=True)
@@ -238,71 +420,15 @@ def _read_holder_fd(fd: int) -> LockHolder | None:
         return None
 
 
-def run_command(run: Path) -> str | None:
-    """The command that made a run (`teacher`, `prune`, ...): its first run_started event. Notes
-    about the data can come before it, so the first line is not enough."""
-    import json
+class RunDir(RunLayout):
+    """The writer of a run directory."""
 
-    try:
-        with open(run / EVENTS_FILE, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(event, dict) and event.get("type") == "run_started":
-                    command = event.get("command")
-                    return command if isinstance(command, str) else None
-    except OSError:
-        return None
-    return None
-
-
-def is_finished(run: Path) -> bool:
-    """Whether a run ended successfully: its metrics.json is written as it finishes."""
-    return (run / "metrics.json").is_file()
-
-
-def latest_finished_run(root: Path, command: str) -> Path | None:
-    """The most recently finished run of `command` under `root` (by metrics.json time)."""
-    candidates = [
-        (metrics.stat().st_mtime, metrics.parent)
-        for metrics in root.glob("*/metrics.json")
-        if run_command(metrics.parent) == command
-    ]
-    return max(candidates)[1] if candidates else None
-
-
-SPARSE_DIR = "model-sparse"  # `kdtui prune`'s compressed copy of RUN/model
-
-
-class RunDir:
     def __init__(self, path: Path, *, is_main: bool = True) -> None:
-        self.path = path
+        super().__init__(path)
         self.is_main = is_main
         self.listeners: list[Listener] = []
         self._sink: EventSink | None = None
         self._lock: RunLock | None = None
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def best(self) -> Path:
-        return self.path / "best"
-
-    @property
-    def model(self) -> Path:
-        return self.path / "model"
-
-    @property
-    def config_file(self) -> Path:
-        return self.path / "config.toml"
-
-    @property
-    def events_file(self) -> Path:
-        return self.path / EVENTS_FILE
 
     @property
     def _replaced(self) -> Path:
@@ -328,6 +454,8 @@ class RunDir:
                     replaced.release(self._replaced / LOCK_FILE if moved else None)
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock = RunLock.acquire(self.path)
+            from kdtui.runlog import EventSink  # runlog imports rundir: imported here, not above
+
             self._sink = EventSink(self.events_file)
         except OSError as e:
             self.close()
@@ -343,7 +471,7 @@ class RunDir:
         if self.is_main:
             from kdtui.checkpoint import write_json_atomic  # torch: keep it off the dashboard path
 
-            write_json_atomic(self.path / "metrics.json", metrics)
+            write_json_atomic(self.metrics_file, metrics)
 
     def log(self, event: Event) -> None:
         if not self.is_main:

@@ -12,8 +12,6 @@ from typing import IO
 
 from kdtui.events import EVENT_TYPES, Event, parse_event
 
-EVENTS_FILE = "events.jsonl"
-
 
 class EventSink:
     """Appends events to a file, one line each, flushed per line so followers see them at once.
@@ -72,6 +70,7 @@ class FollowBatch:
     events: list[Event] = field(default_factory=list)
     unknown: dict[str, int] = field(default_factory=dict)  # event type -> lines skipped
     malformed: int = 0  # complete lines that are not a valid event record
+    oversized: int = 0  # lines longer than the follower's `max_line`, dropped unread
     exists: bool = False  # the file is there (a run may not have started writing yet)
     reset: bool = False  # the file was replaced or truncated: start over from `events`
     at_end: bool = True  # nothing more to read right now (callers may sleep)
@@ -82,17 +81,22 @@ class EventFollower:
 
     Each poll reads what was appended since the last one (at most `max_bytes`, so a huge file is
     consumed in slices and a caller stays responsive), parses the complete lines, and keeps a
-    partial last line until its newline arrives. A missing file is not an error (the run has not
-    started yet). A file that is replaced (a run restarted with --force) or shrinks is read again
-    from its start, with `reset` set so the caller drops what it folded so far.
+    partial last line until its newline arrives. A line longer than `max_line` is dropped and
+    counted in `oversized` (events are a few kB at most; a file with no newline at all, or not
+    an event log, must not be buffered without end). A missing file is not an error (the run has
+    not started yet). A file that is replaced (a run restarted with --force) or shrinks is read
+    again from its start, with `reset` set so the caller drops what it folded so far.
     """
 
-    def __init__(self, path: Path, *, max_bytes: int = 1 << 20) -> None:
+    def __init__(self, path: Path, *, max_bytes: int = 1 << 20, max_line: int = 1 << 20) -> None:
         self.path = path
         self.max_bytes = max_bytes
+        self.max_line = max_line
+        self.oversized = 0  # lines dropped for their length, ever (poll() reports the new ones)
         self._file: IO[bytes] | None = None
         self._identity: tuple[int, int] | None = None
         self._partial = b""
+        self._skipping = False  # inside a dropped line: discard up to its newline
 
     def read_lines(self) -> tuple[list[bytes], bool, bool, bool]:
         """Complete raw lines since the last call: (lines, exists, reset, at_end)."""
@@ -121,14 +125,28 @@ class EventFollower:
         at_end = len(chunk) < self.max_bytes
         if not chunk:
             return [], True, reset, at_end
-        data = self._partial + chunk
-        lines = data.split(b"\n")
+        if self._skipping:
+            end = chunk.find(b"\n")
+            if end < 0:
+                return [], True, reset, at_end
+            chunk, self._skipping = chunk[end + 1 :], False
+        lines = (self._partial + chunk).split(b"\n")
         self._partial = lines.pop()
+        if len(self._partial) > self.max_line:
+            self._partial, self._skipping = b"", True
+            self.oversized += 1
+        if any(len(line) > self.max_line for line in lines):
+            kept = [line for line in lines if len(line) <= self.max_line]
+            self.oversized += len(lines) - len(kept)
+            lines = kept
         return lines, True, reset, at_end
 
     def poll(self) -> FollowBatch:
+        oversized = self.oversized
         lines, exists, reset, at_end = self.read_lines()
-        batch = FollowBatch(exists=exists, reset=reset, at_end=at_end)
+        batch = FollowBatch(
+            exists=exists, reset=reset, at_end=at_end, oversized=self.oversized - oversized
+        )
         for raw in lines:
             line = raw.decode("utf-8", errors="replace")
             event = parse_event(line)
@@ -148,6 +166,7 @@ class EventFollower:
         self._file = None
         self._identity = None
         self._partial = b""
+        self._skipping = False
 
     def close(self) -> None:
         self._close()

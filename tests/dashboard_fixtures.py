@@ -171,6 +171,43 @@ def write_prune(run: Path, total: int = 60, layers: int = 6, target: float = 0.9
     return write(run, events)
 
 
+CAP_TERMS = ("ce", "kd", "l1", "prc_unsup", "prc_sup", "fic_unsup", "fic_sup", "snc_unsup")
+
+
+def write_cap_prune(run: Path, total: int = 60) -> Path:
+    """A CAP prune run as the engine logs it: many loss terms, each with a gradient norm at
+    evaluation steps (a legend that wrapped onto four lines at 80x24)."""
+    events: list[Event] = [started("prune", total, {"prune": {"model": "", "sparsity": 0.9}})]
+    for s in range(1, total + 1):
+        t = T0 + s * 0.5
+        terms = {name: round(1.0 / (i + 1) + 2.0 / s, 4) for i, name in enumerate(CAP_TERMS)}
+        metrics = {"sparsity/target": round(0.9 * s / total, 4)}
+        metrics["sparsity/actual"] = round(0.88 * s / total, 4)
+        if s % 20 == 0:
+            metrics |= {f"grad/{name}": round(0.01 * (i + 1), 4) for i, name in enumerate(terms)}
+            events.append(Eval(step=s, split="dev", accuracy=accuracy(s, total), time=t))
+        events.append(
+            Step(
+                step=s,
+                total_steps=total,
+                epoch=s / 30,
+                lr=1e-4,
+                loss=round(sum(terms.values()), 4),
+                losses=terms,
+                metrics=metrics,
+                time=t,
+            )
+        )
+    per_layer = {
+        f"layer.{n}.{m}": round(0.88 + 0.002 * (n + i), 4)
+        for n in range(12)
+        for i, m in enumerate(LAYER_MATRICES)
+    }
+    events.append(LayerSparsity(step=total, layers=per_layer, time=T0 + total * 0.5))
+    events.append(RunFinished(step=total, metrics={"sparsity": 0.9}, time=T0 + total * 0.5 + 1))
+    return write(run, events)
+
+
 def write_failed(run: Path, total: int = 40, at: int = 17) -> Path:
     events = teacher_events(total)
     kept = [e for e in events if getattr(e, "step", 0) <= at and not isinstance(e, RunFinished)]
@@ -183,6 +220,17 @@ def write_failed(run: Path, total: int = 40, at: int = 17) -> Path:
             time=T0 + at * 0.5 + 0.1,
         )
     )
+    return write(run, kept)
+
+
+STOP_ERROR = "interrupted by Ctrl-C (SIGINT); resume with --resume"  # what the engine writes
+
+
+def write_stopped(run: Path, total: int = 40, at: int = 17) -> Path:
+    """Stopped by the user (Ctrl-C, or the dashboard's stop) at step `at`."""
+    events = teacher_events(total)
+    kept = [e for e in events if getattr(e, "step", 0) <= at and not isinstance(e, RunFinished)]
+    kept.append(RunFailed(step=at, error=STOP_ERROR, kind="interrupted", time=T0 + at * 0.5))
     return write(run, kept)
 
 

@@ -49,30 +49,3 @@ def test_half_written_folders_are_ignored_and_old_ones_pruned(tmp_path: Path) ->
     assert [p.name for p in list_checkpoints(tmp_path)][-1] == "step-00000003"
     prune_old(tmp_path, keep=2)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000002", "step-00000003"]
-
-
-def test_the_newest_finished_run_of_a_command_is_found_behind_data_notes(tmp_path: Path) -> None:
-    """`kdtui prune` without --model takes the newest finished teacher run; a run whose events
-    start with a note about the data (before run_started) is still a teacher run."""
-    import json
-    import os
-
-    from kdtui.rundir import latest_finished_run, run_command
-
-    def make(name: str, command: str, note: bool, mtime: float) -> Path:
-        run = tmp_path / name
-        run.mkdir()
-        lines = [{"type": "message", "time": 1.0, "level": "info", "text": "10% held out"}] * note
-        lines.append({"type": "run_started", "time": 2.0, "command": command})
-        (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
-        (run / "metrics.json").write_text("{}")
-        os.utime(run / "metrics.json", (mtime, mtime))
-        return run
-
-    old = make("old", "teacher", note=False, mtime=1_000)
-    noted = make("noted", "teacher", note=True, mtime=2_000)
-    make("pruned", "prune", note=False, mtime=3_000)
-    assert run_command(noted) == "teacher" and run_command(tmp_path / "missing") is None
-    assert latest_finished_run(tmp_path, "teacher") == noted
-    (noted / "metrics.json").unlink()
-    assert latest_finished_run(tmp_path, "teacher") == old

@@ -288,3 +288,17 @@ def test_resume_of_a_finished_run_changes_nothing(file_teacher: tuple[Path, obje
     assert result.stdout.startswith(f"run: {run}\n") and "best dev accuracy" in result.stdout
     after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_export_without_the_extra_names_the_install_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
+    result = invoke("export", str(tmp_path), "--profile", "smoke")
+    assert result.exit_code == 2
+    assert "pip install -c constraints.txt -e '.[export]'" in result.stderr
+
+
+def test_export_refuses_an_unknown_format(tmp_path: Path) -> None:
+    result = invoke("export", str(tmp_path), "--format", "tflite")
+    assert result.exit_code == 2 and "--format must be one of onnx" in result.stderr

@@ -19,6 +19,7 @@ from kdtui.dashboard.app import DashboardApp, create_app
 from kdtui.dashboard.widgets.domain_table import DomainTable
 from kdtui.dashboard.widgets.help_screen import HelpScreen
 from kdtui.dashboard.widgets.loss_chart import LossChart
+from kdtui.dashboard.widgets.loss_legend import LossLegend
 from kdtui.dashboard.widgets.run_browser import RunBrowser
 from kdtui.dashboard.widgets.run_screen import RunScreen
 from kdtui.dashboard.widgets.stop_run_screen import StopRunScreen
@@ -132,8 +133,37 @@ async def test_failed_run_shows_its_error(tmp_path: Path) -> None:
         await settled(pilot)
         text = screen_text(app)
         assert "FAILED" in text and "step 17/40" in text
-        assert "RuntimeError: CUDA out of memory (fixture)" in text
+        assert "RuntimeError: CUDA out of memory (fixture)" in text, text
         assert "loss spike at step 16" in text
+
+
+@sync
+async def test_a_stopped_run_says_stopped_in_the_header_and_the_events(tmp_path: Path) -> None:
+    run = fx.write_stopped(tmp_path / "stopped-a")
+    app = app_for(run)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await settled(pilot)
+        text = screen_text(app)
+        assert "STOPPED" in text and "step 17/40" in text
+        assert "stopped: interrupted by Ctrl-C (SIGINT); resume with --resume" in text, text
+        assert "stop run stopped at step" in text  # the log line wraps to show all of it
+        assert "ERR" not in text and "failed" not in text
+        assert screen.state.log[-1].level == "stopped"
+
+
+@sync
+async def test_a_file_with_a_never_ending_line_warns_instead_of_waiting(tmp_path: Path) -> None:
+    run = tmp_path / "huge"
+    run.mkdir()
+    (run / "events.jsonl").write_bytes(b"x" * (2 << 20))  # 2 MiB, no newline
+    app = app_for(run)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await settled(pilot)
+        assert screen.state.oversized == 1 and not screen.state.started
+        text = screen_text(app)
+        assert "WAITING" in text and "skipped 1 line that is not an event" in text
+        assert "1 warn" in text and "skipped 1 too long" in text and "warn skipped a line" in text
+        assert screen.state.log[-1].text.startswith("skipped a line longer than 1 MiB")
 
 
 @sync
@@ -194,6 +224,30 @@ async def test_follower_waits_for_the_run_and_picks_up_appended_lines(tmp_path: 
         await settled(pilot)
         text = screen_text(app)
         assert "step 11/40" in text and "FINISHED" in text
+
+
+@sync
+async def test_at_80x24_the_legend_is_one_line_and_the_loss_chart_keeps_its_rows(
+    tmp_path: Path,
+) -> None:
+    run = fx.write_cap_prune(tmp_path / "cap")
+    app = app_for(run)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await settled(pilot)
+        assert len(screen.state.losses) == 9 and screen.state.latest("grad/")
+        legend = screen.query_one(LossLegend)
+        chart = screen.query_one(LossChart)
+        assert legend.size.height == 1 and chart.size.height >= 8  # was 3 plot rows
+        text = screen_text(app)
+        line = text.splitlines()[2]
+        assert line == " 1━loss 2.98 2━ce 1.03 3━kd 0.533 4━l1 0.367 5━prc_unsup 0.283 +4".ljust(80)
+        sparsity = next(row for row in text.splitlines() if "per-layer" in row)
+        assert sparsity.startswith("╭─ sparsity ━tgt 90.0% ━act 88.0% ─")
+        await pilot.press("2", "3")  # hidden terms shrink to their key: more values fit
+        await until(pilot, lambda: legend.hidden == {"ce", "kd"})
+        await settled(pilot)
+        line = screen_text(app).splitlines()[2]
+        assert line.startswith(" 1━loss 2.98 2 3 4━l1 0.367 5━prc_unsup 0.283 6━prc_sup 0.233")
 
 
 @sync
@@ -322,6 +376,30 @@ async def test_run_browser_lists_runs_and_opens_one(tmp_path: Path) -> None:
         assert screen.run_dir.name == opened and screen.from_browser
         await pilot.press("b")
         await until(pilot, lambda: isinstance(app.screen, RunBrowser))
+
+
+@sync
+async def test_each_screen_has_its_own_help(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    fx.write_teacher(root / "teacher-a")
+    app = app_for(None, runs_root=root)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, RunBrowser) and app.screen.scans > 0)
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        text = screen_text(app)
+        assert "the runs in a folder" in text and "enter    open it" in text
+        assert "loss term" not in text
+        await pilot.press("escape")
+        assert isinstance(app.screen, RunBrowser)
+        await pilot.press("enter")
+        await settled(pilot)
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        text = screen_text(app)
+        assert "show or hide loss term" in text and "enter    open it" not in text
+        await pilot.press("question_mark")  # ? closes it again
+        assert isinstance(app.screen, RunScreen)
 
 
 @sync

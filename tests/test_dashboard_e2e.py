@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from kdtui.dashboard.widgets.loss_chart import LossChart
 from kdtui.dashboard.widgets.run_screen import RunScreen
 from kdtui.dashboard.widgets.stop_run_screen import StopRunScreen
 from kdtui.events import Eval, RunFailed, RunFinished, Step
+from tests import dashboard_fixtures as fx
 from tests.conftest import REPO, events_of, invoke
 from tests.test_dashboard_app import screen_text, settled, sync, until
 
@@ -129,6 +131,13 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path, runs: Path) -> None:
     assert result.exit_code == 2 and "is a file, not a run directory" in result.stderr
     result = invoke("dashboard", "--profile", "smoke")
     assert result.exit_code == 2 and "name the command too" in result.stderr
+    stranger = tmp_path / "home"  # what `kdtui dashboard /etc` waited on forever
+    (stranger / "docs").mkdir(parents=True)
+    (stranger / ".bashrc").write_text("x")
+    result = invoke("dashboard", str(stranger))
+    assert result.exit_code == 2 and "is not a kdtui run or a folder of runs" in result.stderr
+    assert "holds .bashrc, docs/" in result.stderr and "events.jsonl" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
     (runs / "taken").mkdir()
     (runs / "taken" / "config.toml").write_text("# kdtui teacher: resolved configuration\n")
     (runs / "taken" / "events.jsonl").write_text("")  # a run killed before its first event
@@ -179,3 +188,63 @@ def test_dashboard_flag_starts_the_command_the_user_typed(
     result = invoke("dashboard", "--profile", "smoke", "teacher", "-o", str(runs), "--name", "n2")
     assert result.exit_code == 0, result.output
     assert calls[-1][1] == runs / "n2" and calls[-1][0][:3] == ["teacher", "--profile", "smoke"]
+
+
+@pytest.fixture
+def utc(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+
+
+@pytest.mark.usefixtures("utc")
+def test_without_a_terminal_the_dashboard_prints_a_summary_and_exits(runs: Path) -> None:
+    # CliRunner's streams are not terminals, as with `kdtui dashboard RUN > file` or in a pipe.
+    fx.write_teacher(runs / "teacher-a")
+    fx.write_stopped(runs / "teacher-c")
+    result = invoke("dashboard", str(runs / "teacher-a"))
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.stdout  # no escape codes in the file
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"run       teacher-fixture ({runs / 'teacher-a'})"
+    assert lines[2] == "status    finished  step 40/40 (100.0%)  elapsed 0:21"
+    assert "losses    loss 0.0986  ce 0.0986" in lines
+    assert lines[-1] == "  22:13:41 run        run finished"
+
+    result = invoke("dashboard", str(runs / "teacher-c"))
+    assert "stopped   interrupted by Ctrl-C (SIGINT); resume with --resume" in result.stdout
+    assert "failed" not in result.stdout
+
+    result = invoke("dashboard", str(runs))  # a folder of runs: one line each, newest first
+    assert result.exit_code == 0
+    assert result.stdout.splitlines() == [
+        "run        command  status    progress    best acc  started",
+        "teacher-c  teacher  stopped   17/40 42%   61.8      2023-11-14 22:13",
+        "teacher-a  teacher  finished  40/40 100%  88.0      2023-11-14 22:13",
+    ]
+
+
+def test_with_output_redirected_the_real_command_ends_at_once(runs: Path, tmp_path: Path) -> None:
+    """The case measured: stdout to a file used to draw escape codes into it for as long as
+    anyone let it run."""
+    fx.write_teacher(runs / "teacher-a")
+    out = tmp_path / "out.txt"
+    with open(out, "wb") as f:
+        done = subprocess.run(
+            [sys.executable, "-m", "kdtui", "dashboard", str(runs / "teacher-a")],
+            stdout=f,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert "status    finished  step 40/40" in text and "\x1b" not in text
+
+
+def test_starting_a_run_with_the_dashboard_needs_a_terminal(runs: Path) -> None:
+    result = invoke("dashboard", "--profile", "smoke", "teacher", "-o", str(runs), "--name", "n")
+    assert result.exit_code == 2
+    assert "the dashboard needs a terminal" in result.stderr
+    assert f"kdtui dashboard {runs / 'n'}" in result.stderr
+    assert list(runs.iterdir()) == []  # no child was started, no log written

@@ -53,6 +53,13 @@ def test_run_screen(snap_compare: Callable[..., bool], run: str, size: tuple[int
     assert snap_compare(run_app(run), terminal_size=size, run_before=wait_settled)
 
 
+def test_cap_prune_run_at_80x24(snap_compare: Callable[..., bool]) -> None:
+    """Nine loss terms with gradient norms: the legend stays one line, the chart keeps its rows,
+    the sparsity panel keeps its title."""
+    fx.write_cap_prune(Path("runs") / "cap-a")
+    assert snap_compare(run_app("cap-a"), terminal_size=NARROW, run_before=wait_settled)
+
+
 def test_run_screen_at_200x60(snap_compare: Callable[..., bool]) -> None:
     assert snap_compare(run_app("prune-a"), terminal_size=(200, 60), run_before=wait_settled)
 
@@ -71,3 +78,13 @@ def test_help(snap_compare: Callable[..., bool]) -> None:
     assert snap_compare(
         run_app("prune-a"), terminal_size=NARROW, press=["question_mark"], run_before=wait_settled
     )
+
+
+def test_browser_help(snap_compare: Callable[..., bool]) -> None:
+    app = create_app(None, runs_root=Path("runs"), clock=lambda: fx.T0 + 100)
+
+    async def scanned(pilot: Pilot) -> None:
+        await until(pilot, lambda: isinstance(app.screen, RunBrowser) and app.screen.scans > 0)
+        await pilot.press("question_mark")
+
+    assert snap_compare(app, terminal_size=NARROW, run_before=scanned)

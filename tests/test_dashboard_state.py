@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from kdtui.dashboard import fmt
-from kdtui.dashboard.runs import RunScanner, is_runs_folder, resolve_run_path, teacher_accuracy
+from kdtui.dashboard.runs import (
+    RunScanner,
+    check_run_target,
+    is_runs_folder,
+    resolve_run_path,
+    teacher_accuracy,
+)
 from kdtui.dashboard.state import (
     RunState,
     Series,
@@ -20,9 +26,11 @@ from kdtui.dashboard.state import (
     layer_grid,
     thin,
 )
+from kdtui.dashboard.widgets.layer_heatmap import _layer_labels
+from kdtui.dashboard.widgets.loss_legend import legend_line
 from kdtui.errors import KdtuiError
 from kdtui.events import Message, RunFailed, RunStarted, Step
-from kdtui.runlog import EventFollower
+from kdtui.runlog import EventFollower, FollowBatch
 from tests import dashboard_fixtures as fx
 
 
@@ -85,6 +93,40 @@ def test_follower_reads_a_big_file_in_slices(tmp_path: Path) -> None:
         if batch.at_end:
             break
     assert seen == list(range(1, 201)) and polls > 3
+
+
+def poll_to_end(follower: EventFollower) -> list[FollowBatch]:
+    batches = [follower.poll()]
+    while not batches[-1].at_end:
+        batches.append(follower.poll())
+    return batches
+
+
+@pytest.mark.parametrize("slice_bytes", [64, 1000, 1 << 16])
+def test_follower_drops_a_never_ending_line_and_counts_it(tmp_path: Path, slice_bytes: int) -> None:
+    path = tmp_path / "events.jsonl"
+    event = step(1, fx.T0, ce=0.5).to_json() + "\n"
+    path.write_text(event + "x" * 5000)  # a line with no newline, longer than max_line
+    follower = EventFollower(path, max_bytes=slice_bytes, max_line=1000)
+    batches = poll_to_end(follower)
+    assert [e.step for b in batches for e in b.events] == [1]
+    assert sum(b.oversized for b in batches) == 1
+    assert len(follower._partial) <= 1000  # nothing buffered beyond the cap
+
+    with open(path, "a") as f:  # more of the same line, then its end and a real event
+        f.write("x" * 5000 + "\n" + step(2, fx.T0, ce=0.4).to_json() + "\n")
+    batches = poll_to_end(follower)
+    assert [e.step for b in batches for e in b.events] == [2]
+    assert sum(b.oversized for b in batches) == 0 and follower.oversized == 1
+
+
+def test_follower_drops_a_complete_line_over_the_cap(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    event = step(1, fx.T0, ce=0.5).to_json() + "\n"
+    path.write_text("y" * 3000 + "\n" + event)
+    batch = EventFollower(path, max_line=1000).poll()
+    assert batch.oversized == 1 and [e.step for e in batch.events] == [1]
+    assert batch.malformed == 0
 
 
 def test_follower_starts_over_when_the_file_is_replaced(tmp_path: Path) -> None:
@@ -162,6 +204,27 @@ def test_a_long_pause_raises_the_stall_threshold() -> None:
     state.apply(step(2, fx.T0 + 101, ce=1.0))  # a 100 s evaluation happened in between
     assert state.stall_threshold() == pytest.approx(300.0)
     assert state.status(fx.T0 + 101 + 200) == "running"
+
+
+def test_a_stop_the_user_asked_for_is_worded_as_a_stop_not_a_failure() -> None:
+    state = RunState()
+    state.apply(fx.started("teacher", 20))
+    state.apply(step(1, fx.T0 + 1, ce=1.0))
+    state.apply(RunFailed(step=7, error=fx.STOP_ERROR, kind="interrupted", time=fx.T0 + 10))
+    assert state.status(fx.T0 + 11) == "stopped" and state.errors == 0
+    last = state.log[-1]
+    assert last.level == "stopped"
+    assert last.text == f"run stopped at step 7: {fx.STOP_ERROR}"
+    assert not any("fail" in entry.text for entry in state.log)
+
+
+@pytest.mark.parametrize(("code", "status"), [(130, "stopped"), (143, "stopped"), (1, "failed")])
+def test_a_launched_process_ended_by_a_signal_is_stopped(code: int, status: str) -> None:
+    state = RunState()
+    state.apply(fx.started("teacher", 20))
+    state.process_exited(code, "", fx.T0 + 5)
+    assert state.status(fx.T0 + 5) == status
+    assert state.log[-1].level == ("stopped" if status == "stopped" else "error")
 
 
 def test_resume_rewinds_series_and_counts_sessions() -> None:
@@ -303,6 +366,28 @@ def test_paths_a_user_can_give(tmp_path: Path) -> None:
     assert resolve_run_path(tmp_path / "later") == tmp_path / "later"  # waited for
 
 
+def test_a_folder_that_is_neither_a_run_nor_a_folder_of_runs_is_refused(tmp_path: Path) -> None:
+    stranger = tmp_path / "home"
+    (stranger / "docs").mkdir(parents=True)
+    (stranger / ".bashrc").write_text("x")
+    (stranger / "docs" / "notes.txt").write_text("x")
+    with pytest.raises(KdtuiError) as caught:
+        check_run_target(stranger)
+    message = str(caught.value)
+    assert "is not a kdtui run or a folder of runs (it holds .bashrc, docs/)" in message
+    assert "a run folder holds events.jsonl and config.toml" in message
+
+    fx.write_teacher(tmp_path / "runs" / "a")
+    starting = tmp_path / "runs" / "b"  # locked, not one event yet: a run about to start
+    starting.mkdir()
+    (starting / ".lock").write_text("1 host\n")
+    (tmp_path / "empty").mkdir()
+    for waited_for in (tmp_path / "runs" / "a", starting, tmp_path / "empty", tmp_path / "later"):
+        check_run_target(waited_for)
+    check_run_target(tmp_path / "runs")
+    assert is_runs_folder(tmp_path / "runs") and not is_runs_folder(starting)
+
+
 def test_teacher_accuracy_from_the_teacher_run(tmp_path: Path) -> None:
     teacher = fx.write_teacher(tmp_path / "runs" / "teacher-a")
     student = tmp_path / "runs" / "distill-a"
@@ -362,3 +447,45 @@ def test_dashboard_flag_reaches_the_dashboard_without_torch(
     )
     assert out.returncode == 0, out.stderr
     assert f"heavy [] child {argv[0]}" in out.stdout
+
+
+# -- the loss legend's one line ------------------------------------------------------------------
+
+CAP_TERMS = {
+    "loss": 52.5,
+    "ce": 0.698,
+    "kd": 3.3e-05,
+    "l1": 0.484,
+    "prc_unsup": 2.69,
+    "prc_sup": 0.108,
+    "fic_unsup": 3.18,
+    "fic_sup": 0.109,
+    "snc_unsup": 0.0,
+    "snc_sup": 0.123,
+}  # a CAP prune run's ten terms, which took four lines at 80x24
+
+
+def test_the_legend_is_one_line_and_gives_up_grads_then_spaces_then_terms() -> None:
+    terms = {"loss": 0.149, "hidden": 0.1, "attn": 0.05}
+    grads = {"hidden": 0.012}
+    full = legend_line(terms, {"attn"}, grads, 80).plain
+    assert full == "1━loss 0.149  2━hidden 0.1 ∇0.012  3 attn"
+    assert legend_line(terms, {"attn"}, grads, 35).plain == "1━loss 0.149 2━hidden 0.1 3"
+    cut = legend_line(CAP_TERMS, set(), {}, 78).plain
+    assert cut == "1━loss 52.5 2━ce 0.698 3━kd 3.3e-05 4━l1 0.484 5━prc_unsup 2.69 +5"
+    for width in (10, 20, 36, 78, 100, 160):
+        line = legend_line(CAP_TERMS, set(), {"ce": 0.5}, width)
+        assert "\n" not in line.plain and line.cell_len <= width
+        words = line.plain.split()
+        for i, word in enumerate(words):  # a term is shown with its whole value, or not at all
+            if "━" in word:
+                name = word.split("━")[1]
+                assert words[i + 1] == fmt.short(CAP_TERMS[name])
+    assert legend_line(CAP_TERMS, set(), {}, 200).plain.count("━") == 10
+    assert legend_line({}, set(), {}, 80).plain == "no loss logged yet"
+
+
+def test_layer_numbers_never_run_into_each_other() -> None:
+    assert _layer_labels(list(range(12)), 4) == "".join(f"{n:>4}" for n in range(12))
+    assert _layer_labels(list(range(12)), 2) == " 0   2   4   6   8  10  "  # was "91011"
+    assert _layer_labels([-1, *range(24)], 1).split() == ["*", "5", "10", "15", "20"]

@@ -117,9 +117,14 @@ def test_evaluate_shows_teacher_and_pruned_side_by_side(
     runs: Path, pruned: Path, tmp_path: Path
 ) -> None:
     report_path = tmp_path / "report.json"
-    result = invoke("evaluate", str(runs / "t"), str(pruned), "--json", str(report_path))
+    result = invoke(
+        "evaluate", str(runs / "t"), str(pruned), "--json", str(report_path),
+        "--sparse-kernels", "all",
+    )  # fmt: skip
     assert result.exit_code == 0, result.stderr
-    assert "dense PyTorch kernels multiply the zeros" in result.stdout.replace("\n", " ")
+    shown = " ".join(result.stdout.split())  # as one line, however the console wrapped it
+    assert "dense PyTorch kernels multiply the zeros" in shown
+    assert "12 of 12 encoder matrices" in shown
     teacher, student = json.loads(report_path.read_text())["models"]
     assert student["accuracy"] == pytest.approx(metrics_of(pruned)["test"])
     assert student["nonzero_parameters"] < teacher["nonzero_parameters"]
@@ -128,6 +133,13 @@ def test_evaluate_shows_teacher_and_pruned_side_by_side(
     assert student["size_bytes"] == (pruned / "model-sparse" / SPARSE_FILE).stat().st_size
     assert abs(student["encoder_sparsity"] - 0.97) < 0.005
     assert teacher["encoder_sparsity"] < 0.01
+    # Sparse kernels: timed both ways, every matrix sparse ("all"), the same outputs.
+    assert "sparse_kernels" not in teacher
+    sparse = student["sparse_kernels"]
+    assert sparse["mode"] == "all" and len(sparse["matrices"]) == sparse["of"] == 12
+    assert sparse["max_logit_diff"] < 1e-4
+    assert sparse["accuracy"] == pytest.approx(student["accuracy"])
+    assert len(sparse["latency"]) == len(student["latency"])
 
 
 def test_structured_pruning_removes_heads_and_neurons(runs: Path, tmp_path: Path) -> None:

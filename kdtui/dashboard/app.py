@@ -70,8 +70,9 @@ class DashboardApp(App[str | None]):
         self.push_screen(RunScreen(path, from_browser=True))
 
     def action_help(self) -> None:
-        if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen())
+        # Each screen explains its own keys: the run list's are not the run screen's.
+        if isinstance(self.screen, RunScreen | RunBrowser):
+            self.push_screen(HelpScreen(self.screen.HELP))
 
     def action_quit_dashboard(self) -> None:
         if isinstance(self.screen, StopRunScreen):

@@ -14,8 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from kdtui.dashboard import plain
 from kdtui.dashboard.app import create_app
 from kdtui.dashboard.widgets.stop_run_screen import KEEP, STOP
+from kdtui.errors import KdtuiError
 
 
 class ChildRun:
@@ -72,6 +74,13 @@ class ChildRun:
 
 def launch_and_follow(argv: list[str], run_dir: Path) -> int:
     """Start `kdtui ARGV` (which writes `run_dir`), follow it, and return the exit code."""
+    if not plain.has_terminal():
+        # Checked before the child starts: without a terminal nobody could stop or keep it.
+        raise KdtuiError(
+            "the dashboard needs a terminal (stdin, stdout and stderr are not all one); "
+            f"start the run without it (kdtui {argv[0]} ... without --dashboard) and look at "
+            f"it with: kdtui dashboard {run_dir}"
+        )
     child = ChildRun.start(argv, run_dir)
     choice = create_app(run_dir, runs_root=run_dir.parent, process=child).run()
     return after_dashboard(child, choice, run_dir)

@@ -15,7 +15,16 @@ from pathlib import Path
 from kdtui.dashboard.state import STALL_AFTER
 from kdtui.errors import KdtuiError
 from kdtui.events import Eval, RunFailed, RunFinished, RunStarted, Step, parse_event
-from kdtui.runlog import EVENTS_FILE, EventFollower, read_events
+from kdtui.rundir import (
+    CONFIG_FILE,
+    EVENTS_FILE,
+    LOCK_FILE,
+    RunInfo,
+    RunLayout,
+    describe_contents,
+    run_folders,
+)
+from kdtui.runlog import EventFollower
 
 _STEP = b'{"type":"step"'
 _INTERESTING = (b'{"type":"run_started"', b'{"type":"eval"', b'{"type":"run_f')
@@ -54,13 +63,14 @@ class RunScanner:
     def scan(self, now: float | None = None) -> list[RunSummary]:
         """Every run, newest first; `now` decides which silent runs count as stalled."""
         now = time.time() if now is None else now
-        found = sorted(p.parent for p in self.root.glob(f"*/{EVENTS_FILE}"))
+        found = run_folders(self.root)
         for gone in set(self._runs) - set(found):
             self._runs.pop(gone)[0].close()
         summaries = []
         for path in found:
             if path not in self._runs:
-                self._runs[path] = (EventFollower(path / EVENTS_FILE), RunSummary(path))
+                follower = EventFollower(RunLayout(path).events_file)
+                self._runs[path] = (follower, RunSummary(path))
             follower, summary = self._runs[path]
             summary = self._update(follower, summary, now)
             self._runs[path] = (follower, summary)
@@ -132,10 +142,43 @@ def resolve_run_path(target: Path) -> Path:
     return target
 
 
+# What a run directory holds from its first moment (see kdtui/rundir.py): its lock and event
+# log are created before anything else, config.toml right after.
+RUN_FILES = (EVENTS_FILE, CONFIG_FILE, LOCK_FILE)
+
+
+def is_run_folder(path: Path) -> bool:
+    """A run directory, possibly one whose run has not written an event yet."""
+    return any((path / name).exists() for name in RUN_FILES)
+
+
 def is_runs_folder(path: Path) -> bool:
     """A folder of runs (what the browser lists) rather than one run."""
-    return (
-        path.is_dir() and not (path / EVENTS_FILE).exists() and any(path.glob(f"*/{EVENTS_FILE}"))
+    if not path.is_dir() or is_run_folder(path):
+        return False
+    try:
+        return any(child.is_dir() and is_run_folder(child) for child in path.iterdir())
+    except OSError as e:
+        raise KdtuiError(f"cannot read {path}: {e.strerror}") from None
+
+
+def check_run_target(path: Path) -> None:
+    """Refuse a folder that is neither a run nor a folder of runs: following it would wait for
+    an events.jsonl that never comes. A path that does not exist yet, or an empty folder, is
+    a run about to start and is waited for."""
+    if not path.is_dir() or is_run_folder(path):
+        return
+    try:
+        empty = not any(path.iterdir())
+    except OSError as e:
+        raise KdtuiError(f"cannot read {path}: {e.strerror}") from None
+    if empty or is_runs_folder(path):
+        return
+    raise KdtuiError(
+        f"{path} is not a kdtui run or a folder of runs (it holds {describe_contents(path)}); "
+        f"a run folder holds {EVENTS_FILE} and {CONFIG_FILE} (as kdtui teacher, distill and prune "
+        "write them, e.g. runs/teacher-20260101-120000), a folder of runs holds run folders "
+        "(e.g. runs)"
     )
 
 
@@ -149,13 +192,13 @@ def teacher_accuracy(source: str, run_dir: Path) -> dict[str, float]:
     if not candidates[0].is_absolute():
         candidates += [run_dir.parent.parent / source, run_dir.parent / source]
     for folder in candidates:
-        events = folder / EVENTS_FILE
-        if not events.is_file():
+        run = RunInfo(folder)
+        if not run.events_file.is_file():
             continue
         best: dict[str, float] = {}
         last: dict[str, float] = {}
         try:
-            for event in read_events(events):
+            for event in run.events():
                 if isinstance(event, Eval):
                     values = {
                         k: v

@@ -30,6 +30,8 @@ from kdtui.events import (
 # A run with no event for this long is shown as stalled, unless it has already gone longer
 # between two events (an evaluation or a teacher pass can take minutes): see `stall_threshold`.
 STALL_AFTER = 120.0
+# Exit codes of a process ended by SIGHUP, SIGINT or SIGTERM (128 + signal): a stop, not a crash.
+STOP_EXIT_CODES = (129, 130, 143)
 TOTAL_LOSS = "loss"  # the weighted sum the loop minimises, shown beside the named terms
 SPARSITY_PREFIX = "sparsity/"
 PRUNE_PREFIX = "prune/"
@@ -108,9 +110,9 @@ class DomainStats:
 
 @dataclass(frozen=True)
 class LogEntry:
-    time: float
+    time: float | None  # None: noted before any event had a time
     step: int | None
-    level: str  # "info" | "warning" | "error" | "checkpoint" | "run"
+    level: str  # "info" | "warning" | "error" | "checkpoint" | "run" | "stopped"
     text: str
 
 
@@ -148,6 +150,7 @@ class RunState:
     errors: int = 0
     unknown: dict[str, int] = field(default_factory=dict)
     malformed: int = 0
+    oversized: int = 0  # lines too long to be an event, dropped by the reader
     events: int = 0
     outcome: str | None = None  # None while going, "finished" or "failed"
     error: str = ""
@@ -204,21 +207,34 @@ class RunState:
         elif isinstance(event, RunFailed):
             self.outcome, self.ended_at = "failed", event.time
             self.error, self.error_kind = event.error, event.kind
-            self.errors += 1
-            self._log(event.time, event.step, "error", f"run failed ({event.kind}): {event.error}")
+            self._log_end(event.time, event.step, f"run failed ({event.kind}): {event.error}")
         # Other known types (histograms) are not shown; unknown ones are counted by the reader.
 
     def note_unknown(self, unknown: dict[str, int], malformed: int = 0) -> None:
         for kind, n in unknown.items():
             if kind not in self.unknown:
                 self._log(
-                    self.last_event_at or 0.0,
+                    self.last_event_at,
                     None,
                     "info",
                     f"skipped unknown event type '{kind}' (from a newer kdtui?)",
                 )
             self.unknown[kind] = self.unknown.get(kind, 0) + n
         self.malformed += malformed
+
+    def note_oversized(self, lines: int, limit: int) -> None:
+        """The reader dropped `lines` lines longer than `limit` bytes unread."""
+        self.oversized += lines
+        self.warnings += lines
+        size = f"{limit / (1 << 20):g} MiB" if limit >= 1 << 20 else f"{limit:,} bytes"
+        for _ in range(lines):
+            self._log(
+                self.last_event_at,
+                None,
+                "warning",
+                f"skipped a line longer than {size} (events are a few kB): "
+                "is this a kdtui events.jsonl?",
+            )
 
     def process_exited(self, code: int, detail: str, now: float) -> None:
         """The launched training process is gone; unless it said how it ended, it failed."""
@@ -228,9 +244,18 @@ class RunState:
         self.error = f"the run's process exited with code {code}" + (
             f": {detail}" if detail else ""
         )
-        self.error_kind = "interrupted" if code == 130 else "internal"
-        self.errors += 1
-        self._log(now, None, "error", self.error)
+        self.error_kind = "interrupted" if code in STOP_EXIT_CODES else "internal"
+        self._log_end(now, None, self.error)
+
+    def _log_end(self, time: float, step: int | None, failure: str) -> None:
+        # A stop the user asked for (Ctrl-C, the dashboard's stop, `kill`) is not a failure:
+        # the header says STOPPED, and the log must not say "run failed" beside it.
+        if self.error_kind == "interrupted":
+            at = f" at step {step:,}" if step else ""
+            self._log(time, step, "stopped", f"run stopped{at}: {self.error}")
+        else:
+            self.errors += 1
+            self._log(time, step, "error", failure)
 
     def _note_time(self, event: Event) -> None:
         if self.first_event_at is None:
@@ -310,7 +335,7 @@ class RunState:
             series = table[name] = Series(self.capacity)
         return series
 
-    def _log(self, time: float, step: int | None, level: str, text: str) -> None:
+    def _log(self, time: float | None, step: int | None, level: str, text: str) -> None:
         self.log.append(LogEntry(time, step, level, text))
         while len(self.log) > self.max_log:
             self.log.popleft()

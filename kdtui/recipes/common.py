@@ -19,14 +19,19 @@ from kdtui.config import Config
 from kdtui.errors import Interrupted, KdtuiError
 from kdtui.events import Event, Message, RunFailed, RunFinished, RunStarted
 from kdtui.profile import to_toml
-from kdtui.rundir import RunDir, check_new_run_path, default_run_name
+from kdtui.rundir import (
+    CONFIG_FILE,
+    RunDir,
+    RunInfo,
+    RunLayout,
+    check_new_run_path,
+    default_run_name,
+    read_run,
+)
 
 if TYPE_CHECKING:  # annotations only: the CLI imports this module, and stays quick to start
     from kdtui.data import MultiDomainData, Split
     from kdtui.engine.hooks import Hook
-
-PREDICTIONS_FILE = "test_predictions.json"
-SCORES_FILE = "prototype_scores.safetensors"  # a meta-teacher's, read by `kdtui distill`
 
 
 @dataclass
@@ -128,11 +133,11 @@ def execute(
     try:
         if resume is None:
             run.write_text(
-                "config.toml",
+                CONFIG_FILE,
                 to_toml(
                     config,
                     header=f"kdtui {command}: resolved configuration of run {path.name}\n"
-                    f"rerun: kdtui {command} --profile {path / 'config.toml'}",
+                    f"rerun: kdtui {command} --profile {run.config_file}",
                 ),
             )
         for note in notes:
@@ -163,7 +168,7 @@ def execute(
                 RunFailed(step=ctx.last_step, error=f"{type(e).__name__}: {e}", kind="internal")
             )
             if run.is_main:
-                (path / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
+                run.error_log.write_text(traceback.format_exc(), encoding="utf-8")
             raise
         finally:
             accelerator.wait_for_everyone()
@@ -214,17 +219,12 @@ def check_models_fit(command: str, config: Config) -> None:
             check_max_length(config.data.max_length, name, declared)
 
 
-def load_resume_config(run_path: Path) -> Config:
-    """The config a run was started with; --resume continues exactly that."""
-    from kdtui.config import build_config
-    from kdtui.profile import read_profile
-
-    if not run_path.is_dir():
-        raise KdtuiError(f"--resume {run_path}: no such run directory")
-    config_file = run_path / "config.toml"
-    if not config_file.is_file():
-        raise KdtuiError(f"--resume {run_path}: not a kdtui run (no config.toml)")
-    return build_config(read_profile(config_file))
+def resumed_run(run_path: Path) -> RunInfo:
+    """The run --resume names; it continues with the config the run was started with."""
+    try:
+        return read_run(run_path)
+    except KdtuiError as e:
+        raise KdtuiError(f"--resume {e}") from None
 
 
 def train_job(ctx: RunContext, **fields: Any) -> Any:
@@ -249,11 +249,11 @@ def restore_best(
 ) -> None:
     """Load the best weights (by dev accuracy) back into the model and hooks, if any were kept
     (in BEST_DIR: the run's `best/` by default)."""
-    from kdtui.checkpoint import load_checkpoint
+    from kdtui.checkpoint import STATE_FILE, load_checkpoint
 
     ctx.accelerator.wait_for_everyone()
     best_dir = best_dir or ctx.run.best
-    if (best_dir / "state.json").is_file():
+    if (best_dir / STATE_FILE).is_file():
         best = load_checkpoint(best_dir)
         model.load_state_dict(best.model)
         for hook in hooks:
@@ -266,11 +266,11 @@ def final_metrics(
     tokenizer: Any,
     data: MultiDomainData,
     result: Any,
-    folder: Path | None = None,
+    where: RunLayout | None = None,
 ) -> dict[str, Any]:
     """Best dev accuracy and the best model's test accuracy per domain. The test predictions go
-    to FOLDER/test_predictions.json (FOLDER: the run directory by default), so a benchmark can
-    compare two models example by example."""
+    to WHERE's test_predictions.json (WHERE: the run directory by default; a distill student's
+    folder), so a benchmark can compare two models example by example."""
     from accelerate.utils import gather_object
 
     from kdtui.checkpoint import write_json_atomic
@@ -301,7 +301,7 @@ def final_metrics(
         metrics["test"] = accuracy_of_predictions(predictions, test_enc, data.domain_names)
         if ctx.is_main:
             write_json_atomic(
-                (folder or ctx.run.path) / PREDICTIONS_FILE,
+                (where or ctx.run).predictions_file,
                 {
                     "domains": [data.domain_names[d] for d in test_enc.domains],
                     "labels": list(test_enc.labels),

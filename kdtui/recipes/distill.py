@@ -40,9 +40,7 @@ from kdtui.models import (
     resolve_model_path,
     save_classifier,
 )
-from kdtui.profile import read_profile
 from kdtui.recipes.common import (
-    SCORES_FILE,
     RunContext,
     final_metrics,
     load_run_data,
@@ -50,8 +48,7 @@ from kdtui.recipes.common import (
     restore_best,
     train_job,
 )
-
-SUMMARY_FILE = "summary.md"
+from kdtui.rundir import SUMMARY_FILE, RunInfo, RunLayout
 
 
 @dataclass
@@ -59,18 +56,18 @@ class Plan:
     """One student: where it goes and how many steps each stage takes."""
 
     domain: str
-    folder: Path
+    folder: RunLayout  # the run directory, or the student's RUN/domains/<domain>
     train: Encoded
     stage1_steps: int
     stage2_steps: int
 
     @property
     def stage1_dir(self) -> Path:
-        return self.folder / "checkpoints" / "stage1"
+        return self.folder.checkpoints / "stage1"
 
     @property
     def stage2_dir(self) -> Path:
-        return self.folder / "checkpoints" / "stage2"
+        return self.folder.checkpoints / "stage2"
 
 
 @dataclass
@@ -137,7 +134,7 @@ def run_distill(ctx: RunContext) -> dict[str, Any]:
     plans = []
     for name in domains:
         split = data.training_domain(name)
-        folder = ctx.run.path if len(domains) == 1 else ctx.run.path / "domains" / name
+        folder = ctx.run if len(domains) == 1 else ctx.run.student(name)
         train_enc = encode(split, tokenizer, cfg.data.max_length)
         stage1 = 0
         if intermediate:
@@ -167,7 +164,7 @@ def run_distill(ctx: RunContext) -> dict[str, Any]:
         offset += plan.stage1_steps + plan.stage2_steps
         ctx.last_step = offset
         metrics = final_metrics(ctx, student, tokenizer, data, result, plan.folder)
-        metrics["model"] = str((plan.folder / "model").relative_to(ctx.run.path))
+        metrics["model"] = str(plan.folder.model.relative_to(ctx.run.path))
         summary["domains"][plan.domain] = metrics
     if ctx.is_main:
         ctx.run.write_text(SUMMARY_FILE, summary_table(summary))
@@ -252,7 +249,7 @@ def distill_one(
             cached_logits=cached,
         )
     ]
-    best_dir = plan.folder / "best"
+    best_dir = plan.folder.best
     result = train(
         train_job(
             ctx,
@@ -270,7 +267,7 @@ def distill_one(
     )
     restore_best(ctx, student, best_dir=best_dir)
     if ctx.is_main:
-        with atomic_folder(plan.folder / "model") as folder:
+        with atomic_folder(plan.folder.model) as folder:
             save_classifier(student, teacher.tokenizer, folder, data.label_names)
     return result, student
 
@@ -369,17 +366,16 @@ def _teacher_scores(
     the teacher did not score, t_i = 0 and a warning says so."""
     if method != "meta":
         return None
-    run = teacher_folder.parent
-    saved = load_scores(run / SCORES_FILE)
-    config_file = run / "config.toml"
+    run = RunInfo(teacher_folder.parent)  # the teacher's run, when it was trained by kdtui
+    saved = load_scores(run.scores_file)
 
     def warn(text: str) -> None:
         ctx.run.log(Message(level="warning", text=text))
 
-    if saved is None or not config_file.is_file():
-        warn(f"no prototype scores with the teacher ({run / SCORES_FILE}); using t_i = 0")
+    if saved is None or not run.config_file.is_file():
+        warn(f"no prototype scores with the teacher ({run.scores_file}); using t_i = 0")
         return None
-    teacher_data = read_profile(config_file).get("data", {})
+    teacher_data = run.config_dict().get("data", {})
     mine = ctx.config.data
     same = teacher_data.get("source") == mine.source
     if same and mine.source == "synthetic":

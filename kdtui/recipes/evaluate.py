@@ -1,12 +1,18 @@
 """`kdtui evaluate`: accuracy per domain, size and speed of one or more models, side by side.
 
 No run directory is written: evaluation only reads. The report is a plain dict (the CLI renders
-it as a table or writes it as JSON)."""
+it as a table or writes it as JSON).
+
+A model is a kdtui run directory, a model folder, or an ONNX export (`kdtui export`: each of its
+.onnx files is scored under ONNX Runtime as a model of its own). An unstructured model is also
+timed with sparse kernels (`evaluate.sparse_kernels`, kdtui/sparse_kernels.py): its latency
+both ways, which matrices went sparse, and how far the logits moved."""
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +20,7 @@ import torch
 
 from kdtui.config import Config
 from kdtui.data import MultiDomainData, encode, load_data
-from kdtui.engine.evaluate import accuracy_of_predictions, predictions_in_order
+from kdtui.engine.evaluate import accuracy_of_predictions, predict_logits
 from kdtui.errors import KdtuiError
 from kdtui.models import (
     LABELS_KEY,
@@ -30,12 +36,19 @@ SPARSITY_NOTE = (
     "unstructured sparsity makes the model smaller on disk but not faster: dense PyTorch "
     "kernels multiply the zeros too"
 )
+SPARSE_KERNELS_NOTE = (
+    "sparse kernels (CSR products, see the line above) skip the zeros: "
+    "see the 'sparse kernels' rows"
+)
+ONNX_SPARSITY_NOTE = "ONNX Runtime's kernels multiply the zeros of an unstructured model too"
 STRUCTURED_NOTE = (
     "pruned heads and FFN neurons are physically removed: fewer parameters, smaller and faster"
 )
 
 
 def evaluate_models(paths: list[str], config: Config) -> dict[str, Any]:
+    if config.run.threads:  # latency is reported on this many threads (PyTorch and ORT alike)
+        torch.set_num_threads(config.run.threads)
     data = load_data(config.data)
     split = data.split(config.evaluate.split)
     report: dict[str, Any] = {
@@ -53,57 +66,67 @@ def evaluate_models(paths: list[str], config: Config) -> dict[str, Any]:
 
 def expand_runs(paths: list[str]) -> list[str]:
     """A `kdtui distill --domain all` run holds one student per domain (RUN/domains/D): it
-    stands for all of them."""
+    stands for all of them. An export folder stands for each of its .onnx models."""
+    from kdtui.export import is_export_folder, onnx_files
+    from kdtui.rundir import RunInfo
+
     expanded = []
     for path in paths:
         folder = Path(path).expanduser()
-        students = sorted(folder.glob("domains/*/model/config.json"))
-        if students and not (folder / "model").exists():
-            expanded += [str(s.parent.parent) for s in students]
+        students = RunInfo(folder).students()
+        if students:
+            expanded += [str(s) for s in students]
+        elif is_export_folder(folder):
+            expanded += [str(Path(path) / f.name) for f in onnx_files(folder)]
         else:
             expanded.append(path)
     return expanded
 
 
+def check_labels(path: str, model: Any, label_names: list[str]) -> None:
+    model_labels = label_names_of(model)
+    if len(model_labels) != len(label_names):
+        raise KdtuiError(
+            f"model {path} predicts {len(model_labels)} labels but the data has "
+            f"{len(label_names)} ({', '.join(label_names)})"
+        )
+    trained = getattr(model.config, LABELS_KEY, None)  # names are known for kdtui's models
+    if trained is not None and list(trained) != list(label_names):
+        raise KdtuiError(
+            f"model {path} was trained for labels {list(trained)} but the data has "
+            f"{list(label_names)}"
+        )
+
+
 def evaluate_one(path: str, config: Config, data: MultiDomainData) -> dict[str, Any]:
     from kdtui.models import load_any
 
+    if path.endswith(".onnx"):
+        return evaluate_onnx(path, config, data)
     folder = Path(resolve_model_path(path))
     model = load_any(folder)
     model.eval()
-    model_labels = label_names_of(model)
-    if len(model_labels) != len(data.label_names):
-        raise KdtuiError(
-            f"model {path} predicts {len(model_labels)} labels but the data has "
-            f"{len(data.label_names)} ({', '.join(data.label_names)})"
-        )
-    trained = getattr(model.config, LABELS_KEY, None)  # names are known for kdtui's models
-    if trained is not None and list(trained) != list(data.label_names):
-        raise KdtuiError(
-            f"model {path} was trained for labels {list(trained)} but the data has "
-            f"{list(data.label_names)}"
-        )
+    check_labels(path, model, data.label_names)
     check_max_length(config.data.max_length, path, model.config.to_dict())
     tokenizer = load_model_tokenizer(folder, trust_remote_code=config.model.trust_remote_code)
     split = data.split(config.evaluate.split)
     encoded = encode(split, tokenizer, config.data.max_length)
-    predictions = predictions_in_order(
-        model,
-        encoded,
-        batch_size=config.train.eval_batch_size,
-        pad_id=tokenizer.pad_token_id or 0,
-        device=torch.device("cpu"),
-    )
-    accuracy = accuracy_of_predictions(predictions, encoded, data.domain_names)
+    pad_id = tokenizer.pad_token_id or 0
+    # predictions_in_order's computation (one process), with the logits kept: sparse kernels
+    # are compared with them.
+    logits = split_logits(model, encoded, config, pad_id)
+    accuracy = accuracy_of_predictions(logits.argmax(-1).tolist(), encoded, data.domain_names)
     params = list(model.parameters())
     total = sum(p.numel() for p in params)
     nonzero = sum(int(torch.count_nonzero(p)) for p in params)
+    vocab_size = model.config.vocab_size
     result: dict[str, Any] = {
         "model": path,
+        "runtime": "pytorch",
         "accuracy": accuracy,
         "parameters": total,
         "nonzero_parameters": nonzero,
-        "latency": latency_grid(model, config, vocab_size=model.config.vocab_size),
+        "latency": latency_grid(torch_forward(model), config, vocab_size=vocab_size),
         "notes": [],
     }
     files = weights_files(path, folder)
@@ -114,6 +137,114 @@ def evaluate_one(path: str, config: Config, data: MultiDomainData) -> dict[str, 
         result["notes"].append(SPARSITY_NOTE)
     if getattr(model.config, "kdtui_structure", None):
         result["notes"].append(STRUCTURED_NOTE)
+    sparse = with_sparse_kernels(model, config, encoded, pad_id, logits, data.domain_names)
+    if sparse is not None:
+        result["sparse_kernels"] = sparse
+        if sparse["matrices"]:
+            result["notes"].append(SPARSE_KERNELS_NOTE)
+    return result
+
+
+def split_logits(model: Any, encoded: Any, config: Config, pad_id: int) -> torch.Tensor:
+    return predict_logits(
+        model,
+        encoded,
+        range(len(encoded)),
+        batch_size=config.train.eval_batch_size,
+        pad_id=pad_id,
+        device=torch.device("cpu"),
+    )
+
+
+def with_sparse_kernels(
+    model: Any,
+    config: Config,
+    encoded: Any,
+    pad_id: int,
+    dense_logits: torch.Tensor,
+    domain_names: list[str],
+) -> dict[str, Any] | None:
+    """Swap in sparse kernels where they are faster and score the model again: None when no
+    encoder matrix is sparse enough to try (a dense or heads-ffn model) or they are off."""
+    from kdtui.sparse_kernels import MIN_SPARSITY, sparse_summary, use_sparse_kernels
+
+    mode = config.evaluate.sparse_kernels
+    sparsity = encoder_sparsity(model)
+    if mode == "off" or sparsity is None or sparsity < MIN_SPARSITY:
+        return None
+    choices = use_sparse_kernels(model, mode)
+    report: dict[str, Any] = {
+        "mode": mode,
+        "matrices": [c.name for c in choices if c.sparse],
+        "of": len(choices),
+        "summary": sparse_summary(choices),
+        "choices": [
+            {
+                "name": c.name,
+                "sparsity": c.sparsity,
+                "sparse": c.sparse,
+                "dense_ms": c.dense_ms,
+                "sparse_ms": c.sparse_ms,
+            }
+            for c in choices
+        ],
+    }
+    if not report["matrices"]:
+        return report
+    logits = split_logits(model, encoded, config, pad_id)
+    report["max_logit_diff"] = float((logits - dense_logits).abs().max()) if len(logits) else 0.0
+    report["accuracy"] = accuracy_of_predictions(logits.argmax(-1).tolist(), encoded, domain_names)
+    report["latency"] = latency_grid(
+        torch_forward(model), config, vocab_size=model.config.vocab_size
+    )
+    return report
+
+
+def evaluate_onnx(path: str, config: Config, data: MultiDomainData) -> dict[str, Any]:
+    """One .onnx model of an export folder, under ONNX Runtime on torch's thread count."""
+    from kdtui.export import count_parameters, onnx_logits, session, session_forward
+    from kdtui.models import load_model_tokenizer, read_config_json
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise KdtuiError(f"model '{path}' does not exist")
+    folder = file.parent
+    model_config = read_config_json(folder)
+    labels = model_config.get(LABELS_KEY) or [
+        model_config.get("id2label", {}).get(str(i), str(i))
+        for i in range(len(model_config.get("id2label", {})))
+    ]
+    if len(labels) != len(data.label_names) or (
+        model_config.get(LABELS_KEY) is not None and list(labels) != list(data.label_names)
+    ):
+        raise KdtuiError(
+            f"model {path} was exported for labels {list(labels)} but the data has "
+            f"{list(data.label_names)}"
+        )
+    check_max_length(config.data.max_length, path, model_config)
+    tokenizer = load_model_tokenizer(folder)
+    sess = session(file, torch.get_num_threads())
+    split = data.split(config.evaluate.split)
+    encoded = encode(split, tokenizer, config.data.max_length)
+    logits = onnx_logits(
+        sess, encoded, batch_size=config.train.eval_batch_size, pad_id=tokenizer.pad_token_id or 0
+    )
+    total, nonzero = count_parameters(file)
+    forward = session_forward(sess)
+    result: dict[str, Any] = {
+        "model": path,
+        "runtime": "onnxruntime",
+        "accuracy": accuracy_of_predictions(logits.argmax(-1).tolist(), encoded, data.domain_names),
+        "parameters": total,
+        "nonzero_parameters": nonzero,
+        "latency": latency_grid(forward, config, vocab_size=int(model_config["vocab_size"])),
+        "size_bytes": file.stat().st_size,
+        "size_files": [file.name],
+        "encoder_sparsity": None,
+        "notes": [],
+    }
+    if nonzero < 0.9 * total:
+        result["notes"].append(ONNX_SPARSITY_NOTE)
     return result
 
 
@@ -132,10 +263,10 @@ def encoder_sparsity(model: Any) -> float | None:
 def weights_files(path: str, folder: Path) -> list[Path]:
     """The files whose size is reported: for a run directory that has a compressed sparse model
     (RUN/model-sparse, written by `kdtui prune`) that file, else the model folder's weights."""
-    from kdtui.rundir import SPARSE_DIR
+    from kdtui.rundir import RunLayout
     from kdtui.sparse import SPARSE_FILE
 
-    sparse = Path(path).expanduser() / SPARSE_DIR / SPARSE_FILE
+    sparse = RunLayout(Path(path).expanduser()).sparse_model / SPARSE_FILE
     if sparse.is_file():
         return [sparse]
     return sorted(p for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
@@ -148,8 +279,14 @@ def _shown(file: Path, path: str) -> str:
         return file.name
 
 
+def torch_forward(model: Any) -> Callable[[dict[str, torch.Tensor]], Any]:
+    return lambda inputs: model(**inputs)
+
+
 @torch.no_grad()
-def latency_grid(model: Any, config: Config, *, vocab_size: int) -> list[dict[str, float]]:
+def latency_grid(
+    forward: Callable[[dict[str, torch.Tensor]], Any], config: Config, *, vocab_size: int
+) -> list[dict[str, float]]:
     """Median forward time over `latency_repeats` runs per (batch, length), after a warm-up."""
     rows = []
     generator = torch.Generator().manual_seed(0)
@@ -157,11 +294,11 @@ def latency_grid(model: Any, config: Config, *, vocab_size: int) -> list[dict[st
         for length in config.evaluate.lengths:
             ids = torch.randint(1000, min(vocab_size, 20000), (batch, length), generator=generator)
             inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-            model(**inputs)
+            forward(inputs)
             times = []
             for _ in range(config.evaluate.latency_repeats):
                 start = time.perf_counter()
-                model(**inputs)
+                forward(inputs)
                 times.append(time.perf_counter() - start)
             median = statistics.median(times)
             rows.append(

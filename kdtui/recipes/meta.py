@@ -11,7 +11,7 @@ import torch
 from kdtui.data import MultiDomainData, Split, collate, encode
 from kdtui.engine.hooks import Hook
 from kdtui.events import Histogram, Message
-from kdtui.recipes.common import SCORES_FILE, RunContext, save_scores
+from kdtui.recipes.common import RunContext, save_scores
 
 
 def meta_teacher_hooks(
@@ -27,7 +27,7 @@ def meta_teacher_hooks(
         raw, domains, num_domains=len(data.domain_names), mode=cfg.teacher.score_normalization
     )
     if ctx.is_main:
-        save_scores(ctx.run.path / SCORES_FILE, train_split, scores, data.domain_names)
+        save_scores(ctx.run.scores_file, train_split, scores, data.domain_names)
         ctx.run.log(Message(level="info", text=describe_scores(raw, scores, domains, data)))
         for d, name in enumerate(data.domain_names):
             domain_scores = scores[domains == d]

@@ -45,7 +45,7 @@ from kdtui.recipes.common import (
     restore_best,
     train_job,
 )
-from kdtui.rundir import SPARSE_DIR, run_command
+from kdtui.rundir import run_of_model
 
 
 def authors_defaults(structure: str) -> dict[str, float]:
@@ -265,14 +265,14 @@ def _save(ctx: RunContext, model: Any, tokenizer: Any, labels: list[str]) -> dic
     result: dict[str, Any] = {"model_bytes": (ctx.run.model / "model.safetensors").stat().st_size}
     if p.structure != "weights":
         return result
-    folder = ctx.run.path / SPARSE_DIR
+    folder = ctx.run.sparse_model
     with atomic_folder(folder) as tmp:
         model.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         sizes = save_sparse(model.state_dict(), tmp / SPARSE_FILE, values=p.sparse_values)
     encoder = [s for name, s in sizes.items() if _is_encoder_linear_weight(name)]
     result["sparse_model"] = {
-        "path": f"{SPARSE_DIR}/{SPARSE_FILE}",
+        "path": str((folder / SPARSE_FILE).relative_to(ctx.run.path)),
         "bytes": (folder / SPARSE_FILE).stat().st_size,
         "values": p.sparse_values,
         # Stored bytes of the encoder's Linear weights over their dense float32 bytes.
@@ -322,20 +322,19 @@ def _pretrained_model(ctx: RunContext, folder: Path, labels: list[str]) -> Any:
     from dataclasses import replace
 
     from kdtui.config import build_config
-    from kdtui.profile import read_profile
 
     p = ctx.config.prune
     if p.pretrained:
         # The run's model section still applies (a tiny model's sizes, dropout, remote code).
         return load_classifier(replace(ctx.config.model, name=p.pretrained), labels).eval()
-    run = folder.parent
-    if folder.name != "model" or run_command(run) != "teacher":
+    run = run_of_model(folder)
+    if run is None or run.command() != "teacher":
         raise KdtuiError(
             f"PrC contrasts with the pre-trained model that {p.model} was fine-tuned from, and "
             "only a `kdtui teacher` run records it: give --pretrained NAME_OR_FOLDER "
             "(prune.pretrained), or turn PrC off with --no-prc"
         )
-    recorded = read_profile(run / "config.toml")
+    recorded = run.config_dict()
     model_cfg = build_config({"model": recorded.get("model", {})}).model
     seed = int(recorded.get("run", {}).get("seed", 42))
     return load_classifier(model_cfg, labels, seed=seed).eval()

@@ -15,7 +15,10 @@ _TAGS = {
     "warning": ("warn", "yellow"),
     "error": ("ERR ", "bold red"),
     "run": ("run ", "green"),
+    "stopped": ("stop", "magenta"),
 }
+# Lines that end a run wrap, so the whole message (and how to resume) can be read.
+_WRAPPED = ("error", "stopped")
 
 
 class EventLog(Widget):
@@ -31,6 +34,7 @@ class EventLog(Widget):
         warnings: int,
         unknown: dict[str, int],
         malformed: int,
+        oversized: int = 0,
     ) -> None:
         self.entries = entries
         counts = [f"{checkpoints} ckpt", f"{warnings} warn"]
@@ -40,6 +44,8 @@ class EventLog(Widget):
             skipped.append(f"{sum(unknown.values())} unknown")
         if malformed:
             skipped.append(f"{malformed} malformed")
+        if oversized:
+            skipped.append(f"{oversized} too long")
         self.border_subtitle = ("skipped " + ", ".join(skipped)) if skipped else ""
         self.refresh()
 
@@ -52,8 +58,7 @@ class EventLog(Widget):
         used = 0
         for entry in reversed(self.entries):
             line = _line(entry)
-            # Errors wrap so the whole message can be read; the rest stay one line each.
-            rows = max(1, -(-line.cell_len // width)) if entry.level == "error" else 1
+            rows = max(1, -(-line.cell_len // width)) if entry.level in _WRAPPED else 1
             if used + rows > height and picked:
                 break
             used += rows
@@ -63,7 +68,7 @@ class EventLog(Widget):
 
 def _line(entry: LogEntry) -> Text:
     tag, style = _TAGS.get(entry.level, (entry.level[:4], ""))
-    text = Text(no_wrap=entry.level != "error", overflow="ellipsis")
+    text = Text(no_wrap=entry.level not in _WRAPPED, overflow="ellipsis")
     text.append(fmt.clock(entry.time) + " ", style="dim")
     text.append(tag + " ", style=style)
     if entry.step is not None and entry.level == "checkpoint":

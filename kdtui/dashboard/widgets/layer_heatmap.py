@@ -49,9 +49,7 @@ class LayerHeatmap(Widget):
         cell = min(4, room)
         out = Text(no_wrap=True, overflow="crop")
         out.append(" " * label)
-        for n in numbers:
-            head = "*" if n < 0 else str(n)
-            out.append(head.rjust(cell)[-cell:], style="dim")
+        out.append(_layer_labels(numbers, cell), style="dim")
         for matrix in matrices:
             out.append("\n" + matrix.ljust(label))
             for n in numbers:
@@ -63,3 +61,21 @@ class LayerHeatmap(Widget):
                 else:
                     out.append(" " * cell, style=_shade(value))
         return out
+
+
+def _layer_labels(numbers: list[int], cell: int) -> str:
+    """Layer numbers over their columns, right-aligned. When cells are narrower than a number
+    (colour-only cells, 12+ layers at 80 columns), only every 2nd, 5th or 10th layer is
+    labelled, so that numbers never run into each other (`91011`)."""
+    labels = ["*" if n < 0 else str(n) for n in numbers]
+    widest = max(len(text) for text in labels)
+    step = next((s for s in (1, 2, 5, 10) if widest < s * cell), 100)
+    row = [" "] * (cell * len(numbers))
+    end = -2  # where the last placed label ends
+    for j, (n, text) in enumerate(zip(numbers, labels, strict=True)):
+        start = (j + 1) * cell - len(text)
+        if (n >= 0 and n % step) or start < 0 or start <= end + 1:
+            continue
+        row[start : start + len(text)] = text
+        end = start + len(text) - 1
+    return "".join(row)

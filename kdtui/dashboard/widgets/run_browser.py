@@ -14,6 +14,7 @@ from textual.widgets import DataTable, Footer, Static
 
 from kdtui.dashboard import fmt
 from kdtui.dashboard.runs import RunScanner, RunSummary
+from kdtui.dashboard.widgets.help_screen import BROWSER_HELP
 
 if TYPE_CHECKING:
     from kdtui.dashboard.app import DashboardApp
@@ -23,11 +24,12 @@ COLUMNS = ("run", "command", "status", "progress", "best acc", "started")
 
 
 class RunBrowser(Screen[None]):
+    HELP = BROWSER_HELP
     BINDINGS = [
         Binding("q", "app.quit_dashboard", "Quit"),
         Binding("enter", "open", "Open", show=True),
         Binding("r", "rescan", "Refresh"),
-        Binding("question_mark", "app.help", "Help"),
+        Binding("question_mark", "app.help", "Help", key_display="?"),
     ]
 
     def __init__(self, root: Path) -> None:

@@ -16,14 +16,31 @@ class RunHeader(Static):
     """Run name, command, profile, status, step/total with a bar, elapsed, ETA (2-3 lines)."""
 
     _shape: tuple[object, ...] = ()
+    _renderable: RenderableType = ""
 
     def show(self, state: RunState, now: float, *, source: str, exists: bool) -> None:
-        # A layout pass re-renders the whole screen: only ask for one when the height can change.
+        self._renderable = header_renderable(state, now, source=source, exists=exists)
+        self.update(self._renderable, layout=False)
+        # A layout pass re-renders the whole screen: only when the height can change.
         shape = (state.started, state.status(now), state.error)
-        self.update(
-            header_renderable(state, now, source=source, exists=exists), layout=shape != self._shape
+        if shape != self._shape:
+            self._shape = shape
+            self._fit_height()
+
+    def on_resize(self) -> None:
+        self._fit_height()  # the error line folds differently at another width
+
+    def _fit_height(self) -> None:
+        # An explicit height, not `auto`: Textual can keep a stale auto height when the content
+        # grows while a layout pass is already pending (the error line then stays hidden).
+        width = self.content_size.width
+        if width <= 0:
+            return
+        console = self.app.console
+        lines = console.render_lines(
+            self._renderable, console.options.update_width(width), pad=False
         )
-        self._shape = shape
+        self.styles.height = len(lines)
 
 
 def header_renderable(state: RunState, now: float, *, source: str, exists: bool) -> RenderableType:
@@ -42,9 +59,14 @@ def header_renderable(state: RunState, now: float, *, source: str, exists: bool)
 
     if not state.started:
         if state.error:  # the process ended before it wrote anything
-            return Group(top, Text(f"{status}: {state.error}", style="red", overflow="fold"))
+            return Group(top, _ending(status, state.error))
         what = "the run to start" if exists else "events.jsonl to appear"
-        return Group(top, Text(f"waiting for {what} …", style="dim"))
+        waiting = Text(f"waiting for {what} …", style="dim", no_wrap=True, overflow="ellipsis")
+        skipped = state.malformed + state.oversized
+        if skipped:  # a file that is not an event log would otherwise wait in silence
+            what = "line that is not an event" if skipped == 1 else "lines that are not events"
+            waiting.append(f"  skipped {skipped:,} {what}", style="yellow")
+        return Group(top, waiting)
 
     total = max(state.total_steps, 1)
     steps = Text(f"step {state.step:,}/{state.total_steps:,} ", no_wrap=True)
@@ -65,5 +87,11 @@ def header_renderable(state: RunState, now: float, *, source: str, exists: bool)
     second.add_row(steps, ProgressBar(total=total, completed=min(state.step, total)), tail)
     lines: list[RenderableType] = [top, second]
     if status in ("failed", "stopped") and state.error:
-        lines.append(Text(f"{status}: {state.error}", style="red", overflow="fold"))
+        lines.append(_ending(status, state.error))
     return Group(*lines)
+
+
+def _ending(status: str, error: str) -> Text:
+    # A stop the user asked for is not shown in the red of a failure.
+    style = "magenta" if status == "stopped" else "red"
+    return Text(f"{status}: {error}", style=style, overflow="fold")

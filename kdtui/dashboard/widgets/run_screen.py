@@ -33,13 +33,15 @@ from kdtui.dashboard.state import (
 )
 from kdtui.dashboard.widgets.domain_table import DomainTable
 from kdtui.dashboard.widgets.event_log import EventLog
+from kdtui.dashboard.widgets.help_screen import RUN_HELP
 from kdtui.dashboard.widgets.layer_heatmap import LayerHeatmap
 from kdtui.dashboard.widgets.loss_chart import LossChart
 from kdtui.dashboard.widgets.loss_legend import LossLegend
 from kdtui.dashboard.widgets.run_header import RunHeader
 from kdtui.dashboard.widgets.sparsity_chart import SparsityChart
 from kdtui.dashboard.widgets.threaded_plot import ThreadedPlot
-from kdtui.runlog import EVENTS_FILE, EventFollower, FollowBatch
+from kdtui.rundir import EVENTS_FILE
+from kdtui.runlog import EventFollower, FollowBatch
 
 if TYPE_CHECKING:
     from kdtui.dashboard.app import DashboardApp
@@ -47,9 +49,11 @@ if TYPE_CHECKING:
 REFRESH_SECONDS = 0.2  # at most five redraws a second, however fast events arrive
 TICK_SECONDS = 1.0  # elapsed time, ETA and the stalled status move even without events
 WIDE = 140  # columns from which the side column takes a share of the width
+MAX_LINE = 1 << 20  # bytes: a longer line is not an event (the largest are a few kB)
 
 
 class RunScreen(Screen[None]):
+    HELP = RUN_HELP
     BINDINGS = [
         Binding("q", "app.quit_dashboard", "Quit"),
         Binding("question_mark", "app.help", "Help", key_display="?"),
@@ -81,6 +85,7 @@ class RunScreen(Screen[None]):
         self.process = app.process
         self.poll_interval = app.poll_interval
         self.stall_after = app.stall_after
+        self.max_line = MAX_LINE
         self.state = RunState(stall_after=self.stall_after)
         self.exists = False
         self.caught_up = False  # the follower has read everything written so far
@@ -101,17 +106,23 @@ class RunScreen(Screen[None]):
     @property
     def settled(self) -> bool:
         """Everything written so far is read, folded and drawn (tests wait for this)."""
+        # A widget that changed height (the header's error line) is placed by a layout pass
+        # that runs on a later timer tick: until then the screen still shows the old layout.
         return (
             self.caught_up
             and not self._dirty
             and not any(chart.drawing for chart in self.query(ThreadedPlot))
+            and not self._layout_required
+            and not any(widget._layout_required for widget in self.walk_children())
         )
 
     def compose(self) -> ComposeResult:
         yield RunHeader(id="header")
+        # The legend spans the screen, above the panels: inside the loss panel it had half the
+        # width and wrapped onto rows the chart needs (80×24).
+        yield LossLegend(id="loss-legend")
         with Horizontal(id="top"):
             with Vertical(id="losses-panel"):
-                yield LossLegend(id="loss-legend")
                 yield LossChart(id="loss-chart")
             with Vertical(id="side"):
                 yield DomainTable(id="domains")
@@ -139,7 +150,7 @@ class RunScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="follow")
     def _follow(self) -> None:
-        follower = EventFollower(self.run_dir / EVENTS_FILE)
+        follower = EventFollower(self.run_dir / EVENTS_FILE, max_line=self.max_line)
         process = self.process
         exited = False
         try:
@@ -173,6 +184,9 @@ class RunScreen(Screen[None]):
                 changed = True
             if batch.unknown or batch.malformed:
                 self.state.note_unknown(batch.unknown, batch.malformed)
+                changed = True
+            if batch.oversized:
+                self.state.note_oversized(batch.oversized, self.max_line)
                 changed = True
         return changed
 
@@ -243,6 +257,7 @@ class RunScreen(Screen[None]):
                 warnings=state.warnings,
                 unknown=dict(state.unknown),
                 malformed=state.malformed,
+                oversized=state.oversized,
             )
             row = self.query_one("#sparsity-row")
             row.display = state.has_sparsity

@@ -10,6 +10,7 @@ from kdtui.dashboard.widgets.threaded_plot import Draw, ThreadedPlot
 
 # target in the palette's blue, actual in its green, others after
 _COLORS = {"sparsity/target": 1, "sparsity/actual": 3}
+_SHORT = {"target": "tgt", "actual": "act"}  # names when the border is short (80 columns)
 
 
 class SparsityChart(ThreadedPlot):
@@ -19,22 +20,30 @@ class SparsityChart(ThreadedPlot):
 
     def show(self, lines: dict[str, tuple[list[float], list[float]]]) -> None:
         self.series_lines = lines
-        legend, length = "", 0
-        for i, (name, (_, ys)) in enumerate(lines.items()):
-            color = fmt.rgb(fmt.color_of(_COLORS.get(name, 4 + i)))
-            item = f"{name.removeprefix('sparsity/')} {100 * ys[-1]:.1f}%" if ys else name
-            legend += f" [{color}]━[/]{item}"
-            length += len(item) + 2
-        self._legend, self._legend_length = legend, length
         self._title()
         self.request()
 
-    _legend, _legend_length = "", 0
-
     def _title(self) -> None:
-        # The numbers matter more than the word when the border is short (80 columns).
-        fits = self._legend_length + len("sparsity") + 6 <= self.size.width
-        self.border_title = "sparsity" + self._legend if fits else self._legend.lstrip()
+        """`sparsity` and each series' colour and latest value, in full when the border has room
+        (`target 90.0%`), else with short names (`tgt 90.0%`), else as many as fit: the title
+        itself always stays, so the panel says what it is at 80 columns."""
+        room = self.size.width - 4  # the border's corners and the spaces around the title
+        items = [
+            (fmt.rgb(fmt.color_of(_COLORS.get(name, 4 + i))), name.removeprefix("sparsity/"), ys)
+            for i, (name, (_, ys)) in enumerate(self.series_lines.items())
+        ]
+        for short in (False, True):
+            title, length = "sparsity", len("sparsity")
+            for color, label, ys in items:
+                label = _SHORT.get(label, label) if short else label
+                item = f"{label} {100 * ys[-1]:.1f}%" if ys else label
+                if length + len(item) + 2 > room:
+                    break
+                title += f" [{color}]━[/]{item}"
+                length += len(item) + 2
+            else:
+                break
+        self.border_title = title
 
     def on_resize(self) -> None:
         super().on_resize()

@@ -1,0 +1,121 @@
+"""The dashboard without a terminal: `kdtui dashboard RUN > file` (or in a pipe, cron, CI) prints
+a plain-text summary of the run as it stands and exits, instead of drawing escape codes into the
+file and following the run forever. A folder of runs gives one line per run.
+
+Only the standard library, the state model and the run scanner: no Textual.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from kdtui.dashboard import fmt
+from kdtui.dashboard.runs import RunScanner
+from kdtui.dashboard.state import RunState
+from kdtui.rundir import EVENTS_FILE
+from kdtui.runlog import EventFollower
+
+LAST_EVENTS = 5
+MAX_LINE = 1 << 20  # as in the live view: a longer line is not an event
+
+
+def has_terminal() -> bool:
+    """Whether the interactive dashboard can run: it reads keys from stdin and draws on the
+    terminal, so all three streams must be one."""
+    return all(stream.isatty() for stream in (sys.stdin, sys.stdout, sys.stderr))
+
+
+def read_state(run_dir: Path) -> RunState:
+    """Every event written so far, folded (as the live view would show it now)."""
+    state = RunState()
+    follower = EventFollower(run_dir / EVENTS_FILE, max_line=MAX_LINE)
+    try:
+        while True:
+            batch = follower.poll()
+            state.apply_all(batch.events)
+            if batch.unknown or batch.malformed:
+                state.note_unknown(batch.unknown, batch.malformed)
+            if batch.oversized:
+                state.note_oversized(batch.oversized, MAX_LINE)
+            if batch.at_end:
+                return state
+    finally:
+        follower.close()
+
+
+def run_summary(run_dir: Path, now: float | None = None) -> str:
+    """One run in a few lines: status, progress, losses, accuracy, sparsity, the last events."""
+    now = time.time() if now is None else now
+    state = read_state(run_dir)
+    status = state.status(now)
+    lines = [f"run       {state.run or run_dir.name} ({run_dir})"]
+    if not state.started:
+        where = run_dir / EVENTS_FILE
+        lines.append(f"status    {status}: no run has started in {where} yet")
+    else:
+        lines.append(f"command   {state.command}  profile {state.profile or '-'}")
+        total = max(state.total_steps, 1)
+        progress = f"step {state.step:,}/{state.total_steps:,} ({100 * state.step / total:.1f}%)"
+        timing = f"elapsed {fmt.duration(state.elapsed(now))}"
+        eta = state.eta(now)
+        if eta is not None:
+            timing += f"  eta {fmt.duration(eta)}"
+        lines.append(f"status    {status}  {progress}  {timing}")
+    if state.error:
+        lines.append(f"{status:<9} {state.error}")
+    if state.losses:
+        terms = [f"{name} {fmt.short(s.last)}" for name, s in state.losses.items()]
+        lines.append("losses    " + "  ".join(terms))
+    if state.domains:
+        cells = [f"{d} {fmt.percent(s.latest)}" for d, s in sorted(state.domains.items())]
+        overall = state.domains.get("all")
+        if overall is not None:  # the average the run selects on goes first, with its best
+            cells.remove(f"all {fmt.percent(overall.latest)}")
+            cells.insert(0, f"all {fmt.percent(overall.latest)} (best {fmt.percent(overall.best)})")
+        lines.append(f"accuracy  {'  '.join(cells)}  (dev %, {_count(state.evals, 'eval')})")
+    sparsity = {k: s.last for k, s in state.sparsity_series().items() if s.last is not None}
+    if sparsity:
+        cells = [f"{k.removeprefix('sparsity/')} {100 * v:.1f}%" for k, v in sparsity.items()]
+        lines.append("sparsity  " + "  ".join(cells))
+    skipped = state.malformed + state.oversized + sum(state.unknown.values())
+    if state.events or skipped:
+        counts = [_count(state.checkpoints, "checkpoint"), _count(state.warnings, "warning")]
+        if skipped:
+            counts.append(_count(skipped, "line") + " skipped (not events)")
+        lines.append(f"events    {', '.join(counts)}")
+    for entry in list(state.log)[-LAST_EVENTS:]:
+        at = f"step {entry.step:,} " if entry.level == "checkpoint" and entry.step else ""
+        lines.append(f"  {fmt.clock(entry.time):>8} {entry.level:<10} {at}{entry.text}")
+    return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
+def runs_summary(root: Path, now: float | None = None) -> str:
+    """The run browser as text: one line per run, newest first."""
+    now = time.time() if now is None else now
+    scanner = RunScanner(root)
+    try:
+        summaries = scanner.scan(now=now)
+    finally:
+        scanner.close()
+    if not summaries:
+        return f"no runs in {root}"
+    rows = [("run", "command", "status", "progress", "best acc", "started")]
+    for s in summaries:
+        progress = "-"
+        if s.progress is not None:
+            progress = f"{s.step:,}/{s.total_steps:,} {100 * min(s.progress, 1.0):.0f}%"
+        started = fmt.date_time(s.started_at)
+        rows.append(
+            (s.name, s.command or "-", s.status, progress, fmt.percent(s.best_accuracy), started)
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )

@@ -1,0 +1,311 @@
+"""`kdtui export`: a kdtui model as ONNX, runnable with ONNX Runtime alone.
+
+The export folder holds
+
+    model.onnx          the classifier: inputs as the tokenizer names them (input_ids,
+                        attention_mask, token_type_ids where the model reads them; int64,
+                        dynamic batch and sequence), output `logits` (batch, labels)
+    model.int8.onnx     with --int8: the same, weights int8 (ONNX Runtime dynamic quantisation)
+    config.json         the model's config (label names in id2label / kdtui_labels)
+    tokenizer files     the tokenizer the model was trained with
+    kdtui_export.json   what was exported from what, and the check against kdtui's outputs
+
+Dense, unstructured (exported dense: ONNX Runtime multiplies the zeros as PyTorch does) and
+heads-ffn models (each layer with its own head count and FFN width) export alike: the exporter
+traces the model as loaded, so every layer keeps its own shapes.
+
+ONNX, ONNX Runtime and the quantiser are the optional `export` extra; nothing here imports them
+before a command needs them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kdtui.errors import KdtuiError
+
+ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+INFO_FILE = "kdtui_export.json"
+FORMATS = ("onnx",)
+# Opset 17 has LayerNormalization as one operator and is read by every ONNX Runtime since 1.14.
+OPSET = 17
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+EXTRA_HINT = "pip install -c constraints.txt -e '.[export]'"
+
+
+def require_onnx() -> Any:
+    """The onnxruntime module, or a clear error naming the extra that installs it."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime
+    except ImportError:
+        raise KdtuiError(
+            f"ONNX export and ONNX Runtime evaluation need the export extra: {EXTRA_HINT}"
+        ) from None
+    return onnxruntime
+
+
+def is_export_folder(folder: Path) -> bool:
+    return (folder / ONNX_FILE).is_file()
+
+
+def onnx_files(folder: Path) -> list[Path]:
+    """The models of an export folder: fp32 first, then int8 if it was written."""
+    return [folder / name for name in (ONNX_FILE, INT8_FILE) if (folder / name).is_file()]
+
+
+def default_output(source: str) -> Path:
+    """RUN/onnx for a run directory, FOLDER-onnx beside any other model folder."""
+    path = Path(source).expanduser()
+    if (path / "model" / "config.json").is_file():
+        return path / "onnx"
+    return path.with_name(f"{path.name}-onnx")
+
+
+class _Logits(torch.nn.Module):
+    """The classifier with positional inputs and one output, as the exporter traces it."""
+
+    def __init__(self, model: torch.nn.Module, inputs: Sequence[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.inputs = list(inputs)
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.inputs, tensors, strict=True))).logits
+
+
+def model_inputs(tokenizer: Any) -> list[str]:
+    """The inputs the exported model takes: those the tokenizer produces, so
+    `session.run(None, dict(tokenizer(texts, return_tensors="np")))` feeds it directly."""
+    produced = getattr(tokenizer, "model_input_names", MODEL_INPUTS)
+    return [
+        "input_ids",
+        "attention_mask",
+        *(["token_type_ids"] if "token_type_ids" in produced else []),
+    ]
+
+
+def trace_inputs(names: Sequence[str], vocab_size: int) -> tuple[torch.Tensor, ...]:
+    """A batch of 2 in which the second example is padded: the trace then records the attention
+    mask's use (a mask of ones could let transformers skip it)."""
+    ids = torch.randint(0, vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 10:] = 0
+    values = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    return tuple(values[name] for name in names)
+
+
+def export_onnx(model: torch.nn.Module, tokenizer: Any, path: Path) -> list[str]:
+    """Write `model` (a sequence classifier) to `path`; returns its input names."""
+    require_onnx()
+    names = model_inputs(tokenizer)
+    wrapper = _Logits(model, names).eval()  # the exporter restores the wrapper's mode after
+    axes = {name: {0: "batch", 1: "sequence"} for name in names}
+    axes["logits"] = {0: "batch"}
+    with warnings.catch_warnings():
+        # The TorchScript exporter's deprecation notice and its tracer's notes on Python
+        # booleans in transformers' mask code are not the user's business; the round trip
+        # against PyTorch's outputs (check_export) is what says the export is right.
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            # dynamo=False: the TorchScript exporter. torch 2.9+ defaults to the torch.export
+            # based one, which needs onnxscript (another dependency) and fails on some of
+            # transformers' mask code; the TorchScript exporter traces the model as loaded,
+            # so heads-ffn layers keep their own widths, and it gives dynamic batch and
+            # sequence axes with a plain dict.
+            torch.onnx.export(
+                wrapper,
+                trace_inputs(names, model.config.vocab_size),
+                str(path),
+                input_names=names,
+                output_names=["logits"],
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                dynamo=False,
+            )
+    return names
+
+
+def quantize_int8(source: Path, target: Path) -> None:
+    """Dynamic quantisation: int8 weights, activations quantised per batch at run time."""
+    require_onnx()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    # The quantiser logs advice to pre-process the model first (onnxruntime's quant_pre_process);
+    # on these graphs that step fails (its symbolic shape inference is incomplete), so the
+    # advice is noise here.
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+
+
+def session(path: Path, threads: int) -> Any:
+    """An ONNX Runtime CPU session on `threads` threads (as PyTorch's, for a fair comparison)."""
+    ort = require_onnx()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: its warnings are about unused initialisers
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types, not exported stably
+        raise KdtuiError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0]}") from None
+
+
+def session_forward(sess: Any) -> Callable[[dict[str, torch.Tensor]], np.ndarray]:
+    """A function of a dict of int64 torch tensors (the collate keys) to logits."""
+    wanted = [i.name for i in sess.get_inputs()]
+
+    def forward(inputs: dict[str, torch.Tensor]) -> np.ndarray:
+        feed = {}
+        for name in wanted:
+            tensor = inputs.get(name)
+            if tensor is None and name == "token_type_ids":
+                tensor = torch.zeros_like(inputs["input_ids"])
+            if tensor is None:
+                raise KdtuiError(f"the ONNX model needs input '{name}'")
+            feed[name] = tensor.numpy().astype(np.int64, copy=False)
+        return sess.run(["logits"], feed)[0]
+
+    return forward
+
+
+def onnx_logits(sess: Any, encoded: Any, *, batch_size: int, pad_id: int) -> torch.Tensor:
+    from kdtui.data import collate
+
+    forward = session_forward(sess)
+    chunks = []
+    for start in range(0, len(encoded), batch_size):
+        batch = collate(encoded, range(start, min(start + batch_size, len(encoded))), pad_id)
+        chunks.append(torch.from_numpy(forward(batch)).float())
+    return torch.cat(chunks) if chunks else torch.zeros(0, 0)
+
+
+def check_export(
+    torch_logits: torch.Tensor,
+    onnx_logits_: torch.Tensor,
+    labels: Sequence[int],
+) -> dict[str, float]:
+    """How far ONNX Runtime's logits are from PyTorch's on the same examples."""
+    gold = torch.tensor(list(labels))
+    ref = torch_logits.argmax(-1)
+    pred = onnx_logits_.argmax(-1)
+    return {
+        "max_logit_diff": float((torch_logits - onnx_logits_).abs().max()),
+        "same_predictions": float((ref == pred).double().mean()),
+        "accuracy": float((pred == gold).double().mean()),
+        "pytorch_accuracy": float((ref == gold).double().mean()),
+    }
+
+
+def export_model(
+    source: str,
+    output: Path,
+    config: Any,
+    *,
+    int8: bool = False,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Export the model at `source` (a run directory or model folder) into `output` and check
+    it against PyTorch on `config.evaluate.split`; returns what kdtui_export.json records."""
+    from kdtui.checkpoint import atomic_folder
+    from kdtui.data import encode, load_data
+    from kdtui.engine.evaluate import predict_logits
+    from kdtui.models import (
+        check_max_length,
+        label_names_of,
+        load_any,
+        load_model_tokenizer,
+        resolve_model_path,
+    )
+    from kdtui.recipes.evaluate import check_labels
+
+    require_onnx()
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
+    if output.exists() and not force:
+        raise KdtuiError(f"{output} exists; pass --force to replace it")
+    if output.exists() and not (output.is_dir() and is_export_folder(output)):
+        raise KdtuiError(f"{output} is not a kdtui export folder; --force replaces only those")
+    folder = Path(resolve_model_path(source))
+    model = load_any(folder).eval()
+    tokenizer = load_model_tokenizer(folder, trust_remote_code=config.model.trust_remote_code)
+    data = load_data(config.data)
+    check_labels(source, model, data.label_names)
+    check_max_length(config.data.max_length, source, model.config.to_dict())
+    split = data.split(config.evaluate.split)
+    encoded = encode(split, tokenizer, config.data.max_length)
+    pad_id = tokenizer.pad_token_id or 0
+    batch_size = config.train.eval_batch_size
+    reference = predict_logits(
+        model,
+        encoded,
+        range(len(encoded)),
+        batch_size=batch_size,
+        pad_id=pad_id,
+        device=torch.device("cpu"),
+    )
+    threads = torch.get_num_threads()
+    info: dict[str, Any] = {
+        "format": "onnx",
+        # absolute, so `kdtui evaluate EXPORT` finds the run's data from any directory
+        "source": str(Path(source).expanduser().resolve()) if Path(source).exists() else source,
+        "opset": OPSET,
+        "labels": label_names_of(model),
+        "max_length": config.data.max_length,
+        "check": {"split": config.evaluate.split, "examples": len(encoded)},
+    }
+    with atomic_folder(output) as tmp:
+        start = time.perf_counter()
+        info["inputs"] = export_onnx(model, tokenizer, tmp / ONNX_FILE)
+        info["export_seconds"] = time.perf_counter() - start
+        files = [ONNX_FILE]
+        if int8:
+            quantize_int8(tmp / ONNX_FILE, tmp / INT8_FILE)
+            files.append(INT8_FILE)
+        model.config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for name in files:
+            logits = onnx_logits(
+                session(tmp / name, threads), encoded, batch_size=batch_size, pad_id=pad_id
+            )
+            info["check"][name] = check_export(reference, logits, encoded.labels)
+            info["check"][name]["bytes"] = (tmp / name).stat().st_size
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return info
+
+
+def read_export_info(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / INFO_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def count_parameters(path: Path) -> tuple[int, int]:
+    """(elements, non-zero elements) of an ONNX model's weights (its initialisers)."""
+    import onnx
+    from onnx import numpy_helper
+
+    total = nonzero = 0
+    for init in onnx.load(str(path), load_external_data=True).graph.initializer:
+        array = numpy_helper.to_array(init)
+        if array.ndim == 0:
+            continue  # shape constants and quantisation scales, not weights
+        total += array.size
+        nonzero += int(np.count_nonzero(array))
+    return total, nonzero
