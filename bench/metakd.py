@@ -40,7 +40,9 @@ Protocol (fixed before the first real run; every number below is an option's def
   Test accuracy is read only to fill the table; nothing is chosen on it.
 
 Estimated wall time of the default table at `--set run.threads=1` while another benchmark uses
-the other core: about 3.2 hours (README, Meta-KD benchmark).
+the other core: about 3.2 hours, from the per-step times of earlier runs. Too low on a busier
+machine: with up to five processes on the two cores a teacher took 38 min and a student 4 to 14
+min (README, Meta-KD benchmark).
 
 Resuming: every finished run writes one small JSON record (command, wall time, metrics, dev
 curve, per-example test correctness) to --records (default bench/results/metakd/), meant to be
