@@ -227,12 +227,12 @@ def export_model(
     from kdtui.engine.evaluate import predict_logits
     from kdtui.models import (
         check_max_length,
+        check_model_labels,
         label_names_of,
         load_any,
         load_model_tokenizer,
         resolve_model_path,
     )
-    from kdtui.recipes.evaluate import check_labels
 
     require_onnx()
     if config.run.threads:
@@ -245,7 +245,7 @@ def export_model(
     model = load_any(folder).eval()
     tokenizer = load_model_tokenizer(folder, trust_remote_code=config.model.trust_remote_code)
     data = load_data(config.data)
-    check_labels(source, model, data.label_names)
+    check_model_labels(source, model, data.label_names)
     check_max_length(config.data.max_length, source, model.config.to_dict())
     split = data.split(config.evaluate.split)
     encoded = encode(split, tokenizer, config.data.max_length)

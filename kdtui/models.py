@@ -143,6 +143,28 @@ def position_limit(config: Mapping[str, Any]) -> int | None:
     return positions
 
 
+def check_labels(
+    path: str, model_labels: list[str], trained: list[str] | None, label_names: list[str]
+) -> None:
+    """A model scores a split only when it predicts the data's labels: as many of them, and the
+    same names where the model knows the names it was trained for (`kdtui_labels`)."""
+    if len(model_labels) != len(label_names):
+        raise KdtuiError(
+            f"model {path} predicts {len(model_labels)} labels but the data has "
+            f"{len(label_names)} ({', '.join(label_names)})"
+        )
+    if trained is not None and list(trained) != list(label_names):
+        raise KdtuiError(
+            f"model {path} was trained for labels {list(trained)} but the data has "
+            f"{list(label_names)}"
+        )
+
+
+def check_model_labels(path: str, model: Any, label_names: list[str]) -> None:
+    """check_labels for a loaded model."""
+    check_labels(path, label_names_of(model), getattr(model.config, LABELS_KEY, None), label_names)
+
+
 def check_max_length(max_length: int, model: str, config: Mapping[str, Any]) -> None:
     """Longer inputs than the model's positions would fail inside its forward pass."""
     limit = position_limit(config)

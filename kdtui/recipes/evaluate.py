@@ -24,8 +24,9 @@ from kdtui.engine.evaluate import accuracy_of_predictions, predict_logits
 from kdtui.errors import KdtuiError
 from kdtui.models import (
     LABELS_KEY,
+    check_labels,
     check_max_length,
-    label_names_of,
+    check_model_labels,
     load_model_tokenizer,
     resolve_model_path,
 )
@@ -83,21 +84,6 @@ def expand_runs(paths: list[str]) -> list[str]:
     return expanded
 
 
-def check_labels(path: str, model: Any, label_names: list[str]) -> None:
-    model_labels = label_names_of(model)
-    if len(model_labels) != len(label_names):
-        raise KdtuiError(
-            f"model {path} predicts {len(model_labels)} labels but the data has "
-            f"{len(label_names)} ({', '.join(label_names)})"
-        )
-    trained = getattr(model.config, LABELS_KEY, None)  # names are known for kdtui's models
-    if trained is not None and list(trained) != list(label_names):
-        raise KdtuiError(
-            f"model {path} was trained for labels {list(trained)} but the data has "
-            f"{list(label_names)}"
-        )
-
-
 def evaluate_one(path: str, config: Config, data: MultiDomainData) -> dict[str, Any]:
     from kdtui.models import load_any
 
@@ -106,7 +92,7 @@ def evaluate_one(path: str, config: Config, data: MultiDomainData) -> dict[str, 
     folder = Path(resolve_model_path(path))
     model = load_any(folder)
     model.eval()
-    check_labels(path, model, data.label_names)
+    check_model_labels(path, model, data.label_names)
     check_max_length(config.data.max_length, path, model.config.to_dict())
     tokenizer = load_model_tokenizer(folder, trust_remote_code=config.model.trust_remote_code)
     split = data.split(config.evaluate.split)
@@ -210,17 +196,12 @@ def evaluate_onnx(path: str, config: Config, data: MultiDomainData) -> dict[str,
         raise KdtuiError(f"model '{path}' does not exist")
     folder = file.parent
     model_config = read_config_json(folder)
-    labels = model_config.get(LABELS_KEY) or [
+    trained = model_config.get(LABELS_KEY)
+    labels = trained or [
         model_config.get("id2label", {}).get(str(i), str(i))
         for i in range(len(model_config.get("id2label", {})))
     ]
-    if len(labels) != len(data.label_names) or (
-        model_config.get(LABELS_KEY) is not None and list(labels) != list(data.label_names)
-    ):
-        raise KdtuiError(
-            f"model {path} was exported for labels {list(labels)} but the data has "
-            f"{list(data.label_names)}"
-        )
+    check_labels(path, labels, trained, data.label_names)
     check_max_length(config.data.max_length, path, model_config)
     tokenizer = load_model_tokenizer(folder)
     sess = session(file, torch.get_num_threads())
