@@ -12,6 +12,9 @@ from typing import IO
 
 from kdtui.events import EVENT_TYPES, Event, parse_event
 
+# Bytes: a longer line is not an event (the largest are a few kB); followers drop it.
+MAX_LINE = 1 << 20
+
 
 class EventSink:
     """Appends events to a file, one line each, flushed per line so followers see them at once.
@@ -88,7 +91,7 @@ class EventFollower:
     again from its start, with `reset` set so the caller drops what it folded so far.
     """
 
-    def __init__(self, path: Path, *, max_bytes: int = 1 << 20, max_line: int = 1 << 20) -> None:
+    def __init__(self, path: Path, *, max_bytes: int = 1 << 20, max_line: int = MAX_LINE) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.max_line = max_line

@@ -15,10 +15,9 @@ from kdtui.dashboard import fmt
 from kdtui.dashboard.runs import RunScanner
 from kdtui.dashboard.state import RunState
 from kdtui.rundir import EVENTS_FILE
-from kdtui.runlog import EventFollower
+from kdtui.runlog import MAX_LINE, EventFollower
 
 LAST_EVENTS = 5
-MAX_LINE = 1 << 20  # as in the live view: a longer line is not an event
 
 
 def has_terminal() -> bool:
@@ -34,11 +33,7 @@ def read_state(run_dir: Path) -> RunState:
     try:
         while True:
             batch = follower.poll()
-            state.apply_all(batch.events)
-            if batch.unknown or batch.malformed:
-                state.note_unknown(batch.unknown, batch.malformed)
-            if batch.oversized:
-                state.note_oversized(batch.oversized, MAX_LINE)
+            state.apply_batch(batch, MAX_LINE)
             if batch.at_end:
                 return state
     finally:

@@ -13,7 +13,7 @@ import re
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kdtui.events import (
     Checkpoint,
@@ -26,6 +26,9 @@ from kdtui.events import (
     RunStarted,
     Step,
 )
+
+if TYPE_CHECKING:
+    from kdtui.runlog import FollowBatch
 
 # A run with no event for this long is shown as stalled, unless it has already gone longer
 # between two events (an evaluation or a teacher pass can take minutes): see `stall_threshold`.
@@ -209,6 +212,16 @@ class RunState:
             self.error, self.error_kind = event.error, event.kind
             self._log_end(event.time, event.step, f"run failed ({event.kind}): {event.error}")
         # Other known types (histograms) are not shown; unknown ones are counted by the reader.
+
+    def apply_batch(self, batch: FollowBatch, max_line: int) -> bool:
+        """Fold one read of the event log: its events, and the lines the reader skipped (of an
+        unknown type, malformed, or longer than `max_line`). True when anything changed."""
+        self.apply_all(batch.events)
+        if batch.unknown or batch.malformed:
+            self.note_unknown(batch.unknown, batch.malformed)
+        if batch.oversized:
+            self.note_oversized(batch.oversized, max_line)
+        return bool(batch.events or batch.unknown or batch.malformed or batch.oversized)
 
     def note_unknown(self, unknown: dict[str, int], malformed: int = 0) -> None:
         for kind, n in unknown.items():

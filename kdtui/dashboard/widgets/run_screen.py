@@ -41,7 +41,7 @@ from kdtui.dashboard.widgets.run_header import RunHeader
 from kdtui.dashboard.widgets.sparsity_chart import SparsityChart
 from kdtui.dashboard.widgets.threaded_plot import ThreadedPlot
 from kdtui.rundir import EVENTS_FILE
-from kdtui.runlog import EventFollower, FollowBatch
+from kdtui.runlog import MAX_LINE, EventFollower, FollowBatch
 
 if TYPE_CHECKING:
     from kdtui.dashboard.app import DashboardApp
@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 REFRESH_SECONDS = 0.2  # at most five redraws a second, however fast events arrive
 TICK_SECONDS = 1.0  # elapsed time, ETA and the stalled status move even without events
 WIDE = 140  # columns from which the side column takes a share of the width
-MAX_LINE = 1 << 20  # bytes: a longer line is not an event (the largest are a few kB)
 
 
 class RunScreen(Screen[None]):
@@ -179,15 +178,7 @@ class RunScreen(Screen[None]):
                 self.state = RunState(stall_after=self.stall_after)
                 self._teacher_source = None
             self.exists = batch.exists
-            if batch.events:
-                self.state.apply_all(batch.events)
-                changed = True
-            if batch.unknown or batch.malformed:
-                self.state.note_unknown(batch.unknown, batch.malformed)
-                changed = True
-            if batch.oversized:
-                self.state.note_oversized(batch.oversized, self.max_line)
-                changed = True
+            changed |= self.state.apply_batch(batch, self.max_line)
         return changed
 
     def _look_up_teacher(self) -> bool:
