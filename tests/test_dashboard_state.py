@@ -431,7 +431,7 @@ def test_dashboard_flag_reaches_the_dashboard_without_torch(
     argv = [a.replace("{up}", str(upstream)) for a in argv]
     code = (
         "import sys; import kdtui.dashboard.launch as launch;\n"
-        "def follow(argv, run_dir):\n"
+        "def follow(argv, run_dir, profile_text=''):\n"
         "    heavy = [m for m in ('torch', 'transformers', 'datasets', 'accelerate')"
         " if m in sys.modules]\n"
         "    print('heavy', heavy, 'child', argv[0]); return 0\n"
