@@ -402,59 +402,45 @@ def main_callback(
 # -- training commands ----------------------------------------------------------------------------
 
 
-@app.command(short_help="Fine-tune a teacher on multi-domain data (mix, single or meta).")
-@handles_errors
-@with_flags(*TEACHER, *EPOCHS, *TRAINING)
-def teacher(
-    options: dict[str, Any],
-    profile: ProfileOpt = None,
-    set_: SetOpt = None,
-    resume: ResumeOpt = None,
-    force: ForceOpt = False,
-    quiet: QuietOpt = False,
-    dashboard: DashboardOpt = False,
-) -> None:
-    """Fine-tune a teacher on multi-domain data; writes RUN/model and RUN/metrics.json."""
-    _run_training("teacher", options, profile, set_, resume, force, quiet, dashboard)
+def training_command(name: str, flags: tuple[Flag, ...], short_help: str, doc: str) -> None:
+    """Register `kdtui NAME`: FLAGS, then the options every training command has."""
+
+    @with_flags(*flags)
+    def command(
+        options: dict[str, Any],
+        profile: ProfileOpt = None,
+        set_: SetOpt = None,
+        resume: ResumeOpt = None,
+        force: ForceOpt = False,
+        quiet: QuietOpt = False,
+        dashboard: DashboardOpt = False,
+    ) -> None:
+        _run_training(name, options, profile, set_, resume, force, quiet, dashboard)
+
+    command.__doc__ = f"{doc}\n\n{BRACKETS}"
+    app.command(name, short_help=short_help)(handles_errors(command))
 
 
-@app.command(short_help="Distil a small student for one domain from a (meta-)teacher.")
-@handles_errors
-@with_flags(*DISTILL, *TRAINING)
-def distill(
-    options: dict[str, Any],
-    profile: ProfileOpt = None,
-    set_: SetOpt = None,
-    resume: ResumeOpt = None,
-    force: ForceOpt = False,
-    quiet: QuietOpt = False,
-    dashboard: DashboardOpt = False,
-) -> None:
-    """Distil a small single-domain student from a (meta-)teacher (Meta-KD or baselines)."""
-    _run_training("distill", options, profile, set_, resume, force, quiet, dashboard)
-
-
-@app.command(short_help="Prune a fine-tuned model with CAP (contrastive pruning).")
-@handles_errors
-@with_flags(*PRUNE, *EPOCHS, *TRAINING)
-def prune(
-    options: dict[str, Any],
-    profile: ProfileOpt = None,
-    set_: SetOpt = None,
-    resume: ResumeOpt = None,
-    force: ForceOpt = False,
-    quiet: QuietOpt = False,
-    dashboard: DashboardOpt = False,
-) -> None:
-    """Prune a fine-tuned model with CAP (contrastive pruning) while distilling from it.
-
-    Writes RUN/model (dense, zeros in place; heads-ffn: heads and neurons removed) and, for
-    unstructured pruning, RUN/model-sparse (compressed). Data: the teacher run's, by default."""
-    _run_training("prune", options, profile, set_, resume, force, quiet, dashboard)
-
-
-for _command in (teacher, distill, prune):
-    _command.__doc__ = f"{_command.__doc__}\n\n    {BRACKETS}"  # indented as the docstrings
+training_command(
+    "teacher",
+    (*TEACHER, *EPOCHS, *TRAINING),
+    "Fine-tune a teacher on multi-domain data (mix, single or meta).",
+    "Fine-tune a teacher on multi-domain data; writes RUN/model and RUN/metrics.json.",
+)
+training_command(
+    "distill",
+    (*DISTILL, *TRAINING),
+    "Distil a small student for one domain from a (meta-)teacher.",
+    "Distil a small single-domain student from a (meta-)teacher (Meta-KD or baselines).",
+)
+training_command(
+    "prune",
+    (*PRUNE, *EPOCHS, *TRAINING),
+    "Prune a fine-tuned model with CAP (contrastive pruning).",
+    "Prune a fine-tuned model with CAP (contrastive pruning) while distilling from it.\n\n"
+    "Writes RUN/model (dense, zeros in place; heads-ffn: heads and neurons removed) and, for "
+    "unstructured pruning, RUN/model-sparse (compressed). Data: the teacher run's, by default.",
+)
 
 
 def _run_training(
