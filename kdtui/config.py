@@ -8,6 +8,7 @@ of the wrong type, naming the key in `section.key` form. Nothing here does I/O.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import types
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -485,4 +486,9 @@ def default_of(section: str, key: str) -> Any:
 
 def type_of(section: str, key: str) -> Any:
     """The type of a key's value (used to declare its command-line flag)."""
-    return get_type_hints(SECTIONS[section])[key]
+    return _hints(section)[key]
+
+
+@functools.cache
+def _hints(section: str) -> dict[str, Any]:
+    return get_type_hints(SECTIONS[section])
