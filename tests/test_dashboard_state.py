@@ -398,9 +398,9 @@ def test_teacher_accuracy_from_the_teacher_run(tmp_path: Path) -> None:
 
 
 def test_the_dashboard_never_imports_torch() -> None:
-    # What this buys (the dashboard opens in ~0.7 s; torch, transformers and accelerate took 4.4 s
-    # to import on the loaded machine) is a speed, which
-    # a test on a shared machine cannot time reliably; the imports are what it can check.
+    # What this buys is a speed (the dashboard opens in ~0.7 s; torch, transformers and
+    # accelerate took 4.4 s to import on the loaded machine), which a test on a shared machine
+    # cannot time reliably; the imports are what it can check.
     code = (
         "import sys;"
         "import kdtui.cli, kdtui.dashboard.app, kdtui.dashboard.launch;"
