@@ -76,6 +76,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.stats import fmt_diff, fmt_mean_ci, paired_bootstrap  # noqa: E402
+from kdtui.events import Eval  # noqa: E402
+from kdtui.rundir import RunInfo  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "amazon-4domains"
 ROWS = {
@@ -85,7 +87,6 @@ ROWS = {
     "meta": "Meta-KD",
 }
 TEACHER_OF = {"single": "single", "mix": "mix", "meta": "meta"}
-PREDICTIONS_FILE = "test_predictions.json"
 OUT = "{OUT}"  # stands for --output-dir in recorded commands
 
 
@@ -359,8 +360,9 @@ class Bench:
         folder = self.out / name
         command = [part.replace(OUT, str(self.out)) for part in command]
         argv = [*command, "--output-dir", str(folder.parent), "--name", folder.name, "--quiet"]
-        if (folder / "config.toml").is_file():
-            if (folder / "metrics.json").is_file():  # finished, record not yet written
+        written = RunInfo(folder)
+        if written.config_file.is_file():
+            if written.finished():  # finished, record not yet written
                 spent = folder / "wall_s"
                 return float(spent.read_text()) if spent.is_file() else 0.0
             argv = [command[0], "--resume", str(folder), "--quiet"]
@@ -379,19 +381,15 @@ class Bench:
         return wall
 
     def _record(self, name: str, command: list[str], wall: float) -> dict:
-        folder = self.out / name
-        metrics = json.loads((folder / "metrics.json").read_text())
-        predictions = json.loads((folder / PREDICTIONS_FILE).read_text())
+        written = RunInfo(self.out / name)
+        metrics = written.metrics()
+        predictions = json.loads(written.predictions_file.read_text())
         correct: dict[str, str] = {}
         for d, y, p in zip(
             predictions["domains"], predictions["labels"], predictions["predictions"], strict=True
         ):
             correct[d] = correct.get(d, "") + ("1" if y == p else "0")
-        dev = []
-        for line in (folder / "events.jsonl").read_text().splitlines():
-            event = json.loads(line)
-            if event.get("type") == "eval":
-                dev.append([event["step"], event["accuracy"]])
+        dev = [[e.step, e.accuracy] for e in written.events() if isinstance(e, Eval)]
         keep = ("steps", "best_step", "best_dev", "stopped_early", "test")
         return {
             "name": name,

@@ -47,10 +47,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "bench"), str(REPO)]
 from stats import fmt_diff, fmt_mean_ci, mean_ci, paired_bootstrap  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+from kdtui.events import Message, RunStarted, Step  # noqa: E402
+from kdtui.rundir import RunInfo  # noqa: E402
+
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "amazon-4domains"
 BASELINES = ("magnitude", "movement", "soft-movement")
 LABELS = {
@@ -199,8 +202,9 @@ class Bench:
         if found is not None:
             return found
         run = self.out / name
-        if not (run / "metrics.json").is_file():
-            if (run / "config.toml").is_file():
+        written = RunInfo(run)
+        if not written.finished():
+            if written.config_file.is_file():
                 command = [options[0], "--resume", str(run)]
             else:
                 command = [*options, "--output-dir", str(self.out), "--name", name, "--force"]
@@ -215,8 +219,8 @@ class Bench:
                 )
             if done.returncode != 0:
                 raise RuntimeError(f"{name} failed (exit {done.returncode}); see {log}")
-        metrics = json.loads((run / "metrics.json").read_text())
-        predictions = json.loads((run / "test_predictions.json").read_text())
+        metrics = written.metrics()
+        predictions = json.loads(written.predictions_file.read_text())
         correct = "".join(
             "1" if p == y else "0"
             for p, y in zip(predictions["predictions"], predictions["labels"], strict=True)
@@ -334,39 +338,29 @@ class Bench:
 def run_seconds(run: Path) -> float:
     """Wall time of a run: each session from its run_started to the last event it wrote."""
     total, start, last = 0.0, None, None
-    for event in events(run):
-        if event.get("type") == "run_started":
+    for event in RunInfo(run).events():
+        if isinstance(event, RunStarted):
             if start is not None and last is not None:
                 total += last - start
-            start = event["time"]
-        last = event.get("time", last)
+            start = event.time
+        last = event.time
     if start is not None and last is not None:
         total += last - start
     return total
 
 
-def events(run: Path) -> list[dict[str, Any]]:
-    out = []
-    for line in (run / "events.jsonl").read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
-
-
 def warnings_of(run: Path) -> list[str]:
     return [
-        e["text"] for e in events(run) if e.get("type") == "message" and e["level"] == "warning"
+        e.text for e in RunInfo(run).events() if isinstance(e, Message) and e.level == "warning"
     ]
 
 
 def last_diagnostics(run: Path) -> dict[str, float]:
     """The pruner's last diagnostics (prune/* step metrics) of the run."""
     latest: dict[str, float] = {}
-    for event in events(run):
-        if event.get("type") == "step":
-            for key, value in (event.get("metrics") or {}).items():
+    for event in RunInfo(run).events():
+        if isinstance(event, Step):
+            for key, value in (event.metrics or {}).items():
                 if key.startswith("prune/") and value is not None:
                     latest[key.removeprefix("prune/")] = value
     return latest

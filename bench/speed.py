@@ -469,8 +469,8 @@ def deploy_table(args: argparse.Namespace) -> None:
     from kdtui.data import load_data
     from kdtui.export import INT8_FILE, ONNX_FILE, export_model, session, session_forward
     from kdtui.models import read_config_json
-    from kdtui.profile import resolve
     from kdtui.recipes.evaluate import evaluate_one, latency_grid
+    from kdtui.resolver import resolve
 
     runs = {
         "dense": args.runs / args.dense,

@@ -8,6 +8,7 @@ of the wrong type, naming the key in `section.key` form. Nothing here does I/O.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import types
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -132,7 +133,7 @@ class DistillConfig:
     # If > 0, each stage stops after this many steps instead of its epochs (train.max_steps is
     # the teacher's: a profile shared by teacher and distill sets it for the teacher).
     max_steps: int = 0
-    temperature: float = 2.0
+    kd_temperature: float = 2.0  # stage 2's softmax temperature on both models' logits
     # Stage 1's attention term: "probs" (attention probabilities after softmax, as EasyNLP's
     # official Meta-KD; on MiniLM its gradient is on the hidden-state term's scale) or "scores"
     # (pre-softmax Q·Kᵀ/√d, as TinyBERT; ~3,000x larger, it swamps the other terms).
@@ -157,9 +158,9 @@ class PruneConfig:
     fic: bool = True  # contrast with the fine-tuned model (encoded once)
     snc: bool = True  # contrast with snapshots of the model taken during pruning
     pretrained: str = ""  # PrC's model; empty = the model the teacher run started from
-    temperature: float = 0.1  # τ of the contrastive losses
-    # Weights of each module's unsupervised / supervised term; < 0 = the authors' defaults:
-    # 0.1 / 10 for weights, 0.3 / 3 for heads-ffn.
+    contrastive_temperature: float = 0.1  # τ of the contrastive losses
+    # Weights of each module's unsupervised / supervised term; < 0 = the authors' defaults
+    # (0.1 / 10 for weights, 0.3 / 3 for heads-ffn), filled in when the config is resolved.
     w_unsup: float = -1.0
     w_sup: float = -1.0
     num_negatives: int = 4096  # bank vectors drawn at random as extra candidates per batch
@@ -168,7 +169,9 @@ class PruneConfig:
     pooling: str = "cls"  # sentence representation: "cls" (pooler output) or "mean"
     ce_weight: float = 0.1
     kd_weight: float = 0.9
-    kd_temperature: float = 0.0  # 0 = the authors' default: 2 for weights, 1 for heads-ffn
+    # KD's softmax temperature; 0 = the authors' default (2 for weights, 1 for heads-ffn),
+    # filled in when the config is resolved.
+    kd_temperature: float = 0.0
     # Where pruning starts: "finetuned" (the model given, which is also the KD/FiC teacher) or
     # "pretrained" (the authors' regime: the pre-trained weights with a new head, learning from
     # the fine-tuned model as KD/FiC teacher; give it a long run and prune.warmup_ratio).
@@ -249,10 +252,19 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+# Keys that were renamed, old name -> new: profiles and run configs written before the rename
+# still load (a run started then can be resumed).
+RENAMED: dict[str, str] = {
+    "distill.temperature": "distill.kd_temperature",
+    "prune.temperature": "prune.contrastive_temperature",
+}
+
+
 def build_config(data: dict[str, Any]) -> Config:
     """Turn a nested dict (parsed TOML + overrides) into a validated Config."""
     if not isinstance(data, dict):
         raise KdtuiError("a profile must be a TOML table of sections")
+    data = _renamed(data)
     _reject_unknown(data.keys(), SECTIONS.keys(), "section")
     sections = {}
     for name, cls in SECTIONS.items():
@@ -263,6 +275,18 @@ def build_config(data: dict[str, Any]) -> Config:
     config = Config(**sections)
     _validate(config)
     return config
+
+
+def _renamed(data: dict[str, Any]) -> dict[str, Any]:
+    """DATA with renamed keys under their new names (a new name given too wins)."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for old, new in RENAMED.items():
+        section, old_key = old.split(".")
+        table = data.get(section)
+        if isinstance(table, dict) and old_key in table:
+            value = table.pop(old_key)
+            table.setdefault(new.split(".")[1], value)
+    return data
 
 
 def _build_section(cls: type, section: str, values: dict[str, Any]) -> Any:
@@ -392,7 +416,7 @@ def _validate(config: Config) -> None:
         (config.distill.intermediate_epochs >= 0, "distill.intermediate_epochs must be >= 0"),
         (config.distill.prediction_epochs > 0, "distill.prediction_epochs must be > 0"),
         (config.distill.max_steps >= 0, "distill.max_steps must be >= 0"),
-        (config.distill.temperature > 0, "distill.temperature must be > 0"),
+        (config.distill.kd_temperature > 0, "distill.kd_temperature must be > 0"),
         (
             all(len(pair) == 2 for pair in config.distill.layer_map),
             "distill.layer_map must be a list of [student_layer, teacher_layer] pairs",
@@ -407,7 +431,10 @@ def _validate(config: Config) -> None:
                 else ""
             ),
         ),
-        (config.prune.temperature > 0, "prune.temperature must be > 0"),
+        (
+            config.prune.contrastive_temperature > 0,
+            "prune.contrastive_temperature must be > 0",
+        ),
         (config.prune.num_negatives >= 0, "prune.num_negatives must be >= 0"),
         (config.prune.snapshot_views >= 1, "prune.snapshot_views must be at least 1"),
         (config.prune.bank_examples >= 1, "prune.bank_examples must be at least 1"),
@@ -455,3 +482,13 @@ def default_of(section: str, key: str) -> Any:
         if f.name == key:
             return f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
     raise KeyError(f"{section}.{key}")
+
+
+def type_of(section: str, key: str) -> Any:
+    """The type of a key's value (used to declare its command-line flag)."""
+    return _hints(section)[key]
+
+
+@functools.cache
+def _hints(section: str) -> dict[str, Any]:
+    return get_type_hints(SECTIONS[section])

@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from kdtui.errors import KdtuiError
+from kdtui.rundir import EXPORT_INFO_FILE
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
-INFO_FILE = "kdtui_export.json"
 FORMATS = ("onnx",)
 # Opset 17 has LayerNormalization as one operator and is read by every ONNX Runtime since 1.14.
 OPSET = 17
@@ -285,13 +285,13 @@ def export_model(
             )
             info["check"][name] = check_export(reference, logits, encoded.labels)
             info["check"][name]["bytes"] = (tmp / name).stat().st_size
-        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        (tmp / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info
 
 
 def read_export_info(folder: Path) -> dict[str, Any]:
     try:
-        return json.loads((folder / INFO_FILE).read_text(encoding="utf-8"))
+        return json.loads((folder / EXPORT_INFO_FILE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return {}
 

@@ -1,7 +1,6 @@
 """Profiles: TOML files that make a run repeatable, plus `section.key=value` overrides.
 
-Precedence, lowest first: dataclass defaults < profile < `--set` overrides < explicit CLI
-options. `resolve()` merges them into a plain dict and `kdtui.config.build_config` validates it.
+This module finds, reads and writes them; `kdtui.resolver` layers them into a run's config.
 The resolved config is written back as TOML (`config.toml` in the run directory), and that file
 is itself a profile: `--profile RUN/config.toml` reruns the run exactly.
 """
@@ -14,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdtui.config import Config, build_config
+from kdtui.config import Config
 from kdtui.errors import KdtuiError
 from kdtui.rundir import find_run
 
@@ -105,33 +104,6 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     except tomllib.TOMLDecodeError:
         value = raw
     return parts, value
-
-
-def resolve(
-    profile: str | None,
-    overrides: list[str] | tuple[str, ...] = (),
-    options: dict[str, Any] | None = None,
-    base: dict[str, Any] | None = None,
-) -> tuple[Config, dict[str, Any]]:
-    """Merge base < profile < --set < explicit options; return the config and the merged dict.
-
-    `options` maps "section.key" to a value, None meaning "not given on the command line".
-    `base` sits just above the defaults: distill and prune use the teacher run's [data]
-    section, so a student is trained on the teacher's data unless told otherwise."""
-    merged: dict[str, Any] = {k: dict(v) for k, v in (base or {}).items()}
-    for section, values in (read_profile(find_profile(profile)) if profile else {}).items():
-        if isinstance(values, dict) and isinstance(merged.get(section), dict):
-            merged[section].update(values)
-        else:
-            merged[section] = values
-    pairs = [parse_override(o) for o in overrides]
-    pairs += [(k.split("."), v) for k, v in (options or {}).items() if v is not None]
-    for (section, key), value in pairs:
-        table = merged.setdefault(section, {})
-        if not isinstance(table, dict):
-            raise KdtuiError(f"'{section}' must be a table in the profile")
-        table[key] = value
-    return build_config(merged), merged
 
 
 def to_toml(config: Config, header: str = "") -> str:

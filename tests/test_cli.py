@@ -154,12 +154,12 @@ def test_the_progress_bar_shows_steps_loss_evals_and_warnings() -> None:
 
     from rich.console import Console
 
-    from kdtui.cli import _ProgressListener
     from kdtui.events import Eval, Message, RunStarted, Step
+    from kdtui.terminal import ProgressListener
 
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=120, color_system=None)
-    bar = _ProgressListener(enabled=True, console=console)
+    bar = ProgressListener(enabled=True, console=console)
     bar(RunStarted(run="r", command="teacher", profile="smoke", total_steps=4, config={}))
     for step in range(1, 5):
         bar(Step(step=step, total_steps=4, epoch=step / 4, lr=1e-3, loss=1 / step, losses={}))
@@ -173,11 +173,11 @@ def test_the_progress_bar_shows_steps_loss_evals_and_warnings() -> None:
 
 
 def test_without_a_terminal_only_warnings_are_printed(capsys: pytest.CaptureFixture[str]) -> None:
-    from kdtui.cli import _ProgressListener
     from kdtui.events import Message, RunStarted, Step
+    from kdtui.terminal import ProgressListener
 
     for warnings in (True, False):  # False: --quiet
-        bar = _ProgressListener(enabled=False, warnings=warnings)
+        bar = ProgressListener(enabled=False, warnings=warnings)
         bar(RunStarted(run="r", command="teacher", profile="", total_steps=2, config={}))
         bar(Step(step=1, total_steps=2, epoch=0.5, lr=1e-3, loss=0.5, losses={}))
         bar(Message(level="info", text="data notes"))

@@ -11,10 +11,10 @@ from kdtui.profile import (
     find_profile,
     parse_override,
     read_profile,
-    resolve,
     shipped_profiles,
     to_toml,
 )
+from kdtui.resolver import resolve
 
 
 def test_empty_profile_gives_defaults() -> None:

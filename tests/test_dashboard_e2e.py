@@ -153,8 +153,9 @@ def test_dashboard_flag_starts_the_command_the_user_typed(
 ) -> None:
     calls: list[tuple[list[str], Path]] = []
 
-    def fake_launch(argv: list[str], run_dir: Path) -> int:
+    def fake_launch(argv: list[str], run_dir: Path, profile_text: str = "") -> int:
         calls.append((argv, run_dir))
+        (runs / f".{run_dir.name}.toml").write_text(profile_text)
         return 0
 
     monkeypatch.setattr("kdtui.dashboard.launch.launch_and_follow", fake_launch)
@@ -175,19 +176,53 @@ def test_dashboard_flag_starts_the_command_the_user_typed(
     assert result.exit_code == 0, result.output
     argv, run_dir = calls[-1]
     assert run_dir == runs / "n1"
-    assert argv[:5] == ["teacher", "--profile", "smoke", "--set", "train.lr=0.01"]
-    assert "train.max_steps=3" in argv and 'run.name="n1"' in argv and argv[-1] == "--quiet"
-    # The child parses these back to the same configuration.
-    from kdtui.profile import resolve
+    resolved = runs / ".n1.toml"  # beside the child's log
+    assert argv == ["teacher", "--profile", str(resolved), "--quiet"]
+    # The child runs the configuration resolved here.
+    from kdtui.resolver import resolve
 
-    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
-    config, _ = resolve("smoke", sets)
+    config, _ = resolve(str(resolved), command="teacher")
     assert (config.train.lr, config.train.max_steps, config.run.name) == (0.01, 3, "n1")
     assert config.run.output_dir == str(runs)
 
     result = invoke("dashboard", "--profile", "smoke", "teacher", "-o", str(runs), "--name", "n2")
     assert result.exit_code == 0, result.output
-    assert calls[-1][1] == runs / "n2" and calls[-1][0][:3] == ["teacher", "--profile", "smoke"]
+    assert calls[-1] == (["teacher", "--profile", str(runs / ".n2.toml"), "--quiet"], runs / "n2")
+
+
+def test_the_dashboard_child_runs_the_config_the_foreground_command_would(
+    runs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prune's config has the most resolved for it: the newest teacher run, that run's data
+    under the profile, CAP's loss weights by structure, the scores' initialisation."""
+    result = invoke("teacher", "--profile", "smoke", "-o", str(runs), "--name", "t", "-q")
+    assert result.exit_code == 0, result.output
+    typed = ["prune", "--profile", "smoke", "-o", str(runs), "--structure", "heads-ffn"]
+    typed += ["--sparsity", "0.3", "--max-steps", "2", "--set", "prune.num_negatives=8"]
+    result = invoke(*typed, "--name", "fg", "-q")
+    assert result.exit_code == 0, result.output
+
+    children: list[list[str]] = []
+
+    def run_the_child(argv: list[str], run_dir: Path, profile_text: str = "") -> int:
+        children.append(argv)
+        (runs / f".{run_dir.name}.toml").write_text(profile_text)
+        return invoke(*argv).exit_code
+
+    monkeypatch.setattr("kdtui.dashboard.launch.launch_and_follow", run_the_child)
+    result = invoke(*typed, "--name", "bg", "--dashboard")
+    assert result.exit_code == 0, result.output
+    assert children and "--dashboard" not in children[0]
+
+    def body(run: Path) -> str:  # the resolved values, less the run's own name
+        text = (run / "config.toml").read_text()
+        return "\n".join(
+            line for line in text.splitlines() if not line.startswith(("#", "name = "))
+        )
+
+    assert body(runs / "fg") == body(runs / "bg")
+    assert f'model = "{runs / "t"}"' in body(runs / "bg")  # the teacher prune picked
+    assert "w_unsup = 0.3" in body(runs / "bg")  # the authors' heads-ffn weight
 
 
 @pytest.fixture

@@ -398,16 +398,17 @@ def test_teacher_accuracy_from_the_teacher_run(tmp_path: Path) -> None:
 
 
 def test_the_dashboard_never_imports_torch() -> None:
+    # What this buys is a speed (the dashboard opens in ~0.7 s; torch, transformers and
+    # accelerate took 4.4 s to import on the loaded machine), which a test on a shared machine
+    # cannot time reliably; the imports are what it can check.
     code = (
-        "import sys, time; t = time.perf_counter();"
+        "import sys;"
         "import kdtui.cli, kdtui.dashboard.app, kdtui.dashboard.launch;"
-        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'accelerate')"
-        " if m in sys.modules]; print(heavy, time.perf_counter() - t)"
+        "print([m for m in ('torch', 'transformers', 'datasets', 'accelerate')"
+        " if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    heavy, seconds = out.stdout.rsplit(" ", 1)
-    assert heavy == "[]", out.stdout
-    assert float(seconds) < 3.0  # generous: the machine is shared; ~0.7 s measured alone
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 @pytest.mark.parametrize(
@@ -431,7 +432,7 @@ def test_dashboard_flag_reaches_the_dashboard_without_torch(
     argv = [a.replace("{up}", str(upstream)) for a in argv]
     code = (
         "import sys; import kdtui.dashboard.launch as launch;\n"
-        "def follow(argv, run_dir):\n"
+        "def follow(argv, run_dir, profile_text=''):\n"
         "    heavy = [m for m in ('torch', 'transformers', 'datasets', 'accelerate')"
         " if m in sys.modules]\n"
         "    print('heavy', heavy, 'child', argv[0]); return 0\n"

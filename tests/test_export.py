@@ -16,7 +16,6 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from kdtui.export import (  # noqa: E402
-    INFO_FILE,
     INT8_FILE,
     ONNX_FILE,
     export_onnx,
@@ -25,6 +24,7 @@ from kdtui.export import (  # noqa: E402
     session_forward,
 )
 from kdtui.methods.compact import compact  # noqa: E402
+from kdtui.rundir import EXPORT_INFO_FILE as INFO_FILE  # noqa: E402
 from tests.conftest import invoke, metrics_of  # noqa: E402
 from tests.test_pruning import batch_of, tiny_bert  # noqa: E402
 from tests.test_sparse_kernels import sparsify  # noqa: E402

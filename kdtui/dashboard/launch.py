@@ -72,8 +72,14 @@ class ChildRun:
         return tail[0] if tail else ""
 
 
-def launch_and_follow(argv: list[str], run_dir: Path) -> int:
-    """Start `kdtui ARGV` (which writes `run_dir`), follow it, and return the exit code."""
+def resolved_profile(run_dir: Path) -> Path:
+    """Where `--dashboard` writes the config its child runs: beside the child's log."""
+    return run_dir.parent / f".{run_dir.name}.toml"
+
+
+def launch_and_follow(argv: list[str], run_dir: Path, profile_text: str = "") -> int:
+    """Start `kdtui ARGV` (which writes `run_dir`), follow it, and return the exit code.
+    PROFILE_TEXT, if given, is written to `resolved_profile(run_dir)` first (ARGV names it)."""
     if not plain.has_terminal():
         # Checked before the child starts: without a terminal nobody could stop or keep it.
         raise KdtuiError(
@@ -81,6 +87,13 @@ def launch_and_follow(argv: list[str], run_dir: Path) -> int:
             f"start the run without it (kdtui {argv[0]} ... without --dashboard) and look at "
             f"it with: kdtui dashboard {run_dir}"
         )
+    if profile_text:
+        path = resolved_profile(run_dir)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(profile_text, encoding="utf-8")
+        except OSError as e:
+            raise KdtuiError(f"cannot write {path}: {e.strerror}") from None
     child = ChildRun.start(argv, run_dir)
     choice = create_app(run_dir, runs_root=run_dir.parent, process=child).run()
     return after_dashboard(child, choice, run_dir)

@@ -82,8 +82,8 @@ from kdtui.methods.losses import (
     soft_cross_entropy,
     weighted_mean,
 )
+from kdtui.rundir import DOMAIN_HEAD_FILE
 
-DOMAIN_HEAD_FILE = "domain_head.safetensors"
 INIT_STD = 0.02  # BERT's initializer_range: new heads start on the encoder's scale
 
 

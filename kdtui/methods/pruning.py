@@ -175,8 +175,6 @@ class UnstructuredPruner(BaseHook):
     ) -> None:
         if criterion not in CRITERIA:
             raise KdtuiError(f"unknown pruning criterion '{criterion}'; use {', '.join(CRITERIA)}")
-        if not 0 <= target_sparsity < 1:
-            raise KdtuiError(f"sparsity must be in [0, 1), got {target_sparsity}")
         if score_init not in SCORE_INITS:
             raise KdtuiError(f"unknown score init '{score_init}'; use {', '.join(SCORE_INITS)}")
         if soft_mask not in SOFT_MASKS:
@@ -499,8 +497,6 @@ class StructuredPruner(BaseHook):
         cooldown_steps: int,
         step_fraction: float = 0.1,
     ) -> None:
-        if not 0 <= target_sparsity < 1:
-            raise KdtuiError(f"sparsity must be in [0, 1), got {target_sparsity}")
         self.target = target_sparsity
         self.total = total_steps
         self.warmup = warmup_steps
@@ -530,13 +526,7 @@ class StructuredPruner(BaseHook):
         costs = unit_costs(ctx.model)
         self.encoder_params = costs["encoder"]
         self.head_cost, self.neuron_cost = costs["head"], costs["neuron"]
-        max_sparsity = max_structured_sparsity(ctx.model)
-        if self.target > max_sparsity + 1e-9:
-            raise KdtuiError(
-                f"prune.sparsity {self.target:g} with structure heads-ffn would remove every head "
-                f"of a layer: at least one head and one FFN neuron stay in each layer, so at most "
-                f"{max_sparsity:.1%} of this encoder's parameters can go"
-            )
+        check_structured_target(ctx.model, self.target)
         for i, layer in enumerate(self.layers):
             self._handles.append(
                 layer.attention.output.dense.register_forward_pre_hook(self._mask_heads(i))
@@ -727,3 +717,14 @@ def max_structured_sparsity(model: nn.Module) -> float:
     costs = unit_costs(model)
     per_layer = (shape["heads"] - 1) * costs["head"] + (shape["intermediate"] - 1) * costs["neuron"]
     return len(encoder_layers(model)) * per_layer / costs["encoder"]
+
+
+def check_structured_target(model: nn.Module, target: float) -> None:
+    """Refuse a heads-ffn target that would remove every head of a layer."""
+    limit = max_structured_sparsity(model)
+    if target > limit + 1e-9:
+        raise KdtuiError(
+            f"prune.sparsity {target:g} with structure heads-ffn would remove every head of a "
+            f"layer: at least one head and one FFN neuron stay in each layer, so at most "
+            f"{limit:.1%} of this encoder's parameters can go"
+        )

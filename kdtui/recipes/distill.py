@@ -94,7 +94,7 @@ def run_distill(ctx: RunContext) -> dict[str, Any]:
 
     teacher_folder = Path(resolve_model_path(d.teacher))
     domain_head = load_domain_head(teacher_folder)
-    method = d.method or ("meta" if domain_head is not None else "vanilla")
+    method = d.method  # filled in by the resolver from the teacher when not given
     if method == "meta" and domain_head is None:
         raise KdtuiError(
             f"teacher {d.teacher} is not a meta-teacher (no domain head in {teacher_folder}); "
@@ -243,7 +243,7 @@ def distill_one(
     stage2: list[Hook] = [
         PredictionDistillHook(
             teacher=teacher.model,
-            temperature=d.temperature,
+            temperature=d.kd_temperature,
             weights="expertise" if use_meta else "none",
             prototype_scores_by_example_id=scores if use_meta else None,
             cached_logits=cached,

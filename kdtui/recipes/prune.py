@@ -48,30 +48,14 @@ from kdtui.recipes.common import (
 from kdtui.rundir import run_of_model
 
 
-def authors_defaults(structure: str) -> dict[str, float]:
-    """CAP's loss weights and KD temperature from the authors' scripts (README, CAP pruning)."""
-    if structure == "heads-ffn":
-        return {"w_unsup": 0.3, "w_sup": 3.0, "kd_temperature": 1.0}
-    return {"w_unsup": 0.1, "w_sup": 10.0, "kd_temperature": 2.0}
-
-
-def score_init(choice: str, start: str) -> str:
-    """prune.score_init "auto": magnitude-seeded scores from a fine-tuned model (zero scores
-    carry no signal when cutting starts after a short warm-up), the authors' constant zero
-    from the pre-trained model (whose long warm-up lets the scores learn first)."""
-    if choice != "auto":
-        return choice
-    return "constant" if start == "pretrained" else "magnitude"
-
-
 def run_prune(ctx: RunContext) -> dict[str, Any]:
     from kdtui.methods.contrastive import BANKS, CapHook, MemoryBank, bank_rows
     from kdtui.methods.kd import KdHook
     from kdtui.methods.pruning import (
         StructuredPruner,
         UnstructuredPruner,
+        check_structured_target,
         encoder_layers,
-        max_structured_sparsity,
     )
 
     cfg = ctx.config
@@ -99,13 +83,7 @@ def run_prune(ctx: RunContext) -> dict[str, Any]:
     if cfg.model.dropout >= 0:
         _set_dropout(model, cfg.model.dropout)
     if p.structure == "heads-ffn":
-        limit = max_structured_sparsity(model)
-        if p.sparsity > limit:
-            raise KdtuiError(
-                f"prune.sparsity {p.sparsity:g} with structure heads-ffn would remove every head "
-                f"of a layer: at least one head and one FFN neuron stay in each layer, so at most "
-                f"{limit:.1%} of this encoder's parameters can go"
-            )
+        check_structured_target(model, p.sparsity)  # before the data is encoded
 
     train_enc = encode(data.train, tokenizer, cfg.data.max_length)
     dev_enc = encode(data.dev, tokenizer, cfg.data.max_length)
@@ -113,10 +91,6 @@ def run_prune(ctx: RunContext) -> dict[str, Any]:
     n_steps = total_steps(cfg.train, len(train_enc))
     warmup = int(p.warmup_ratio * n_steps)
     cooldown = int(p.cooldown_ratio * n_steps)
-    defaults = authors_defaults(p.structure)
-    w_unsup = p.w_unsup if p.w_unsup >= 0 else defaults["w_unsup"]
-    w_sup = p.w_sup if p.w_sup >= 0 else defaults["w_sup"]
-    kd_temperature = p.kd_temperature or defaults["kd_temperature"]
     modules = [m for m in BANKS if p.cap and getattr(p, m)]
     ctx.run.log(
         Message(
@@ -135,7 +109,7 @@ def run_prune(ctx: RunContext) -> dict[str, Any]:
             cooldown_steps=cooldown,
             scope=p.scope,
             score_lr=p.score_lr,
-            score_init=score_init(p.score_init, p.start),
+            score_init=p.score_init,
             soft_mask=p.soft_mask,
             final_threshold=p.final_threshold,
             stages=p.snapshot_views,
@@ -154,7 +128,7 @@ def run_prune(ctx: RunContext) -> dict[str, Any]:
     logits_by_id[torch.tensor(train_enc.ids)] = teacher_logits
     hooks: list[Hook] = [
         CrossEntropyHook(),
-        KdHook(temperature=kd_temperature, logits_by_id=logits_by_id),
+        KdHook(temperature=p.kd_temperature, logits_by_id=logits_by_id),
         pruner,
     ]
     weights = {"ce": p.ce_weight, "kd": p.kd_weight, "l1": p.l1_weight}
@@ -189,15 +163,15 @@ def run_prune(ctx: RunContext) -> dict[str, Any]:
                 banks=fixed,
                 snapshots=snapshots,
                 stage=pruner.stage,
-                temperature=p.temperature,
+                temperature=p.contrastive_temperature,
                 num_negatives=p.num_negatives,
                 pooling=p.pooling,
                 seed=cfg.run.seed,
             )
         )
         for bank in modules:
-            weights[f"{bank}_unsup"] = w_unsup
-            weights[f"{bank}_sup"] = w_sup
+            weights[f"{bank}_unsup"] = p.w_unsup
+            weights[f"{bank}_sup"] = p.w_sup
     del teacher, teacher_vectors
 
     ctx.start(n_steps)
@@ -224,7 +198,7 @@ def run_prune(ctx: RunContext) -> dict[str, Any]:
         "start": p.start,
     }
     if p.structure == "weights" and p.criterion != "magnitude":
-        summary["score_init"] = score_init(p.score_init, p.start)
+        summary["score_init"] = p.score_init
     if p.structure == "weights" and p.criterion == "soft-movement":
         summary["soft_mask"] = p.soft_mask
     if p.structure == "weights":

@@ -1,0 +1,180 @@
+"""Which configuration a command runs with: the one path from a command line to a `Config`.
+
+Layers, lowest first: kdtui's defaults < the upstream run's [data] section (distill and prune
+train on their teacher's data unless told otherwise) < the profile < `--set` overrides <
+explicit options. The merged layers are validated once (`build_config`); then the values that
+depend on others are filled in (the placeholders: CAP's loss weights and KD temperature by
+structure, movement scores' initialisation by where pruning starts, the distillation method by
+the teacher), so a recipe, the run's `config.toml` and a `--dashboard` child all see every value
+the run uses, and `--profile RUN/config.toml` reruns it exactly.
+
+Options that imply others: `kdtui teacher --domain D` means `--method single`, and a budget in
+epochs given on the command line clears the `max_steps` a profile sets (an explicit
+`--max-steps` still wins).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from kdtui.config import Config, build_config
+from kdtui.errors import KdtuiError
+from kdtui.profile import find_profile, parse_override, read_profile
+from kdtui.rundir import DOMAIN_HEAD_FILE, EXPORT_INFO_FILE, find_run, latest_finished_run
+
+# Commands that start from another run, and the key naming it.
+UPSTREAM = {"distill": "distill.teacher", "prune": "prune.model"}
+
+# An epochs key given on the command line clears its max_steps key (unless that is given too).
+EPOCH_BUDGETS = {
+    "train.max_steps": ("train.epochs",),
+    "distill.max_steps": ("distill.prediction_epochs", "distill.intermediate_epochs"),
+}
+
+# CAP's loss weights and KD temperature in the authors' scripts, by structure.
+AUTHORS_DEFAULTS = {
+    "weights": {"w_unsup": 0.1, "w_sup": 10.0, "kd_temperature": 2.0},
+    "heads-ffn": {"w_unsup": 0.3, "w_sup": 3.0, "kd_temperature": 1.0},
+}
+
+
+class Resolved(NamedTuple):
+    config: Config
+    notes: tuple[str, ...] = ()  # choices made for the user (the model prune picked)
+
+
+def resolve(
+    profile: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    options: dict[str, Any] | None = None,
+    *,
+    command: str = "",
+) -> Resolved:
+    """The config COMMAND runs with. `options` maps "section.key" to a value given on the
+    command line, None meaning "not given"."""
+    given = _implied({k: v for k, v in (options or {}).items() if v is not None})
+    layered = read_profile(find_profile(profile)) if profile else {}
+    layered = _set(layered, [parse_override(o) for o in overrides])
+    layered = _set(layered, [(k.split("."), v) for k, v in given.items()])
+    notes: list[str] = []
+    if command in UPSTREAM:
+        layered, notes = _under_upstream(command, layered)
+    return Resolved(fill_placeholders(build_config(layered)), tuple(notes))
+
+
+def resolve_for_models(
+    models: list[str],
+    profile: str | None,
+    overrides: list[str] | tuple[str, ...],
+    options: dict[str, Any],
+) -> Config:
+    """The config `evaluate` and `export` score models with: without a profile, the data config
+    of the run the first model comes from."""
+    return resolve(profile or data_profile_of(models[0]), overrides, options).config
+
+
+def fill_placeholders(config: Config) -> Config:
+    """CONFIG with every "decide for me" value replaced by what it stands for."""
+    p = config.prune
+    authors = AUTHORS_DEFAULTS[p.structure]
+    prune = replace(
+        p,
+        w_unsup=p.w_unsup if p.w_unsup >= 0 else authors["w_unsup"],
+        w_sup=p.w_sup if p.w_sup >= 0 else authors["w_sup"],
+        kd_temperature=p.kd_temperature or authors["kd_temperature"],
+        # Zero scores carry no signal when cutting starts after a short warm-up from a
+        # fine-tuned model, which then collapses; from the pre-trained weights the authors'
+        # long warm-up lets zero scores learn first.
+        score_init=(
+            p.score_init
+            if p.score_init != "auto"
+            else ("constant" if p.start == "pretrained" else "magnitude")
+        ),
+    )
+    distill = config.distill
+    if not distill.method and distill.teacher:
+        distill = replace(distill, method=_distill_method_for(distill.teacher))
+    return replace(config, prune=prune, distill=distill)
+
+
+def _distill_method_for(teacher: str) -> str:
+    """Meta-distillation for a meta-teacher (its model folder has a domain head), else plain KD.
+    A teacher that cannot be found is left for the recipe to report: method stays empty."""
+    from kdtui.models import resolve_model_path
+
+    try:
+        folder = Path(resolve_model_path(teacher))
+    except KdtuiError:
+        return ""
+    return "meta" if (folder / DOMAIN_HEAD_FILE).is_file() else "vanilla"
+
+
+def _implied(given: dict[str, Any]) -> dict[str, Any]:
+    if given.get("teacher.domain") and "teacher.method" not in given:
+        given["teacher.method"] = "single"
+    for steps, epochs in EPOCH_BUDGETS.items():
+        if steps not in given and any(e in given for e in epochs):
+            given[steps] = 0
+    return given
+
+
+def _set(layered: dict[str, Any], pairs: list[tuple[list[str], Any]]) -> dict[str, Any]:
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in layered.items()}
+    for (section, key), value in pairs:
+        table = merged.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise KdtuiError(f"'{section}' must be a table in the profile")
+        table[key] = value
+    return merged
+
+
+def _under_upstream(command: str, layered: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """LAYERED over the upstream run's [data] section. `kdtui prune` without a model takes the
+    newest finished teacher run (and says so: the returned notes)."""
+    section, key = UPSTREAM[command].split(".")
+    table = layered.get(section) if isinstance(layered.get(section), dict) else {}
+    upstream = table.get(key) if isinstance(table, dict) else None
+    notes = []
+    if not upstream and command == "prune":
+        run_table = layered.get("run") if isinstance(layered.get("run"), dict) else {}
+        output_dir = str(run_table.get("output_dir", "runs"))
+        found = latest_finished_run(Path(output_dir).expanduser(), "teacher")
+        if found is None:
+            raise KdtuiError(
+                f"no model to prune: no finished teacher run in {output_dir}/; "
+                "train one (kdtui teacher --profile quickstart) or give --model"
+            )
+        upstream = str(found)
+        layered = _set(layered, [([section, key], upstream)])
+        notes.append(
+            f"no --model given: pruning {found}, the newest finished teacher run in {output_dir}/"
+        )
+    run = find_run(Path(upstream).expanduser()) if isinstance(upstream, str) and upstream else None
+    if run is None:
+        return layered, notes
+    data = run.config_dict().get("data", {})
+    mine = layered.get("data", {})
+    if isinstance(data, dict) and isinstance(mine, dict):
+        layered = {**layered, "data": {**data, **mine}}
+    return layered, notes
+
+
+def data_profile_of(model: str) -> str | None:
+    """The config.toml of the run a model comes from: the run directory itself, or for an ONNX
+    export (its folder or one of its files) the run it was exported from."""
+    path = Path(model).expanduser()
+    if (run := find_run(path)) is not None:
+        return str(run.config_file)
+    folder = path.parent if path.suffix == ".onnx" else path
+    info = folder / EXPORT_INFO_FILE
+    if info.is_file():
+        try:
+            source = Path(json.loads(info.read_text(encoding="utf-8")).get("source", ""))
+        except (OSError, ValueError, AttributeError):
+            return None
+        if (run := find_run(source)) is not None:
+            return str(run.config_file)
+    return None
