@@ -275,15 +275,15 @@ class Bench:
         a = self.args
         name = f"{setting}/{domain}/{row}-seed{seed}"
         init = f"{OUT}/{self.student_init_name(seed)}"
+        lr = a.alone_lr if row == "alone" else a.student_lr
         data = [
             *self._data(setting, domain),
-            "--seed", str(seed), "--lr", str(a.student_lr),
+            "--seed", str(seed), "--lr", str(lr),
             "--set", f"data.domains={domain}",
         ]  # fmt: skip
         stage1, stage2 = self.student_steps(setting)
         if row == "alone":
             steps = stage1 + stage2
-            data[data.index("--lr") + 1] = str(a.alone_lr)
             command = [
                 "teacher", "--method", "single", "--domain", domain, "--model", init,
                 "--max-steps", str(steps),

@@ -99,12 +99,11 @@ def with_flags(*flags: Flag) -> Callable[[F], F]:
     def decorate(fn: F) -> F:
         signature = inspect.signature(fn, eval_str=True)  # the Annotated options, not text
         own = [p for p in signature.parameters.values() if p.name != "options"]
+        keyword = inspect.Parameter.KEYWORD_ONLY
         params = [
-            inspect.Parameter(f.param, inspect.Parameter.KEYWORD_ONLY, annotation=f.option())
-            for f in flags
+            inspect.Parameter(f.param, keyword, default=None, annotation=f.option()) for f in flags
         ]
-        params = [p.replace(default=None) for p in params]
-        params += [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
+        params += [p.replace(kind=keyword) for p in own]
 
         @functools.wraps(fn)
         def command(**kwargs: Any) -> Any:
@@ -119,14 +118,16 @@ def with_flags(*flags: Flag) -> Callable[[F], F]:
     return decorate
 
 
+DATA = Flag(
+    "data.source",
+    ("--data",),
+    "'synthetic', a csv/tsv/jsonl/json/parquet file, or a folder of train/dev/test files",
+    metavar="SOURCE",
+)
+SPLIT = Flag("evaluate.split", ("--split",), "Split to score", metavar="train|dev|test")
 # Every training command.
 TRAINING = (
-    Flag(
-        "data.source",
-        ("--data",),
-        "'synthetic', a csv/tsv/jsonl/json/parquet file, or a folder of train/dev/test files",
-        metavar="SOURCE",
-    ),
+    DATA,
     Flag("data.train_fraction", ("--train-fraction",), "Keep this share of the training data"),
     Flag("train.batch_size", ("--batch-size",), "Global batch (all processes together)"),
     Flag("train.lr", ("--lr",), "Peak learning rate", metavar="LR"),
@@ -299,8 +300,8 @@ PRUNE = (
 )
 
 EVALUATE = (
-    Flag("data.source", ("--data",), "'synthetic', a data file or folder", metavar="SOURCE"),
-    Flag("evaluate.split", ("--split",), "Split to score", metavar="train|dev|test"),
+    DATA,
+    SPLIT,
     Flag(
         "evaluate.sparse_kernels",
         ("--sparse-kernels",),
@@ -594,7 +595,7 @@ def evaluate(
 
 @app.command()
 @handles_errors
-@with_flags(*EVALUATE[:2])
+@with_flags(DATA, SPLIT)
 def export(
     options: dict[str, Any],
     model: Annotated[str, typer.Argument(help="A run directory or model folder.")],

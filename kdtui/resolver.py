@@ -135,12 +135,10 @@ def _under_upstream(command: str, layered: dict[str, Any]) -> tuple[dict[str, An
     """LAYERED over the upstream run's [data] section. `kdtui prune` without a model takes the
     newest finished teacher run (and says so: the returned notes)."""
     section, key = UPSTREAM[command].split(".")
-    table = layered.get(section) if isinstance(layered.get(section), dict) else {}
-    upstream = table.get(key) if isinstance(table, dict) else None
+    upstream = _table(layered, section).get(key)
     notes = []
     if not upstream and command == "prune":
-        run_table = layered.get("run") if isinstance(layered.get("run"), dict) else {}
-        output_dir = str(run_table.get("output_dir", "runs"))
+        output_dir = str(_table(layered, "run").get("output_dir", "runs"))
         found = latest_finished_run(Path(output_dir).expanduser(), "teacher")
         if found is None:
             raise KdtuiError(
@@ -160,6 +158,12 @@ def _under_upstream(command: str, layered: dict[str, Any]) -> tuple[dict[str, An
     if isinstance(data, dict) and isinstance(mine, dict):
         layered = {**layered, "data": {**data, **mine}}
     return layered, notes
+
+
+def _table(layered: dict[str, Any], section: str) -> dict[str, Any]:
+    """A section of the layers, {} when absent or not a table (build_config reports that)."""
+    table = layered.get(section)
+    return table if isinstance(table, dict) else {}
 
 
 def data_profile_of(model: str) -> str | None:

@@ -29,8 +29,16 @@ class ChildRun:
         self.log_path = log_path
 
     @classmethod
-    def start(cls, argv: list[str], run_dir: Path) -> ChildRun:
+    def start(cls, argv: list[str], run_dir: Path, profile_text: str = "") -> ChildRun:
+        """Start `kdtui ARGV`; PROFILE_TEXT, if given, is first written to
+        `resolved_profile(run_dir)` (ARGV names it), beside the child's log."""
         run_dir.parent.mkdir(parents=True, exist_ok=True)
+        if profile_text:
+            path = resolved_profile(run_dir)
+            try:
+                path.write_text(profile_text, encoding="utf-8")
+            except OSError as e:
+                raise KdtuiError(f"cannot write {path}: {e.strerror}") from None
         log_path = run_dir.parent / f".{run_dir.name}.log"
         with open(log_path, "wb") as log:
             popen = subprocess.Popen(
@@ -78,8 +86,8 @@ def resolved_profile(run_dir: Path) -> Path:
 
 
 def launch_and_follow(argv: list[str], run_dir: Path, profile_text: str = "") -> int:
-    """Start `kdtui ARGV` (which writes `run_dir`), follow it, and return the exit code.
-    PROFILE_TEXT, if given, is written to `resolved_profile(run_dir)` first (ARGV names it)."""
+    """Start `kdtui ARGV` (which writes `run_dir`; PROFILE_TEXT as `ChildRun.start` takes it),
+    follow it, and return the exit code."""
     if not plain.has_terminal():
         # Checked before the child starts: without a terminal nobody could stop or keep it.
         raise KdtuiError(
@@ -87,14 +95,7 @@ def launch_and_follow(argv: list[str], run_dir: Path, profile_text: str = "") ->
             f"start the run without it (kdtui {argv[0]} ... without --dashboard) and look at "
             f"it with: kdtui dashboard {run_dir}"
         )
-    if profile_text:
-        path = resolved_profile(run_dir)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(profile_text, encoding="utf-8")
-        except OSError as e:
-            raise KdtuiError(f"cannot write {path}: {e.strerror}") from None
-    child = ChildRun.start(argv, run_dir)
+    child = ChildRun.start(argv, run_dir, profile_text)
     choice = create_app(run_dir, runs_root=run_dir.parent, process=child).run()
     return after_dashboard(child, choice, run_dir)
 
