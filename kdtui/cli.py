@@ -600,7 +600,10 @@ def export(
     options: dict[str, Any],
     model: Annotated[str, typer.Argument(help="A run directory or model folder.")],
     format_: Annotated[
-        str, typer.Option("--format", metavar="onnx", help="Export format [default onnx].")
+        str,
+        typer.Option(
+            "--format", metavar="onnx", help="Export format [default onnx].", show_default=False
+        ),
     ] = "onnx",
     output: Annotated[
         Path | None,
