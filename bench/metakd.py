@@ -57,7 +57,10 @@ curve, per-example test correctness) to --records (default bench/results/metakd/
 committed as results come in. A run with a record is never rerun, so a later session resumes
 from the records alone; an interrupted run resumes from its run folder under --output-dir; a
 teacher whose record exists but whose run folder is gone is retrained (deterministic on CPU)
-only if a student still needs it. A record made with another command is an error.
+only if a student still needs it. A record made with another command is an error. Once its
+record is written, a run's checkpoints/ and best/ are deleted: they only serve --resume, which
+leaves a finished run as it is, and a student run keeps ~720 MiB of them (the 48 students
+would fill ~35 GiB); model/ stays, for the students a teacher feeds.
 
     python bench/metakd.py --set run.threads=1                     # the table (~3 hours)
     python bench/metakd.py --model tiny --data synthetic --teacher-steps 12 --stage1-steps 4 \\
@@ -74,6 +77,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -364,6 +368,8 @@ class Bench:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(record, separators=(",", ":")) + "\n")
         tmp.replace(path)
+        for spent in ("checkpoints", "best"):
+            shutil.rmtree(self.out / name / spent, ignore_errors=True)
         return record
 
     def _execute(self, name: str, command: list[str]) -> float:
