@@ -88,7 +88,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.stats import fmt_diff, fmt_mean_ci, paired_bootstrap  # noqa: E402
-from kdtui.events import Eval  # noqa: E402
+from kdtui.events import Eval, RunStarted  # noqa: E402
 from kdtui.rundir import RunInfo  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "amazon-4domains"
@@ -379,9 +379,12 @@ class Bench:
         written = RunInfo(folder)
         if written.config_file.is_file():
             if written.finished():  # finished, record not yet written
-                spent = folder / "wall_s"
-                return float(spent.read_text()) if spent.is_file() else 0.0
+                recorded = folder / "wall_s"
+                if recorded.is_file():
+                    return float(recorded.read_text())
+                return _active_seconds(written)
             argv = [command[0], "--resume", str(folder), "--quiet"]
+        spent = _active_seconds(written)  # a killed run's earlier attempts left no wall_s
         folder.parent.mkdir(parents=True, exist_ok=True)
         print(f"[{time.strftime('%H:%M:%S')}] kdtui {' '.join(argv)}", flush=True)
         env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -389,11 +392,8 @@ class Bench:
         done = subprocess.run([sys.executable, "-m", "kdtui", *argv], env=env, cwd=REPO)
         if done.returncode != 0:
             sys.exit(f"kdtui {command[0]} failed ({done.returncode}) for {name}")
-        wall = time.monotonic() - start
-        previous = folder / "wall_s"
-        if previous.is_file():  # a resumed run adds to the time already spent
-            wall += float(previous.read_text())
-        previous.write_text(f"{wall}\n")
+        wall = time.monotonic() - start + spent
+        (folder / "wall_s").write_text(f"{wall}\n")
         return wall
 
     def _record(self, name: str, command: list[str], wall: float) -> dict:
@@ -470,6 +470,21 @@ class Bench:
                 accs = ", ".join(f"{d} {100 * _acc(t, d):.1f}" for d, t in by_domain.items())
                 lines.append(f"- {kind}: {accs}")
         return "\n".join(lines) + "\n"
+
+
+def _active_seconds(run: RunInfo) -> float:
+    """Seconds a run has worked so far, by its events: each attempt runs from its run_started
+    to its last event (the time a killed run lay idle before its resume is left out)."""
+    total, first, last = 0.0, None, None
+    for event in run.events():
+        if isinstance(event, RunStarted):
+            if first is not None and last is not None:
+                total += last - first
+            first = event.time
+        last = event.time
+    if first is not None and last is not None:
+        total += last - first
+    return total
 
 
 def _acc(record: dict, domain: str) -> float:
