@@ -12,6 +12,7 @@ reported and skipped in favour of the one before it.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -69,9 +70,12 @@ def save_checkpoint(
         if before_commit is not None:
             before_commit()
         replace_folder(tmp, folder)
-    except OSError as e:
+    except Exception as e:
+        error = write_error(e, tmp, f"could not write checkpoint {folder}")
         shutil.rmtree(tmp, ignore_errors=True)
-        raise KdtuiError(f"could not write checkpoint {folder}: {e.strerror or e}") from None
+        if error is None:
+            raise
+        raise error from None
     except BaseException:  # a second Ctrl-C or SIGTERM stops the write at once
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -99,12 +103,49 @@ def atomic_folder(folder: Path) -> Iterator[Path]:
         tmp.mkdir(parents=True)
         yield tmp
         replace_folder(tmp, folder)
-    except OSError as e:
+    except Exception as e:
+        error = write_error(e, tmp, f"could not write {folder}")
         shutil.rmtree(tmp, ignore_errors=True)
-        raise KdtuiError(f"could not write {folder}: {e.strerror or e}") from None
+        if error is None:
+            raise
+        raise error from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# Below this much free space a failed write is taken for a full disk: torch.save reports one as
+# "RuntimeError: ... unexpected pos", and safetensors as a SafetensorError, neither an OSError.
+NEARLY_FULL_BYTES = 64 * 2**20
+
+
+def write_error(error: Exception, target: Path, what: str) -> KdtuiError | None:
+    """The clear error for a write into `target` that failed for a reason the user can act on
+    (a full disk, a read-only folder), or None for anything else: a bug stays loud. Called
+    before the half-written files are removed, while a full disk is still full."""
+    full = (isinstance(error, OSError) and error.errno == errno.ENOSPC) or (
+        "No space left" in str(error)
+    )
+    if not full and not isinstance(error, OSError):
+        try:
+            full = shutil.disk_usage(_existing(target)).free < NEARLY_FULL_BYTES
+        except OSError:
+            full = False
+    if full:
+        return KdtuiError(
+            f"{what}: No space left on device. Free some space (a finished run's checkpoints/ "
+            "and best/ are read by nothing) and continue with --resume RUN: it restarts from "
+            "the last complete checkpoint"
+        )
+    if isinstance(error, OSError):
+        return KdtuiError(f"{what}: {error.strerror or error}")
+    return None
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def replace_folder(new: Path, folder: Path) -> None:
