@@ -61,14 +61,17 @@ def test_the_built_wheel_works_from_any_directory(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
     python = venv / "bin" / "python"
+    # Without PYTHONPATH for pip too: a checkout on it holds kdtui.egg-info (from the build),
+    # and pip would take that for kdtui installed and install nothing.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run(
         [str(python), "-m", "pip", "install", "--no-deps", "-q", str(wheel)],
         check=True,
         capture_output=True,
+        env=env,
     )
     work = tmp_path / "elsewhere"
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
     def kdtui(*args: str) -> str:
         done = subprocess.run(
