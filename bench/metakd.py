@@ -7,6 +7,9 @@ D's dev split and tested on D's test split):
   KD single       `kdtui distill --method vanilla` from a teacher fine-tuned on D alone
   KD mix          `kdtui distill --method vanilla` from a teacher fine-tuned on all domains mixed
   Meta-KD         `kdtui distill --method meta` from a meta-teacher (`kdtui teacher --method meta`)
+A diagnostic row, not in the table by default (--rows vanilla-meta,meta): `kdtui distill
+--method vanilla` from the same meta-teacher, so that Meta-KD minus it is what Meta-KD's own
+distillation (the λ weights and the domain term) adds, with the teacher held fixed.
 
 Protocol (fixed before the first real run; every number below is an option's default):
 * Teachers: MiniLM-L6, length 64, batch 16, lr 5e-5. Every teacher (mix, meta and single-domain,
@@ -96,9 +99,11 @@ ROWS = {
     "alone": "student alone",
     "single": "KD single-domain teacher",
     "mix": "KD mix teacher",
+    "vanilla-meta": "KD meta-teacher (no λ, no domain term)",
     "meta": "Meta-KD",
 }
-TEACHER_OF = {"single": "single", "mix": "mix", "meta": "meta"}
+PROTOCOL_ROWS = ("alone", "single", "mix", "meta")  # the table; vanilla-meta is a diagnostic
+TEACHER_OF = {"single": "single", "mix": "mix", "vanilla-meta": "meta", "meta": "meta"}
 OUT = "{OUT}"  # stands for --output-dir in recorded commands
 
 
@@ -129,7 +134,12 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.2, help="data-scarce setting")
     parser.add_argument("--settings", default="full,scarce", help="full, scarce or both")
     parser.add_argument("--domains", default="books,dvd", help="target domains; 'all' = every")
-    parser.add_argument("--rows", default=",".join(ROWS), help="alone, single, mix, meta")
+    parser.add_argument(
+        "--rows",
+        default=",".join(PROTOCOL_ROWS),
+        help="alone, single, mix, meta; or vanilla-meta, a diagnostic: plain KD from the"
+        " meta-teacher, which tells Meta-KD's distillation (λ, domain term) from its teacher",
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
