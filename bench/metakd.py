@@ -50,10 +50,9 @@ Protocol (fixed before the first real run; every number below is an option's def
   together), with a 95% paired-bootstrap interval resampling seeds and examples (10,000 draws).
   Test accuracy is read only to fill the table; nothing is chosen on it.
 
-Estimated wall time of the default table at `--set run.threads=1` while another benchmark uses
-the other core: about 3.2 hours, from the per-step times of earlier runs. Too low on a busier
-machine: with up to five processes on the two cores a teacher took 38 min and a student 4 to 14
-min (README, Meta-KD benchmark).
+Wall time of the default table, measured: 333 min summed over its runs (teachers 131 min,
+students 202 min) at `run.threads=1`, run two or three processes at a time on 2 shared cores;
+the first estimate, 3.2 hours of one core, was too low.
 
 Resuming: every finished run writes one small JSON record (command, wall time, metrics, dev
 curve, per-example test correctness) to --records (default bench/results/metakd/), meant to be
@@ -65,7 +64,7 @@ record is written, a run's checkpoints/ and best/ are deleted: they only serve -
 leaves a finished run as it is, and a student run keeps ~720 MiB of them (the 48 students
 would fill ~35 GiB); model/ stays, for the students a teacher feeds.
 
-    python bench/metakd.py --set run.threads=1                     # the table (~3 hours)
+    python bench/metakd.py --set run.threads=1                     # the table (~5.5 core-hours)
     python bench/metakd.py --model tiny --data synthetic --teacher-steps 12 --stage1-steps 4 \\
         --stage2-steps 8 --lr 1e-3 --student-lr 1e-3 --max-length 48 \\
         --set data.synthetic_train_per_domain=48 --set data.synthetic_eval_per_domain=12 \\
