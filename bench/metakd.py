@@ -68,7 +68,7 @@ would fill ~35 GiB); model/ stays, for the students a teacher feeds.
     python bench/metakd.py --model tiny --data synthetic --teacher-steps 12 --stage1-steps 4 \\
         --stage2-steps 8 --lr 1e-3 --student-lr 1e-3 --max-length 48 \\
         --set data.synthetic_train_per_domain=48 --set data.synthetic_eval_per_domain=12 \\
-        --output-dir /tmp/metakd-smoke --records /tmp/metakd-smoke/records   # seconds
+        --output-dir /tmp/metakd-smoke --records /tmp/metakd-smoke/records   # ~9 minutes
 
 The table is printed and written to OUTPUT/table.md.
 """
@@ -82,7 +82,9 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +131,9 @@ def main() -> None:
     parser.add_argument("--student-lr", type=float, default=1e-3, help="KD rows; chosen on dev")
     parser.add_argument("--alone-lr", type=float, default=3e-4, help="student alone; chosen on dev")
     parser.add_argument("--seeds", type=int, default=3, help="student seeds per row")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="runs at a time (2 on two cores, with run.threads=1)"
+    )
     parser.add_argument("--seed", type=int, default=42, help="teachers' seed; students seed+1..")
     parser.add_argument("--fraction", type=float, default=0.2, help="data-scarce setting")
     parser.add_argument("--settings", default="full,scarce", help="full, scarce or both")
@@ -184,6 +189,8 @@ class Bench:
         self.rows = [r for r in ROWS if r in args.rows.split(",")]
         self.seeds = [args.seed + 1 + i for i in range(args.seeds)]
         self.domains, self.train_counts = self._domains()
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
 
     # -- data and student checkpoints -----------------------------------------------------------
 
@@ -217,10 +224,16 @@ class Bench:
 
     def student_init(self, seed: int) -> Path:
         """The first k layers of the pre-trained model with a head drawn from `seed`."""
-        a = self.args
         folder = self.out / self.student_init_name(seed)
-        if (folder / "config.json").is_file():
-            return folder
+        # One lock for every seed: building a student draws from torch's global RNG, which two
+        # threads would interleave (measured: --jobs 2 gave other initial heads than --jobs 1).
+        with self._lock("student-init"):
+            if not (folder / "config.json").is_file():
+                self._write_student_init(folder, seed)
+        return folder
+
+    def _write_student_init(self, folder: Path, seed: int) -> None:
+        a = self.args
         from dataclasses import replace
 
         from kdtui.checkpoint import atomic_folder
@@ -233,23 +246,30 @@ class Bench:
         )
         with atomic_folder(folder) as tmp:
             save_classifier(student, load_tokenizer(model_cfg), tmp, self.label_names)
-        return folder
 
     # -- one setting ----------------------------------------------------------------------------
 
     def setting(self, setting: str) -> str:
-        """Run (or read the records of) every run of a setting; returns its table."""
+        """Run (or read the records of) every run of a setting; returns its table. With --jobs N,
+        N students (each after its teacher) run at a time; a run two of them need is run once."""
         students: dict[str, dict[str, list[dict]]] = {r: {} for r in self.rows}
         teachers: dict[str, dict[str, dict]] = {k: {} for k in ("single", "mix", "meta")}
-        for domain in self.domains:
-            for row in self.rows:
-                kind = TEACHER_OF.get(row)
-                teacher = self.teacher(setting, kind, domain) if kind else None
-                if teacher is not None:
-                    teachers[kind][domain] = teacher
-                students[row][domain] = [
-                    self.student(setting, row, domain, seed, teacher) for seed in self.seeds
-                ]
+
+        def one(domain: str, row: str, seed: int) -> tuple[dict | None, dict]:
+            kind = TEACHER_OF.get(row)
+            teacher = self.teacher(setting, kind, domain) if kind else None
+            return teacher, self.student(setting, row, domain, seed, teacher)
+
+        order = [(d, r, s) for d in self.domains for r in self.rows for s in self.seeds]
+        pool = ThreadPoolExecutor(max_workers=self.args.jobs)
+        try:
+            done = [f.result() for f in [pool.submit(one, *task) for task in order]]
+        finally:  # a failed run stops the table: nothing queued starts after it
+            pool.shutdown(wait=True, cancel_futures=True)
+        for (domain, row, _), (teacher, student) in zip(order, done, strict=True):
+            if teacher is not None:
+                teachers[TEACHER_OF[row]][domain] = teacher
+            students[row].setdefault(domain, []).append(student)
         return self.render(setting, students, teachers)
 
     def _data(self, setting: str, domain: str) -> list[str]:
@@ -340,9 +360,16 @@ class Bench:
     def folder(self, record: dict) -> Path:
         """A run's folder, retraining it if only its record is left (a student needs it)."""
         folder = self.out / record["name"]
-        if not (folder / "model" / "config.json").is_file():
-            self._execute(record["name"], record["command"])
+        with self._lock(record["name"]):
+            if not (folder / "model" / "config.json").is_file():
+                self._execute(record["name"], record["command"])
         return folder
+
+    def _lock(self, name: str) -> threading.Lock:
+        """One lock per run (and one for building student checkpoints): with --jobs, a job that
+        needs a run another job is running waits for it, then reads its record."""
+        with self._locks_guard:
+            return self._locks.setdefault(name, threading.Lock())
 
     def record_path(self, name: str) -> Path:
         return self.records / (name.replace("/", "__") + ".json")
@@ -359,6 +386,10 @@ class Bench:
         """The record of one kdtui run: read it, or run (resume) the command and write it.
         Commands name folders under --output-dir as {OUT}/..., so records do not depend on
         where the run folders are."""
+        with self._lock(name):
+            return self._run(name, command, needs, seed)
+
+    def _run(self, name: str, command: list[str], needs: dict | None, seed: int | None) -> dict:
         path = self.record_path(name)
         if path.is_file():
             record = json.loads(path.read_text())
