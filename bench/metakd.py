@@ -68,7 +68,7 @@ would fill ~35 GiB); model/ stays, for the students a teacher feeds.
     python bench/metakd.py --model tiny --data synthetic --teacher-steps 12 --stage1-steps 4 \\
         --stage2-steps 8 --lr 1e-3 --student-lr 1e-3 --max-length 48 \\
         --set data.synthetic_train_per_domain=48 --set data.synthetic_eval_per_domain=12 \\
-        --output-dir /tmp/metakd-smoke --records /tmp/metakd-smoke/records   # ~9 minutes
+        --output-dir /tmp/metakd-smoke --records /tmp/metakd-smoke/records   # ~9 min; --jobs 2: ~5
 
 The table is printed and written to OUTPUT/table.md.
 """
