@@ -92,7 +92,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.stats import fmt_diff, fmt_mean_ci, paired_bootstrap  # noqa: E402
-from kdtui.events import Eval, RunStarted  # noqa: E402
+from kdtui.events import Eval  # noqa: E402
 from kdtui.rundir import RunInfo  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "amazon-4domains"
@@ -422,9 +422,9 @@ class Bench:
                 recorded = folder / "wall_s"
                 if recorded.is_file():
                     return float(recorded.read_text())
-                return _active_seconds(written)
+                return written.active_seconds()
             argv = [command[0], "--resume", str(folder), "--quiet"]
-        spent = _active_seconds(written)  # a killed run's earlier attempts left no wall_s
+        spent = written.active_seconds()  # a killed run's earlier attempts left no wall_s
         folder.parent.mkdir(parents=True, exist_ok=True)
         print(f"[{time.strftime('%H:%M:%S')}] kdtui {' '.join(argv)}", flush=True)
         env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -510,21 +510,6 @@ class Bench:
                 accs = ", ".join(f"{d} {100 * _acc(t, d):.1f}" for d, t in by_domain.items())
                 lines.append(f"- {kind}: {accs}")
         return "\n".join(lines) + "\n"
-
-
-def _active_seconds(run: RunInfo) -> float:
-    """Seconds a run has worked so far, by its events: each attempt runs from its run_started
-    to its last event (the time a killed run lay idle before its resume is left out)."""
-    total, first, last = 0.0, None, None
-    for event in run.events():
-        if isinstance(event, RunStarted):
-            if first is not None and last is not None:
-                total += last - first
-            first = event.time
-        last = event.time
-    if first is not None and last is not None:
-        total += last - first
-    return total
 
 
 def _acc(record: dict, domain: str) -> float:

@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "bench"), str(REPO)]
 from stats import fmt_diff, fmt_mean_ci, mean_ci, paired_bootstrap  # noqa: E402
 
-from kdtui.events import Message, RunStarted, Step  # noqa: E402
+from kdtui.events import Message, Step  # noqa: E402
 from kdtui.rundir import RunInfo  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "amazon-4domains"
@@ -233,7 +233,7 @@ class Bench:
             "metrics": {k: metrics[k] for k in keep if k in metrics},
             "warnings": warnings_of(run),
             "diagnostics": last_diagnostics(run),
-            "wall_s": run_seconds(run),
+            "wall_s": RunInfo(run).active_seconds(),
             "correct": correct,
         }
         for key in ("kept_heads", "intermediate_sizes", "sparse_model", "model_bytes"):
@@ -333,20 +333,6 @@ class Bench:
 
 # ---------------------------------------------------------------------------------------------
 # Reading runs
-
-
-def run_seconds(run: Path) -> float:
-    """Wall time of a run: each session from its run_started to the last event it wrote."""
-    total, start, last = 0.0, None, None
-    for event in RunInfo(run).events():
-        if isinstance(event, RunStarted):
-            if start is not None and last is not None:
-                total += last - start
-            start = event.time
-        last = event.time
-    if start is not None and last is not None:
-        total += last - start
-    return total
 
 
 def warnings_of(run: Path) -> list[str]:

@@ -159,6 +159,20 @@ class RunInfo(RunLayout):
                 status = "stopped" if event.kind == "interrupted" else "failed"
         return status
 
+    def active_seconds(self) -> float:
+        """Seconds the run has worked, by its events: each attempt from its run_started to the
+        last event it wrote, so the time a killed run lay idle before its resume is left out."""
+        total, start, last = 0.0, None, None
+        for event in self.events():
+            if isinstance(event, RunStarted):
+                if start is not None and last is not None:
+                    total += last - start
+                start = event.time
+            last = event.time
+        if start is not None and last is not None:
+            total += last - start
+        return total
+
     def saved_model(self) -> Path | None:
         """RUN/model once the run has saved it (a Hugging Face folder), else None."""
         return self.model if (self.model / MODEL_CONFIG).is_file() else None

@@ -97,6 +97,19 @@ def test_a_resumed_run_is_no_longer_failed(tmp_path: Path) -> None:
     assert read_run(tmp_path / "r").status() == "stopped"
 
 
+def test_active_seconds_leave_out_the_time_a_killed_run_lay_idle(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r")
+    run.open(fresh=True)
+    started = {"run": "r", "command": "teacher", "profile": "", "total_steps": 7, "config": {}}
+    run.log(RunStarted(**started, time=100.0))
+    run.log(Eval(step=3, split="dev", accuracy={"all": 0.5}, loss=0.7, best=True, time=130.0))
+    run.log(RunStarted(**started, time=1000.0))  # resumed after a kill, 870 s later
+    run.log(RunFinished(step=7, metrics={}, time=1045.0))
+    run.close()
+    assert RunInfo(tmp_path / "r").active_seconds() == 30.0 + 45.0
+    assert RunInfo(tmp_path / "empty").active_seconds() == 0.0  # no events yet
+
+
 def test_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(KdtuiError, match="no such run directory"):
         read_run(tmp_path / "missing")
