@@ -144,6 +144,17 @@ class RunInfo(RunLayout):
             return {}
         return metrics if isinstance(metrics, dict) else {}
 
+    def correct(self) -> str:
+        """The best model's test predictions as a string of '1' (right) and '0' (wrong), one
+        character per test example in split order ('' before the run has written them): what
+        the benchmarks' paired intervals compare."""
+        try:
+            found = json.loads(self.predictions_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return ""
+        pairs = zip(found["predictions"], found["labels"], strict=True)
+        return "".join("1" if p == y else "0" for p, y in pairs)
+
     def status(self) -> RunStatus:
         """running: a live process writes it; finished: it completed; failed: it stopped on an
         error; stopped: it was interrupted or killed (`--resume` continues it)."""

@@ -72,7 +72,10 @@ def contrastive_parts(
     if not bool(has.any()):
         return anchors.sum() * 0.0, count.sum().float()
     anchors, positives, exclude, count = anchors[has], positives[has], exclude[has], count[has]
-    logits = anchors.float() @ candidates.float().T / temperature
+    # Outside autocast: at τ = 0.1 a bf16 product (3 significant digits) would move each
+    # logit by up to ~0.04, more than the gaps between near-duplicate candidates.
+    with torch.autocast(anchors.device.type, enabled=False):
+        logits = anchors.float() @ candidates.float().T / temperature
     logits = logits.masked_fill(exclude, float("-inf"))
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     per_anchor = torch.where(positives, log_prob, torch.zeros_like(log_prob)).sum(dim=1)
