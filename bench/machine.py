@@ -101,3 +101,31 @@ def run_timed(command: Sequence[str], *, log: Path, env: dict[str, str] | None =
         child.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait again
     wall = time.perf_counter() - start
     return Timed(child.returncode, wall, usage.ru_utime + usage.ru_stime)
+
+
+CPU_FILE = "cpu_s"  # in a benchmark's run folder: CPU seconds summed over its attempts
+
+
+def add_cpu_seconds(run: Path, seconds: float) -> None:
+    """Add SECONDS to the CPU time recorded in RUN (a resumed run's attempts add up)."""
+    if run.is_dir():
+        (run / CPU_FILE).write_text(f"{cpu_seconds(run) + seconds}\n")
+
+
+def cpu_seconds(run: Path) -> float:
+    try:
+        return float((run / CPU_FILE).read_text())
+    except (OSError, ValueError):
+        return 0.0
+
+
+def cpu_share(records: Sequence[dict], threads: int) -> str:
+    """'CPU 5.1 h of 5.6 h wall x 1 thread(s) (91% computing)' over records with wall_s and
+    cpu_s: how much of the runs' time their threads were busy."""
+    wall = sum(r["wall_s"] for r in records)
+    cpu = sum(r["cpu_s"] for r in records)
+    return (
+        f"CPU time {cpu / 3600:.2f} h over {len(records)} runs with CPU on record, against "
+        f"{wall / 3600:.2f} h wall x {threads} thread(s) ({100 * cpu / (wall * threads):.0f}% "
+        "of the threads' time computing)."
+    )

@@ -80,7 +80,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -91,6 +90,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.machine import add_cpu_seconds, claim_cores, cores, cpu_seconds, run_timed  # noqa: E402
 from bench.stats import fmt_diff, fmt_mean_ci, paired_bootstrap  # noqa: E402
 from kdtui.events import Eval  # noqa: E402
 from kdtui.rundir import RunInfo  # noqa: E402
@@ -162,6 +162,8 @@ def main() -> None:
     unknown = [r for r in args.rows.split(",") if r not in ROWS]
     if unknown:
         sys.exit(f"--rows: any of {', '.join(ROWS)}; got {args.rows}")
+    threads = [int(s.split("=", 1)[1]) for s in args.overrides if s.startswith("run.threads=")]
+    claim_cores(args.jobs, (threads[-1] if threads else 0) or cores())
     bench = Bench(args)
     started = time.monotonic()
     tables = []
@@ -428,11 +430,12 @@ class Bench:
         folder.parent.mkdir(parents=True, exist_ok=True)
         print(f"[{time.strftime('%H:%M:%S')}] kdtui {' '.join(argv)}", flush=True)
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        start = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "kdtui", *argv], env=env, cwd=REPO)
+        log = folder.parent / f"{name}.log"
+        done = run_timed([sys.executable, "-m", "kdtui", *argv], log=log, env=env)
+        add_cpu_seconds(folder, done.cpu_s)
         if done.returncode != 0:
-            sys.exit(f"kdtui {command[0]} failed ({done.returncode}) for {name}")
-        wall = time.monotonic() - start + spent
+            sys.exit(f"kdtui {command[0]} failed ({done.returncode}) for {name}; see {log}")
+        wall = done.wall_s + spent
         (folder / "wall_s").write_text(f"{wall}\n")
         return wall
 
@@ -451,6 +454,7 @@ class Bench:
             "name": name,
             "command": command,
             "wall_s": round(wall, 1),
+            "cpu_s": round(cpu_seconds(self.out / name), 1),
             "metrics": {k: metrics[k] for k in keep if k in metrics},
             "dev": dev,
             "test_correct": correct,

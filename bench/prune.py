@@ -39,7 +39,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -49,6 +48,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "bench"), str(REPO)]
+from machine import add_cpu_seconds, claim_cores, cpu_seconds, cpu_share, run_timed  # noqa: E402
 from stats import fmt_diff, fmt_mean_ci, mean_ci, paired_bootstrap  # noqa: E402
 
 from kdtui.events import Message, Step  # noqa: E402
@@ -102,6 +102,7 @@ def main() -> None:
     bench = Bench(args)
     started = time.perf_counter()
     if not args.report:
+        claim_cores(args.jobs, args.threads)
         bench.run_all()
     print(render(bench, time.perf_counter() - started))
 
@@ -162,6 +163,7 @@ class Bench:
             f"data.max_length={a.max_length}",
             "--set",
             f"run.threads={a.threads}",
+            "--bf16" if a.bf16 else "--no-bf16",
         ]
         self.run("teacher", options, {"row": "dense"})
         return self.out / "teacher"
@@ -190,7 +192,7 @@ class Bench:
             f"train.eval_every={eval_every}",
             "--set",
             f"run.threads={a.threads}",
-            *(["--bf16"] if a.bf16 else []),
+            "--bf16" if a.bf16 else "--no-bf16",
             *(x for s in a.set for x in ("--set", s)),
             *method,
         ]
@@ -210,13 +212,8 @@ class Bench:
                 command = [*options, "--output-dir", str(self.out), "--name", name, "--force"]
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             log = self.out / f"{name}.log"
-            with open(log, "a", encoding="utf-8") as f:
-                done = subprocess.run(
-                    [sys.executable, "-m", "kdtui", *command, "--quiet"],
-                    stdout=f,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                )
+            done = run_timed([sys.executable, "-m", "kdtui", *command, "--quiet"], log=log, env=env)
+            add_cpu_seconds(run, done.cpu_s)
             if done.returncode != 0:
                 raise RuntimeError(f"{name} failed (exit {done.returncode}); see {log}")
         metrics = written.metrics()
@@ -234,6 +231,7 @@ class Bench:
             "warnings": warnings_of(run),
             "diagnostics": last_diagnostics(run),
             "wall_s": RunInfo(run).active_seconds(),
+            "cpu_s": cpu_seconds(run),
             "correct": correct,
         }
         for key in ("kept_heads", "intermediate_sizes", "sparse_model", "model_bytes"):
@@ -516,6 +514,8 @@ def render(bench: Bench, invocation_s: float) -> str:
         f"Run time: {total / 3600:.2f} h summed over {len(all_records)} runs (teacher included); "
         f"this invocation {invocation_s / 60:.1f} min with {a.jobs} run(s) at a time.",
     ]
+    if timed := [r for r in all_records if r.get("cpu_s")]:
+        lines[-1] += " " + cpu_share(timed, a.threads)
     return "\n".join(lines)
 
 

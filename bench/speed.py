@@ -76,7 +76,7 @@ def main() -> None:
     if args.quick:
         args.steps = 4
 
-    from kdtui.engine.loop import cpu_has_native_bf16
+    from kdtui.precision import cpu_has_native_bf16
 
     print(f"kdtui speed figures: {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
     print(
@@ -148,7 +148,7 @@ def time_steps(
     cfg = TrainConfig(
         max_steps=steps + 1,
         batch_size=args.batch_size,
-        bf16=bf16,
+        precision="bf16" if bf16 else "fp32",
         eval_every=10**9,
         checkpoint_every=10**9,
     )
@@ -182,7 +182,6 @@ def distill_table(args: argparse.Namespace) -> None:
     from kdtui.config import ModelConfig
     from kdtui.engine.evaluate import predict_logits
     from kdtui.engine.hooks import CrossEntropyHook
-    from kdtui.engine.loop import cpu_has_native_bf16
     from kdtui.methods.contrastive import CapHook, MemoryBank
     from kdtui.methods.kd import KdHook
     from kdtui.methods.meta_kd import (
@@ -192,6 +191,7 @@ def distill_table(args: argparse.Namespace) -> None:
     )
     from kdtui.methods.pruning import UnstructuredPruner
     from kdtui.models import build_student, load_classifier
+    from kdtui.precision import cpu_has_native_bf16
 
     teacher = load_classifier(ModelConfig(name="minilm"), ["0", "1"], seed=0).eval()
     data = fixed_length_examples(

@@ -65,8 +65,7 @@ def main() -> None:
         "--quiet",
         "--force",
     ]
-    if args.bf16:
-        command.append("--bf16")
+    command.append("--bf16" if args.bf16 else "--no-bf16")
     start = time.perf_counter()
     subprocess.run(command, check=True)
     wall = time.perf_counter() - start

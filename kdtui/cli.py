@@ -63,14 +63,22 @@ class Flag:
     help: str
     metavar: str = ""  # default: the key's values (a|b) for a choice, else N or F by type
     default: str = ""  # the default shown, when the key's own value says nothing ("")
+    # An on/off option for a key of two named values: (value for --x, value for --no-x).
+    switch: tuple[str, str] | None = None
 
     @property
     def param(self) -> str:
         return self.key.replace(".", "__")
 
+    def value(self, given: Any) -> Any:
+        """The key's value for what the command line gave (None: not given)."""
+        if self.switch is None or given is None:
+            return given
+        return self.switch[0] if given else self.switch[1]
+
     def option(self) -> Any:
         kind = type_of(*self.key.split("."))
-        if kind is bool:
+        if kind is bool or self.switch is not None:
             names = [f"{self.names[0]}/--no-{self.names[0].removeprefix('--')}", *self.names[1:]]
             return Annotated[bool | None, typer.Option(*names, help=self._help())]
         metavar = self.metavar or (
@@ -107,7 +115,7 @@ def with_flags(*flags: Flag) -> Callable[[F], F]:
 
         @functools.wraps(fn)
         def command(**kwargs: Any) -> Any:
-            options = {f.key: kwargs.pop(f.param) for f in flags}
+            options = {f.key: f.value(kwargs.pop(f.param)) for f in flags}
             return fn(options=options, **kwargs)
 
         del command.__wrapped__  # Typer reads the signature below, not fn's
@@ -131,7 +139,13 @@ TRAINING = (
     Flag("data.train_fraction", ("--train-fraction",), "Keep this share of the training data"),
     Flag("train.batch_size", ("--batch-size",), "Global batch (all processes together)"),
     Flag("train.lr", ("--lr",), "Peak learning rate", metavar="LR"),
-    Flag("train.bf16", ("--bf16",), "bf16 autocast"),
+    Flag(
+        "train.precision",
+        ("--bf16",),
+        "bf16 autocast (--no-bf16: fp32); by default bf16 where the hardware computes it "
+        "natively (AVX512-BF16 or AMX CPUs, CUDA with bf16), else fp32",
+        switch=("bf16", "fp32"),
+    ),
     Flag(
         "train.keep_checkpoints",
         ("--keep-checkpoints",),

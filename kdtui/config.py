@@ -85,7 +85,10 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
-    bf16: bool = False
+    # "auto": bf16 autocast where the hardware multiplies bf16 natively (CPUs with AVX512-BF16
+    # or AMX, CUDA devices with bf16), fp32 elsewhere; "bf16" or "fp32" force one. The run's
+    # config.toml records what "auto" chose.
+    precision: str = "auto"
     eval_every: int = 0  # steps between dev evaluations; 0 = once per epoch
     checkpoint_every: int = 0  # steps between checkpoints; 0 = at every evaluation
     early_stopping_patience: int = 0  # evaluations without improvement; 0 = off
@@ -249,6 +252,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "prune.pooling": ("cls", "mean"),
     "prune.sparse_values": ("float32", "float16"),
     "evaluate.sparse_kernels": ("auto", "all", "off"),
+    "train.precision": ("auto", "bf16", "fp32"),
 }
 
 
@@ -280,6 +284,16 @@ def build_config(data: dict[str, Any]) -> Config:
 def _renamed(data: dict[str, Any]) -> dict[str, Any]:
     """DATA with renamed keys under their new names (a new name given too wins)."""
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    # train.bf16 (true/false) became train.precision ("bf16"/"fp32"; "auto" is new).
+    train = data.get("train")
+    if isinstance(train, dict) and "bf16" in train:
+        bf16 = train.pop("bf16")
+        if not isinstance(bf16, bool):
+            raise KdtuiError(
+                f"train.bf16 must be true or false, got {_describe(bf16)} "
+                '(newer profiles set train.precision = "auto", "bf16" or "fp32")'
+            )
+        train.setdefault("precision", "bf16" if bf16 else "fp32")
     for old, new in RENAMED.items():
         section, old_key = old.split(".")
         table = data.get(section)

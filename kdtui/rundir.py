@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from kdtui.errors import KdtuiError
 from kdtui.events import Event, RunFailed, RunStarted
+from kdtui.timing import Stopwatch
 
 if TYPE_CHECKING:
     from kdtui.config import Config
@@ -454,6 +455,7 @@ class RunDir(RunLayout):
         super().__init__(path)
         self.is_main = is_main
         self.listeners: list[Listener] = []
+        self.stopwatch = Stopwatch()  # this run's fixed costs beside its training time
         self._sink: EventSink | None = None
         self._lock: RunLock | None = None
 

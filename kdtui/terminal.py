@@ -103,6 +103,9 @@ def print_summary(path: Path, metrics: dict[str, Any], *, quiet: bool) -> None:
             )
         Console().print(table)
         return
+    timings = metrics.get("timings")
+    if isinstance(timings, dict) and timings.get("total_s"):
+        typer.echo(describe_timings(timings))
     test = metrics.get("test")
     if isinstance(test, dict):
         typer.echo("test accuracy: " + "  ".join(f"{k} {v:.4f}" for k, v in test.items()))
@@ -123,6 +126,31 @@ def print_summary(path: Path, metrics: dict[str, Any], *, quiet: bool) -> None:
             f"compressed: {path / sparse['path']} ({sparse['bytes'] / 2**20:.1f} MiB, encoder "
             f"Linear weights at {sparse['encoder_linear_ratio']:.1%} of their dense size)"
         )
+
+
+# The parts of kdtui.timing's summary, as the end of a run names them.
+TIMING_NAMES = {
+    "train_s": "training steps",
+    "dev_eval_s": "dev evaluation",
+    "checkpoint_s": "checkpoints",
+    "teacher_cache_s": "caching teacher logits",
+    "banks_s": "CAP banks and teacher logits",
+    "test_s": "test",
+    "other_s": "loading and set-up",
+}
+
+
+def describe_timings(timings: dict[str, Any]) -> str:
+    """'time 3:12: training steps 2:40 (83%), dev evaluation 0:09 (5%), ...'."""
+    from kdtui.dashboard.fmt import duration
+
+    total = float(timings["total_s"])
+    parts = [
+        f"{name} {duration(timings[key])} ({100 * timings[key] / total:.0f}%)"
+        for key, name in TIMING_NAMES.items()
+        if key in timings
+    ]
+    return f"time {duration(total)}: " + ", ".join(parts)
 
 
 def print_report(report: dict[str, Any]) -> None:

@@ -50,7 +50,10 @@ def run_summary(run_dir: Path, now: float | None = None) -> str:
         where = run_dir / EVENTS_FILE
         lines.append(f"status    {status}: no run has started in {where} yet")
     else:
-        lines.append(f"command   {state.command}  profile {state.profile or '-'}")
+        lines.append(
+            f"command   {state.command}  profile {state.profile or '-'}  "
+            f"precision {state.precision or '-'}"
+        )
         total = max(state.total_steps, 1)
         progress = f"step {state.step:,}/{state.total_steps:,} ({100 * state.step / total:.1f}%)"
         timing = f"elapsed {fmt.duration(state.elapsed(now))}"

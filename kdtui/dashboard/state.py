@@ -358,6 +358,17 @@ class RunState:
     def stall_threshold(self) -> float:
         return max(self.stall_after, 3 * self.longest_gap)
 
+    @property
+    def precision(self) -> str:
+        """The precision the run trains in ("bf16", "fp32"; "" when its config does not say)."""
+        train = self.config.get("train")
+        if not isinstance(train, dict):
+            return ""
+        if "precision" in train:
+            return str(train["precision"])
+        # Runs written before train.precision: train.bf16 on/off.
+        return {True: "bf16", False: "fp32"}.get(train.get("bf16"), "")  # type: ignore[arg-type]
+
     def status(self, now: float) -> str:
         """waiting | running | stalled | finished | failed | stopped (interrupted by the user)."""
         if self.outcome == "finished":

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import signal
 import threading
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -48,6 +49,7 @@ from kdtui.engine.hooks import Batch, Hook, HookContext, StepInfo
 from kdtui.errors import Interrupted, KdtuiError
 from kdtui.events import Checkpoint, Eval, Message, Step
 from kdtui.faults import crash_point
+from kdtui.precision import cpu_has_native_bf16, resolve_precision
 from kdtui.rundir import RunDir
 
 
@@ -113,13 +115,6 @@ def warmup_then_linear_decay(step: int, warmup: int, total: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); without, PyTorch
-    emulates it (measured on an AVX2-only EPYC: a 512x512 bf16 matmul 12x slower than fp32)."""
-    capabilities = getattr(torch.cpu, "get_capabilities", dict)()
-    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
-
-
 def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(num_examples, generator=generator).tolist()
@@ -140,7 +135,7 @@ def train(job: TrainJob) -> TrainResult:
     n_steps = total_steps(cfg, len(job.train))
     eval_every = cfg.eval_every or per_epoch
     checkpoint_every = cfg.checkpoint_every or eval_every
-    autocast = cfg.bf16
+    autocast = resolve_precision(cfg.precision, device) == "bf16"
 
     model = job.model.to(device)
     torch.manual_seed(job.seed + rank)
@@ -185,7 +180,13 @@ def train(job: TrainJob) -> TrainResult:
         )
         log(Message(level="info", text=f"resumed {job.stage or 'training'} from step {state.step}"))
 
+    watch = run.stopwatch
+
     def save(kind: str) -> None:
+        with watch.timed("checkpoint"):
+            _save(kind)
+
+    def _save(kind: str) -> None:
         rngs = gather_object([rng_state()]) if world > 1 else [rng_state()]
         if not run.is_main:
             return
@@ -213,6 +214,8 @@ def train(job: TrainJob) -> TrainResult:
     model.train()
     try:
         while state.step < n_steps and not state.stopped_early:
+            watch.step_starts()
+            step_started = time.perf_counter()
             epoch, position = divmod(state.step, per_epoch)
             order = epoch_order(len(job.train), job.seed, epoch)
             step_indices = order[position * cfg.batch_size : (position + 1) * cfg.batch_size]
@@ -287,8 +290,12 @@ def train(job: TrainJob) -> TrainResult:
                         metrics=metrics,
                     )
                 )
+            # The step's work (hooks' mask updates and logging included); evaluation and
+            # checkpoints are timed as their own parts.
+            watch.add("train", time.perf_counter() - step_started)
             if job.dev is not None and (state.step % eval_every == 0 or last):
-                _evaluate(job, state, model, device, autocast, rank, world, acc)
+                with watch.timed("dev_eval"):
+                    _evaluate(job, state, model, device, autocast, rank, world, acc)
             if state.step % checkpoint_every == 0 or last or state.stopped_early:
                 save("final" if last else "periodic")
             # One process stops as soon as it can: a signal during this step's evaluation or

@@ -100,6 +100,17 @@ def make_accelerator(config: Config) -> Any:
     return Accelerator(mixed_precision="no", cpu=multi_cpu)
 
 
+def with_resolved_precision(config: Config, device: Any) -> Config:
+    """CONFIG with train.precision "auto" replaced by what it means on DEVICE, so config.toml,
+    run_started and a resume all say (and use) the precision that ran."""
+    from dataclasses import replace
+
+    from kdtui.precision import resolve_precision
+
+    precision = resolve_precision(config.train.precision, device)
+    return replace(config, train=replace(config.train, precision=precision))
+
+
 def execute(
     command: str,
     config: Config,
@@ -114,6 +125,7 @@ def execute(
     """Run `body` inside a run directory; returns (run path, final metrics). `notes` are
     choices the command line made for the user (the model `prune` picked), logged first."""
     accelerator = make_accelerator(config)
+    config = with_resolved_precision(config, accelerator.device)
     if resume is not None:
         path = resume
     else:
@@ -172,6 +184,7 @@ def execute(
             raise
         finally:
             accelerator.wait_for_everyone()
+        metrics = {**metrics, "timings": run.stopwatch.summary()}
         run.write_metrics(metrics)
         run.log(RunFinished(step=ctx.last_step, metrics=metrics))
     finally:
@@ -271,13 +284,6 @@ def final_metrics(
     """Best dev accuracy and the best model's test accuracy per domain. The test predictions go
     to WHERE's test_predictions.json (WHERE: the run directory by default; a distill student's
     folder), so a benchmark can compare two models example by example."""
-    from accelerate.utils import gather_object
-
-    from kdtui.checkpoint import write_json_atomic
-    from kdtui.data import encode
-    from kdtui.engine.evaluate import accuracy_of_predictions, predictions_in_order
-
-    cfg = ctx.config
     metrics: dict[str, Any] = {
         "steps": result.steps,
         "best_step": result.best_step,
@@ -285,30 +291,50 @@ def final_metrics(
         "stopped_early": result.stopped_early,
     }
     if data.test is not None:
-        test_enc = encode(data.test, tokenizer, cfg.data.max_length)
-        acc = ctx.accelerator
-        predictions = predictions_in_order(
-            model,
-            test_enc,
-            batch_size=cfg.train.eval_batch_size,
-            pad_id=tokenizer.pad_token_id or 0,
-            device=acc.device,
-            autocast=cfg.train.bf16,
-            process_index=acc.process_index,
-            num_processes=acc.num_processes,
-            gather=gather_object if acc.num_processes > 1 else None,
-        )
-        metrics["test"] = accuracy_of_predictions(predictions, test_enc, data.domain_names)
-        if ctx.is_main:
-            write_json_atomic(
-                (where or ctx.run).predictions_file,
-                {
-                    "domains": [data.domain_names[d] for d in test_enc.domains],
-                    "labels": list(test_enc.labels),
-                    "predictions": predictions,
-                },
-            )
+        with ctx.run.stopwatch.timed("test"):
+            _test_predictions(ctx, model, tokenizer, data, metrics, where)
     return metrics
+
+
+def _test_predictions(
+    ctx: RunContext,
+    model: Any,
+    tokenizer: Any,
+    data: MultiDomainData,
+    metrics: dict[str, Any],
+    where: RunLayout | None,
+) -> None:
+    from accelerate.utils import gather_object
+
+    from kdtui.checkpoint import write_json_atomic
+    from kdtui.data import encode
+    from kdtui.engine.evaluate import accuracy_of_predictions, predictions_in_order
+
+    cfg = ctx.config
+    assert data.test is not None
+    test_enc = encode(data.test, tokenizer, cfg.data.max_length)
+    acc = ctx.accelerator
+    predictions = predictions_in_order(
+        model,
+        test_enc,
+        batch_size=cfg.train.eval_batch_size,
+        pad_id=tokenizer.pad_token_id or 0,
+        device=acc.device,
+        autocast=cfg.train.precision == "bf16",
+        process_index=acc.process_index,
+        num_processes=acc.num_processes,
+        gather=gather_object if acc.num_processes > 1 else None,
+    )
+    metrics["test"] = accuracy_of_predictions(predictions, test_enc, data.domain_names)
+    if ctx.is_main:
+        write_json_atomic(
+            (where or ctx.run).predictions_file,
+            {
+                "domains": [data.domain_names[d] for d in test_enc.domains],
+                "labels": list(test_enc.labels),
+                "predictions": predictions,
+            },
+        )
 
 
 def save_scores(path: Path, split: Split, scores: Any, domain_names: list[str]) -> None:

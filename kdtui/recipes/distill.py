@@ -229,15 +229,16 @@ def distill_one(
         )
     cached = None
     if d.cache_teacher_logits:
-        logits = predict_logits(
-            teacher.model,
-            plan.train,
-            range(len(plan.train)),
-            batch_size=cfg.train.eval_batch_size,
-            pad_id=pad_id,
-            device=ctx.accelerator.device,
-            autocast=cfg.train.bf16,
-        )
+        with ctx.run.stopwatch.timed("teacher_cache"):
+            logits = predict_logits(
+                teacher.model,
+                plan.train,
+                range(len(plan.train)),
+                batch_size=cfg.train.eval_batch_size,
+                pad_id=pad_id,
+                device=ctx.accelerator.device,
+                autocast=cfg.train.precision == "bf16",
+            )
         cached = torch.zeros(max(plan.train.ids) + 1, logits.shape[1])
         cached[torch.tensor(plan.train.ids)] = logits
     stage2: list[Hook] = [

@@ -329,6 +329,11 @@ def _set_dropout(model: Any, p: float) -> None:
 def encodings(ctx: RunContext, model: Any, encoded: Encoded, pad_id: int) -> tuple[Any, Any]:
     """(logits, L2-normalised sentence vectors) of every training example, from the cache in
     OUTPUT_DIR/.cache/prune when the same weights, data and settings were encoded before."""
+    with ctx.run.stopwatch.timed("banks"):
+        return _encodings(ctx, model, encoded, pad_id)
+
+
+def _encodings(ctx: RunContext, model: Any, encoded: Encoded, pad_id: int) -> tuple[Any, Any]:
     from kdtui.methods.contrastive import encode_examples
 
     cfg = ctx.config

@@ -51,6 +51,8 @@ def header_renderable(state: RunState, now: float, *, source: str, exists: bool)
         title.append(f"  {state.command}")
     if state.profile:
         title.append(f"  profile {state.profile}", style="dim")
+    if state.precision:
+        title.append(f"  {state.precision}", style="dim")
     badge = Text(f" {status.upper()} ", style=f"reverse {fmt.STATUS_STYLES.get(status, '')}")
     top = Table.grid(expand=True)
     top.add_column(ratio=1, no_wrap=True, overflow="ellipsis")

@@ -1,0 +1,56 @@
+"""Where a run's time goes: the fixed costs (loading, tokenising, caching teacher outputs, CAP's
+banks, evaluation, checkpoints, the final test) beside the training steps themselves.
+
+A short run can spend more time on these than on training; measuring them per run (printed at
+the end, in metrics.json and the run_finished event) shows which one to cut.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+# The parts a run times by name, in the order they are reported; anything else the run did
+# (importing, loading models and data, tokenising) is "other".
+PARTS = ("train", "dev_eval", "checkpoint", "teacher_cache", "banks", "test")
+
+
+class Stopwatch:
+    """Seconds per named part of one run (one process's view), from its start."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.totals: dict[str, float] = {}
+        self.first_step_at: float | None = None
+
+    @contextmanager
+    def timed(self, part: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(part, time.perf_counter() - start)
+
+    def add(self, part: str, seconds: float) -> None:
+        self.totals[part] = self.totals.get(part, 0.0) + seconds
+
+    def step_starts(self) -> None:
+        """Called before every training step: the first call marks the end of the set-up."""
+        if self.first_step_at is None:
+            self.first_step_at = time.perf_counter()
+
+    def summary(self) -> dict[str, float]:
+        """{part}_s for every part timed, before_first_step_s, other_s and total_s (rounded)."""
+        total = time.perf_counter() - self.started
+        timed = {
+            f"{p}_s": self.totals[p] for p in (*PARTS, *sorted(self.totals)) if p in self.totals
+        }
+        result = {
+            **timed,
+            "other_s": max(0.0, total - sum(self.totals.values())),
+            "total_s": total,
+        }
+        if self.first_step_at is not None:
+            result["before_first_step_s"] = self.first_step_at - self.started
+        return {k: round(v, 2) for k, v in result.items()}
