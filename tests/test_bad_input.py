@@ -94,6 +94,18 @@ def resized_model(tmp: Path, teacher_run: Path) -> Path:
     return folder
 
 
+def relayered_model(tmp: Path, teacher_run: Path, layers: int) -> Path:
+    """The teacher's 2-layer weights under a config.json that says LAYERS layers."""
+    folder = tmp / f"layers-{layers}"
+    folder.mkdir()
+    for f in (teacher_run / "model").iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    config = json.loads((folder / "config.json").read_text())
+    config["num_hidden_layers"] = layers
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
 def pickled_code_model(tmp: Path) -> Path:
     """A config and a pytorch_model.bin whose unpickling would run a shell command."""
     import torch
@@ -354,7 +366,43 @@ CASES = [
     Case(
         "evaluate-truncated-weights",
         lambda tmp, run: ["evaluate", str(truncated_model(tmp, run)), "--profile", "smoke"],
-        "cannot load model",
+        "truncated/model.safetensors is truncated or damaged (incomplete metadata, file not "
+        "fully covered); copy it again",
+    ),
+    # A config.json that disagrees with its weights: transformers would add random layers or
+    # drop trained ones, each with a log line kdtui silences.
+    Case(
+        "evaluate-config-with-more-layers-than-the-weights",
+        lambda tmp, run: ["evaluate", str(relayered_model(tmp, run, 6)), "--profile", "smoke"],
+        "layers-6/model.safetensors does not match its config.json: 64 tensors of the model "
+        "config.json describes are not in the file and would start random "
+        "(bert.encoder.layer.2.attention.self.query.weight, ",
+    ),
+    Case(
+        "evaluate-config-with-fewer-layers-than-the-weights",
+        lambda tmp, run: ["evaluate", str(relayered_model(tmp, run, 1)), "--profile", "smoke"],
+        "16 tensors in the file are not part of that model and would be dropped "
+        "(bert.encoder.layer.1.attention.self.query.weight, ",
+    ),
+    Case(
+        "teacher-model-config-disagrees-with-its-weights",
+        lambda tmp, run: teacher("--model", str(relayered_model(tmp, run, 6))),
+        "config.json says num_hidden_layers = 6, the file holds 2",
+    ),
+    Case(
+        "distill-teacher-config-disagrees-with-its-weights",
+        lambda tmp, run: [
+            *("distill", "--profile", "smoke", "--domain", "books"),
+            *("--teacher", str(relayered_model(tmp, run, 1))),
+        ],
+        "config.json says num_hidden_layers = 1, the file holds 2",
+    ),
+    Case(
+        "prune-model-config-disagrees-with-its-weights",
+        lambda tmp, run: [
+            *("prune", "--profile", "smoke", "--model", str(relayered_model(tmp, run, 3))),
+        ],
+        "config.json says num_hidden_layers = 3, the file holds 2",
     ),
     Case(
         "evaluate-unknown-model-type",
@@ -593,3 +641,57 @@ def test_force_never_touches_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     assert (home / ".bashrc").read_text() == "export PATH\n"
     assert (home / "docs" / "notes.txt").read_text() == "notes\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fakehome"]
+
+
+def test_pruned_model_folders_are_checked_against_their_config(
+    teacher_run: Path, tmp_path: Path
+) -> None:
+    """The folders kdtui's own loaders read (RUN/model-sparse, heads-ffn models) name the
+    tensors that do not fit their config.json, as from_pretrained's folders do."""
+    from safetensors.torch import load_file, save_file
+
+    from kdtui.errors import KdtuiError
+    from kdtui.methods.compact import compact
+    from kdtui.models import load_any
+    from kdtui.sparse import SPARSE_FILE, save_sparse
+
+    weights = load_file(teacher_run / "model" / "model.safetensors")
+    sparse = relayered_model(tmp_path, teacher_run, 1)
+    (sparse / "model.safetensors").unlink()
+    save_sparse(weights, sparse / SPARSE_FILE)
+    with pytest.raises(KdtuiError) as refused:
+        load_any(sparse)
+    assert f"{sparse / SPARSE_FILE} does not match its config.json: 16 tensors in the file" in str(
+        refused.value
+    )
+    assert "config.json says num_hidden_layers = 1, the file holds 2" in str(refused.value)
+
+    heads = tmp_path / "heads"
+    model = load_any(teacher_run / "model")
+    compact(model, [[0], [1]], [list(range(16))] * 2)
+    model.save_pretrained(heads)
+    state = load_file(heads / "model.safetensors")
+    del state["classifier.bias"]
+    save_file(state, heads / "model.safetensors")
+    with pytest.raises(KdtuiError) as refused:
+        load_any(heads)
+    assert "1 tensor of the model config.json describes is not in the file and would start " in (
+        str(refused.value)
+    )
+    assert "(classifier.bias)" in str(refused.value)
+
+
+def test_a_pre_trained_encoder_gets_a_new_head_without_complaint(tmp_path: Path) -> None:
+    """What a new classifier head leaves out is no mismatch: the bundled MiniLM (no classifier)
+    and a masked-LM checkpoint (no classifier or pooler, a head of its own) load."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from kdtui.config import ModelConfig
+    from kdtui.models import load_classifier
+
+    assert load_classifier(ModelConfig(name="minilm"), ["neg", "pos"]).num_labels == 2
+    folder = tmp_path / "mlm"
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+    BertForMaskedLM(config).save_pretrained(folder)
+    model = load_classifier(ModelConfig(name=str(folder)), ["neg", "pos"])
+    assert model.config.num_hidden_layers == 2
