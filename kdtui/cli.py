@@ -374,9 +374,13 @@ def handles_errors(fn: F) -> F:
         except Exception as e:
             if os.environ.get("KDTUI_DEBUG"):
                 raise
+            from kdtui.recipes.common import ERROR_LOG_NOTE
+
+            logs = [n for n in getattr(e, "__notes__", []) if n.startswith(ERROR_LOG_NOTE)]
+            where = f"in {logs[0].removeprefix(ERROR_LOG_NOTE)}; " if logs else ""
             typer.echo(
                 f"internal error: {type(e).__name__}: {e}\n"
-                "(the traceback is in the run's error.log; set KDTUI_DEBUG=1 to see it here)",
+                f"(the traceback is {where}set KDTUI_DEBUG=1 to see it here)",
                 err=True,
             )
             raise typer.Exit(1) from None
@@ -464,8 +468,9 @@ def _run_training(
         from kdtui.recipes.common import resumed_run
         from kdtui.resolver import fill_placeholders
 
-        run = resumed_run(resume)
+        run = resumed_run(resume, command)
         config = fill_placeholders(run.config())  # a run from before placeholders were filled
+        profile = run.profile()  # the resumed run's run_started names the profile it began with
         if run.finished():
             # Resuming means "make sure this run completes": for a finished run that is already
             # true, so a retried job succeeds (exit 0) and the run's results stay as they are.
