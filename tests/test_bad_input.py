@@ -273,7 +273,7 @@ CASES = [
                 )[1].parent
             )
         ),
-        "label 7 in row 1 of the dev data is not one of the training labels",
+        "f/dev.jsonl line 1 (the dev split) is not one of the training labels",
     ),
     Case(
         "mixed-label-types",
@@ -283,7 +283,36 @@ CASES = [
                 [{**r, "label": r["label"] if i % 3 else "pos"} for i, r in enumerate(ROWS)],
             )
         ),
-        "labels mix types (number, str)",
+        "d.jsonl line 2 has 1; use all integers or all strings",
+    ),
+    Case(
+        "empty-string-label",
+        data(lambda t: jsonl(t / "d.jsonl", [*ROWS[:5], {**ROWS[5], "label": ""}, *ROWS[6:]])),
+        "d.jsonl line 6 has no label (column 'label' is empty); give it one or remove the row",
+    ),
+    Case(
+        "null-label",
+        data(lambda t: jsonl(t / "d.jsonl", [*ROWS[:5], {**ROWS[5], "label": None}, *ROWS[6:]])),
+        "d.jsonl line 6 has no label (column 'label' is empty)",
+    ),
+    Case(
+        "empty-label-cell-in-csv",
+        data(lambda t: write(t / "d.csv", "text,label,domain\ngood,1,a\nbad,0,b\nmeh,,a\n")),
+        "d.csv line 4 has no label (column 'label' is empty)",
+    ),
+    Case(
+        "test-domain-missing-from-train",
+        data(
+            lambda t: (
+                (
+                    jsonl(t / "f" / "test.jsonl", [{**ROWS[0], "domain": "c"}]),
+                    jsonl(t / "f" / "train.jsonl", ROWS),
+                )[1].parent
+            )
+        ),
+        "f/test.jsonl line 1 (the test split) has no training examples (the training data's "
+        """domains: a, b); add training examples of it, or keep to the trained domains: --set """
+        """'data.domains=["a", "b"]'""",
     ),
     Case(
         "text-is-null",
