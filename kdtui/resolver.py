@@ -73,7 +73,25 @@ def resolve_for_models(
 ) -> Config:
     """The config `evaluate` and `export` score models with: without a profile, the data config
     of the run the first model comes from."""
-    return resolve(profile or data_profile_of(models[0]), overrides, options).config
+    recorded = data_profile_of(models[0]) if profile is None else None
+    try:
+        return resolve(profile or recorded, overrides, options).config
+    except KdtuiError:
+        if recorded is not None:
+            # The user named a model, not this file: say where a bad value comes from.
+            inherited(read_profile(Path(recorded)), recorded, f"the run {models[0]} comes from")
+        raise
+
+
+def inherited(layers: dict[str, Any], file: str | Path, what: str) -> None:
+    """Validate LAYERS, the part of a configuration taken from a file the user did not name
+    (an upstream run's config.toml): an invalid value there names that file."""
+    try:
+        build_config(layers)
+    except KdtuiError as e:
+        raise KdtuiError(
+            f"{e} (from {file}, {what}; fix it there, or override it with --set)"
+        ) from None
 
 
 def fill_placeholders(config: Config) -> Config:
@@ -156,6 +174,8 @@ def _under_upstream(command: str, layered: dict[str, Any]) -> tuple[dict[str, An
     data = run.config_dict().get("data", {})
     mine = layered.get("data", {})
     if isinstance(data, dict) and isinstance(mine, dict):
+        taken = {k: v for k, v in data.items() if k not in mine}
+        inherited({"data": taken}, run.config_file, f"whose [data] {command} trains on")
         layered = {**layered, "data": {**data, **mine}}
     return layered, notes
 

@@ -102,9 +102,14 @@ class RunInfo(RunLayout):
         return read_profile(self.config_file)
 
     def config(self) -> Config:
+        """The recorded config, validated; a value that is no longer valid (the file was edited,
+        or written by another version of kdtui) is an error that names the file."""
         from kdtui.config import build_config
 
-        return build_config(self.config_dict())
+        try:
+            return build_config(self.config_dict())
+        except KdtuiError as e:
+            raise KdtuiError(f"{e} (in {self.config_file})") from None
 
     def events(self) -> Iterator[Event]:
         """Its complete, known events, in order (none before the log exists)."""

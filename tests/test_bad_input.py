@@ -106,6 +106,18 @@ def relayered_model(tmp: Path, teacher_run: Path, layers: int) -> Path:
     return folder
 
 
+def edited_run(tmp: Path, teacher_run: Path) -> Path:
+    """A copy of the teacher run whose config.toml was edited by hand to an invalid value."""
+    folder = tmp / "edited"
+    for name in ("config.toml", "events.jsonl", "metrics.json"):
+        write(folder / name, (teacher_run / name).read_bytes())
+    for f in (teacher_run / "model").iterdir():
+        write(folder / "model" / f.name, f.read_bytes())
+    config = (folder / "config.toml").read_text()
+    (folder / "config.toml").write_text(config.replace("max_length = 48", "max_length = 100000"))
+    return folder
+
+
 def pickled_code_model(tmp: Path) -> Path:
     """A config and a pytorch_model.bin whose unpickling would run a shell command."""
     import torch
@@ -153,6 +165,29 @@ CASES = [
     ),
     Case("unknown-section", profile("[trian]\nlr = 1\n"), "did you mean 'train'"),
     Case("unknown-key", lambda *_: teacher("--set", "train.lrr=1"), "did you mean 'train.lr'"),
+    Case(
+        "key-under-another-section",
+        profile("[train]\nsparsity = 0.9\n"),
+        "unknown key 'train.sparsity': sparsity is a key of [prune]; did you mean "
+        "'prune.sparsity'?",
+    ),
+    # A value the user did not give: the message names the file it came from.
+    Case(
+        "distill-teacher-run-with-an-edited-config",
+        lambda tmp, run: ["distill", "--teacher", str(edited_run(tmp, run)), "--domain", "books"],
+        "edited/config.toml, whose [data] distill trains on; fix it there, or override it "
+        "with --set)",
+    ),
+    Case(
+        "evaluate-run-with-an-edited-config",
+        lambda tmp, run: ["evaluate", str(edited_run(tmp, run))],
+        "edited/config.toml, the run ",  # the run the model comes from
+    ),
+    Case(
+        "resume-run-with-an-edited-config",
+        lambda tmp, run: ["teacher", "--resume", str(edited_run(tmp, run))],
+        "edited/config.toml)",
+    ),
     Case(
         "string-for-integer",
         lambda *_: teacher("--set", 'train.batch_size="8"'),
