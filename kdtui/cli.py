@@ -628,7 +628,8 @@ def export(
 ) -> None:
     """Export a model for ONNX Runtime, with its tokenizer, checked against kdtui's outputs.
 
-    Needs the export extra: pip install -c constraints.txt -e '.[export]'. The export's logits
+    Needs the export extra: pip install 'kdtui[export]' (in a source checkout: pip install -c
+    constraints.txt -e '.[export]'). The export's logits
     are compared with PyTorch's on the split (data as for evaluate: the run's, unless
     --profile/--set/--data is given)."""
     from kdtui.export import FORMATS, default_output, export_model
