@@ -584,10 +584,15 @@ def evaluate(
     with sparse kernels. Data: the first run directory's data config, unless
     --profile/--set/--data is given."""
     from kdtui.recipes.evaluate import evaluate_models
-    from kdtui.resolver import resolve_for_models
+    from kdtui.resolver import data_profile_of, resolve_for_models
     from kdtui.terminal import print_report
 
-    report = evaluate_models(models, resolve_for_models(models, profile, set_ or [], options))
+    config = resolve_for_models(models, profile, set_ or [], options)
+    recorded = data_profile_of(models[0]) if profile is None else None
+    data_from = ""
+    if recorded is not None and options.get("data.source") is None:
+        data_from = f"of {models[0]}, the first model (its run's {Path(recorded).name})"
+    report = evaluate_models(models, config, data_from)
     print_report(report)
     if json_path is not None:
         import json

@@ -118,6 +118,17 @@ def edited_run(tmp: Path, teacher_run: Path) -> Path:
     return folder
 
 
+def relabelled_model(tmp: Path, teacher_run: Path) -> Path:
+    """The teacher's model as if trained for labels neg/pos."""
+    folder = tmp / "relabelled"
+    for f in (teacher_run / "model").iterdir():
+        write(folder / f.name, f.read_bytes())
+    config = json.loads((folder / "config.json").read_text())
+    config["kdtui_labels"] = ["neg", "pos"]
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
 def pickled_code_model(tmp: Path) -> Path:
     """A config and a pytorch_model.bin whose unpickling would run a shell command."""
     import torch
@@ -492,6 +503,12 @@ CASES = [
         "evaluate-encoder-without-head",
         lambda *_: ["evaluate", str(bundled_minilm_path()), "--profile", "smoke"],
         "has no sequence classification head",
+    ),
+    Case(
+        "evaluate-models-trained-for-other-labels",
+        lambda tmp, run: ["evaluate", str(run), str(relabelled_model(tmp, run))],
+        "relabelled was trained for labels ['neg', 'pos'] but the data has ['0', '1']; the test "
+        "split is the data of ",  # the first model's, and what to do
     ),
     Case(
         "evaluate-split-that-is-not-there",
