@@ -249,6 +249,7 @@ def load_classifier(
             source,
             trust_remote_code=cfg.trust_remote_code,
             attn_implementation=attn_implementation,
+            dtype=torch.float32,  # see load_trained
             output_loading_info=True,
             ignore_mismatched_sizes=True,
             **label_kwargs,
@@ -267,6 +268,7 @@ def load_trained(
     """A classifier kdtui (or anyone) saved: no new head is created; a folder without a
     classification head is an error."""
     quiet_transformers()
+    import torch
     from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -300,6 +302,9 @@ def load_trained(
             source,
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
+            # kdtui computes in float32 (bf16 only by autocast): a checkpoint saved in float16
+            # would otherwise train in float16 and overflow to NaN within steps.
+            dtype=torch.float32,
             output_loading_info=True,
             ignore_mismatched_sizes=True,  # reported below, by name
         )
@@ -458,7 +463,11 @@ def check_loading_info(
     unexpected = [
         k for k in info.get("unexpected_keys", ()) if not (new_head and not in_encoder(k))
     ]
-    mismatched = {k: (tuple(a), tuple(b)) for k, a, b in info.get("mismatched_keys", ())}
+    mismatched = {
+        k: (tuple(a), tuple(b))
+        for k, a, b in info.get("mismatched_keys", ())
+        if not (new_head and head(k))  # another task's classifier (a token classifier's, say)
+    }
     if missing or unexpected or mismatched:
         raise KdtuiError(weights_mismatch(shown, source, model, missing, unexpected, mismatched))
 

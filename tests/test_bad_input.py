@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from kdtui.models import bundled_minilm_path
 from tests.conftest import invoke
@@ -765,7 +766,7 @@ def test_pruned_model_folders_are_checked_against_their_config(
 def test_a_pre_trained_encoder_gets_a_new_head_without_complaint(tmp_path: Path) -> None:
     """What a new classifier head leaves out is no mismatch: the bundled MiniLM (no classifier)
     and a masked-LM checkpoint (no classifier or pooler, a head of its own) load."""
-    from transformers import BertConfig, BertForMaskedLM
+    from transformers import BertConfig, BertForMaskedLM, BertForTokenClassification
 
     from kdtui.config import ModelConfig
     from kdtui.models import load_classifier
@@ -776,3 +777,21 @@ def test_a_pre_trained_encoder_gets_a_new_head_without_complaint(tmp_path: Path)
     BertForMaskedLM(config).save_pretrained(folder)
     model = load_classifier(ModelConfig(name=str(folder)), ["neg", "pos"])
     assert model.config.num_hidden_layers == 2
+    # Another task's classifier (9 token labels) is replaced, as a missing one would be.
+    tokens = tmp_path / "tokens"
+    BertForTokenClassification(BertConfig(**config.to_dict(), num_labels=9)).save_pretrained(tokens)
+    assert load_classifier(ModelConfig(name=str(tokens)), ["neg", "pos"]).num_labels == 2
+
+
+def test_a_float16_checkpoint_is_loaded_as_float32(teacher_run: Path, tmp_path: Path) -> None:
+    """Trained from in float16 (transformers keeps a checkpoint's dtype), teacher, distill and
+    prune stopped at step 2 with a NaN loss and the advice to lower the learning rate."""
+    from kdtui.config import ModelConfig
+    from kdtui.models import load_any, load_classifier
+
+    folder = tmp_path / "fp16"
+    load_any(teacher_run / "model").half().save_pretrained(folder)
+    for f in (teacher_run / "model").glob("tokenizer*"):
+        write(folder / f.name, f.read_bytes())
+    for model in (load_any(folder), load_classifier(ModelConfig(name=str(folder)), ["0", "1"])):
+        assert {p.dtype for p in model.parameters()} == {torch.float32}
