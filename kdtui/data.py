@@ -438,10 +438,12 @@ def _assemble(
     raw: dict[str, Columns], cfg: DataConfig, notes: list[str], origins: dict[str, Origin]
 ) -> MultiDomainData:
     for role, columns in raw.items():
-        _check_columns(columns, cfg, role)
+        _check_columns(columns, cfg, role, origins[role])
     for role, columns in raw.items():
         # Before the label set: an empty cell makes a CSV column of numbers fractional.
-        _check_labels_present(columns, cfg.label_column, origins[role])
+        _check_filled(columns, cfg.label_column, "label", origins[role])
+        if cfg.domain_column in columns:  # an empty domain would be a domain named 'None'
+            _check_filled(columns, cfg.domain_column, "domain", origins[role])
     label_names, label_of = _label_set(raw["train"], cfg.label_column, origins["train"])
     train_domains = _domain_values(raw["train"], cfg)
     # Files: alphabetical, so the order does not depend on row order; synthetic: as configured.
@@ -502,7 +504,7 @@ def _assemble(
     )
 
 
-def _check_columns(columns: Columns, cfg: DataConfig, role: str) -> None:
+def _check_columns(columns: Columns, cfg: DataConfig, role: str, origin: Origin) -> None:
     wanted = [("data.text_column", cfg.text_column), ("data.label_column", cfg.label_column)]
     if cfg.text_pair_column:
         wanted.append(("data.text_pair_column", cfg.text_pair_column))
@@ -512,8 +514,18 @@ def _check_columns(columns: Columns, cfg: DataConfig, role: str) -> None:
     present = ", ".join(c for c in columns if c != _ROW_ID)
     for key, column in wanted:
         if column not in columns:
+            # One column named "text;label;domain": the file is separated by something else.
+            names = [c for c in columns if c != _ROW_ID]
+            other = next((sep for sep in ";\t|," if len(names) == 1 and sep in names[0]), None)
+            hint = (
+                f" (one column: is the file separated by {other!r}? .csv files are read as "
+                "comma-separated, .tsv as tab-separated)"
+                if other is not None
+                else ""
+            )
             raise KdtuiError(
-                f"the {role} data has no column '{column}' ({key}); its columns: {present}"
+                f"the {role} data ({origin}) has no column '{column}' ({key}); its columns: "
+                f"{present}{hint}"
             )
 
 
@@ -539,6 +551,17 @@ def _label_set(
             "integers or all strings"
         )
     ordered: list[Any] = sorted(set(values))
+    if kinds[0] == "string":
+        # "pos" and "pos " would be two classes: a stray space is not a label.
+        first: dict[str, int] = {}
+        for i, value in enumerate(values):
+            seen = first.setdefault(value.strip(), i)
+            if values[seen] != value:
+                raise KdtuiError(
+                    f"labels {values[seen]!r} ({origin.row(int(row_ids[seen]))}) and {value!r} "
+                    f"({origin.row(int(row_ids[i]))}) differ only in spaces around them; "
+                    "remove the spaces"
+                )
     if len(ordered) < 2:
         raise KdtuiError(
             f"the training data ({origin}) has a single label ({ordered[0]!r}); need two or more"
@@ -546,8 +569,9 @@ def _label_set(
     return [str(v) for v in ordered], {v: i for i, v in enumerate(ordered)}
 
 
-def _check_labels_present(columns: Columns, label_column: str, origin: Origin) -> None:
-    values = columns[label_column]
+def _check_filled(columns: Columns, column: str, what: str, origin: Origin) -> None:
+    """Every row has a WHAT (a label, a domain) in COLUMN."""
+    values = columns[column]
     row_ids = columns.get(_ROW_ID, range(len(values)))
     for i, value in enumerate(values):
         if is_missing_label(value):
@@ -555,7 +579,7 @@ def _check_labels_present(columns: Columns, label_column: str, origin: Origin) -
                 "empty" if value is None or isinstance(value, float) or value == "" else repr(value)
             )
             raise KdtuiError(
-                f"{origin.row(int(row_ids[i]))} has no label (column '{label_column}' is "
+                f"{origin.row(int(row_ids[i]))} has no {what} (column '{column}' is "
                 f"{shown}); give it one or remove the row"
             )
 
@@ -620,7 +644,7 @@ def _to_split(
     for i in keep:
         value = labels[i]
         if value not in label_of or isinstance(value, bool):
-            known = ", ".join(str(k) for k in label_of)
+            known = ", ".join(repr(k) for k in label_of)  # repr: 0 and '0' differ
             raise KdtuiError(
                 f"label {value!r} in {where(i)} (the {role} split) is not one of the training "
                 f"labels ({known})"

@@ -337,3 +337,43 @@ def test_an_unreadable_data_file_is_a_clear_error(
     with pytest.raises(KdtuiError, match="Permission denied") as error:
         load_data(DataConfig(source=str(path)))
     assert str(path) in str(error.value)
+
+
+def test_labels_that_differ_only_in_spaces_are_refused(tmp_path: Path) -> None:
+    """'pos' and 'pos ' were two classes of a 3-class model."""
+    rows = [{**r, "label": "pos "} if i in (3, 9, 15) else r for i, r in enumerate(ROWS)]
+    path = _write(tmp_path / "train.jsonl", rows)
+    _write(tmp_path / "dev.jsonl", ROWS)
+    with pytest.raises(KdtuiError) as refused:
+        load_data(DataConfig(source=str(tmp_path)))
+    assert str(refused.value) == (
+        f"labels 'pos' ({path} line 2) and 'pos ' ({path} line 4) differ only in spaces around "
+        "them; remove the spaces"
+    )
+
+
+def test_a_label_of_another_kind_than_the_training_labels_is_shown_as_such(
+    tmp_path: Path,
+) -> None:
+    _write(tmp_path / "train.jsonl", [{**r, "label": str(i % 2)} for i, r in enumerate(ROWS)])
+    _write(tmp_path / "dev.jsonl", [{**ROWS[0], "label": 0}])
+    with pytest.raises(KdtuiError, match=r"label 0 in .* training labels \('0', '1'\)"):
+        load_data(DataConfig(source=str(tmp_path)))
+
+
+def test_a_row_without_a_domain_is_refused(tmp_path: Path) -> None:
+    """A null domain became a domain named 'None'."""
+    path = _write(
+        tmp_path / "d.jsonl", [{**r, "domain": None} if i == 4 else r for i, r in enumerate(ROWS)]
+    )
+    with pytest.raises(
+        KdtuiError, match=f"{path} line 5 has no domain \\(column 'domain' is empty\\)"
+    ):
+        load_data(DataConfig(source=str(path)))
+
+
+def test_a_csv_separated_by_semicolons_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("text;label;domain\n" + "".join(f"t {i};{i % 2};a\n" for i in range(20)))
+    with pytest.raises(KdtuiError, match="is the file separated by ';'"):
+        load_data(DataConfig(source=str(path)))
