@@ -243,14 +243,14 @@ def export_model(
         resolve_model_path,
     )
 
-    require_onnx()
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     if output.exists() and not force:
         raise KdtuiError(f"{output} exists; pass --force to replace it")
     if output.exists() and not (output.is_dir() and is_export_folder(output)):
         raise KdtuiError(f"{output} is not a kdtui export folder; --force replaces only those")
-    folder = Path(resolve_model_path(source))
+    folder = Path(resolve_model_path(source))  # a run with no model yet: say so first
+    require_onnx()
     model = load_any(folder).eval()
     tokenizer = load_model_tokenizer(folder, trust_remote_code=config.model.trust_remote_code)
     data = load_data(config.data)

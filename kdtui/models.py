@@ -53,11 +53,14 @@ def resolve_model_path(name: str) -> str:
     from kdtui.rundir import RunInfo
 
     path = Path(name).expanduser()
-    run_model = RunInfo(path).saved_model()
+    run = RunInfo(path)
+    run_model = run.saved_model()
     if run_model is not None:
         return str(run_model)  # a kdtui run directory
     if path.is_dir():
         if not (path / "config.json").is_file():
+            if run.config_file.is_file():
+                raise KdtuiError(_no_model_yet(run, name))
             raise KdtuiError(f"model folder {path} has no config.json")
         return str(path)
     if path.exists():
@@ -67,6 +70,26 @@ def resolve_model_path(name: str) -> str:
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or local_parent:
         raise KdtuiError(f"model path '{name}' does not exist")
     return name  # a hub name; from_pretrained says clearly if it cannot be fetched
+
+
+def _no_model_yet(run: Any, name: str) -> str:
+    """Why a run directory has no RUN/model, and what to do (it said: no config.json)."""
+    students = run.students()
+    if students:
+        return (
+            f"{name} is a `kdtui distill --domain all` run: each student is a model of its own; "
+            f"name one, e.g. {students[0]}"
+        )
+    status = run.status()
+    if status == "running":
+        return f"run {name} has no model yet: it is still running"
+    if status == "failed":
+        return f"run {name} has no model: it failed (`kdtui dashboard {name}` shows why)"
+    command = run.command() or "COMMAND"
+    return (
+        f"run {name} has no model yet: it was stopped before it finished; continue it with "
+        f"`kdtui {command} --resume {name}`"
+    )
 
 
 def load_tokenizer(cfg: ModelConfig) -> Any:

@@ -130,6 +130,18 @@ def relabelled_model(tmp: Path, teacher_run: Path) -> Path:
     return folder
 
 
+def unfinished_run(tmp: Path, teacher_run: Path, failed: bool = False) -> Path:
+    """The teacher run as it was before it saved its model: stopped, or failed."""
+    folder = tmp / "unfinished"
+    write(folder / "config.toml", (teacher_run / "config.toml").read_bytes())
+    lines = (teacher_run / "events.jsonl").read_text().splitlines()
+    events = [e for e in lines if '"run_finished"' not in e]
+    if failed:
+        events.append(json.dumps({"type": "run_failed", "time": 0, "step": 3, "error": "x"}))
+    write(folder / "events.jsonl", "\n".join(events) + "\n")
+    return folder
+
+
 def pickled_code_model(tmp: Path) -> Path:
     """A config and a pytorch_model.bin whose unpickling would run a shell command."""
     import torch
@@ -510,6 +522,22 @@ CASES = [
         lambda tmp, run: ["evaluate", str(run), str(relabelled_model(tmp, run))],
         "relabelled was trained for labels ['neg', 'pos'] but the data has ['0', '1']; the test "
         "split is the data of ",  # the first model's, and what to do
+    ),
+    Case(
+        "evaluate-a-stopped-run",
+        lambda tmp, run: ["evaluate", str(unfinished_run(tmp, run))],
+        "unfinished has no model yet: it was stopped before it finished; continue it with "
+        "`kdtui teacher --resume ",
+    ),
+    Case(
+        "export-a-failed-run",
+        lambda tmp, run: ["export", str(unfinished_run(tmp, run, failed=True))],
+        "unfinished has no model: it failed (`kdtui dashboard ",
+    ),
+    Case(
+        "prune-a-stopped-teacher-run",
+        lambda tmp, run: ["prune", "--profile", "smoke", "--model", str(unfinished_run(tmp, run))],
+        "unfinished has no model yet: it was stopped before it finished",
     ),
     Case(
         "evaluate-split-that-is-not-there",
