@@ -16,7 +16,7 @@ from kdtui.dashboard.widgets.domain_table import DomainTable
 from kdtui.dashboard.widgets.loss_chart import LossChart
 from kdtui.dashboard.widgets.run_screen import RunScreen
 from kdtui.dashboard.widgets.stop_run_screen import StopRunScreen
-from kdtui.events import Eval, RunFailed, RunFinished, Step
+from kdtui.events import Eval, Message, RunFailed, RunFinished, Step
 from tests import dashboard_fixtures as fx
 from tests.conftest import REPO, events_of, invoke
 from tests.test_dashboard_app import screen_text, settled, sync, until
@@ -301,6 +301,15 @@ def test_the_plain_summary_tells_a_killed_run_from_a_running_one(runs: Path) -> 
         f"it with: kdtui teacher --resume {run}\n"
     ) in text
     assert "teacher-k  teacher  stopped" in plain.runs_summary(runs, now=now)
+
+    # Killed while it loaded data: a config.toml and a note, no run_started.
+    early = fx.write(runs / "teacher-e", [Message(level="note", text="holding out a dev split")])
+    (early / "config.toml").write_text("# kdtui teacher: resolved configuration of run e\n")
+    assert (
+        "status    stopped before training began: no process is writing it; continue it "
+        f"with: kdtui teacher --resume {early}\n"
+    ) in plain.run_summary(early, now=now)
+    assert "teacher-e  teacher  stopped" in plain.runs_summary(runs, now=now)
 
     lock = RunLock.acquire(run)  # a live writer
     try:

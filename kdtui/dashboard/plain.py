@@ -15,7 +15,7 @@ from pathlib import Path
 from kdtui.dashboard import fmt
 from kdtui.dashboard.runs import RunScanner
 from kdtui.dashboard.state import RunState
-from kdtui.rundir import EVENTS_FILE, LOCK_FILE, lock_holder
+from kdtui.rundir import CONFIG_FILE, EVENTS_FILE, LOCK_FILE, RunInfo, lock_holder
 from kdtui.runlog import MAX_LINE, EventFollower
 
 LAST_EVENTS = 5
@@ -54,7 +54,14 @@ def run_summary(run_dir: Path, now: float | None = None) -> str:
     lines = [f"run       {state.run or run_dir.name} ({run_dir})"]
     if not state.started:
         where = run_dir / EVENTS_FILE
-        lines.append(f"status    {status}: no run has started in {where} yet")
+        if killed_before_start(run_dir):
+            command = RunInfo(run_dir).command() or "COMMAND"
+            lines.append(
+                "status    stopped before training began: no process is writing it; continue "
+                f"it with: kdtui {command} --resume {run_dir}"
+            )
+        else:
+            lines.append(f"status    {status}: no run has started in {where} yet")
     else:
         lines.append(f"command   {state.command}  profile {state.profile or '-'}")
         total = max(state.total_steps, 1)
@@ -110,6 +117,13 @@ def has_writer(run_dir: Path) -> bool:
     return lock_holder(run_dir) is not None
 
 
+def killed_before_start(run_dir: Path) -> bool:
+    """A run that wrote its config.toml (with its lock held) but no run_started, and that no
+    process writes now: killed while it loaded data or models. Without a config.toml the
+    folder may be a run that is about to start."""
+    return (run_dir / CONFIG_FILE).is_file() and not has_writer(run_dir)
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
@@ -128,6 +142,9 @@ def runs_summary(root: Path, now: float | None = None) -> str:
     for s in summaries:
         if s.status in ("running", "stalled") and not has_writer(s.path):
             s.status = "stopped"  # killed: see run_summary
+        elif s.status == "waiting" and killed_before_start(s.path):
+            s.status = "stopped"
+            s.command = s.command or RunInfo(s.path).command() or ""
         progress = "-"
         if s.progress is not None:
             progress = f"{s.step:,}/{s.total_steps:,} {100 * min(s.progress, 1.0):.0f}%"
