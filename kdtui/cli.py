@@ -581,8 +581,9 @@ def evaluate(
 
     MODEL: a run directory, a model folder or an ONNX export folder (kdtui export; run under
     ONNX Runtime); several are shown side by side. Unstructured models are timed with dense and
-    with sparse kernels. Data: the first run directory's data config, unless
-    --profile/--set/--data is given."""
+    with sparse kernels. Data: the data config of the run the first model comes from (RUN,
+    RUN/model, a distill student's folder, an export of one), unless --profile/--set/--data is
+    given."""
     from kdtui.recipes.evaluate import evaluate_models
     from kdtui.resolver import data_profile_of, resolve_for_models
     from kdtui.terminal import print_report

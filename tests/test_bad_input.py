@@ -823,3 +823,18 @@ def test_a_float16_checkpoint_is_loaded_as_float32(teacher_run: Path, tmp_path: 
         write(folder / f.name, f.read_bytes())
     for model in (load_any(folder), load_classifier(ModelConfig(name=str(folder)), ["0", "1"])):
         assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_a_model_folder_inside_a_run_is_scored_on_that_run_s_data(
+    teacher_run: Path, tmp_path: Path
+) -> None:
+    """`kdtui evaluate RUN/model` scored the default synthetic data (400 test examples) where
+    `kdtui evaluate RUN` scores the run's own (48)."""
+    reports = []
+    for model in (teacher_run, teacher_run / "model"):
+        out = tmp_path / f"{model.name}.json"
+        result = invoke("evaluate", str(model), "--json", str(out))
+        assert result.exit_code == 0, result.stderr
+        reports.append(json.loads(out.read_text()))
+    assert reports[0]["examples"] == reports[1]["examples"] == 48
+    assert reports[0]["models"][0]["accuracy"] == reports[1]["models"][0]["accuracy"]
