@@ -377,12 +377,13 @@ def handles_errors(fn: F) -> F:
             from kdtui.recipes.common import ERROR_LOG_NOTE
 
             logs = [n for n in getattr(e, "__notes__", []) if n.startswith(ERROR_LOG_NOTE)]
-            where = f"in {logs[0].removeprefix(ERROR_LOG_NOTE)}; " if logs else ""
-            typer.echo(
-                f"internal error: {type(e).__name__}: {e}\n"
-                f"(the traceback is {where}set KDTUI_DEBUG=1 to see it here)",
-                err=True,
+            where = (
+                f"the traceback is in {logs[0].removeprefix(ERROR_LOG_NOTE)}; set KDTUI_DEBUG=1 "
+                "to see it here"
+                if logs
+                else "set KDTUI_DEBUG=1 to see the traceback"
             )
+            typer.echo(f"internal error: {type(e).__name__}: {e}\n({where})", err=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
