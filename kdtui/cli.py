@@ -388,11 +388,16 @@ def handles_errors(fn: F) -> F:
         except Exception as e:
             if os.environ.get("KDTUI_DEBUG"):
                 raise
-            typer.echo(
-                f"internal error: {type(e).__name__}: {e}\n"
-                "(the traceback is in the run's error.log; set KDTUI_DEBUG=1 to see it here)",
-                err=True,
+            from kdtui.recipes.common import ERROR_LOG_NOTE
+
+            logs = [n for n in getattr(e, "__notes__", []) if n.startswith(ERROR_LOG_NOTE)]
+            where = (
+                f"the traceback is in {logs[0].removeprefix(ERROR_LOG_NOTE)}; set KDTUI_DEBUG=1 "
+                "to see it here"
+                if logs
+                else "set KDTUI_DEBUG=1 to see the traceback"
             )
+            typer.echo(f"internal error: {type(e).__name__}: {e}\n({where})", err=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -478,8 +483,9 @@ def _run_training(
         from kdtui.recipes.common import resumed_run
         from kdtui.resolver import fill_placeholders
 
-        run = resumed_run(resume)
+        run = resumed_run(resume, command)
         config = fill_placeholders(run.config())  # a run from before placeholders were filled
+        profile = run.profile()  # the resumed run's run_started names the profile it began with
         if run.finished():
             # Resuming means "make sure this run completes": for a finished run that is already
             # true, so a retried job succeeds (exit 0) and the run's results stay as they are.
@@ -590,13 +596,19 @@ def evaluate(
 
     MODEL: a run directory, a model folder or an ONNX export folder (kdtui export; run under
     ONNX Runtime); several are shown side by side. Unstructured models are timed with dense and
-    with sparse kernels. Data: the first run directory's data config, unless
-    --profile/--set/--data is given."""
+    with sparse kernels. Data: the data config of the run the first model comes from (RUN,
+    RUN/model, a distill student's folder, an export of one), unless --profile/--set/--data is
+    given."""
     from kdtui.recipes.evaluate import evaluate_models
-    from kdtui.resolver import resolve_for_models
+    from kdtui.resolver import data_profile_of, resolve_for_models
     from kdtui.terminal import print_report
 
-    report = evaluate_models(models, resolve_for_models(models, profile, set_ or [], options))
+    config = resolve_for_models(models, profile, set_ or [], options)
+    recorded = data_profile_of(models[0]) if profile is None else None
+    data_from = ""
+    if recorded is not None and options.get("data.source") is None:
+        data_from = f"of {models[0]}, the first model (its run's {Path(recorded).name})"
+    report = evaluate_models(models, config, data_from)
     print_report(report)
     if json_path is not None:
         import json
@@ -637,7 +649,8 @@ def export(
 ) -> None:
     """Export a model for ONNX Runtime, with its tokenizer, checked against kdtui's outputs.
 
-    Needs the export extra: pip install -c constraints.txt -e '.[export]'. The export's logits
+    Needs the export extra: pip install 'kdtui[export]' (in a source checkout: pip install -c
+    constraints.txt -e '.[export]'). The export's logits
     are compared with PyTorch's on the split (data as for evaluate: the run's, unless
     --profile/--set/--data is given)."""
     from kdtui.export import FORMATS, default_output, export_model

@@ -361,6 +361,17 @@ def _reject_unknown(given: Any, known: Any, what: str, prefix: str = "") -> None
     for name in given:
         if name in known:
             continue
+        # A key of another section (`sparsity` under [train]) is misplaced, not misspelt,
+        # unless it is one letter or so from a key of its own section (`data.domain`).
+        elsewhere = [
+            s for s, cls in SECTIONS.items() if prefix and name in {f.name for f in fields(cls)}
+        ]
+        if elsewhere and not difflib.get_close_matches(name, known, n=1, cutoff=0.85):
+            where = " or ".join(f"'{s}.{name}'" for s in elsewhere)
+            raise KdtuiError(
+                f"unknown {what} '{prefix}{name}': {name} is a key of "
+                f"{' and '.join(f'[{s}]' for s in elsewhere)}; did you mean {where}?"
+            )
         close = difflib.get_close_matches(name, known, n=1)
         hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid: {', '.join(known)}"
         raise KdtuiError(f"unknown {what} '{prefix}{name}'{hint}")

@@ -18,6 +18,7 @@ by it in every process and across runs on the same data.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import random
@@ -103,9 +104,29 @@ class MultiDomainData:
 def load_data(cfg: DataConfig) -> MultiDomainData:
     if cfg.source == "synthetic":
         raw, notes = synthetic_splits(cfg), []
+        origins = {role: Origin(text=f"the synthetic {role} data") for role in raw}
     else:
-        raw, notes = _read_source(cfg)
-    return _assemble(raw, cfg, notes)
+        raw, notes, origins = _read_source(cfg)
+    return _assemble(raw, cfg, notes, origins)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a split's rows come from, so that a message can name the row at fault as the user
+    finds it: a file and its line, or a row of something without lines."""
+
+    file: Path | None = None
+    text: str = ""  # the rows without a file: "the synthetic dev data", a hub split
+
+    def row(self, index: int) -> str:
+        """Row INDEX (0-based, as loaded: the example's id)."""
+        if self.file is None:
+            return f"row {index + 1} of {self.text}"
+        line = _line_of(self.file, index)
+        return f"{self.file} line {line}" if line is not None else f"{self.file} row {index + 1}"
+
+    def __str__(self) -> str:
+        return str(self.file) if self.file is not None else self.text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,13 +136,20 @@ def load_data(cfg: DataConfig) -> MultiDomainData:
 Columns = dict[str, list[Any]]
 
 
-def _read_source(cfg: DataConfig) -> tuple[dict[str, Columns], list[str]]:
-    """{"train": columns, "dev": columns, optional "test": columns} and notes for the user."""
+def _read_source(
+    cfg: DataConfig,
+) -> tuple[dict[str, Columns], list[str], dict[str, Origin]]:
+    """{"train": columns, "dev": columns, optional "test": columns}, notes for the user, and
+    where each split's rows come from (a held-out dev split: the training file)."""
     path = Path(cfg.source).expanduser()
     if path.is_file():
-        return _hold_out_dev({"train": _read_file(path)}, cfg, f"{path.name} is the training split")
+        splits, notes = _hold_out_dev(
+            {"train": _read_file(path)}, cfg, f"{path.name} is the training split"
+        )
+        return splits, notes, {"train": Origin(path), "dev": Origin(path)}
     if path.is_dir():
-        splits: dict[str, Columns] = {}
+        splits = {}
+        origins: dict[str, Origin] = {}
         for role, name in (
             ("train", cfg.train_split),
             ("dev", cfg.dev_split),
@@ -130,12 +158,14 @@ def _read_source(cfg: DataConfig) -> tuple[dict[str, Columns], list[str]]:
             found = _find_split_file(path, name)
             if found is not None:
                 splits[role] = _read_file(found)
+                origins[role] = Origin(found)
         if "train" not in splits:
             wanted = ", ".join(f"{cfg.train_split}{ext}" for ext in FORMATS)
             raise KdtuiError(f"data folder {path} has no training file (one of: {wanted})")
         if "dev" not in splits:
-            return _hold_out_dev(splits, cfg, f"{path} has no {cfg.dev_split} file")
-        return splits, []
+            splits, notes = _hold_out_dev(splits, cfg, f"{path} has no {cfg.dev_split} file")
+            return splits, notes, {**origins, "dev": origins["train"]}
+        return splits, [], origins
     if path.exists():
         raise KdtuiError(f"data source {path} is neither a file nor a folder")
     if cfg.source.startswith((".", "/", "~")) or Path(cfg.source).suffix.lower() in FORMATS:
@@ -193,6 +223,7 @@ def _text_file_problem(path: Path) -> str | None:
         return None
     json_lines = suffix == ".jsonl"
     first: tuple[int, str] | None = None  # the first non-blank line: a header, or JSON
+    kinds: dict[str, tuple[str, int]] = {}  # JSON lines: each key's first kind, and its line
     rows = 0
     try:
         with open(path, "rb") as f:
@@ -214,7 +245,7 @@ def _text_file_problem(path: Path) -> str | None:
                     json_lines = json_lines or (suffix == ".json" and _is_json(line))
                 else:
                     rows += 1
-                if json_lines and (problem := _json_line_problem(line, number)):
+                if json_lines and (problem := _json_line_problem(line, number, kinds)):
                     return problem
     except OSError as e:
         return e.strerror or str(e)
@@ -227,6 +258,45 @@ def _text_file_problem(path: Path) -> str | None:
     return None
 
 
+def _line_of(path: Path, row: int) -> int | None:
+    """The line of a text data file on which row ROW (0-based, as loaded: blank lines and the
+    CSV header are not rows) starts; None where rows are not lines (parquet, a JSON document)
+    or the file cannot be read again. Only called to name a row in a message."""
+    suffix = path.suffix.lower()
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            if suffix in (".csv", ".tsv"):
+                tsv = suffix == ".tsv"
+                # As the file was parsed (_read_file); a quoted field may span lines.
+                reader = csv.reader(
+                    f,
+                    delimiter="\t" if tsv else ",",
+                    quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL,
+                )
+                index, previous = -2, 0  # -1: the header
+                for record in reader:
+                    start, previous = previous + 1, reader.line_num
+                    if record:
+                        index += 1
+                        if index == row:
+                            return start
+                return None
+            if suffix not in (".jsonl", ".json"):
+                return None
+            index = -1
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                if index == -1 and suffix == ".json" and not _is_json(line):
+                    return None  # one JSON document, not a line per row
+                index += 1
+                if index == row:
+                    return number
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    return None
+
+
 def _is_json(text: str) -> bool:
     try:
         json.loads(text)
@@ -235,7 +305,10 @@ def _is_json(text: str) -> bool:
     return True
 
 
-def _json_line_problem(line: str, number: int) -> str | None:
+def _json_line_problem(line: str, number: int, kinds: dict[str, tuple[str, int]]) -> str | None:
+    """What is wrong with one line of a JSON-lines file; KINDS, each key's JSON kind where it
+    was first seen, is updated: the parser refuses a column whose kind changes ("changed from
+    string to number in row 10", a row counted from where it cannot tell)."""
     try:
         value = json.loads(line)
     except json.JSONDecodeError as e:
@@ -250,10 +323,25 @@ def _json_line_problem(line: str, number: int) -> str | None:
             f"line {number} holds a JSON {kind}, not an object; each line must hold one JSON "
             'object such as {"text": "...", "label": 1}'
         )
+    for key, item in value.items():
+        if item is None:
+            continue  # null fits any column
+        kind = _JSON_KINDS.get(type(item), type(item).__name__)
+        seen = kinds.setdefault(key, (kind, number))
+        if seen[0] != kind:
+            return (
+                f"line {number} holds {_a(kind)} in column '{key}' where line {seen[1]} holds "
+                f"{_a(seen[0])}; a column holds one kind of value"
+            )
     return None
 
 
+def _a(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+
+
 _JSON_KINDS = {
+    dict: "object",
     list: "array",
     str: "string",
     int: "number",
@@ -274,7 +362,7 @@ def _json_document_problem(path: Path) -> str | None:
     return None
 
 
-def _read_hub(cfg: DataConfig) -> tuple[dict[str, Columns], list[str]]:
+def _read_hub(cfg: DataConfig) -> tuple[dict[str, Columns], list[str], dict[str, Origin]]:
     import datasets
 
     datasets.disable_progress_bars()
@@ -286,6 +374,7 @@ def _read_hub(cfg: DataConfig) -> tuple[dict[str, Columns], list[str]]:
             f"Hugging Face hub failed: {_first_line(e)}"
         ) from None
     splits: dict[str, Columns] = {}
+    origins: dict[str, Origin] = {}
     for role, names in (
         ("train", (cfg.train_split,)),
         ("dev", (cfg.dev_split, "validation")),
@@ -294,12 +383,14 @@ def _read_hub(cfg: DataConfig) -> tuple[dict[str, Columns], list[str]]:
         for name in names:
             if name in loaded:
                 splits[role] = loaded[name].to_dict()
+                origins[role] = Origin(text=f"the {name} split of '{cfg.source}'")
                 break
     if "train" not in splits:
         raise KdtuiError(f"hub data set '{cfg.source}' has no split '{cfg.train_split}'")
     if "dev" not in splits:
-        return _hold_out_dev(splits, cfg, f"'{cfg.source}' has no {cfg.dev_split} split")
-    return splits, []
+        splits, notes = _hold_out_dev(splits, cfg, f"'{cfg.source}' has no {cfg.dev_split} split")
+        return splits, notes, {**origins, "dev": origins["train"]}
+    return splits, [], origins
 
 
 def _hold_out_dev(
@@ -343,10 +434,17 @@ _ROW_ID = "__kdtui_row_id__"  # original row index when a split was carved out o
 # Columns -> Splits: validation, label and domain ids, subsampling
 
 
-def _assemble(raw: dict[str, Columns], cfg: DataConfig, notes: list[str]) -> MultiDomainData:
+def _assemble(
+    raw: dict[str, Columns], cfg: DataConfig, notes: list[str], origins: dict[str, Origin]
+) -> MultiDomainData:
     for role, columns in raw.items():
-        _check_columns(columns, cfg, role)
-    label_names, label_of = _label_set(raw["train"][cfg.label_column])
+        _check_columns(columns, cfg, role, origins[role])
+    for role, columns in raw.items():
+        # Before the label set: an empty cell makes a CSV column of numbers fractional.
+        _check_filled(columns, cfg.label_column, "label", origins[role])
+        if cfg.domain_column in columns:  # an empty domain would be a domain named 'None'
+            _check_filled(columns, cfg.domain_column, "domain", origins[role])
+    label_names, label_of = _label_set(raw["train"], cfg.label_column, origins["train"])
     train_domains = _domain_values(raw["train"], cfg)
     # Files: alphabetical, so the order does not depend on row order; synthetic: as configured.
     if cfg.source == "synthetic":
@@ -371,7 +469,7 @@ def _assemble(raw: dict[str, Columns], cfg: DataConfig, notes: list[str]) -> Mul
 
     splits: dict[str, Split] = {}
     for role, columns in raw.items():
-        split = _to_split(columns, cfg, role, label_of, domain_names)
+        split = _to_split(columns, cfg, role, label_of, domain_names, origins)
         if role == "train":
             split = _subsample(
                 split,
@@ -406,7 +504,7 @@ def _assemble(raw: dict[str, Columns], cfg: DataConfig, notes: list[str]) -> Mul
     )
 
 
-def _check_columns(columns: Columns, cfg: DataConfig, role: str) -> None:
+def _check_columns(columns: Columns, cfg: DataConfig, role: str, origin: Origin) -> None:
     wanted = [("data.text_column", cfg.text_column), ("data.label_column", cfg.label_column)]
     if cfg.text_pair_column:
         wanted.append(("data.text_pair_column", cfg.text_pair_column))
@@ -416,32 +514,92 @@ def _check_columns(columns: Columns, cfg: DataConfig, role: str) -> None:
     present = ", ".join(c for c in columns if c != _ROW_ID)
     for key, column in wanted:
         if column not in columns:
+            # One column named "text;label;domain": the file is separated by something else.
+            names = [c for c in columns if c != _ROW_ID]
+            other = next((sep for sep in ";\t|," if len(names) == 1 and sep in names[0]), None)
+            hint = (
+                f" (one column: is the file separated by {other!r}? .csv files are read as "
+                "comma-separated, .tsv as tab-separated)"
+                if other is not None
+                else ""
+            )
             raise KdtuiError(
-                f"the {role} data has no column '{column}' ({key}); its columns: {present}"
+                f"the {role} data ({origin}) has no column '{column}' ({key}); its columns: "
+                f"{present}{hint}"
             )
 
 
-def _label_set(values: list[Any]) -> tuple[list[str], dict[Any, int]]:
-    """Label names in a stable order (numbers numerically, strings alphabetically)."""
-    if any(v is None for v in values):
-        raise KdtuiError("the training data has examples without a label")
-    kinds = {
-        "number" if isinstance(v, int) and not isinstance(v, bool) else type(v).__name__
-        for v in values
-    }
-    if kinds == {"number"}:
-        ordered: list[Any] = sorted(set(values))
-    elif kinds == {"str"}:
-        ordered = sorted(set(values))
-    elif len(kinds) > 1:
+def _label_set(
+    columns: Columns, label_column: str, origin: Origin
+) -> tuple[list[str], dict[Any, int]]:
+    """Label names in a stable order (numbers numerically, strings alphabetically). A refusal
+    names the row at fault (ORIGIN: the training file)."""
+    values = columns[label_column]
+    row_ids = columns.get(_ROW_ID, range(len(values)))
+    kinds = [_label_kind(v) for v in values]
+    odd = next((i for i, k in enumerate(kinds) if k not in ("number", "string")), None)
+    if odd is not None:
         raise KdtuiError(
-            f"labels mix types ({', '.join(sorted(kinds))}); use all integers or all strings"
+            f"labels must be integers or strings: {origin.row(int(row_ids[odd]))} has "
+            f"{values[odd]!r} (a {kinds[odd]}) in column '{label_column}'"
         )
-    else:
-        raise KdtuiError(f"labels must be integers or strings, not {kinds.pop()}")
+    other = next((i for i, k in enumerate(kinds) if k != kinds[0]), None)
+    if other is not None:
+        raise KdtuiError(
+            f"labels mix types (number, string): {origin.row(int(row_ids[0]))} has "
+            f"{values[0]!r}, {origin.row(int(row_ids[other]))} has {values[other]!r}; use all "
+            "integers or all strings"
+        )
+    ordered: list[Any] = sorted(set(values))
+    if kinds[0] == "string":
+        # "pos" and "pos " would be two classes: a stray space is not a label.
+        first: dict[str, int] = {}
+        for i, value in enumerate(values):
+            seen = first.setdefault(value.strip(), i)
+            if values[seen] != value:
+                raise KdtuiError(
+                    f"labels {values[seen]!r} ({origin.row(int(row_ids[seen]))}) and {value!r} "
+                    f"({origin.row(int(row_ids[i]))}) differ only in spaces around them; "
+                    "remove the spaces"
+                )
     if len(ordered) < 2:
-        raise KdtuiError(f"the training data has a single label ({ordered[0]!r}); need two or more")
+        raise KdtuiError(
+            f"the training data ({origin}) has a single label ({ordered[0]!r}); need two or more"
+        )
     return [str(v) for v in ordered], {v: i for i, v in enumerate(ordered)}
+
+
+def _check_filled(columns: Columns, column: str, what: str, origin: Origin) -> None:
+    """Every row has a WHAT (a label, a domain) in COLUMN."""
+    values = columns[column]
+    row_ids = columns.get(_ROW_ID, range(len(values)))
+    for i, value in enumerate(values):
+        if is_missing_label(value):
+            shown = (
+                "empty" if value is None or isinstance(value, float) or value == "" else repr(value)
+            )
+            raise KdtuiError(
+                f"{origin.row(int(row_ids[i]))} has no {what} (column '{column}' is "
+                f"{shown}); give it one or remove the row"
+            )
+
+
+def is_missing_label(value: Any) -> bool:
+    """None (JSON null), an empty or blank string, or NaN (an empty CSV cell in a column of
+    numbers): no label, in every format alike. A label "" would otherwise be a class."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _label_kind(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return {bool: "boolean", float: "fractional number"}.get(type(value), type(value).__name__)
 
 
 def _domain_values(columns: Columns, cfg: DataConfig) -> list[str]:
@@ -458,6 +616,7 @@ def _to_split(
     role: str,
     label_of: dict[Any, int],
     domain_names: list[str],
+    origins: dict[str, Origin],
 ) -> Split:
     domain_index = {name: i for i, name in enumerate(domain_names)}
     texts = columns[cfg.text_column]
@@ -465,19 +624,29 @@ def _to_split(
     labels = columns[cfg.label_column]
     domains = _domain_values(columns, cfg)
     row_ids = columns.get(_ROW_ID, range(len(texts)))
+    origin = origins[role]
+
+    def where(i: int) -> str:
+        return origin.row(int(row_ids[i]))
+
     keep: list[int] = []
     for i, domain in enumerate(domains):
         if domain in domain_index:
             keep.append(i)
         elif role != "train" and not cfg.domains:
-            raise KdtuiError(f"domain '{domain}' appears in the {role} data but not in train")
+            raise KdtuiError(
+                f"domain {domain!r} of {where(i)} (the {role} split) has no training examples "
+                f"(the training data's domains: {', '.join(domain_names)}); add training "
+                "examples of it, or keep to the trained domains: "
+                f"--set 'data.domains={json.dumps(domain_names)}'"
+            )
     out_labels = []
     for i in keep:
         value = labels[i]
         if value not in label_of or isinstance(value, bool):
-            known = ", ".join(str(k) for k in label_of)
+            known = ", ".join(repr(k) for k in label_of)  # repr: 0 and '0' differ
             raise KdtuiError(
-                f"label {value!r} in row {i + 1} of the {role} data is not one of the training "
+                f"label {value!r} in {where(i)} (the {role} split) is not one of the training "
                 f"labels ({known})"
             )
         out_labels.append(label_of[value])
@@ -487,7 +656,7 @@ def _to_split(
         for i in keep:
             if not isinstance(values[i], str):
                 raise KdtuiError(
-                    f"row {i + 1} of the {role} data has no text in column '{column}' "
+                    f"{where(i)} (the {role} split) has no text in column '{column}' "
                     f"(got {values[i]!r})"
                 )
     return Split(

@@ -40,7 +40,16 @@ FORMATS = ("onnx",)
 # Opset 17 has LayerNormalization as one operator and is read by every ONNX Runtime since 1.14.
 OPSET = 17
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-EXTRA_HINT = "pip install -c constraints.txt -e '.[export]'"
+
+
+def extra_hint(package: Path = Path(__file__).resolve().parent) -> str:
+    """The command that installs the export extra for this kdtui: a source checkout (PACKAGE's
+    parent holds pyproject.toml) installs it from there, with the checkout's constraints, from
+    any directory; an installed kdtui by its name."""
+    checkout = package.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "constraints.txt").is_file():
+        return f"pip install -c {checkout / 'constraints.txt'} -e '{checkout}[export]'"
+    return "pip install 'kdtui[export]'"
 
 
 def require_onnx() -> Any:
@@ -50,7 +59,7 @@ def require_onnx() -> Any:
         import onnxruntime
     except ImportError:
         raise KdtuiError(
-            f"ONNX export and ONNX Runtime evaluation need the export extra: {EXTRA_HINT}"
+            f"ONNX export and ONNX Runtime evaluation need the export extra: {extra_hint()}"
         ) from None
     return onnxruntime
 
@@ -234,14 +243,14 @@ def export_model(
         resolve_model_path,
     )
 
-    require_onnx()
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     if output.exists() and not force:
         raise KdtuiError(f"{output} exists; pass --force to replace it")
     if output.exists() and not (output.is_dir() and is_export_folder(output)):
         raise KdtuiError(f"{output} is not a kdtui export folder; --force replaces only those")
-    folder = Path(resolve_model_path(source))
+    folder = Path(resolve_model_path(source))  # a run with no model yet: say so first
+    require_onnx()
     model = load_any(folder).eval()
     tokenizer = load_model_tokenizer(folder, trust_remote_code=config.model.trust_remote_code)
     data = load_data(config.data)

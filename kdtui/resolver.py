@@ -23,7 +23,15 @@ from typing import Any, NamedTuple
 from kdtui.config import Config, build_config
 from kdtui.errors import KdtuiError
 from kdtui.profile import find_profile, parse_override, read_profile
-from kdtui.rundir import DOMAIN_HEAD_FILE, EXPORT_INFO_FILE, find_run, latest_finished_run
+from kdtui.rundir import (
+    DOMAIN_HEAD_FILE,
+    DOMAINS_DIR,
+    EXPORT_INFO_FILE,
+    MODEL_DIR,
+    RunInfo,
+    find_run,
+    latest_finished_run,
+)
 
 # Commands that start from another run, and the key naming it.
 UPSTREAM = {"distill": "distill.teacher", "prune": "prune.model"}
@@ -73,7 +81,25 @@ def resolve_for_models(
 ) -> Config:
     """The config `evaluate` and `export` score models with: without a profile, the data config
     of the run the first model comes from."""
-    return resolve(profile or data_profile_of(models[0]), overrides, options).config
+    recorded = data_profile_of(models[0]) if profile is None else None
+    try:
+        return resolve(profile or recorded, overrides, options).config
+    except KdtuiError:
+        if recorded is not None:
+            # The user named a model, not this file: say where a bad value comes from.
+            inherited(read_profile(Path(recorded)), recorded, f"the run {models[0]} comes from")
+        raise
+
+
+def inherited(layers: dict[str, Any], file: str | Path, what: str) -> None:
+    """Validate LAYERS, the part of a configuration taken from a file the user did not name
+    (an upstream run's config.toml): an invalid value there names that file."""
+    try:
+        build_config(layers)
+    except KdtuiError as e:
+        raise KdtuiError(
+            f"{e} (from {file}, {what}; fix it there, or override it with --set)"
+        ) from None
 
 
 def fill_placeholders(config: Config) -> Config:
@@ -156,6 +182,8 @@ def _under_upstream(command: str, layered: dict[str, Any]) -> tuple[dict[str, An
     data = run.config_dict().get("data", {})
     mine = layered.get("data", {})
     if isinstance(data, dict) and isinstance(mine, dict):
+        taken = {k: v for k, v in data.items() if k not in mine}
+        inherited({"data": taken}, run.config_file, f"whose [data] {command} trains on")
         layered = {**layered, "data": {**data, **mine}}
     return layered, notes
 
@@ -170,7 +198,7 @@ def data_profile_of(model: str) -> str | None:
     """The config.toml of the run a model comes from: the run directory itself, or for an ONNX
     export (its folder or one of its files) the run it was exported from."""
     path = Path(model).expanduser()
-    if (run := find_run(path)) is not None:
+    if (run := _run_holding(path)) is not None:
         return str(run.config_file)
     folder = path.parent if path.suffix == ".onnx" else path
     info = folder / EXPORT_INFO_FILE
@@ -179,6 +207,15 @@ def data_profile_of(model: str) -> str | None:
             source = Path(json.loads(info.read_text(encoding="utf-8")).get("source", ""))
         except (OSError, ValueError, AttributeError):
             return None
-        if (run := find_run(source)) is not None:
+        if (run := _run_holding(source)) is not None:
             return str(run.config_file)
     return None
+
+
+def _run_holding(path: Path) -> RunInfo | None:
+    """The run PATH is, or whose model it is: RUN, RUN/model, a student of `distill --domain
+    all` (RUN/domains/D) or its model (RUN/domains/D/model)."""
+    folder = path.parent if path.name == MODEL_DIR else path
+    if folder.parent.name == DOMAINS_DIR:
+        folder = folder.parent.parent
+    return find_run(path) or find_run(folder)

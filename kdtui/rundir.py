@@ -103,9 +103,14 @@ class RunInfo(RunLayout):
         return read_profile(self.config_file)
 
     def config(self) -> Config:
+        """The recorded config, validated; a value that is no longer valid (the file was edited,
+        or written by another version of kdtui) is an error that names the file."""
         from kdtui.config import build_config
 
-        return build_config(self.config_dict())
+        try:
+            return build_config(self.config_dict())
+        except KdtuiError as e:
+            raise KdtuiError(f"{e} (in {self.config_file})") from None
 
     def events(self) -> Iterator[Event]:
         """Its complete, known events, in order (none before the log exists)."""
@@ -116,9 +121,30 @@ class RunInfo(RunLayout):
 
     def command(self) -> str | None:
         """The command that made the run (`teacher`, `prune`, ...): its first run_started
-        record's, None before there is one. Notes about the data can come before that record,
+        record's, else the one config.toml's header names (a run stopped before training
+        began), None before either exists. Notes about the data can come before that record,
         so the first line is not enough; any record with a string `command` counts, so a run
         written by another version of kdtui still tells its command."""
+        started = self._first_started()
+        if started is not None:
+            command = started.get("command")
+            return command if isinstance(command, str) else None
+        try:
+            with open(self.config_file, encoding="utf-8", errors="replace") as f:
+                header = f.readline()
+        except OSError:
+            return None
+        # "# kdtui prune: resolved configuration of run NAME", as `execute` writes it.
+        words = header.removeprefix("# kdtui ").split(":")[0].split()
+        return words[0] if header.startswith("# kdtui ") and len(words) == 1 else None
+
+    def profile(self) -> str:
+        """The profile the run was started with, as its first run_started record names it."""
+        profile = (self._first_started() or {}).get("profile")
+        return profile if isinstance(profile, str) else ""
+
+    def _first_started(self) -> dict[str, Any] | None:
+        """The first run_started record, as written; None before there is one."""
         try:
             with open(self.events_file, encoding="utf-8", errors="replace") as f:
                 for line in f:
@@ -127,8 +153,7 @@ class RunInfo(RunLayout):
                     except ValueError:
                         continue
                     if isinstance(record, dict) and record.get("type") == RunStarted.type:
-                        command = record.get("command")
-                        return command if isinstance(command, str) else None
+                        return record
         except OSError:
             return None
         return None
@@ -458,6 +483,7 @@ class RunDir(RunLayout):
         self.stopwatch = Stopwatch()  # this run's fixed costs beside its training time
         self._sink: EventSink | None = None
         self._lock: RunLock | None = None
+        self._held: list[Event] | None = None  # events not yet written (`hold_events`)
 
     @property
     def _replaced(self) -> Path:
@@ -505,10 +531,26 @@ class RunDir(RunLayout):
     def log(self, event: Event) -> None:
         if not self.is_main:
             return
-        if self._sink is not None:
+        if self._held is not None:
+            self._held.append(event)
+        elif self._sink is not None:
             self._sink.write(event)
         for listener in self.listeners:
             listener(event)
+
+    def hold_events(self) -> None:
+        """Keep the events logged from now on out of the file until `release_events`; closing
+        the run first drops them. A process that did not create the run writes into it only
+        once it is sure to continue it."""
+        if self._held is None:
+            self._held = []
+
+    def release_events(self) -> None:
+        """Write the held events, in order, and stop holding."""
+        held, self._held = self._held, None
+        for event in held or []:
+            if self._sink is not None:
+                self._sink.write(event)
 
     def keep(self) -> None:
         """Training starts: this run is the one to keep, and a run it replaces goes."""
@@ -526,6 +568,7 @@ class RunDir(RunLayout):
 
     def close(self) -> None:
         """Close the event log and release the directory: on every way out of a run."""
+        self._held = None
         if self._sink is not None:
             self._sink.close()
             self._sink = None

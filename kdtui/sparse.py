@@ -112,9 +112,13 @@ def load_sparse_model(folder: str | Path, *, attn_implementation: str = "sdpa") 
     """A classifier saved as config.json + model.sparse.safetensors (RUN/model-sparse)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    from kdtui.models import check_state_dict
+
     folder = Path(folder)
     config = AutoConfig.from_pretrained(folder)
     config._attn_implementation = attn_implementation
     model = AutoModelForSequenceClassification.from_config(config)
-    model.load_state_dict(load_sparse(folder / SPARSE_FILE), strict=True)
+    state = load_sparse(folder / SPARSE_FILE)
+    check_state_dict(str(folder), folder, model, state)
+    model.load_state_dict(state, strict=True)
     return model.eval()

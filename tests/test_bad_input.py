@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from kdtui.models import bundled_minilm_path
 from tests.conftest import invoke
@@ -94,6 +95,53 @@ def resized_model(tmp: Path, teacher_run: Path) -> Path:
     return folder
 
 
+def relayered_model(tmp: Path, teacher_run: Path, layers: int) -> Path:
+    """The teacher's 2-layer weights under a config.json that says LAYERS layers."""
+    folder = tmp / f"layers-{layers}"
+    folder.mkdir()
+    for f in (teacher_run / "model").iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    config = json.loads((folder / "config.json").read_text())
+    config["num_hidden_layers"] = layers
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def edited_run(tmp: Path, teacher_run: Path) -> Path:
+    """A copy of the teacher run whose config.toml was edited by hand to an invalid value."""
+    folder = tmp / "edited"
+    for name in ("config.toml", "events.jsonl", "metrics.json"):
+        write(folder / name, (teacher_run / name).read_bytes())
+    for f in (teacher_run / "model").iterdir():
+        write(folder / "model" / f.name, f.read_bytes())
+    config = (folder / "config.toml").read_text()
+    (folder / "config.toml").write_text(config.replace("max_length = 48", "max_length = 100000"))
+    return folder
+
+
+def relabelled_model(tmp: Path, teacher_run: Path) -> Path:
+    """The teacher's model as if trained for labels neg/pos."""
+    folder = tmp / "relabelled"
+    for f in (teacher_run / "model").iterdir():
+        write(folder / f.name, f.read_bytes())
+    config = json.loads((folder / "config.json").read_text())
+    config["kdtui_labels"] = ["neg", "pos"]
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def unfinished_run(tmp: Path, teacher_run: Path, failed: bool = False) -> Path:
+    """The teacher run as it was before it saved its model: stopped, or failed."""
+    folder = tmp / "unfinished"
+    write(folder / "config.toml", (teacher_run / "config.toml").read_bytes())
+    lines = (teacher_run / "events.jsonl").read_text().splitlines()
+    events = [e for e in lines if '"run_finished"' not in e]
+    if failed:
+        events.append(json.dumps({"type": "run_failed", "time": 0, "step": 3, "error": "x"}))
+    write(folder / "events.jsonl", "\n".join(events) + "\n")
+    return folder
+
+
 def pickled_code_model(tmp: Path) -> Path:
     """A config and a pytorch_model.bin whose unpickling would run a shell command."""
     import torch
@@ -141,6 +189,29 @@ CASES = [
     ),
     Case("unknown-section", profile("[trian]\nlr = 1\n"), "did you mean 'train'"),
     Case("unknown-key", lambda *_: teacher("--set", "train.lrr=1"), "did you mean 'train.lr'"),
+    Case(
+        "key-under-another-section",
+        profile("[train]\nsparsity = 0.9\n"),
+        "unknown key 'train.sparsity': sparsity is a key of [prune]; did you mean "
+        "'prune.sparsity'?",
+    ),
+    # A value the user did not give: the message names the file it came from.
+    Case(
+        "distill-teacher-run-with-an-edited-config",
+        lambda tmp, run: ["distill", "--teacher", str(edited_run(tmp, run)), "--domain", "books"],
+        "edited/config.toml, whose [data] distill trains on; fix it there, or override it "
+        "with --set)",
+    ),
+    Case(
+        "evaluate-run-with-an-edited-config",
+        lambda tmp, run: ["evaluate", str(edited_run(tmp, run))],
+        "edited/config.toml, the run ",  # the run the model comes from
+    ),
+    Case(
+        "resume-run-with-an-edited-config",
+        lambda tmp, run: ["teacher", "--resume", str(edited_run(tmp, run))],
+        "edited/config.toml)",
+    ),
     Case(
         "string-for-integer",
         lambda *_: teacher("--set", 'train.batch_size="8"'),
@@ -261,7 +332,7 @@ CASES = [
                 )[1].parent
             )
         ),
-        "label 7 in row 1 of the dev data is not one of the training labels",
+        "f/dev.jsonl line 1 (the dev split) is not one of the training labels",
     ),
     Case(
         "mixed-label-types",
@@ -271,7 +342,36 @@ CASES = [
                 [{**r, "label": r["label"] if i % 3 else "pos"} for i, r in enumerate(ROWS)],
             )
         ),
-        "labels mix types (number, str)",
+        "d.jsonl line 2 has 1; use all integers or all strings",
+    ),
+    Case(
+        "empty-string-label",
+        data(lambda t: jsonl(t / "d.jsonl", [*ROWS[:5], {**ROWS[5], "label": ""}, *ROWS[6:]])),
+        "d.jsonl line 6 has no label (column 'label' is empty); give it one or remove the row",
+    ),
+    Case(
+        "null-label",
+        data(lambda t: jsonl(t / "d.jsonl", [*ROWS[:5], {**ROWS[5], "label": None}, *ROWS[6:]])),
+        "d.jsonl line 6 has no label (column 'label' is empty)",
+    ),
+    Case(
+        "empty-label-cell-in-csv",
+        data(lambda t: write(t / "d.csv", "text,label,domain\ngood,1,a\nbad,0,b\nmeh,,a\n")),
+        "d.csv line 4 has no label (column 'label' is empty)",
+    ),
+    Case(
+        "test-domain-missing-from-train",
+        data(
+            lambda t: (
+                (
+                    jsonl(t / "f" / "test.jsonl", [{**ROWS[0], "domain": "c"}]),
+                    jsonl(t / "f" / "train.jsonl", ROWS),
+                )[1].parent
+            )
+        ),
+        "f/test.jsonl line 1 (the test split) has no training examples (the training data's "
+        """domains: a, b); add training examples of it, or keep to the trained domains: --set """
+        """'data.domains=["a", "b"]'""",
     ),
     Case(
         "text-is-null",
@@ -354,7 +454,43 @@ CASES = [
     Case(
         "evaluate-truncated-weights",
         lambda tmp, run: ["evaluate", str(truncated_model(tmp, run)), "--profile", "smoke"],
-        "cannot load model",
+        "truncated/model.safetensors is truncated or damaged (incomplete metadata, file not "
+        "fully covered); copy it again",
+    ),
+    # A config.json that disagrees with its weights: transformers would add random layers or
+    # drop trained ones, each with a log line kdtui silences.
+    Case(
+        "evaluate-config-with-more-layers-than-the-weights",
+        lambda tmp, run: ["evaluate", str(relayered_model(tmp, run, 6)), "--profile", "smoke"],
+        "layers-6/model.safetensors does not match its config.json: 64 tensors of the model "
+        "config.json describes are not in the file and would start random "
+        "(bert.encoder.layer.2.attention.self.query.weight, ",
+    ),
+    Case(
+        "evaluate-config-with-fewer-layers-than-the-weights",
+        lambda tmp, run: ["evaluate", str(relayered_model(tmp, run, 1)), "--profile", "smoke"],
+        "16 tensors in the file are not part of that model and would be dropped "
+        "(bert.encoder.layer.1.attention.self.query.weight, ",
+    ),
+    Case(
+        "teacher-model-config-disagrees-with-its-weights",
+        lambda tmp, run: teacher("--model", str(relayered_model(tmp, run, 6))),
+        "config.json says num_hidden_layers = 6, the file holds 2",
+    ),
+    Case(
+        "distill-teacher-config-disagrees-with-its-weights",
+        lambda tmp, run: [
+            *("distill", "--profile", "smoke", "--domain", "books"),
+            *("--teacher", str(relayered_model(tmp, run, 1))),
+        ],
+        "config.json says num_hidden_layers = 1, the file holds 2",
+    ),
+    Case(
+        "prune-model-config-disagrees-with-its-weights",
+        lambda tmp, run: [
+            *("prune", "--profile", "smoke", "--model", str(relayered_model(tmp, run, 3))),
+        ],
+        "config.json says num_hidden_layers = 3, the file holds 2",
     ),
     Case(
         "evaluate-unknown-model-type",
@@ -380,6 +516,28 @@ CASES = [
         "evaluate-encoder-without-head",
         lambda *_: ["evaluate", str(bundled_minilm_path()), "--profile", "smoke"],
         "has no sequence classification head",
+    ),
+    Case(
+        "evaluate-models-trained-for-other-labels",
+        lambda tmp, run: ["evaluate", str(run), str(relabelled_model(tmp, run))],
+        "relabelled was trained for labels ['neg', 'pos'] but the data has ['0', '1']; the test "
+        "split is the data of ",  # the first model's, and what to do
+    ),
+    Case(
+        "evaluate-a-stopped-run",
+        lambda tmp, run: ["evaluate", str(unfinished_run(tmp, run))],
+        "unfinished has no model yet: it was stopped before it finished; continue it with "
+        "`kdtui teacher --resume ",
+    ),
+    Case(
+        "export-a-failed-run",
+        lambda tmp, run: ["export", str(unfinished_run(tmp, run, failed=True))],
+        "unfinished has no model: it failed (`kdtui dashboard ",
+    ),
+    Case(
+        "prune-a-stopped-teacher-run",
+        lambda tmp, run: ["prune", "--profile", "smoke", "--model", str(unfinished_run(tmp, run))],
+        "unfinished has no model yet: it was stopped before it finished",
     ),
     Case(
         "evaluate-split-that-is-not-there",
@@ -593,3 +751,90 @@ def test_force_never_touches_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     assert (home / ".bashrc").read_text() == "export PATH\n"
     assert (home / "docs" / "notes.txt").read_text() == "notes\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fakehome"]
+
+
+def test_pruned_model_folders_are_checked_against_their_config(
+    teacher_run: Path, tmp_path: Path
+) -> None:
+    """The folders kdtui's own loaders read (RUN/model-sparse, heads-ffn models) name the
+    tensors that do not fit their config.json, as from_pretrained's folders do."""
+    from safetensors.torch import load_file, save_file
+
+    from kdtui.errors import KdtuiError
+    from kdtui.methods.compact import compact
+    from kdtui.models import load_any
+    from kdtui.sparse import SPARSE_FILE, save_sparse
+
+    weights = load_file(teacher_run / "model" / "model.safetensors")
+    sparse = relayered_model(tmp_path, teacher_run, 1)
+    (sparse / "model.safetensors").unlink()
+    save_sparse(weights, sparse / SPARSE_FILE)
+    with pytest.raises(KdtuiError) as refused:
+        load_any(sparse)
+    assert f"{sparse / SPARSE_FILE} does not match its config.json: 16 tensors in the file" in str(
+        refused.value
+    )
+    assert "config.json says num_hidden_layers = 1, the file holds 2" in str(refused.value)
+
+    heads = tmp_path / "heads"
+    model = load_any(teacher_run / "model")
+    compact(model, [[0], [1]], [list(range(16))] * 2)
+    model.save_pretrained(heads)
+    state = load_file(heads / "model.safetensors")
+    del state["classifier.bias"]
+    save_file(state, heads / "model.safetensors")
+    with pytest.raises(KdtuiError) as refused:
+        load_any(heads)
+    assert "1 tensor of the model config.json describes is not in the file and would start " in (
+        str(refused.value)
+    )
+    assert "(classifier.bias)" in str(refused.value)
+
+
+def test_a_pre_trained_encoder_gets_a_new_head_without_complaint(tmp_path: Path) -> None:
+    """What a new classifier head leaves out is no mismatch: the bundled MiniLM (no classifier)
+    and a masked-LM checkpoint (no classifier or pooler, a head of its own) load."""
+    from transformers import BertConfig, BertForMaskedLM, BertForTokenClassification
+
+    from kdtui.config import ModelConfig
+    from kdtui.models import load_classifier
+
+    assert load_classifier(ModelConfig(name="minilm"), ["neg", "pos"]).num_labels == 2
+    folder = tmp_path / "mlm"
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+    BertForMaskedLM(config).save_pretrained(folder)
+    model = load_classifier(ModelConfig(name=str(folder)), ["neg", "pos"])
+    assert model.config.num_hidden_layers == 2
+    # Another task's classifier (9 token labels) is replaced, as a missing one would be.
+    tokens = tmp_path / "tokens"
+    BertForTokenClassification(BertConfig(**config.to_dict(), num_labels=9)).save_pretrained(tokens)
+    assert load_classifier(ModelConfig(name=str(tokens)), ["neg", "pos"]).num_labels == 2
+
+
+def test_a_float16_checkpoint_is_loaded_as_float32(teacher_run: Path, tmp_path: Path) -> None:
+    """Trained from in float16 (transformers keeps a checkpoint's dtype), teacher, distill and
+    prune stopped at step 2 with a NaN loss and the advice to lower the learning rate."""
+    from kdtui.config import ModelConfig
+    from kdtui.models import load_any, load_classifier
+
+    folder = tmp_path / "fp16"
+    load_any(teacher_run / "model").half().save_pretrained(folder)
+    for f in (teacher_run / "model").glob("tokenizer*"):
+        write(folder / f.name, f.read_bytes())
+    for model in (load_any(folder), load_classifier(ModelConfig(name=str(folder)), ["0", "1"])):
+        assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_a_model_folder_inside_a_run_is_scored_on_that_run_s_data(
+    teacher_run: Path, tmp_path: Path
+) -> None:
+    """`kdtui evaluate RUN/model` scored the default synthetic data (400 test examples) where
+    `kdtui evaluate RUN` scores the run's own (48)."""
+    reports = []
+    for model in (teacher_run, teacher_run / "model"):
+        out = tmp_path / f"{model.name}.json"
+        result = invoke("evaluate", str(model), "--json", str(out))
+        assert result.exit_code == 0, result.stderr
+        reports.append(json.loads(out.read_text()))
+    assert reports[0]["examples"] == reports[1]["examples"] == 48
+    assert reports[0]["models"][0]["accuracy"] == reports[1]["models"][0]["accuracy"]

@@ -9,6 +9,7 @@ the last good checkpoint."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from safetensors.torch import load_file
 
 from kdtui.checkpoint import list_checkpoints
 from kdtui.events import Checkpoint as CheckpointEvent
-from kdtui.events import Message, RunFailed
+from kdtui.events import Message, RunFailed, RunStarted
 from kdtui.faults import CRASH_ENV
 from kdtui.sparse import SPARSE_FILE
 from tests.conftest import REPO, events_of, invoke, metrics_of
@@ -183,12 +184,19 @@ def test_sigterm_and_sighup_stop_like_ctrl_c_and_resume_to_the_same_result(
     events = events_of(run)
     assert isinstance(events[-1], RunFailed) and events[-1].kind == "interrupted"
     assert name in events[-1].error
+    assert events[-1].step == stopped_at  # the step reached, not 0
     checkpoints = [e for e in events if isinstance(e, CheckpointEvent) and e.kind != "best"]
     assert checkpoints[-1].step == stopped_at
     assert not list(run.rglob("*.tmp")) and not (run / ".lock").exists()
     resumed = invoke("teacher", "--resume", str(run), "--quiet")
     assert resumed.exit_code == 0, resumed.stderr
     assert_same_result(uninterrupted, run)
+    # The dashboard's header reads the profile from the latest run_started: a resume keeps it.
+    started = [e for e in events_of(run) if isinstance(e, RunStarted)]
+    assert [(e.profile, e.resumed_from_step) for e in started] == [
+        ("smoke", 0),
+        ("smoke", stopped_at),
+    ]
 
 
 def test_a_second_signal_abandons_the_checkpoint_being_written(
@@ -253,6 +261,51 @@ def test_one_writer_per_run_directory(uninterrupted: Path, runs: Path) -> None:
     assert resumed.exit_code == 0, resumed.stderr
     assert not (run / ".lock").exists()
     assert_same_result(uninterrupted, run)
+
+
+def files_of(run: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_a_run_resumed_by_another_command_is_refused_and_left_as_it_was(
+    teacher_runs: Path, runs: Path
+) -> None:
+    """`kdtui teacher --resume` of a prune run read the prune run's config as a teacher's and
+    failed inside the optimizer, logging a failed teacher run into the prune run."""
+    run = runs / "stopped"
+    argv = [*_other_command(teacher_runs, "prune"), "--output-dir", str(runs), "--name", "stopped"]
+    run_until_crash(argv, "interrupt:5")
+    before = files_of(run)
+    for other in ("teacher", "distill"):
+        result = invoke(other, "--resume", str(run), "--quiet")
+        assert result.exit_code == 2, result.stderr
+        assert result.stderr == (
+            f"error: {run} is a prune run; continue it with `kdtui prune --resume {run}` "
+            "(nothing was written to it)\n"
+        )
+    assert files_of(run) == before
+    failed = events_of(run)[-1]
+    assert isinstance(failed, RunFailed) and failed.kind == "interrupted" and failed.step == 5
+    resumed = invoke("prune", "--resume", str(run), "--quiet")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert [e.profile for e in events_of(run) if isinstance(e, RunStarted)] == ["smoke"] * 2
+
+
+def test_a_resume_that_fails_before_training_leaves_the_run_as_it_was(
+    runs: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "d.jsonl"
+    rows = [{"text": f"review {i}", "label": i % 2, "domain": "ab"[i // 2 % 2]} for i in range(64)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = runs / "stopped"
+    run_until_crash(
+        [*TEACHER, "--data", str(data), "-o", str(runs), "--name", "stopped"], "interrupt:3"
+    )
+    before = files_of(run)
+    data.rename(tmp_path / "moved.jsonl")
+    result = invoke("teacher", "--resume", str(run))  # notes and all, as on a terminal
+    assert result.exit_code == 2 and "does not exist" in result.stderr, result.stderr
+    assert files_of(run) == before  # no run_failed: the run is still a stopped one
 
 
 def test_damaged_newest_checkpoint_is_reported_and_the_previous_one_used(

@@ -16,7 +16,7 @@ from kdtui.dashboard.widgets.domain_table import DomainTable
 from kdtui.dashboard.widgets.loss_chart import LossChart
 from kdtui.dashboard.widgets.run_screen import RunScreen
 from kdtui.dashboard.widgets.stop_run_screen import StopRunScreen
-from kdtui.events import Eval, RunFailed, RunFinished, Step
+from kdtui.events import Eval, Message, RunFailed, RunFinished, Step
 from tests import dashboard_fixtures as fx
 from tests.conftest import REPO, events_of, invoke
 from tests.test_dashboard_app import screen_text, settled, sync, until
@@ -283,3 +283,38 @@ def test_starting_a_run_with_the_dashboard_needs_a_terminal(runs: Path) -> None:
     assert "the dashboard needs a terminal" in result.stderr
     assert f"kdtui dashboard {runs / 'n'}" in result.stderr
     assert list(runs.iterdir()) == []  # no child was started, no log written
+
+
+def test_the_plain_summary_tells_a_killed_run_from_a_running_one(runs: Path) -> None:
+    """A run killed without a word (SIGKILL, a power cut) logs no outcome; its events look like
+    a running run's until the stall threshold passes, so the summary asks the run's lock."""
+    from kdtui.dashboard import plain
+    from kdtui.rundir import RunLock
+
+    run = fx.write_stalled(runs / "teacher-k")
+    now = fx.stalled_last_time() + 1  # one second after its last event
+    text = plain.run_summary(run, now=now)
+    assert "status    stopped  step 12/40 (30.0%)  elapsed 0:06\n" in text
+    assert "eta" not in text and "running" not in text
+    assert (
+        "stopped   no process is writing it: it was killed before it could log why; continue "
+        f"it with: kdtui teacher --resume {run}\n"
+    ) in text
+    assert "teacher-k  teacher  stopped" in plain.runs_summary(runs, now=now)
+
+    # Killed while it loaded data: a config.toml and a note, no run_started.
+    early = fx.write(runs / "teacher-e", [Message(level="note", text="holding out a dev split")])
+    (early / "config.toml").write_text("# kdtui teacher: resolved configuration of run e\n")
+    assert (
+        "status    stopped before training began: no process is writing it; continue it "
+        f"with: kdtui teacher --resume {early}\n"
+    ) in plain.run_summary(early, now=now)
+    assert "teacher-e  teacher  stopped" in plain.runs_summary(runs, now=now)
+
+    lock = RunLock.acquire(run)  # a live writer
+    try:
+        text = plain.run_summary(run, now=now)
+        assert "status    running  step 12/40 (30.0%)  elapsed 0:07  eta " in text
+        assert "teacher-k  teacher  running" in plain.runs_summary(runs, now=now)
+    finally:
+        lock.release()

@@ -220,8 +220,77 @@ def test_bad_data_is_a_clear_error(tmp_path: Path, setup, cfg: dict, message: st
 def test_dev_labels_outside_the_training_labels(tmp_path: Path) -> None:
     _write(tmp_path / "train.jsonl", ROWS)
     _write(tmp_path / "dev.jsonl", [{**ROWS[0], "label": "meh"}])
-    with pytest.raises(KdtuiError, match=r"label 'meh' in row 1 of the dev data is not one of"):
+    with pytest.raises(
+        KdtuiError, match=r"label 'meh' in \S+/dev.jsonl line 1 \(the dev split\) is not one of"
+    ):
         load_data(DataConfig(source=str(tmp_path)))
+
+
+@pytest.mark.parametrize(
+    ("suffix", "row_at"),
+    [
+        (".jsonl", "line 7"),
+        (".csv", "line 8"),
+        (".tsv", "line 8"),
+        (".json", "row 7"),
+        (".parquet", "row 7"),
+    ],  # fmt: skip
+)
+@pytest.mark.parametrize("label", ["", "  ", None])
+def test_an_empty_label_is_a_missing_label_in_every_format(
+    tmp_path: Path, suffix: str, row_at: str, label: str | None
+) -> None:
+    """An empty string became a class of its own in JSONL (a 3-class model, exit 0) while an
+    empty CSV cell was refused; now both are refused, naming the file and the line."""
+    if suffix in (".csv", ".tsv") and label is None:
+        label = ""  # an empty cell is how a CSV says null
+    rows = [{**r, "label": label} if i == 6 else r for i, r in enumerate(ROWS)]
+    path = _write(tmp_path / f"train{suffix}", rows)
+    with pytest.raises(KdtuiError) as refused:
+        load_data(DataConfig(source=str(path)))
+    assert f"{path} {row_at} has no label (column 'label' is " in str(refused.value)
+
+
+def test_label_refusals_name_the_line_past_blank_lines_and_in_a_held_out_dev(
+    tmp_path: Path,
+) -> None:
+    # A blank line before the bad row: rows and lines part ways.
+    lines = [json.dumps(r) for r in ROWS]
+    lines.insert(2, "")
+    lines[11] = json.dumps({**ROWS[10], "label": None})
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    # Whichever split the row is held out into, the line is the file's.
+    for seed in range(4):
+        with pytest.raises(KdtuiError, match=f"{path} line 12 has no label"):
+            load_data(DataConfig(source=str(path), seed=seed))
+    lines[11] = json.dumps({**ROWS[10], "label": 1})
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(
+        KdtuiError, match="line 12 holds a number in column 'label' where line 1 holds a string"
+    ):
+        load_data(DataConfig(source=str(path)))
+    floats = tmp_path / "f.jsonl"
+    floats.write_text(
+        "".join(json.dumps({**r, "label": i % 2 + 0.5}) + "\n" for i, r in enumerate(ROWS))
+    )
+    with pytest.raises(KdtuiError, match=f"{floats} line 1 has 0.5 \\(a fractional number\\)"):
+        load_data(DataConfig(source=str(floats)))
+
+
+def test_a_domain_missing_from_train_says_how_to_keep_to_the_trained_ones(tmp_path: Path) -> None:
+    _write(tmp_path / "train.jsonl", ROWS)
+    _write(tmp_path / "dev.jsonl", ROWS)
+    _write(tmp_path / "test.jsonl", [*ROWS[:3], {**ROWS[3], "domain": "garden"}])
+    with pytest.raises(KdtuiError) as refused:
+        load_data(DataConfig(source=str(tmp_path)))
+    assert str(refused.value) == (
+        f"domain 'garden' of {tmp_path / 'test.jsonl'} line 4 (the test split) has no training "
+        "examples (the training data's domains: books, dvd, kitchen); add training examples of "
+        """it, or keep to the trained domains: --set 'data.domains=["books", "dvd", "kitchen"]'"""
+    )
+    kept = load_data(DataConfig(source=str(tmp_path), domains=("books", "dvd", "kitchen")))
+    assert kept.test is not None and len(kept.test) == 3
 
 
 def test_blank_lines_are_skipped_and_extra_columns_ignored(tmp_path: Path) -> None:
@@ -268,3 +337,43 @@ def test_an_unreadable_data_file_is_a_clear_error(
     with pytest.raises(KdtuiError, match="Permission denied") as error:
         load_data(DataConfig(source=str(path)))
     assert str(path) in str(error.value)
+
+
+def test_labels_that_differ_only_in_spaces_are_refused(tmp_path: Path) -> None:
+    """'pos' and 'pos ' were two classes of a 3-class model."""
+    rows = [{**r, "label": "pos "} if i in (3, 9, 15) else r for i, r in enumerate(ROWS)]
+    path = _write(tmp_path / "train.jsonl", rows)
+    _write(tmp_path / "dev.jsonl", ROWS)
+    with pytest.raises(KdtuiError) as refused:
+        load_data(DataConfig(source=str(tmp_path)))
+    assert str(refused.value) == (
+        f"labels 'pos' ({path} line 2) and 'pos ' ({path} line 4) differ only in spaces around "
+        "them; remove the spaces"
+    )
+
+
+def test_a_label_of_another_kind_than_the_training_labels_is_shown_as_such(
+    tmp_path: Path,
+) -> None:
+    _write(tmp_path / "train.jsonl", [{**r, "label": str(i % 2)} for i, r in enumerate(ROWS)])
+    _write(tmp_path / "dev.jsonl", [{**ROWS[0], "label": 0}])
+    with pytest.raises(KdtuiError, match=r"label 0 in .* training labels \('0', '1'\)"):
+        load_data(DataConfig(source=str(tmp_path)))
+
+
+def test_a_row_without_a_domain_is_refused(tmp_path: Path) -> None:
+    """A null domain became a domain named 'None'."""
+    path = _write(
+        tmp_path / "d.jsonl", [{**r, "domain": None} if i == 4 else r for i, r in enumerate(ROWS)]
+    )
+    with pytest.raises(
+        KdtuiError, match=f"{path} line 5 has no domain \\(column 'domain' is empty\\)"
+    ):
+        load_data(DataConfig(source=str(path)))
+
+
+def test_a_csv_separated_by_semicolons_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("text;label;domain\n" + "".join(f"t {i};{i % 2};a\n" for i in range(20)))
+    with pytest.raises(KdtuiError, match="is the file separated by ';'"):
+        load_data(DataConfig(source=str(path)))

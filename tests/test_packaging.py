@@ -94,3 +94,22 @@ def test_the_built_wheel_works_from_any_directory(tmp_path: Path) -> None:
     kdtui("teacher", "--profile", "smoke", "--name", "t", "--quiet")
     kdtui("prune", "--profile", "smoke", "--name", "p", "--quiet")
     assert (work / "runs" / "p" / "metrics.json").is_file()
+
+
+def test_the_export_extra_hint_fits_how_kdtui_was_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`-e '.[export]'` works only inside a source checkout; an installed kdtui is told the
+    extra by name."""
+    from kdtui.errors import KdtuiError
+    from kdtui.export import extra_hint, require_onnx
+
+    installed = tmp_path / "site-packages" / "kdtui"
+    installed.mkdir(parents=True)
+    assert extra_hint(installed) == "pip install 'kdtui[export]'"
+    assert extra_hint(REPO / "kdtui") == (
+        f"pip install -c {REPO / 'constraints.txt'} -e '{REPO}[export]'"
+    )
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if the extra were not installed
+    with pytest.raises(KdtuiError, match="need the export extra: pip install -c .*constraints"):
+        require_onnx()

@@ -168,6 +168,7 @@ def test_an_internal_error_exits_1_and_is_recorded(
     )
     assert result.exit_code == 1
     assert "internal error: RuntimeError: a bug in a hook" in result.stderr
+    assert f"(the traceback is in {tmp_path / 'bug' / 'error.log'};" in result.stderr
     failed = events_of(tmp_path / "bug")[-1]
     assert isinstance(failed, RunFailed) and failed.kind == "internal"
     assert "a bug in a hook" in failed.error

@@ -7,6 +7,7 @@ Only the standard library, the state model and the run scanner: no Textual.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 from kdtui.dashboard import fmt
 from kdtui.dashboard.runs import RunScanner
 from kdtui.dashboard.state import RunState
-from kdtui.rundir import EVENTS_FILE
+from kdtui.rundir import CONFIG_FILE, EVENTS_FILE, LOCK_FILE, RunInfo, lock_holder
 from kdtui.runlog import MAX_LINE, EventFollower
 
 LAST_EVENTS = 5
@@ -45,10 +46,22 @@ def run_summary(run_dir: Path, now: float | None = None) -> str:
     now = time.time() if now is None else now
     state = read_state(run_dir)
     status = state.status(now)
+    # Events alone say "running" until a dead run's silence passes the stall threshold; the
+    # disk knows at once: a run is written only while its writer holds RUN/.lock.
+    dead = status in ("running", "stalled") and not has_writer(run_dir)
+    if dead:
+        status = "stopped"
     lines = [f"run       {state.run or run_dir.name} ({run_dir})"]
     if not state.started:
         where = run_dir / EVENTS_FILE
-        lines.append(f"status    {status}: no run has started in {where} yet")
+        if killed_before_start(run_dir):
+            command = RunInfo(run_dir).command() or "COMMAND"
+            lines.append(
+                "status    stopped before training began: no process is writing it; continue "
+                f"it with: kdtui {command} --resume {run_dir}"
+            )
+        else:
+            lines.append(f"status    {status}: no run has started in {where} yet")
     else:
         lines.append(
             f"command   {state.command}  profile {state.profile or '-'}  "
@@ -56,13 +69,20 @@ def run_summary(run_dir: Path, now: float | None = None) -> str:
         )
         total = max(state.total_steps, 1)
         progress = f"step {state.step:,}/{state.total_steps:,} ({100 * state.step / total:.1f}%)"
-        timing = f"elapsed {fmt.duration(state.elapsed(now))}"
-        eta = state.eta(now)
+        # A dead run's clock stopped at its last event.
+        ended = state.last_event_at if dead and state.last_event_at is not None else now
+        timing = f"elapsed {fmt.duration(state.elapsed(ended))}"
+        eta = None if dead else state.eta(now)
         if eta is not None:
             timing += f"  eta {fmt.duration(eta)}"
         lines.append(f"status    {status}  {progress}  {timing}")
     if state.error:
         lines.append(f"{status:<9} {state.error}")
+    elif dead:
+        lines.append(
+            f"{status:<9} no process is writing it: it was killed before it could log why; "
+            f"continue it with: kdtui {state.command} --resume {run_dir}"
+        )
     if state.losses:
         terms = [f"{name} {fmt.short(s.last)}" for name, s in state.losses.items()]
         lines.append("losses    " + "  ".join(terms))
@@ -89,6 +109,24 @@ def run_summary(run_dir: Path, now: float | None = None) -> str:
     return "\n".join(lines)
 
 
+def has_writer(run_dir: Path) -> bool:
+    """Whether a live process writes the run (holds its lock). A lock file this user cannot
+    open (another user's run) is taken to have one: it cannot be asked."""
+    lock = run_dir / LOCK_FILE
+    if not lock.exists():
+        return False
+    if not os.access(lock, os.R_OK | os.W_OK):
+        return True
+    return lock_holder(run_dir) is not None
+
+
+def killed_before_start(run_dir: Path) -> bool:
+    """A run that wrote its config.toml (with its lock held) but no run_started, and that no
+    process writes now: killed while it loaded data or models. Without a config.toml the
+    folder may be a run that is about to start."""
+    return (run_dir / CONFIG_FILE).is_file() and not has_writer(run_dir)
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
@@ -105,6 +143,11 @@ def runs_summary(root: Path, now: float | None = None) -> str:
         return f"no runs in {root}"
     rows = [("run", "command", "status", "progress", "best acc", "started")]
     for s in summaries:
+        if s.status in ("running", "stalled") and not has_writer(s.path):
+            s.status = "stopped"  # killed: see run_summary
+        elif s.status == "waiting" and killed_before_start(s.path):
+            s.status = "stopped"
+            s.command = s.command or RunInfo(s.path).command() or ""
         progress = "-"
         if s.progress is not None:
             progress = f"{s.step:,}/{s.total_steps:,} {100 * min(s.progress, 1.0):.0f}%"

@@ -88,10 +88,14 @@ def load_compact(folder: str | Path, *, attn_implementation: str = "sdpa") -> An
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    from kdtui.models import check_state_dict
+
     folder = Path(folder)
     config = AutoConfig.from_pretrained(folder)
     config._attn_implementation = attn_implementation
     model = AutoModelForSequenceClassification.from_config(config)
     shrink_to(model, getattr(config, STRUCTURE_KEY))
-    model.load_state_dict(load_file(folder / "model.safetensors"), strict=True)
+    state = load_file(folder / "model.safetensors")
+    check_state_dict(str(folder), folder, model, state)
+    model.load_state_dict(state, strict=True)
     return model.eval()

@@ -6,6 +6,7 @@ other."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from kdtui.config import Config
 from kdtui.errors import Interrupted, KdtuiError
-from kdtui.events import Event, Message, RunFailed, RunFinished, RunStarted
+from kdtui.events import Checkpoint, Event, Message, RunFailed, RunFinished, RunStarted, Step
 from kdtui.profile import to_toml
 from kdtui.rundir import (
     CONFIG_FILE,
@@ -50,8 +51,11 @@ class RunContext:
         one folder per stage) says where it resumes from."""
         self.started = True
         self.run.keep()
+        self.run.release_events()  # a resumed run's notes, held until it is sure to train
         if resumed_from_step is None:
             resumed_from_step = self._resumed_step()
+        if self.resumed:
+            self.last_step = max(self.last_step, resumed_from_step)
         self.run.log(
             RunStarted(
                 run=self.run.path.name,
@@ -141,6 +145,11 @@ def execute(
     run = RunDir(path, is_main=accelerator.is_main_process)
     run.listeners.extend(listeners)
     run.open(fresh=resume is None)  # locks the directory: from here on, `run.close()` unlocks it
+    if resume is not None:
+        # A resume that fails before training (a moved data file, a Ctrl-C while it loads)
+        # leaves the run as it was: its events are held until run_started and dropped if it
+        # never comes. The terminal still hears them.
+        run.hold_events()
     previous_handlers = _stop_on_signals()
     try:
         if resume is None:
@@ -155,6 +164,7 @@ def execute(
         for note in notes:
             run.log(Message(level="note", text=note))
         ctx = RunContext(command, config, run, accelerator, profile, resumed=resume is not None)
+        run.listeners.append(functools.partial(_follow_step, ctx))
         try:
             metrics = body(ctx)
         except KdtuiError as e:
@@ -179,8 +189,9 @@ def execute(
             run.log(
                 RunFailed(step=ctx.last_step, error=f"{type(e).__name__}: {e}", kind="internal")
             )
-            if run.is_main:
+            if run.is_main and (resume is None or ctx.started):
                 run.error_log.write_text(traceback.format_exc(), encoding="utf-8")
+                e.add_note(f"{ERROR_LOG_NOTE}{run.error_log}")
             raise
         finally:
             accelerator.wait_for_everyone()
@@ -191,6 +202,19 @@ def execute(
         _restore_signals(previous_handlers)
         run.close()
     return path, metrics
+
+
+# The note `execute` adds to an unexpected error whose traceback it wrote to the run's error.log:
+# the CLI names that file (a failed resume writes none).
+ERROR_LOG_NOTE = "traceback: "
+
+
+def _follow_step(ctx: RunContext, event: Event) -> None:
+    """The step the run has reached, by the events it logs: what run_failed records when the
+    run stops before its recipe has a result (a signal, an error mid-training)."""
+    step = getattr(event, "step", None)
+    if isinstance(event, Step | Checkpoint) and isinstance(step, int):
+        ctx.last_step = max(ctx.last_step, step)
 
 
 # Signals that ask a run to stop: `kill` and schedulers send SIGTERM, a closed terminal SIGHUP.
@@ -232,12 +256,21 @@ def check_models_fit(command: str, config: Config) -> None:
             check_max_length(config.data.max_length, name, declared)
 
 
-def resumed_run(run_path: Path) -> RunInfo:
-    """The run --resume names; it continues with the config the run was started with."""
+def resumed_run(run_path: Path, command: str) -> RunInfo:
+    """The run `kdtui COMMAND --resume` names; it continues with the config the run was started
+    with, and only by the command that started it: another command would read the run's config
+    as its own and fail (a prune run's optimizer state is not a teacher's)."""
     try:
-        return read_run(run_path)
+        run = read_run(run_path)
     except KdtuiError as e:
         raise KdtuiError(f"--resume {e}") from None
+    made_by = run.command()
+    if made_by is not None and made_by != command:
+        raise KdtuiError(
+            f"{run_path} is a {made_by} run; continue it with `kdtui {made_by} --resume "
+            f"{run_path}` (nothing was written to it)"
+        )
+    return run
 
 
 def train_job(ctx: RunContext, **fields: Any) -> Any:

@@ -47,7 +47,9 @@ STRUCTURED_NOTE = (
 )
 
 
-def evaluate_models(paths: list[str], config: Config) -> dict[str, Any]:
+def evaluate_models(paths: list[str], config: Config, data_from: str = "") -> dict[str, Any]:
+    """DATA_FROM says where the data config came from when the user did not give it (the first
+    model's run), for a refusal to name."""
     if config.run.threads:  # latency is reported on this many threads (PyTorch and ORT alike)
         torch.set_num_threads(config.run.threads)
     data = load_data(config.data)
@@ -61,8 +63,20 @@ def evaluate_models(paths: list[str], config: Config) -> dict[str, Any]:
         "models": [],
     }
     for path in expand_runs(paths):
-        report["models"].append(evaluate_one(path, config, data))
+        try:
+            report["models"].append(evaluate_one(path, config, data))
+        except LabelMismatch as e:
+            source = f"the data {data_from}" if data_from else f"data.source = {config.data.source}"
+            raise KdtuiError(
+                f"{e}; the {config.evaluate.split} split is {source}: score {path} on its own "
+                f"data in a command of its own (kdtui evaluate {path}), or give --data with "
+                "data every model was trained for"
+            ) from None
     return report
+
+
+class LabelMismatch(KdtuiError):
+    """A model that does not predict the labels of the data it is asked to score."""
 
 
 def expand_runs(paths: list[str]) -> list[str]:
@@ -92,7 +106,10 @@ def evaluate_one(path: str, config: Config, data: MultiDomainData) -> dict[str, 
     folder = Path(resolve_model_path(path))
     model = load_any(folder)
     model.eval()
-    check_model_labels(path, model, data.label_names)
+    try:
+        check_model_labels(path, model, data.label_names)
+    except KdtuiError as e:
+        raise LabelMismatch(str(e)) from None
     check_max_length(config.data.max_length, path, model.config.to_dict())
     tokenizer = load_model_tokenizer(folder, trust_remote_code=config.model.trust_remote_code)
     split = data.split(config.evaluate.split)
@@ -201,7 +218,10 @@ def evaluate_onnx(path: str, config: Config, data: MultiDomainData) -> dict[str,
         model_config.get("id2label", {}).get(str(i), str(i))
         for i in range(len(model_config.get("id2label", {})))
     ]
-    check_labels(path, labels, trained, data.label_names)
+    try:
+        check_labels(path, labels, trained, data.label_names)
+    except KdtuiError as e:
+        raise LabelMismatch(str(e)) from None
     check_max_length(config.data.max_length, path, model_config)
     tokenizer = load_model_tokenizer(folder)
     sess = session(file, torch.get_num_threads())
