@@ -5,6 +5,10 @@
    from it): prediction-layer KD with the teacher running every step or its logits cached,
    the intermediate-layer stage, pruning with KD live or cached, CAP pruning (PrC, FiC and
    SnC banks) with the teacher live or its logits and bank vectors cached, each fp32 and bf16;
+2b. utilisation ("utilisation"): this machine's matrix-multiply peak (fp32 and bf16, MiniLM's FFN
+   shape at --batch-size x --length tokens and a 2048 square, at the thread count used) and the
+   achieved FLOP/s of a MiniLM fine-tuning step, a cached-logits KD step and a cached CAP pruning
+   step, counted analytically from the encoder's matrix products, as a share of that peak;
 3. start-up: `kdtui --help` (target under 0.3 s) and the dashboard's first frame;
 4. compressed models: size on disk and inference throughput against the dense model (structured
    heads-ffn removal at 50%; unstructured 90% / 97% in kdtui's bitmask format);
@@ -51,8 +55,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
         "--tables",
-        default="overhead,throughput,startup,compressed,deploy",
-        help="which tables, comma-separated (default: all five)",
+        default="overhead,throughput,utilisation,startup,compressed,deploy",
+        help="which tables, comma-separated (default: all six)",
     )
     parser.add_argument(
         "--runs",
@@ -87,6 +91,7 @@ def main() -> None:
     tables = {
         "overhead": lambda: overhead_table(args),
         "throughput": lambda: distill_table(args),
+        "utilisation": lambda: utilisation_table(args),
         "startup": startup_table,
         "compressed": lambda: compressed_table(args),
         "deploy": lambda: deploy_table(args),
@@ -178,7 +183,9 @@ def time_steps(
     return steps * args.batch_size / (marks[-1] - marks[0])
 
 
-def distill_table(args: argparse.Namespace) -> None:
+def training_rows(args: argparse.Namespace) -> tuple[Any, Any, list[tuple[Any, ...]]]:
+    """(MiniLM, the timed examples, rows): each row is (label, make model, make hooks, layers
+    trained, teacher layers run forward only), the last two for counting FLOPs."""
     from kdtui.config import ModelConfig
     from kdtui.engine.evaluate import predict_logits
     from kdtui.engine.hooks import CrossEntropyHook
@@ -191,7 +198,6 @@ def distill_table(args: argparse.Namespace) -> None:
     )
     from kdtui.methods.pruning import UnstructuredPruner
     from kdtui.models import build_student, load_classifier
-    from kdtui.precision import cpu_has_native_bf16
 
     teacher = load_classifier(ModelConfig(name="minilm"), ["0", "1"], seed=0).eval()
     data = fixed_length_examples(
@@ -260,32 +266,114 @@ def distill_table(args: argparse.Namespace) -> None:
         return [*hooks, cap]
 
     rows = [
-        ("student fine-tuning alone (no teacher)", student, lambda: [CrossEntropyHook()]),
-        ("prediction KD, teacher runs every step", student, lambda: prediction(False)),
-        ("prediction KD, teacher logits cached", student, lambda: prediction(True)),
-        ("intermediate stage (hidden + attention MSE)", student, intermediate),
+        ("MiniLM fine-tuning", pruned, lambda: [CrossEntropyHook()], 6, 0),
+        ("student fine-tuning alone (no teacher)", student, lambda: [CrossEntropyHook()], 2, 0),
+        ("prediction KD, teacher runs every step", student, lambda: prediction(False), 2, 6),
+        ("prediction KD, teacher logits cached", student, lambda: prediction(True), 2, 0),
+        ("intermediate stage (hidden + attention MSE)", student, intermediate, 2, 6),
+        ("pruning MiniLM, KD teacher runs every step", pruned, lambda: prune_hooks(False), 6, 6),
+        ("pruning MiniLM, KD logits cached", pruned, lambda: prune_hooks(True), 6, 0),
         (
-            "pruning MiniLM, KD teacher runs every step",
+            "CAP pruning (PrC+FiC+SnC), teacher runs every step",
             pruned,
-            lambda: prune_hooks(False),
+            lambda: cap_hooks(False),
+            6,
+            6,
         ),
         (
-            "pruning MiniLM, KD logits cached",
+            "CAP pruning (PrC+FiC+SnC), logits and banks cached",
             pruned,
-            lambda: prune_hooks(True),
+            lambda: cap_hooks(True),
+            6,
+            0,
         ),
-        ("CAP pruning (PrC+FiC+SnC), teacher runs every step", pruned, lambda: cap_hooks(False)),
-        ("CAP pruning (PrC+FiC+SnC), logits and banks cached", pruned, lambda: cap_hooks(True)),
     ]
+    return teacher, data, rows
+
+
+def distill_table(args: argparse.Namespace) -> None:
+    from kdtui.precision import cpu_has_native_bf16
+
+    _, data, rows = training_rows(args)
     print(f"## Training throughput (examples/s, length {args.length})\n")
     print("| what | fp32 | bf16 autocast | bf16 speed-up |")
     print("| --- | --- | --- | --- |")
     # Emulated bf16 is so slow that a third of the steps measures it well enough.
     bf16_steps = args.steps if cpu_has_native_bf16() else max(2, args.steps // 3)
-    for label, make_model, make_hooks in rows:
+    for label, make_model, make_hooks, _, _ in rows[1:]:
         fp32 = time_steps(make_model(), make_hooks(), data, args, False, args.steps)
         bf16 = time_steps(make_model(), make_hooks(), data, args, True, bf16_steps)
         print(f"| {label} | {fp32:.1f} | {bf16:.1f} | {bf16 / fp32:.2f}x |")
+    print()
+
+
+# ---------------------------------------------------------------------------------------------
+# 2b. Utilisation: achieved FLOP/s of training steps against this machine's matmul peak
+
+
+def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype, repeats: int = 20) -> float:
+    """Best-of-REPEATS GFLOP/s of an (m x k) @ (k x n) product at the current thread count."""
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    a @ b  # warm-up (kernel choice, page faults)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * m * k * n / best / 1e9
+
+
+def encoder_flops_per_example(config: Any, length: int, layers: int) -> float:
+    """Forward FLOPs of LAYERS BERT layers on one example of LENGTH tokens, counted from the
+    matrix products only (2 per multiply-add): Q, K, V and output projections 4·2·T·h², the FFN
+    2·2·T·h·i, attention scores and their weighted sum 2·2·T²·h. Softmax, LayerNorm, GELU,
+    embeddings and the classifier are left out (well under 5% at these sizes)."""
+    h, i, t = config.hidden_size, config.intermediate_size, length
+    return layers * (8 * t * h * h + 4 * t * h * i + 4 * t * t * h)
+
+
+def utilisation_table(args: argparse.Namespace) -> None:
+    """Training steps' achieved FLOP/s (analytic count: a trained layer costs 3x its forward,
+    the backward pass twice the forward's products; a teacher run every step costs 1x) as a
+    share of the measured bf16 and fp32 matmul peaks."""
+    teacher, data, rows = training_rows(args)
+    h, i = teacher.config.hidden_size, teacher.config.intermediate_size
+    tokens = args.batch_size * args.length
+    shapes = {
+        f"MiniLM FFN ({tokens}x{h} @ {h}x{i})": (tokens, h, i),
+        "square 2048": (2048, 2048, 2048),
+    }
+    peaks = {}
+    print(f"## Utilisation ({torch.get_num_threads()} threads, length {args.length})\n")
+    print("| matrix product | fp32 GFLOP/s | bf16 GFLOP/s |")
+    print("| --- | --- | --- |")
+    for name, (m, k, n) in shapes.items():
+        fp32, bf16 = (matmul_gflops(m, k, n, d) for d in (torch.float32, torch.bfloat16))
+        peaks["fp32"] = max(peaks.get("fp32", 0.0), fp32)
+        peaks["bf16"] = max(peaks.get("bf16", 0.0), bf16)
+        print(f"| {name} | {fp32:.0f} | {bf16:.0f} |")
+    print()
+    print("| training step | precision | examples/s | GFLOP/s achieved | share of peak |")
+    print("| --- | --- | --- | --- | --- |")
+    wanted = (
+        "MiniLM fine-tuning",
+        "prediction KD, teacher logits cached",
+        "CAP pruning (PrC+FiC+SnC), logits and banks cached",
+    )
+    for label, make_model, make_hooks, trained, forward_only in rows:
+        if label not in wanted:
+            continue
+        per_example = 3 * encoder_flops_per_example(teacher.config, args.length, trained)
+        per_example += encoder_flops_per_example(teacher.config, args.length, forward_only)
+        for precision in ("fp32", "bf16"):
+            rate = time_steps(
+                make_model(), make_hooks(), data, args, precision == "bf16", args.steps
+            )
+            achieved = rate * per_example / 1e9
+            print(
+                f"| {label} | {precision} | {rate:.1f} | {achieved:.0f} "
+                f"| {100 * achieved / peaks[precision]:.0f}% of {peaks[precision]:.0f} |"
+            )
     print()
 
 
