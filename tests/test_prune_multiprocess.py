@@ -35,7 +35,9 @@ def test_prune_two_processes_match_one(runs: Path, structure: str) -> None:
     # Magnitude masks: learned scores would amplify float noise (Adam scales every score's
     # step to ~lr however small its gradient), so near-ties could flip.
     common += ["--structure", structure, "--criterion", "magnitude", "--sparsity", "0.5"]
-    common += ["--quiet"]
+    # fp32: under bf16 autocast (the default where the CPU has it) the summation order moves
+    # results by bf16's rounding, beyond these tolerances.
+    common += ["--quiet", "--no-bf16"]
     # Longer than one epoch of the smoke data, so snapshot views come back as positives.
     common += ["--max-steps", "30", "--set", "model.dropout=0.0", "--set", "train.eval_every=10"]
     multi = torchrun(*common, "--name", "multi", timeout=400)
