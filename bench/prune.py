@@ -217,11 +217,6 @@ class Bench:
             if done.returncode != 0:
                 raise RuntimeError(f"{name} failed (exit {done.returncode}); see {log}")
         metrics = written.metrics()
-        predictions = json.loads(written.predictions_file.read_text())
-        correct = "".join(
-            "1" if p == y else "0"
-            for p, y in zip(predictions["predictions"], predictions["labels"], strict=True)
-        )
         keep = ("test", "best_dev", "best_step", "steps", "sparsity", "criterion", "cap_modules")
         record = {
             "name": name,
@@ -232,7 +227,7 @@ class Bench:
             "diagnostics": last_diagnostics(run),
             "wall_s": RunInfo(run).active_seconds(),
             "cpu_s": cpu_seconds(run),
-            "correct": correct,
+            "correct": written.correct(),
         }
         for key in ("kept_heads", "intermediate_sizes", "sparse_model", "model_bytes"):
             if key in metrics:

@@ -12,7 +12,7 @@ import signal
 import threading
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -107,8 +107,6 @@ def make_accelerator(config: Config) -> Any:
 def with_resolved_precision(config: Config, device: Any) -> Config:
     """CONFIG with train.precision "auto" replaced by what it means on DEVICE, so config.toml,
     run_started and a resume all say (and use) the precision that ran."""
-    from dataclasses import replace
-
     from kdtui.precision import resolve_precision
 
     precision = resolve_precision(config.train.precision, device)
