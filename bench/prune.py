@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -56,6 +57,7 @@ from kdtui.rundir import RunInfo  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "amazon-4domains"
 BASELINES = ("magnitude", "movement", "soft-movement")
+LATER_OPTIONS = {"epochs": 0.0, "warmup": 0.1, "cooldown": 0.2, "teacher_run": ""}
 LABELS = {
     "magnitude": "magnitude",
     "movement": "movement",
@@ -65,7 +67,7 @@ LABELS = {
 }
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -77,6 +79,14 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-5, help="teacher learning rate")
     parser.add_argument("--prune-lr", type=float, default=1e-4, help="pruning learning rate")
     parser.add_argument("--steps", type=int, default=150, help="pruning steps per run")
+    parser.add_argument(
+        "--epochs", type=float, default=0.0, help="pruning budget in epochs (replaces --steps)"
+    )
+    parser.add_argument("--warmup", type=float, default=0.1, help="share of steps before cutting")
+    parser.add_argument("--cooldown", type=float, default=0.2, help="share at final sparsity")
+    parser.add_argument(
+        "--teacher-run", default="", help="a finished teacher run to start from (none: train one)"
+    )
     parser.add_argument(
         "--bf16",
         action=argparse.BooleanOptionalAction,
@@ -96,7 +106,11 @@ def main() -> None:
     parser.add_argument(
         "--report", action="store_true", help="print the table from the records; run nothing"
     )
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = parser().parse_args()
     if args.data != "synthetic" and not Path(args.data).exists():
         sys.exit(f"data not found: {args.data} (give --data PATH, or --data synthetic)")
     bench = Bench(args)
@@ -114,10 +128,13 @@ class Bench:
         self.results = args.results.resolve()
         self.out.mkdir(parents=True, exist_ok=True)
         self.results.mkdir(parents=True, exist_ok=True)
+        # Options added after the first table count only where they differ from their default,
+        # so the records of that table still match their protocol.
         self.protocol = {
             k: v
             for k, v in vars(args).items()
             if k not in ("jobs", "threads", "output_dir", "results", "report")
+            and not (k in LATER_OPTIONS and v == LATER_OPTIONS[k])
         }
         self.protocol = json.loads(json.dumps(self.protocol, default=str))
         self._check_protocol()
@@ -142,9 +159,20 @@ class Bench:
         path = self.results / f"{name}.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
+    @property
+    def teacher_dir(self) -> Path:
+        given = self.args.teacher_run
+        return Path(given).resolve() if given else self.out / "teacher"
+
     def teacher(self) -> Path:
-        """The dense teacher's run folder, trained once (the record keeps its test results)."""
+        """The dense teacher's run folder, trained once (the record keeps its test results), or
+        the finished run --teacher-run names."""
         a = self.args
+        if a.teacher_run:
+            if not RunInfo(self.teacher_dir).finished():
+                sys.exit(f"--teacher-run {a.teacher_run} is not a finished run")
+            self.run("teacher", ["--teacher-run", str(self.teacher_dir)], {"row": "dense"})
+            return self.teacher_dir
         options = [
             "teacher",
             "--data",
@@ -170,18 +198,26 @@ class Bench:
 
     def prune_options(self, sparsity: float, seed: int, method: list[str]) -> list[str]:
         a = self.args
-        # Evaluations every 20% / (evals - 1) of the steps: `evals` of them fall at the final
-        # sparsity (the cool-down's first step and its end), the earlier ones show the way there
-        # (and whether the model collapsed).
-        eval_every = a.steps if a.evals < 2 else max(1, round(0.2 * a.steps / (a.evals - 1)))
+        steps = self.steps()
+        # Evaluations every cool-down / (evals - 1) of the steps: `evals` of them fall at the
+        # final sparsity (the cool-down's first step and its end), the earlier ones show the way
+        # there (and whether the model collapsed).
+        eval_every = steps if a.evals < 2 else max(1, round(a.cooldown * steps / (a.evals - 1)))
+        budget = ["--epochs", str(a.epochs)] if a.epochs else ["--max-steps", str(a.steps)]
+        shape = [
+            x
+            for key, value in (("warmup_ratio", a.warmup), ("cooldown_ratio", a.cooldown))
+            if value != LATER_OPTIONS[key.split("_")[0]]
+            for x in ("--set", f"prune.{key}={value}")
+        ]
         return [
             "prune",
             "--model",
-            str(self.out / "teacher"),
+            str(self.teacher_dir),
             "--sparsity",
             str(sparsity),
-            "--max-steps",
-            str(a.steps),
+            *budget,
+            *shape,
             "--batch-size",
             str(a.batch_size),
             "--lr",
@@ -197,13 +233,26 @@ class Bench:
             *method,
         ]
 
+    def steps(self) -> int:
+        """Optimiser steps of a pruning run: --steps, or --epochs of the teacher's steps per
+        epoch (the teacher trains on the same data at the same batch size)."""
+        a = self.args
+        if not a.epochs:
+            return a.steps
+        teacher = RunInfo(self.teacher_dir)
+        train = teacher.config_dict()["train"]
+        if train["batch_size"] != a.batch_size:
+            sys.exit(f"the teacher trained at batch {train['batch_size']}, not {a.batch_size}")
+        per_epoch = teacher.metrics()["steps"] / train["epochs"]
+        return max(1, math.ceil(per_epoch * a.epochs))
+
     def run(self, name: str, options: list[str], info: dict[str, Any]) -> dict[str, Any]:
         """Run one kdtui command into OUTPUT/NAME unless its record exists; resume an
         interrupted run; write the record. Returns the record."""
         found = self.record(name)
         if found is not None:
             return found
-        run = self.out / name
+        run = self.teacher_dir if name == "teacher" else self.out / name
         written = RunInfo(run)
         if not written.finished():
             if written.config_file.is_file():
@@ -397,12 +446,18 @@ def render(bench: Bench, invocation_s: float) -> str:
         return "no teacher record yet"
     dense_acc = dense["metrics"]["test"]["all"]
     source = Path(a.data).name if a.data != "synthetic" else "synthetic"
+    budget = f"{a.epochs:g} epochs ({bench.steps()} steps)" if a.epochs else f"{a.steps} steps"
+    shape = (
+        f", {a.warmup:.0%} warm-up and {a.cooldown:.0%} cool-down"
+        if (a.warmup, a.cooldown) != (0.1, 0.2)
+        else ""
+    )
     lines = [
         f"Unstructured pruning of {a.model} fine-tuned on {source} (dense test "
         f"{100 * dense_acc:.1f}): test accuracy %, mean ± 95% interval over seeds "
-        f"{', '.join(map(str, a.seeds))}; retention = mean / dense. Every run: {a.steps} steps x "
-        f"batch {a.batch_size}, length {a.max_length}, lr {a.prune_lr}; the best of {a.evals} dev "
-        "evaluations at the final sparsity.",
+        f"{', '.join(map(str, a.seeds))}; retention = mean / dense. Every run: {budget} x "
+        f"batch {a.batch_size}, length {a.max_length}, lr {a.prune_lr}{shape}; the best of "
+        f"{a.evals} dev evaluations at the final sparsity.",
         "",
         "| method | " + " | ".join(f"{s:.0%} sparsity" for s in a.sparsities) + " |",
         "| --- |" + " --- |" * len(a.sparsities),
