@@ -31,6 +31,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from kdtui import __version__
+from kdtui.budgets import describe_budgets
 from kdtui.config import CHOICES, Config, default_of, type_of
 from kdtui.errors import Interrupted, KdtuiError
 
@@ -62,7 +63,7 @@ class Flag:
     names: tuple[str, ...]  # "--sparsity"; an on/off key gets "--cap/--no-cap" from "--cap"
     help: str
     metavar: str = ""  # default: the key's values (a|b) for a choice, else N or F by type
-    default: str = ""  # the default shown, when the key's own value says nothing ("")
+    default: str = ""  # the default shown instead of the key's own value
     # An on/off option for a key of two named values: (value for --x, value for --no-x).
     switch: tuple[str, str] | None = None
 
@@ -90,7 +91,9 @@ class Flag:
 
     def _help(self) -> str:
         value = default_of(*self.key.split("."))
-        if isinstance(value, bool):
+        if self.default:
+            shown = self.default
+        elif isinstance(value, bool):
             shown = "on" if value else "off"
         elif isinstance(value, float):
             shown = f"{value:g}"
@@ -164,6 +167,15 @@ EPOCHS = (
         metavar="N",
     ),
     Flag("train.max_steps", ("--max-steps",), "Stop after N steps; 0 = by epochs"),
+)
+# Prune's budget depends on the sparsity (kdtui/budgets.py), so its default is that table.
+PRUNE_EPOCHS = (
+    replace(
+        EPOCHS[0],
+        help=f"{EPOCHS[0].help}. A shorter budget than the default gets a note",
+        default=f"by sparsity, {describe_budgets()}",
+    ),
+    EPOCHS[1],
 )
 
 TEACHER = (
@@ -455,7 +467,7 @@ training_command(
 )
 training_command(
     "prune",
-    (*PRUNE, *EPOCHS, *TRAINING),
+    (*PRUNE, *PRUNE_EPOCHS, *TRAINING),
     "Prune a fine-tuned model with CAP (contrastive pruning).",
     "Prune a fine-tuned model with CAP (contrastive pruning) while distilling from it.\n\n"
     "Writes RUN/model (dense, zeros in place; heads-ffn: heads and neurons removed) and, for "

@@ -5,8 +5,9 @@ train on their teacher's data unless told otherwise) < the profile < `--set` ove
 explicit options. The merged layers are validated once (`build_config`); then the values that
 depend on others are filled in (the placeholders: CAP's loss weights and KD temperature by
 structure, movement scores' initialisation by where pruning starts, the distillation method by
-the teacher), so a recipe, the run's `config.toml` and a `--dashboard` child all see every value
-the run uses, and `--profile RUN/config.toml` reruns it exactly.
+the teacher, pruning's budget by sparsity where no layer sets one), so a recipe, the run's
+`config.toml` and a `--dashboard` child all see every value the run uses, and
+`--profile RUN/config.toml` reruns it exactly.
 
 Options that imply others: `kdtui teacher --domain D` means `--method single`, and a budget in
 epochs given on the command line clears the `max_steps` a profile sets (an explicit
@@ -20,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from kdtui.budgets import prune_budget
 from kdtui.config import Config, build_config
 from kdtui.errors import KdtuiError
 from kdtui.profile import find_profile, parse_override, read_profile
@@ -70,7 +72,23 @@ def resolve(
     notes: list[str] = []
     if command in UPSTREAM:
         layered, notes = _under_upstream(command, layered)
-    return Resolved(fill_placeholders(build_config(layered)), tuple(notes))
+    config = fill_placeholders(build_config(layered))
+    if command == "prune":
+        config = with_prune_budget(config, layered)
+    return Resolved(config, tuple(notes))
+
+
+def with_prune_budget(config: Config, layered: dict[str, Any]) -> Config:
+    """CONFIG with pruning's default budget for its sparsity (kdtui/budgets.py) where no layer
+    sets one: the epochs unless epochs or max_steps is set, the schedule's shape unless a
+    warm-up or cool-down share is."""
+    band = prune_budget(config.prune.sparsity)
+    train, prune = config.train, config.prune
+    if not {"epochs", "max_steps"} & _table(layered, "train").keys():
+        train = replace(train, epochs=band.epochs)
+    if not {"warmup_ratio", "cooldown_ratio"} & _table(layered, "prune").keys():
+        prune = replace(prune, warmup_ratio=band.warmup_ratio, cooldown_ratio=band.cooldown_ratio)
+    return replace(config, train=train, prune=prune)
 
 
 def resolve_for_models(

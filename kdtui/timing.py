@@ -7,6 +7,7 @@ the end, in metrics.json and the run_finished event) shows which one to cut.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,3 +55,15 @@ class Stopwatch:
         if self.first_step_at is not None:
             result["before_first_step_s"] = self.first_step_at - self.started
         return {k: round(v, 2) for k, v in result.items()}
+
+
+def estimate_seconds(earlier: list[tuple[int, dict[str, float]]], steps: int) -> float | None:
+    """How long a run of STEPS training steps will take, from EARLIER runs like it on this
+    machine ((steps, their timings summary) each): the median seconds per training step times
+    STEPS, plus the median of their other costs. None without an earlier run to go by."""
+    usable = [(n, t) for n, t in earlier if n > 0 and t.get("train_s") and t.get("total_s")]
+    if not usable:
+        return None
+    per_step = statistics.median(t["train_s"] / n for n, t in usable)
+    fixed = statistics.median(t["total_s"] - t["train_s"] for _, t in usable)
+    return per_step * steps + fixed

@@ -2,8 +2,9 @@
 
 A method is a `Hook`: it may add trainable parameters (a projection, a domain head, pruning
 scores), returns *named, unweighted* loss terms for a batch, may act after each optimiser step
-(apply masks, move a schedule) and returns metrics to log, and carries state for resume. The loop
-weights the terms (`weights[name]`, default 1), sums, logs each one, and steps.
+(apply masks, move a schedule) and returns metrics to log, may watch the dev evaluations, and
+carries state for resume. The loop weights the terms (`weights[name]`, default 1), sums, logs
+each one, and steps.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class Hook(Protocol):
 
     def after_step(self, info: StepInfo) -> Mapping[str, float]: ...
 
+    def after_eval(self, step: int, accuracy: Mapping[str, float]) -> None: ...
+
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
@@ -100,6 +103,11 @@ class BaseHook:
 
     def after_step(self, info: StepInfo) -> Mapping[str, float]:
         return {}
+
+    def after_eval(self, step: int, accuracy: Mapping[str, float]) -> None:
+        """Called after each dev evaluation with the optimiser steps done and the accuracy
+        (overall under "all", and per domain)."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         return {}

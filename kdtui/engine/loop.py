@@ -345,6 +345,8 @@ def _evaluate(
                 "or not learned yet" + (f"; {'; '.join(causes)}" if causes else ""),
             )
         )
+    for hook in job.hooks:
+        hook.after_eval(state.step, accuracy)
     state.last_eval = accuracy
     metric = accuracy.get(job.select_metric, float("nan"))
     eligible = state.step >= job.select_after_step and math.isfinite(metric)

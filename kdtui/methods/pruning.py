@@ -76,6 +76,9 @@ DIAG_POINTS = 100
 NO_SIGNAL_AGREEMENT = 0.05
 # Points of the cubic schedule (share of the pruning span) at which per-layer sparsity is logged.
 LOG_POINTS = (0.25, 0.5, 0.75)
+# A model below this share of its teacher's dev accuracy while the schedule is still cutting
+# has lost more than a short cool-down recovers (warning).
+DROP_WARNING = 0.85
 
 
 def encoder_layers(model: nn.Module) -> list[nn.Module]:
@@ -728,3 +731,43 @@ def check_structured_target(model: nn.Module, target: float) -> None:
             f"layer: at least one head and one FFN neuron stay in each layer, so at most "
             f"{limit:.1%} of this encoder's parameters can go"
         )
+
+
+class DropWatch(BaseHook):
+    """Warns once when dev accuracy falls below `fraction` of the teacher's while the pruner is
+    still cutting: the run is heading for a collapse that the cool-down rarely repairs, and the
+    user can stop it and give a longer budget long before it ends."""
+
+    name = "drop_watch"
+
+    def __init__(
+        self, pruner: Any, *, teacher_dev: float, fraction: float = DROP_WARNING, fix: str = ""
+    ) -> None:
+        self.pruner = pruner
+        self.teacher_dev = teacher_dev
+        self.fraction = fraction
+        self.fix = fix  # what to change, named by the recipe (it knows the defaults)
+        self.warned = False
+
+    def after_eval(self, step: int, accuracy: Mapping[str, float]) -> None:
+        dev = accuracy.get("all")
+        cutting = step < self.pruner.final_step()
+        if self.warned or not cutting or dev is None or dev >= self.fraction * self.teacher_dev:
+            return
+        self.warned = True
+        self.ctx.log(
+            Message(
+                level="warning",
+                text=f"dev accuracy {dev:.1%} at step {step}, at {self.pruner.target_now():.0%} "
+                f"sparsity on the way to {self.pruner.target:.0%}, is below "
+                f"{self.fraction:.0%} of the teacher's {self.teacher_dev:.1%} while the schedule "
+                "is still cutting: the budget is likely too short for this sparsity"
+                + (f"; {self.fix}" if self.fix else ""),
+            )
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"warned": self.warned}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.warned = bool(state.get("warned", False))

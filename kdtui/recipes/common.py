@@ -335,27 +335,14 @@ def _test_predictions(
     metrics: dict[str, Any],
     where: RunLayout | None,
 ) -> None:
-    from accelerate.utils import gather_object
-
     from kdtui.checkpoint import write_json_atomic
     from kdtui.data import encode
-    from kdtui.engine.evaluate import accuracy_of_predictions, predictions_in_order
+    from kdtui.engine.evaluate import accuracy_of_predictions
 
     cfg = ctx.config
     assert data.test is not None
     test_enc = encode(data.test, tokenizer, cfg.data.max_length)
-    acc = ctx.accelerator
-    predictions = predictions_in_order(
-        model,
-        test_enc,
-        batch_size=cfg.train.eval_batch_size,
-        pad_id=tokenizer.pad_token_id or 0,
-        device=acc.device,
-        autocast=cfg.train.precision == "bf16",
-        process_index=acc.process_index,
-        num_processes=acc.num_processes,
-        gather=gather_object if acc.num_processes > 1 else None,
-    )
+    predictions = predict(ctx, model, test_enc, tokenizer.pad_token_id or 0)
     metrics["test"] = accuracy_of_predictions(predictions, test_enc, data.domain_names)
     if ctx.is_main:
         write_json_atomic(
@@ -366,6 +353,27 @@ def _test_predictions(
                 "predictions": predictions,
             },
         )
+
+
+def predict(ctx: RunContext, model: Any, encoded: Any, pad_id: int) -> list[int]:
+    """MODEL's predicted class of every example of ENCODED, in order, as the run computes
+    (its device, precision and processes; every process gets them all)."""
+    from accelerate.utils import gather_object
+
+    from kdtui.engine.evaluate import predictions_in_order
+
+    acc = ctx.accelerator
+    return predictions_in_order(
+        model,
+        encoded,
+        batch_size=ctx.config.train.eval_batch_size,
+        pad_id=pad_id,
+        device=acc.device,
+        autocast=ctx.config.train.precision == "bf16",
+        process_index=acc.process_index,
+        num_processes=acc.num_processes,
+        gather=gather_object if acc.num_processes > 1 else None,
+    )
 
 
 def save_scores(path: Path, split: Split, scores: Any, domain_names: list[str]) -> None:

@@ -24,10 +24,11 @@ from typing import Any
 
 import torch
 
+from kdtui.budgets import prune_budget, short_budget_note
 from kdtui.checkpoint import atomic_folder
 from kdtui.data import Encoded, encode
 from kdtui.engine.hooks import CrossEntropyHook, Hook
-from kdtui.engine.loop import total_steps, train
+from kdtui.engine.loop import steps_per_epoch, total_steps, train
 from kdtui.errors import KdtuiError
 from kdtui.events import LayerSparsity, Message
 from kdtui.models import (
@@ -42,10 +43,12 @@ from kdtui.recipes.common import (
     RunContext,
     final_metrics,
     load_run_data,
+    predict,
     restore_best,
     train_job,
 )
-from kdtui.rundir import run_of_model
+from kdtui.rundir import RunInfo, run_folders, run_of_model
+from kdtui.timing import estimate_seconds
 
 
 def run_prune(ctx: RunContext) -> dict[str, Any]:
@@ -92,11 +95,14 @@ def run_prune(ctx: RunContext) -> dict[str, Any]:
     warmup = int(p.warmup_ratio * n_steps)
     cooldown = int(p.cooldown_ratio * n_steps)
     modules = [m for m in BANKS if p.cap and getattr(p, m)]
+    ctx.run.log(Message(level="info", text=_plan_line(ctx, modules, n_steps, len(train_enc))))
+    if note := short_budget_note(p.sparsity, n_steps / steps_per_epoch(cfg.train, len(train_enc))):
+        ctx.run.log(Message(level="warning", text=note))
     ctx.run.log(
         Message(
             level="info",
-            text=f"pruning {p.model} to {p.sparsity:.0%} sparsity ({_method_name(p, modules)}); "
-            f"encoding the training data for KD{' and the contrastive banks' if modules else ''}",
+            text="encoding the training data for KD"
+            + (" and the contrastive banks" if modules else ""),
         )
     )
 
@@ -172,6 +178,7 @@ def run_prune(ctx: RunContext) -> dict[str, Any]:
         for bank in modules:
             weights[f"{bank}_unsup"] = p.w_unsup
             weights[f"{bank}_sup"] = p.w_sup
+    hooks.append(_drop_watch(ctx, pruner, teacher, dev_enc, pad_id, data.domain_names))
     del teacher, teacher_vectors
 
     ctx.start(n_steps)
@@ -218,6 +225,82 @@ def run_prune(ctx: RunContext) -> dict[str, Any]:
     metrics.update(summary)
     metrics.update(_save(ctx, model, tokenizer, labels))
     return metrics
+
+
+def _drop_watch(
+    ctx: RunContext, pruner: Any, teacher: Any, dev: Any, pad_id: int, domains: list[str]
+) -> Hook:
+    """The watch that warns when dev accuracy drops while the schedule cuts, measured against
+    the teacher's own dev accuracy (one pass over dev, before training)."""
+    from kdtui.engine.evaluate import accuracy_of_predictions
+    from kdtui.methods.pruning import DropWatch
+
+    with ctx.run.stopwatch.timed("dev_eval"):
+        teacher_dev = accuracy_of_predictions(
+            predict(ctx, teacher.to(ctx.accelerator.device), dev, pad_id), dev, domains
+        )["all"]
+    band = prune_budget(ctx.config.prune.sparsity)
+    fix = (
+        f"give it more steps (--epochs; {band.epochs:g} at this sparsity by default) so that it "
+        "cuts more slowly, or stop at a lower --sparsity"
+    )
+    return DropWatch(pruner, teacher_dev=teacher_dev, fix=fix)
+
+
+def _plan_line(ctx: RunContext, modules: list[str], n_steps: int, n_examples: int) -> str:
+    """The run's first line: what it prunes, its budget, and how long that will take here."""
+    cfg = ctx.config
+    p, t = cfg.prune, cfg.train
+    epochs = n_steps / steps_per_epoch(t, n_examples)
+    default = (
+        " (the default at this sparsity)"
+        if t.max_steps == 0 and t.epochs == (prune_budget(p.sparsity).epochs)
+        else ""
+    )
+    earlier = _earlier_runs_like(ctx)
+    seconds = estimate_seconds(earlier, n_steps)
+    if seconds is None:
+        eta = "no earlier run like it here to estimate its time from"
+    else:
+        eta = (
+            f"about {max(1, round(seconds / 60))} min here, going by {len(earlier)} earlier "
+            "run(s) like it"
+        )
+    return (
+        f"pruning {p.model} to {p.sparsity:.0%} sparsity ({_method_name(p, modules)}) in "
+        f"{n_steps} steps = {epochs:.3g} epochs{default}, {p.warmup_ratio:.0%} warm-up and "
+        f"{p.cooldown_ratio:.0%} cool-down: {eta}"
+    )
+
+
+# What makes runs alike in speed: the model, the input shape, the precision, the method, threads.
+SPEED_KEYS = (
+    ("prune", "model"),
+    ("data", "max_length"),
+    ("train", "batch_size"),
+    ("train", "precision"),
+    ("run", "threads"),
+    ("prune", "structure"),
+    ("prune", "criterion"),
+    ("prune", "cap"),
+)
+
+
+def _earlier_runs_like(ctx: RunContext) -> list[tuple[int, dict[str, float]]]:
+    """(steps, timings) of the finished prune runs in the output folder that are alike in speed."""
+
+    def key(config: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(config.get(section, {}).get(name) for section, name in SPEED_KEYS)
+
+    mine = key(ctx.config.to_dict())
+    found = []
+    for folder in run_folders(Path(ctx.config.run.output_dir).expanduser()):
+        run = RunInfo(folder)
+        alike = folder != ctx.run.path and run.finished() and run.command() == "prune"
+        if alike and key(run.config_dict()) == mine:
+            metrics = run.metrics()
+            found.append((int(metrics.get("steps", 0)), metrics.get("timings", {})))
+    return found
 
 
 def _method_name(p: Any, modules: list[str]) -> str:

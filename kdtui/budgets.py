@@ -1,0 +1,58 @@
+"""How long `kdtui prune` trains when the user does not say: one budget per sparsity band.
+
+The one owner of pruning's default budget: the resolver fills it in (`train.epochs`,
+`prune.warmup_ratio`, `prune.cooldown_ratio`) when no layer sets them, the prune command's
+`--help` prints it, and a shorter budget asked for by the user gets a note. The numbers come
+from the pruning budget pilot on dev (bench/prune_pilot.py; the README's pruning section has
+its table and rule); a band the pilot did not cover keeps kdtui's earlier default and says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PruneBudget:
+    """The budget for sparsities from `from_sparsity` up to the next band's start."""
+
+    from_sparsity: float
+    epochs: float
+    warmup_ratio: float
+    cooldown_ratio: float
+    why: str  # where the numbers come from, for notes and --help
+
+
+PRUNE_BUDGETS: tuple[PruneBudget, ...] = (
+    PruneBudget(0.0, 1.0, 0.1, 0.2, "kdtui's earlier default; not piloted"),
+    PruneBudget(0.95, 1.0, 0.1, 0.2, "kdtui's earlier default; not piloted"),
+)
+
+
+def prune_budget(sparsity: float) -> PruneBudget:
+    """The band SPARSITY falls in."""
+    return [b for b in PRUNE_BUDGETS if sparsity >= b.from_sparsity][-1]
+
+
+def describe_budgets() -> str:
+    """One line for --help, e.g. 'below 95%: 1 epoch (10%/20%); from 95%: 3 epochs (10%/40%)'."""
+    parts = []
+    for band, following in zip(PRUNE_BUDGETS, (*PRUNE_BUDGETS[1:], None), strict=True):
+        where = f"below {following.from_sparsity:.0%}" if following else ""
+        if band.from_sparsity > 0:
+            where = f"from {band.from_sparsity:.0%}" + (f" {where}" if where else "")
+        shape = f"{band.warmup_ratio:.0%} warm-up, {band.cooldown_ratio:.0%} cool-down"
+        parts.append(f"{where}: {band.epochs:g} epoch{'s' * (band.epochs != 1)} ({shape})")
+    return "; ".join(parts)
+
+
+def short_budget_note(sparsity: float, epochs: float) -> str:
+    """A note when a run's budget (in epochs) is below the default for SPARSITY ("" if not)."""
+    band = prune_budget(sparsity)
+    if epochs >= band.epochs * 0.999:
+        return ""
+    return (
+        f"{epochs:.3g} epochs is shorter than the {band.epochs:g} that {sparsity:.0%} sparsity "
+        f"gets by default ({band.why}): expect lower accuracy; leave out --epochs and "
+        "--max-steps for the default"
+    )
