@@ -25,7 +25,9 @@ class PruneBudget:
 
 PRUNE_BUDGETS: tuple[PruneBudget, ...] = (
     PruneBudget(0.0, 1.0, 0.1, 0.2, "kdtui's earlier default; not piloted"),
-    PruneBudget(0.95, 1.0, 0.1, 0.2, "kdtui's earlier default; not piloted"),
+    # The 97% pilot (seed 1, dev): 2 epochs with a 40% cool-down came within 0.5 points of the
+    # best mean dev accuracy seen (79.4 at 3 epochs; 1 epoch: 74.4).
+    PruneBudget(0.95, 2.0, 0.1, 0.4, "the 97% budget pilot on dev"),
 )
 
 
