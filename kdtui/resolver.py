@@ -4,9 +4,10 @@ Layers, lowest first: kdtui's defaults < the upstream run's [data] section (dist
 train on their teacher's data unless told otherwise) < the profile < `--set` overrides <
 explicit options. The merged layers are validated once (`build_config`); then the values that
 depend on others are filled in (the placeholders: CAP's loss weights and KD temperature by
-structure, movement scores' initialisation by where pruning starts, the distillation method by
-the teacher), so a recipe, the run's `config.toml` and a `--dashboard` child all see every value
-the run uses, and `--profile RUN/config.toml` reruns it exactly.
+structure, movement scores' initialisation by where pruning starts, the Meta-KD domain head's
+learning rate by the domain loss, the distillation method by the teacher), so a recipe, the
+run's `config.toml` and a `--dashboard` child all see every value the run uses, and
+`--profile RUN/config.toml` reruns it exactly.
 
 Options that imply others: `kdtui teacher --domain D` means `--method single`, and a budget in
 epochs given on the command line clears the `max_steps` a profile sets (an explicit
@@ -47,6 +48,11 @@ AUTHORS_DEFAULTS = {
     "weights": {"w_unsup": 0.1, "w_sup": 10.0, "kd_temperature": 2.0},
     "heads-ffn": {"w_unsup": 0.3, "w_sup": 3.0, "kd_temperature": 1.0},
 }
+
+# The Meta-KD domain head's peak learning rate by teacher.domain_loss (0 = train.lr): the
+# confusion head must learn the true domains within a few hundred steps; the authors train
+# their head with the model, under one optimiser.
+DOMAIN_HEAD_LR = {"confusion": 1e-3, "authors": 0.0}
 
 
 class Resolved(NamedTuple):
@@ -120,10 +126,13 @@ def fill_placeholders(config: Config) -> Config:
             else ("constant" if p.start == "pretrained" else "magnitude")
         ),
     )
+    teacher = config.teacher
+    if teacher.domain_head_lr < 0:
+        teacher = replace(teacher, domain_head_lr=DOMAIN_HEAD_LR[teacher.domain_loss])
     distill = config.distill
     if not distill.method and distill.teacher:
         distill = replace(distill, method=_distill_method_for(distill.teacher))
-    return replace(config, prune=prune, distill=distill)
+    return replace(config, prune=prune, teacher=teacher, distill=distill)
 
 
 def _distill_method_for(teacher: str) -> str:

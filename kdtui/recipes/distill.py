@@ -206,6 +206,7 @@ def distill_one(
                 student_hidden=student.config.hidden_size,
                 teacher_hidden=teacher.hidden,
                 teacher_domain_head=teacher.domain_head if use_meta else None,
+                head_domain_ids=_head_domain_ids(teacher.domain_head, data.domain_names),
                 prototype_scores_by_example_id=scores if use_meta else None,
                 use_expertise_weights=use_meta,
                 attention=d.attention,
@@ -341,6 +342,15 @@ def _check_head_domains(head: Any, targets: list[str]) -> None:
             f"the meta-teacher was trained on domains {', '.join(head.domain_names)}, "
             f"not on {', '.join(missing)}"
         )
+
+
+def _head_domain_ids(head: Any, domain_names: list[str]) -> list[int]:
+    """The meta-teacher head's index of each of the data's domains (the student's data may
+    keep fewer domains, in another order); -1 for a domain the head has not seen, which no
+    student trains on (`_check_head_domains`)."""
+    if head is None:
+        return []
+    return [head.domain_names.index(n) if n in head.domain_names else -1 for n in domain_names]
 
 
 def _resumed_step(plans: list[Plan]) -> int:
