@@ -207,7 +207,7 @@ def data_profile_of(model: str) -> str | None:
     """The config.toml of the run a model comes from: the run directory itself, or for an ONNX
     export (its folder or one of its files) the run it was exported from."""
     path = Path(model).expanduser()
-    if (run := _run_holding(path)) is not None:
+    if (run := run_holding(path)) is not None:
         return str(run.config_file)
     folder = path.parent if path.suffix == ".onnx" else path
     info = folder / EXPORT_INFO_FILE
@@ -216,12 +216,12 @@ def data_profile_of(model: str) -> str | None:
             source = Path(json.loads(info.read_text(encoding="utf-8")).get("source", ""))
         except (OSError, ValueError, AttributeError):
             return None
-        if (run := _run_holding(source)) is not None:
+        if (run := run_holding(source)) is not None:
             return str(run.config_file)
     return None
 
 
-def _run_holding(path: Path) -> RunInfo | None:
+def run_holding(path: Path) -> RunInfo | None:
     """The run PATH is, or whose model it is: RUN, RUN/model, a student of `distill --domain
     all` (RUN/domains/D) or its model (RUN/domains/D/model)."""
     folder = path.parent if path.name == MODEL_DIR else path
