@@ -55,16 +55,16 @@ students 202 min) at `run.threads=1`, run two or three processes at a time on 2 
 the first estimate, 3.2 hours of one core, was too low.
 
 Resuming: every finished run writes one small JSON record (command, wall time, metrics, dev
-curve, per-example test correctness; the metrics include a teacher's statistics as a source,
-source/..., and a student's agreement with its teacher, agreement/..., and its dev classes,
-which `pilot_choice`, the rule for pilots, reads) to --records (default bench/results/metakd/), meant to be
-committed as results come in. A run with a record is never rerun, so a later session resumes
-from the records alone; an interrupted run resumes from its run folder under --output-dir; a
-teacher whose record exists but whose run folder is gone is retrained (deterministic on CPU)
-only if a student still needs it. A record made with another command is an error. Once its
-record is written, a run's checkpoints/ and best/ are deleted: they only serve --resume, which
-leaves a finished run as it is, and a student run keeps ~720 MiB of them (the 48 students
-would fill ~35 GiB); model/ stays, for the students a teacher feeds.
+curve, per-example test correctness) to --records (default bench/results/metakd/), meant to be
+committed as results come in; its metrics include a teacher's statistics as a source
+(source/...), a student's agreement with its teacher (agreement/...) and its dev classes, which
+`pilot_choice`, the rule for pilots, reads. A run with a record is never rerun, so a later
+session resumes from the records alone; an interrupted run resumes from its run folder under
+--output-dir; a teacher whose record exists but whose run folder is gone is retrained
+(deterministic on CPU) only if a student still needs it. A record made with another command is
+an error. Once its record is written, a run's checkpoints/ and best/ are deleted: they only
+serve --resume, which leaves a finished run as it is, and a student run keeps ~720 MiB of them
+(the 48 students would fill ~35 GiB); model/ stays, for the students a teacher feeds.
 
     python bench/metakd.py --set run.threads=1                     # the table (~5.5 core-hours)
     python bench/metakd.py --model tiny --data synthetic --teacher-steps 12 --stage1-steps 4 \\
