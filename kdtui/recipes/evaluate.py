@@ -163,9 +163,9 @@ def as_source(
     data: MultiDomainData,
 ) -> dict[str, Any]:
     """The model's statistics as a source of distillation on the split ("source": margin,
-        entropy at distill.kd_temperature, each hidden layer's variance and mean pairwise cosine;
-        kdtui/methods/source_stats.py), and for a student whose run records its teacher (a
-        `kdtui distill` run) its agreement with that teacher per domain ("agreement", "teacher"; a
+    entropy at distill.kd_temperature, each hidden layer's variance and mean pairwise cosine;
+    kdtui/methods/source_stats.py), and for a student whose run records its teacher (a
+    `kdtui distill` run) its agreement with that teacher per domain ("agreement", "teacher"; a
     teacher that cannot be scored is a note instead)."""
     from kdtui.methods.source_stats import (
         agreement_by_domain,
