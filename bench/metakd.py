@@ -56,13 +56,15 @@ the first estimate, 3.2 hours of one core, was too low.
 
 Resuming: every finished run writes one small JSON record (command, wall time, metrics, dev
 curve, per-example test correctness) to --records (default bench/results/metakd/), meant to be
-committed as results come in. A run with a record is never rerun, so a later session resumes
-from the records alone; an interrupted run resumes from its run folder under --output-dir; a
-teacher whose record exists but whose run folder is gone is retrained (deterministic on CPU)
-only if a student still needs it. A record made with another command is an error. Once its
-record is written, a run's checkpoints/ and best/ are deleted: they only serve --resume, which
-leaves a finished run as it is, and a student run keeps ~720 MiB of them (the 48 students
-would fill ~35 GiB); model/ stays, for the students a teacher feeds.
+committed as results come in; its metrics include a teacher's statistics as a source
+(source/...), a student's agreement with its teacher (agreement/...) and its dev classes, which
+`pilot_choice`, the rule for pilots, reads. A run with a record is never rerun, so a later
+session resumes from the records alone; an interrupted run resumes from its run folder under
+--output-dir; a teacher whose record exists but whose run folder is gone is retrained
+(deterministic on CPU) only if a student still needs it. A record made with another command is
+an error. Once its record is written, a run's checkpoints/ and best/ are deleted: they only
+serve --resume, which leaves a finished run as it is, and a student run keeps ~720 MiB of them
+(the 48 students would fill ~35 GiB); model/ stays, for the students a teacher feeds.
 
     python bench/metakd.py --set run.threads=1                     # the table (~5.5 core-hours)
     python bench/metakd.py --model tiny --data synthetic --teacher-steps 12 --stage1-steps 4 \\
@@ -449,13 +451,12 @@ class Bench:
         ):
             correct[d] = correct.get(d, "") + ("1" if y == p else "0")
         dev = [[e.step, e.accuracy] for e in written.events() if isinstance(e, Eval)]
-        keep = ("steps", "best_step", "best_dev", "stopped_early", "test")
         return {
             "name": name,
             "command": command,
             "wall_s": round(wall, 1),
             "cpu_s": round(cpu_seconds(self.out / name), 1),
-            "metrics": {k: metrics[k] for k in keep if k in metrics},
+            "metrics": recorded_metrics(metrics),
             "dev": dev,
             "test_correct": correct,
         }
@@ -514,6 +515,43 @@ class Bench:
                 accs = ", ".join(f"{d} {100 * _acc(t, d):.1f}" for d, t in by_domain.items())
                 lines.append(f"- {kind}: {accs}")
         return "\n".join(lines) + "\n"
+
+
+# What a record keeps of a run's metrics.json: the selection and test results, a teacher's
+# statistics as a source (source/...), a student's agreement with its teacher (agreement/...)
+# and its classes on its domain's dev (dev_classes, which the pilot rule reads).
+RECORDED = ("steps", "best_step", "best_dev", "stopped_early", "test", "dev_classes")
+RECORDED_PREFIXES = ("source/", "agreement/")
+
+
+def recorded_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if k in RECORDED or k.startswith(RECORDED_PREFIXES)}
+
+
+def pilot_choice(settings: dict[str, list[dict[str, Any]]]) -> tuple[str | None, dict[str, str]]:
+    """The pilot rule, fixed before any pilot run. SETTINGS maps each candidate setting (a
+    budget, a learning rate, a domain-loss weight) to the metrics of the students trained under
+    it (a record's "metrics": best_dev on the student's own domain, dev_classes).
+
+    1. A setting under which any student ends (its selected model) predicting one class for
+       every dev example of its domain — it learned only the class prior — is not eligible;
+       nor is a setting without students, or one whose student has no dev_classes.
+    2. Among the eligible settings, the highest mean best dev accuracy over its students wins;
+       a tie goes to the setting given first.
+
+    Returns (the chosen setting or None when none is eligible, {excluded setting: why})."""
+    excluded: dict[str, str] = {}
+    means: dict[str, float] = {}
+    for name, students in settings.items():
+        classes = [s.get("dev_classes") for s in students]
+        if not students or any(not c for c in classes):
+            excluded[name] = "no students with dev_classes"
+        elif any(sum(n > 0 for n in c.values()) <= 1 for c in classes):
+            excluded[name] = "a student predicts one class on its dev"
+        else:
+            means[name] = sum(s["best_dev"] for s in students) / len(students)
+    chosen = max(means, key=lambda n: means[n]) if means else None
+    return chosen, excluded
 
 
 def _acc(record: dict, domain: str) -> float:

@@ -199,6 +199,12 @@ TEACHER = (
         ("--score-normalization",),
         "Meta-KD prototype scores as weights: clamped at 0, then per-domain mean 1, or clamped",
     ),
+    Flag(
+        "teacher.domain_loss",
+        ("--domain-loss",),
+        "Meta-KD meta-teacher's domain term: a confusion game against a head learning the true "
+        "domains, or the authors' cross-entropy to shuffled domain labels",
+    ),
 )
 
 DISTILL = (

@@ -113,10 +113,19 @@ class TeacherConfig:
     # the domain's mean, so every domain weighs the same on average and 1 + t in λ varies) or
     # "clamp" (clamp only, the paper's scale).
     score_normalization: str = "domain-mean"
-    domain_loss_weight: float = 0.5  # γ1, the transferable domain-adversarial (confusion) loss
-    # Peak learning rate of the domain head, which learns the true domains from stopped
-    # features (a new head must learn within the teacher's few hundred steps); 0 = train.lr.
-    domain_head_lr: float = 1e-3
+    # The meta-teacher's domain term (README, Meta-KD): "confusion" (a head learns the true
+    # domains from stopped features; the encoder is pushed to make it predict the batch's domain
+    # mix) or "authors" (EasyNLP's: one head reads the true domain's embedding plus the mean
+    # token states, and the whole model minimises its cross-entropy to in-batch shuffled domain
+    # labels).
+    domain_loss: str = "confusion"
+    # γ1, the weight of that term ("confusion": domain_adv; "authors": domain_corrupted, 0.5 in
+    # the authors' script as well); 0 = no domain term.
+    domain_loss_weight: float = 0.5
+    # Peak learning rate of the domain head; 0 = train.lr; < 0 = the option's default, filled in
+    # when the config is resolved: 1e-3 for "confusion" (a new head must learn the domains within
+    # the teacher's few hundred steps), train.lr for "authors" (one optimiser for everything).
+    domain_head_lr: float = -1.0
 
 
 @dataclass(frozen=True)
@@ -240,6 +249,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "teacher.method": ("mix", "single", "meta"),
     "teacher.prototype": ("class", "centroid"),
     "teacher.score_normalization": ("domain-mean", "clamp"),
+    "teacher.domain_loss": ("confusion", "authors"),
     "distill.method": ("", "meta", "vanilla", "logits"),
     "distill.student_init": ("teacher", "random"),
     "distill.attention": ("probs", "scores"),
@@ -434,7 +444,6 @@ def _validate(config: Config) -> None:
             f"'{config.teacher.method}'); use --method single, or drop the domain",
         ),
         (config.teacher.domain_loss_weight >= 0, "teacher.domain_loss_weight must be >= 0"),
-        (config.teacher.domain_head_lr >= 0, "teacher.domain_head_lr must be >= 0 (0 = train.lr)"),
         (config.distill.domain_weight >= 0, "distill.domain_weight must be >= 0"),
         (config.distill.student_layers >= 1, "distill.student_layers must be at least 1"),
         (config.distill.student_hidden >= 0, "distill.student_hidden must be >= 0"),

@@ -4,9 +4,10 @@ Layers, lowest first: kdtui's defaults < the upstream run's [data] section (dist
 train on their teacher's data unless told otherwise) < the profile < `--set` overrides <
 explicit options. The merged layers are validated once (`build_config`); then the values that
 depend on others are filled in (the placeholders: CAP's loss weights and KD temperature by
-structure, movement scores' initialisation by where pruning starts, the distillation method by
-the teacher, pruning's budget by sparsity where no layer sets one), so a recipe, the run's
-`config.toml` and a `--dashboard` child all see every value the run uses, and
+structure, movement scores' initialisation by where pruning starts, the Meta-KD domain head's
+learning rate by the domain loss, the distillation method by the teacher, pruning's budget by
+sparsity where no layer sets one), so a recipe, the run's `config.toml` and a `--dashboard`
+child all see every value the run uses, and
 `--profile RUN/config.toml` reruns it exactly.
 
 Options that imply others: `kdtui teacher --domain D` means `--method single`, and a budget in
@@ -49,6 +50,11 @@ AUTHORS_DEFAULTS = {
     "weights": {"w_unsup": 0.1, "w_sup": 10.0, "kd_temperature": 2.0},
     "heads-ffn": {"w_unsup": 0.3, "w_sup": 3.0, "kd_temperature": 1.0},
 }
+
+# The Meta-KD domain head's peak learning rate by teacher.domain_loss (0 = train.lr): the
+# confusion head must learn the true domains within a few hundred steps; the authors train
+# their head with the model, under one optimiser.
+DOMAIN_HEAD_LR = {"confusion": 1e-3, "authors": 0.0}
 
 
 class Resolved(NamedTuple):
@@ -138,10 +144,13 @@ def fill_placeholders(config: Config) -> Config:
             else ("constant" if p.start == "pretrained" else "magnitude")
         ),
     )
+    teacher = config.teacher
+    if teacher.domain_head_lr < 0:
+        teacher = replace(teacher, domain_head_lr=DOMAIN_HEAD_LR[teacher.domain_loss])
     distill = config.distill
     if not distill.method and distill.teacher:
         distill = replace(distill, method=_distill_method_for(distill.teacher))
-    return replace(config, prune=prune, distill=distill)
+    return replace(config, prune=prune, teacher=teacher, distill=distill)
 
 
 def _distill_method_for(teacher: str) -> str:
@@ -216,7 +225,7 @@ def data_profile_of(model: str) -> str | None:
     """The config.toml of the run a model comes from: the run directory itself, or for an ONNX
     export (its folder or one of its files) the run it was exported from."""
     path = Path(model).expanduser()
-    if (run := _run_holding(path)) is not None:
+    if (run := run_holding(path)) is not None:
         return str(run.config_file)
     folder = path.parent if path.suffix == ".onnx" else path
     info = folder / EXPORT_INFO_FILE
@@ -225,12 +234,12 @@ def data_profile_of(model: str) -> str | None:
             source = Path(json.loads(info.read_text(encoding="utf-8")).get("source", ""))
         except (OSError, ValueError, AttributeError):
             return None
-        if (run := _run_holding(source)) is not None:
+        if (run := run_holding(source)) is not None:
             return str(run.config_file)
     return None
 
 
-def _run_holding(path: Path) -> RunInfo | None:
+def run_holding(path: Path) -> RunInfo | None:
     """The run PATH is, or whose model it is: RUN, RUN/model, a student of `distill --domain
     all` (RUN/domains/D) or its model (RUN/domains/D/model)."""
     folder = path.parent if path.name == MODEL_DIR else path

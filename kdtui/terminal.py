@@ -136,6 +136,7 @@ TIMING_NAMES = {
     "teacher_cache_s": "caching teacher logits",
     "banks_s": "CAP banks and teacher logits",
     "test_s": "test",
+    "source_stats_s": "teacher statistics and agreement",
     "other_s": "loading and set-up",
 }
 

@@ -1,5 +1,6 @@
 """Where a run's time goes: the fixed costs (loading, tokenising, caching teacher outputs, CAP's
-banks, evaluation, checkpoints, the final test) beside the training steps themselves.
+banks, evaluation, checkpoints, the final test, the statistics of a teacher as a source) beside
+the training steps themselves.
 
 A short run can spend more time on these than on training; measuring them per run (printed at
 the end, in metrics.json and the run_finished event) shows which one to cut.
@@ -14,7 +15,7 @@ from contextlib import contextmanager
 
 # The parts a run times by name, in the order they are reported; anything else the run did
 # (importing, loading models and data, tokenising) is "other".
-PARTS = ("train", "dev_eval", "checkpoint", "teacher_cache", "banks", "test")
+PARTS = ("train", "dev_eval", "checkpoint", "teacher_cache", "banks", "test", "source_stats")
 
 
 class Stopwatch:

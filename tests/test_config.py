@@ -59,6 +59,11 @@ def test_wrong_types_name_the_key(section: str, values: dict, message: str) -> N
         ("train", {"batch_size": 10, "grad_accum": 3}, "divisible by train.grad_accum"),
         ("teacher", {"method": "magic"}, "teacher.method must be one of mix, single, meta"),
         ("teacher", {"method": "single"}, "needs teacher.domain"),
+        (
+            "teacher",
+            {"domain_loss": "adversarial"},
+            "teacher.domain_loss must be one of confusion, authors, got 'adversarial'",
+        ),
     ],
 )
 def test_ranges_are_checked(section: str, values: dict, message: str) -> None:

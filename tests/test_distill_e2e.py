@@ -80,6 +80,8 @@ def test_meta_teacher_run(meta_teacher: Path) -> None:
     for d in range(4):  # teacher.score_normalization = "domain-mean"
         assert scores["scores"][scores["domains"] == d].mean().item() == pytest.approx(1.0)
     assert (meta_teacher / "model" / "domain_head.safetensors").is_file()
+    metrics = metrics_of(meta_teacher)  # a meta-teacher's statistics as a source, too
+    assert {"source/margin", "source/entropy", "source/layer2_cosine"} <= set(metrics)
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(meta_teacher / "model")
@@ -98,6 +100,11 @@ def test_distill_all_domains(runs: Path, meta_teacher: Path) -> None:
         assert m["model"] == f"domains/{domain}/model"
         assert (run / m["model"] / "model.safetensors").is_file()
         assert set(m["test"]) == {*DOMAINS, "all"}
+        # agreement with the teacher: its own domain and all, dev and test; its dev classes
+        for key in ("agreement/dev", "agreement/test", "agreement/dev_all", "agreement/test_all"):
+            assert 0 <= m[key] <= 1, key
+        assert sum(m["dev_classes"].values()) == 12  # smoke: 12 dev examples per domain
+        assert set(m["dev_classes"]) == {"0", "1"}
     summary = (run / "summary.md").read_text()
     assert all(f"| {d} |" in summary for d in DOMAINS)
 
@@ -137,6 +144,11 @@ def test_distill_all_domains(runs: Path, meta_teacher: Path) -> None:
     for m in scored:
         domain = Path(m["model"]).name
         assert m["accuracy"][domain] == pytest.approx(metrics["domains"][domain]["test"][domain])
+        # each student's agreement with the teacher its run records, on the evaluated split
+        assert m["teacher"] == str(meta_teacher) and "margin" in m["source"]
+        own = metrics["domains"][domain]
+        assert m["agreement"][domain] == pytest.approx(own["agreement/test"])
+        assert m["agreement"]["all"] == pytest.approx(own["agreement/test_all"])
 
 
 def test_baselines_from_a_mix_teacher_then_evaluate(runs: Path, mix_teacher: Path) -> None:
@@ -144,6 +156,9 @@ def test_baselines_from_a_mix_teacher_then_evaluate(runs: Path, mix_teacher: Pat
     assert result.exit_code == 0, result.stderr
     metrics = metrics_of(runs / "vanilla")
     assert metrics["method"] == "vanilla"  # the default for a teacher without a domain head
+    finished = next(e for e in events_of(runs / "vanilla") if isinstance(e, RunFinished))
+    for key in ("agreement/dev", "agreement/test"):  # one student: at the top level
+        assert finished.metrics[key] == metrics[key] and 0 <= metrics[key] <= 1
     losses = {k for e in events_of(runs / "vanilla") if isinstance(e, Step) for k in e.losses}
     assert losses == {"hidden_mse", "attention_mse", "soft_ce"}
 
@@ -161,6 +176,33 @@ def test_baselines_from_a_mix_teacher_then_evaluate(runs: Path, mix_teacher: Pat
     assert result.exit_code == 0, result.stderr
     losses = {k for e in events_of(runs / "logits") if isinstance(e, Step) for k in e.losses}
     assert losses == {"soft_ce"}
+
+
+def test_an_authors_meta_teacher_and_its_students(runs: Path) -> None:
+    """teacher.domain_loss = "authors": its term in the events and config, its head saved with
+    the domain embedding, and a student whose data holds only its domain reads it."""
+    teacher = _teacher(runs, "authors", "--method", "meta", "--domain-loss", "authors")
+    config = (teacher / "config.toml").read_text()
+    assert 'domain_loss = "authors"' in config and "domain_head_lr = 0.0" in config
+    steps = [e for e in events_of(teacher) if isinstance(e, Step)]
+    assert steps and all(set(s.losses) == {"ce", "domain_corrupted"} for s in steps)
+    for s in steps:  # γ1 = teacher.domain_loss_weight (0.5)
+        assert s.loss == pytest.approx(s.losses["ce"] + 0.5 * s.losses["domain_corrupted"])
+        assert {"domain/acc_true", "domain/acc_corrupted", "domain/adv_chance"} <= set(s.metrics)
+    graded = [s for s in steps if "grad/ce" in s.metrics]
+    assert graded and all(s.metrics["grad/domain_corrupted"] > 0 for s in graded)
+    head = load_file(teacher / "model" / "domain_head.safetensors")
+    assert head["embedding.weight"].shape == (4, 32)
+
+    result = _distill(
+        runs, "from-authors", teacher, "--domain", "dvd", "--quiet", "--set", "data.domains=dvd"
+    )
+    assert result.exit_code == 0, result.stderr
+    student = runs / "from-authors"
+    stage1 = [e for e in events_of(student) if isinstance(e, Step) and "domain_kl" in e.losses]
+    assert stage1 and all(s.losses["domain_kl"] >= 0 for s in stage1)
+    metrics = metrics_of(student)
+    assert metrics["method"] == "meta" and 0 <= metrics["agreement/test"] <= 1
 
 
 # ---------------------------------------------------------------------------------------------

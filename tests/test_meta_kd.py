@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -224,6 +225,125 @@ def test_meta_teacher_terms_by_hand_and_who_learns_from_which(tiny) -> None:
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in hook.parameters())
     assert encoder.grad is None
     tiny.zero_grad()
+
+
+# The authors' domain loss (teacher.domain_loss = "authors")
+
+
+def _fresh_tiny() -> torch.nn.Module:
+    """A tiny model of this test's own: the module's `tiny` is frozen by the distillation
+    tests."""
+    return load_classifier(ModelConfig(name="tiny", tiny_layers=2), ["neg", "pos"], seed=3)
+
+
+def test_authors_domain_loss_by_hand_and_who_learns_from_it() -> None:
+    model = _fresh_tiny().eval()  # no dropout anywhere: the hand computation sees the same
+    batch = _batch()  # domains 0, 1, 2, 1 of 4: domain 3 is not in the batch
+    scores = torch.tensor([0.9, 0.5, 0.2, 0.7])  # by example id
+    hook = MetaTeacherHook(
+        num_domains=4,
+        hidden=model.config.hidden_size,
+        prototype_scores_by_example_id=scores,
+        domain_loss="authors",
+        dropout=0.1,
+        seed=5,
+    )
+    hook.setup(_ctx(model))
+    assert hook.lr is None  # one optimiser at train.lr, as the authors'
+    shadow = torch.Generator().manual_seed(0)
+    shadow.set_state(hook.generator.get_state())
+    outputs = model(**batch.model_inputs(), output_hidden_states=True)
+    terms = hook.loss_terms(batch, outputs, model)
+    assert set(terms) == {"ce", "domain_corrupted"}
+    assert not hook.head.training  # the head's dropout follows the model's mode
+
+    t = scores[batch.example_ids]
+    ce = F.cross_entropy(outputs.logits, batch.labels, reduction="none")
+    assert terms["ce"].item() == pytest.approx((t * ce).mean().item(), rel=1e-5)
+    # EasyNLP: domain_classifier(dropout(tanh(corrupt_dense(domain_embedding(k) + mean tokens))))
+    head = hook.head
+    assert head.embedding is not None
+    features = mean_token_states(outputs.hidden_states[-1], batch.attention_mask)
+    inputs = head.embedding.weight[batch.domain_ids] + features
+    logits = inputs @ head.dense.weight.T + head.dense.bias
+    logits = torch.tanh(logits) @ head.classifier.weight.T + head.classifier.bias
+    shuffled = batch.domain_ids[torch.randperm(4, generator=shadow)]  # one permutation
+    expected = (t * F.cross_entropy(logits, shuffled, reduction="none")).mean()
+    assert terms["domain_corrupted"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+    # The whole model minimises it: encoder, domain embedding (the batch's domains' rows only)
+    # and the head; the task's CE does not reach the head.
+    encoder = model.base_model.encoder.layer[-1].output.dense.weight
+    model.zero_grad()
+    terms["ce"].backward(retain_graph=True)
+    assert all(p.grad is None for p in hook.parameters())
+    model.zero_grad()
+    terms["domain_corrupted"].backward()
+    assert encoder.grad is not None and encoder.grad.abs().sum() > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in hook.parameters())
+    rows = head.embedding.weight.grad.abs().sum(dim=1)
+    assert (rows[:3] > 0).all() and rows[3] == 0
+
+    model.train()  # training: the head drops out as the encoder does
+    hook.loss_terms(batch, model(**batch.model_inputs(), output_hidden_states=True), model)
+    assert hook.head.training and hook.head.dropout == 0.1
+
+
+def test_authors_corrupted_labels_are_the_batch_labels_shuffled() -> None:
+    """One torch.randperm of the batch's domain labels: each position draws each label with its
+    share of the batch (the true label included), and the labels' counts are kept."""
+    domains = torch.tensor([0, 1, 1, 2, 2, 2, 3, 3])
+    share = torch.tensor([1, 2, 3, 2]) / 8
+    hook = MetaTeacherHook(
+        num_domains=4,
+        hidden=8,
+        prototype_scores_by_example_id=torch.ones(8),
+        domain_loss="authors",
+        seed=2,
+    )
+    draws = torch.stack([corrupt_domain_labels(domains, hook.generator) for _ in range(4000)])
+    assert all(sorted(d.tolist()) == sorted(domains.tolist()) for d in draws[:50])
+    for position in range(8):
+        frequency = torch.bincount(draws[:, position], minlength=4) / len(draws)
+        assert torch.allclose(frequency, share, atol=0.03)
+    same = (draws == domains).float().mean()  # Σ_k share_k², the true label is not avoided
+    assert same.item() == pytest.approx(float((share**2).sum()), abs=0.02)
+
+
+def test_authors_head_round_trip_and_what_distillation_reads(tmp_path: Path) -> None:
+    head = DomainHead(3, 32, ["books", "dvd", "kitchen"], domain_embedding=True, dropout=0.1)
+    head.init_as_authors(4)
+    assert head.embedding is not None and head.embedding.weight.std() > 0.5  # N(0, 1)
+    bound = 1 / math.sqrt(32)
+    assert head.dense.weight.abs().max() <= bound and head.dense.bias.abs().max() > 0
+    save_domain_head(head, tmp_path)
+    loaded = load_domain_head(tmp_path)
+    assert loaded is not None and loaded.kind == "authors"
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in head.state_dict().items())
+    with pytest.raises(ValueError, match="domain_ids"):
+        loaded(torch.zeros(2, 32))
+
+    # A student whose data holds only dvd (its domain id 0) reads the head's dvd embedding (1).
+    model = _fresh_tiny().eval()
+    with pytest.raises(ValueError, match="head_domain_ids"):
+        IntermediateDistillHook(
+            teacher=model, layer_map=[(0, 0)], student_hidden=32, teacher_hidden=32,
+            teacher_domain_head=loaded,
+        )  # fmt: skip
+    hook = IntermediateDistillHook(
+        teacher=model, layer_map=[(0, 0)], student_hidden=32, teacher_hidden=32,
+        teacher_domain_head=loaded, head_domain_ids=[1],
+    )  # fmt: skip
+    hook.setup(_ctx(model))
+    batch = replace(_batch(), domain_ids=torch.zeros(4, dtype=torch.long))
+    out = model(**batch.model_inputs(), output_hidden_states=True)
+    terms = hook.loss_terms(batch, out, model)
+    features = mean_token_states(out.hidden_states[-1], batch.attention_mask)
+    p_t = torch.softmax(loaded(features, torch.ones(4, dtype=torch.long)), dim=-1)
+    assert hook.student_domain_head is not None
+    log_p_s = torch.log_softmax(hook.student_domain_head(features), dim=-1)
+    kl = (p_t * (p_t.log() - log_p_s)).sum(dim=-1).mean()
+    assert terms["domain_kl"].item() == pytest.approx(kl.item(), rel=1e-5)
 
 
 class _Outputs:

@@ -2,10 +2,12 @@
 same global batch.
 
 Tolerance: with dropout off the only difference is the order in which gradients are summed, so
-logged losses and final weights agree to 1e-5 and the metrics are identical. (With dropout on,
-each process draws its own masks and runs differ the way two seeds do.) The runs are fp32: under
-bf16 autocast (the default where the CPU has it) a different summation order moves the results by
-bf16's rounding, ~1e-4, which would hide a real fault at this tolerance."""
+logged losses and final weights agree to 1e-5 and the metrics are identical, but for a teacher's
+statistics as a source (source/...), continuous functions of the weights, which agree to 1e-4.
+(With dropout on, each process draws its own masks and runs differ the way two seeds do.) The
+runs are fp32: under bf16 autocast (the default where the CPU has it) a different summation
+order moves the results by bf16's rounding, ~1e-4, which would hide a real fault at this
+tolerance."""
 
 from __future__ import annotations
 
@@ -49,7 +51,10 @@ def assert_written_once(run: Path) -> None:
 
 def assert_same_run(single: Path, multi: Path) -> None:
     assert_written_once(multi)
-    assert metrics_of(single) == metrics_of(multi)
+    metrics = [metrics_of(run) for run in (single, multi)]
+    sources = [{k: m.pop(k) for k in list(m) if k.startswith("source/")} for m in metrics]
+    assert metrics[0] == metrics[1]
+    assert sources[0] == pytest.approx(sources[1], rel=1e-4)
     losses = [[e.loss for e in events_of(run) if isinstance(e, Step)] for run in (single, multi)]
     assert len(losses[0]) == len(losses[1])
     assert max(abs(a - b) for a, b in zip(*losses, strict=True)) < TOLERANCE

@@ -23,6 +23,25 @@ def test_cap_placeholders_become_the_authors_values_by_structure() -> None:
     assert (mine.w_unsup, mine.w_sup, mine.kd_temperature) == (0.5, 10.0, 4.0)
 
 
+def test_the_domain_loss_is_recorded_and_fills_its_head_learning_rate(tmp_path: Path) -> None:
+    from kdtui.profile import to_toml
+
+    default = resolve().config.teacher
+    assert (default.domain_loss, default.domain_loss_weight, default.domain_head_lr) == (
+        "confusion",
+        0.5,
+        1e-3,
+    )
+    authors = resolve(options={"teacher.domain_loss": "authors"}).config
+    assert (authors.teacher.domain_loss, authors.teacher.domain_head_lr) == ("authors", 0.0)
+    written = tmp_path / "config.toml"
+    written.write_text(to_toml(authors))
+    assert 'domain_loss = "authors"' in written.read_text()
+    assert resolve(str(written)).config == authors
+    mine = resolve(overrides=["teacher.domain_head_lr=3e-4", "teacher.domain_loss=authors"])
+    assert mine.config.teacher.domain_head_lr == 3e-4
+
+
 def test_score_init_auto_depends_on_where_pruning_starts() -> None:
     assert resolve().config.prune.score_init == "magnitude"
     pretrained = resolve(options={"prune.start": "pretrained"}).config.prune

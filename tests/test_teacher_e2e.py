@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,35 @@ def test_evaluate_reports_accuracy_size_and_latency(teacher_run: Path, tmp_path:
     assert model["parameters"] > model["size_bytes"] / 8  # fp32 weights: 4 bytes each
     assert model["size_bytes"] > 0
     assert {(r["batch"], r["length"]) for r in model["latency"]} == {(1, 16), (8, 16)}
+
+
+def test_the_teachers_statistics_as_a_source(teacher_run: Path, tmp_path: Path) -> None:
+    """Margin, entropy at the KD temperature and every hidden layer's variance and pairwise
+    cosine on dev: in metrics.json, in run_finished, and from `kdtui evaluate --json`."""
+    metrics = metrics_of(teacher_run)
+    layers = [f"source/layer{k}_{what}" for k in range(3) for what in ("variance", "cosine")]
+    keys = {"source/margin", "source/entropy", "source/temperature", *layers}
+    assert keys <= set(metrics)
+    assert metrics["source/temperature"] == 2.0  # distill.kd_temperature
+    assert metrics["source/margin"] >= 0 and 0 < metrics["source/entropy"] <= math.log(2)
+    for k in range(3):
+        assert metrics[f"source/layer{k}_variance"] > 0
+        assert -1 <= metrics[f"source/layer{k}_cosine"] <= 1
+    finished = next(e for e in events_of(teacher_run) if isinstance(e, RunFinished))
+    assert {k: finished.metrics[k] for k in keys} == {k: metrics[k] for k in keys}
+
+    report_path = tmp_path / "dev.json"
+    result = invoke(
+        "evaluate", str(teacher_run), "--json", str(report_path), "--set", "evaluate.split=dev"
+    )
+    assert result.exit_code == 0, result.stderr
+    (model,) = json.loads(report_path.read_text())["models"]
+    assert "agreement" not in model  # a teacher has no teacher
+    # the same model on the same split (the run's statistics may have run in bf16)
+    for key in keys:
+        assert model["source"][key.removeprefix("source/")] == pytest.approx(
+            metrics[key], rel=0.05, abs=0.01
+        ), key
 
 
 def test_rerun_from_config_toml_reproduces_the_run(teacher_run: Path, tmp_path: Path) -> None:

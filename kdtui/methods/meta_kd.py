@@ -8,7 +8,9 @@ The formulas, the authors' defaults and where kdtui departs from them are in the
   simpler form of the authors' public code);
 * the meta-teacher: `MetaTeacherHook` — per-instance t_i-weighted cross-entropy plus the
   transferable domain-adversarial loss against corrupted (in-batch permuted) domain labels,
-  through a `DomainHead` saved next to the model (`save_domain_head` / `load_domain_head`);
+  as a confusion game (`teacher.domain_loss = "confusion"`, the default) or as the authors
+  wrote it ("authors"), through a `DomainHead` saved next to the model (`save_domain_head` /
+  `load_domain_head`);
 * meta-distillation: `expertise_weights` λ_i, `uniform_layer_map` / `parse_layer_map`,
   `IntermediateDistillHook` (stage 1) and `PredictionDistillHook` (stage 2).
 
@@ -26,7 +28,14 @@ Choices the paper leaves open, and why:
 * The meta-teacher's classifier is the model's own Hugging Face head (pooler + linear), not the
   authors' ReLU(pooler) head, so `RUN/model` loads as a plain sequence classifier; the domain
   head lives in `domain_head.safetensors` beside it and only distillation reads it.
-* The transferable domain-adversarial loss as a two-player game (domain confusion). In the
+* The transferable domain-adversarial loss as the authors wrote it ("authors"; EasyNLP's
+  MetaTeacherForSequenceClassification, files in the README): the head reads the true domain's
+  embedding plus the mean token states (dense, tanh, dropout, linear; PyTorch's default
+  initialisation), and the whole model — encoder, embedding, head — minimises
+  t_i·(CE + γ1·CE to the batch's domain labels shuffled by one permutation) under one optimiser
+  (γ1 = 0.5 in their script). kdtui's departures: the mean masks the padding (as everywhere
+  here), and the permutation is of the global batch, not of each process's share.
+* The same loss as a two-player game (domain confusion, the default). In the
   authors' code one head is trained on the corrupted labels *and* reads the true domain's
   embedding: the best it can do against random labels is a constant guess, so it stays at chance
   (measured: ln 4 from the first step on MiniLM), learns nothing about domains, and sends the
@@ -43,7 +52,9 @@ Choices the paper leaves open, and why:
   its chance value mean(t)·ln K exactly when there is domain to remove (diagnostics in each
   step's metrics).
 * What the student learns from the domain head: the teacher's domain posterior
-  p_T(k | x) (its head on its features), matched by a small head of the student's own (linear,
+  p_T(k | x) (its head on its features; an authors' head on the embedding of the example's
+  domain plus its features, as EasyNLP's meta-distillation runs the teacher's domain embedding
+  on the batch's domains), matched by a small head of the student's own (linear,
   no tanh, as the authors' student head) on the student's features, KL per instance ("domain_kl",
   weight γ2). The posterior says how much an example of the target domain reads like each of the
   other domains, which a student that sees one domain cannot learn from its data or its labels,
@@ -223,14 +234,32 @@ def lookup_scores(table: torch.Tensor | None, example_ids: torch.Tensor) -> torc
 class DomainHead(nn.Module):
     """The meta-teacher's domain head: sentence features -> dense + tanh -> domain logits.
 
-    It has no domain embedding: it is trained to *recognise* the domain from the features, and
-    an embedding of the true domain in its input would hand it the answer."""
+    For the confusion game (the default) it has no domain embedding: it is trained to
+    *recognise* the domain from the features, and an embedding of the true domain in its input
+    would hand it the answer. The authors' head (`domain_embedding=True`, EasyNLP's
+    `MetaTeacherForSequenceClassification`) adds the true domain's embedding to the features
+    and applies dropout after the tanh."""
 
-    def __init__(self, num_domains: int, hidden: int, domain_names: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        num_domains: int,
+        hidden: int,
+        domain_names: Sequence[str] = (),
+        *,
+        domain_embedding: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.domain_names = list(domain_names) or [str(k) for k in range(num_domains)]
+        self.embedding = nn.Embedding(num_domains, hidden) if domain_embedding else None
         self.dense = nn.Linear(hidden, hidden)
         self.classifier = nn.Linear(hidden, num_domains)
+        self.dropout = dropout
+
+    @property
+    def kind(self) -> str:
+        """The teacher.domain_loss this head was made for."""
+        return "confusion" if self.embedding is None else "authors"
 
     def init_weights(self, seed: int) -> None:
         generator = torch.Generator().manual_seed(seed)
@@ -240,9 +269,33 @@ class DomainHead(nn.Module):
             nn.init.zeros_(self.dense.bias)
             nn.init.zeros_(self.classifier.bias)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Domain logits. (B, H) -> (B, K)."""
-        return self.classifier(torch.tanh(self.dense(features.float())))
+    def init_as_authors(self, seed: int) -> None:
+        """PyTorch's default initialisation, which the authors' head keeps (their Application
+        has no init of its own), drawn from `seed`: embedding N(0, 1), linear weights and biases
+        U(±1/√fan_in)."""
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            if self.embedding is not None:
+                nn.init.normal_(self.embedding.weight, 0.0, 1.0, generator=generator)
+            for linear in (self.dense, self.classifier):
+                bound = 1.0 / math.sqrt(linear.in_features)
+                nn.init.uniform_(linear.weight, -bound, bound, generator=generator)
+                nn.init.uniform_(linear.bias, -bound, bound, generator=generator)
+
+    def forward(
+        self, features: torch.Tensor, domain_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Domain logits. (B, H), (B,) -> (B, K); `domain_ids` only for a head with a domain
+        embedding (ignored otherwise)."""
+        x = features.float()
+        if self.embedding is not None:
+            if domain_ids is None:
+                raise ValueError("this domain head reads the true domain: give domain_ids")
+            x = x + self.embedding(domain_ids)
+        hidden = torch.tanh(self.dense(x))
+        if self.dropout > 0:
+            hidden = F.dropout(hidden, self.dropout, self.training)
+        return self.classifier(hidden)
 
     def frozen_logits(self, features: torch.Tensor) -> torch.Tensor:
         """The same logits with the head's weights treated as constants: the gradient reaches
@@ -260,14 +313,15 @@ def save_domain_head(head: DomainHead, folder: Path) -> Path:
     save_file(
         {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
         str(path),
-        metadata={"domains": json.dumps(head.domain_names)},
+        metadata={"domains": json.dumps(head.domain_names), "domain_loss": head.kind},
     )
     return path
 
 
 def load_domain_head(folder: Path) -> DomainHead | None:
-    """The domain head saved with a meta-teacher's model, or None (not a meta-teacher). A head
-    saved by an earlier kdtui also holds a domain embedding, which is no longer read."""
+    """The domain head saved with a meta-teacher's model, or None (not a meta-teacher). Its
+    domain embedding is read only for a head saved as the authors' (metadata domain_loss); a
+    head saved by an earlier kdtui also holds one, which is no longer read."""
     from safetensors import safe_open
 
     path = Path(folder) / DOMAIN_HEAD_FILE
@@ -275,14 +329,21 @@ def load_domain_head(folder: Path) -> DomainHead | None:
         return None
     try:
         with safe_open(str(path), framework="pt") as f:
-            names = json.loads((f.metadata() or {}).get("domains", "[]"))
+            metadata = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iter
+        names = json.loads(metadata.get("domains", "[]"))
+        authors = metadata.get("domain_loss") == "authors"
         num_domains, hidden = state["classifier.weight"].shape
-        head = DomainHead(int(num_domains), int(hidden), names)
-        head.load_state_dict({k: v for k, v in state.items() if not k.startswith("embedding.")})
+        head = DomainHead(int(num_domains), int(hidden), names, domain_embedding=authors)
+        if not authors:
+            state = {k: v for k, v in state.items() if not k.startswith("embedding.")}
+        head.load_state_dict(state)
     except Exception as e:  # noqa: BLE001 - any decoding failure means a damaged file
         raise KdtuiError(f"cannot read the domain head {path}: {e}") from None
     return head
+
+
+DOMAIN_LOSSES = ("confusion", "authors")  # teacher.domain_loss
 
 
 def corrupt_domain_labels(domain_ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -292,7 +353,8 @@ def corrupt_domain_labels(domain_ids: torch.Tensor, generator: torch.Generator) 
 
 
 class MetaTeacherHook(BaseHook):
-    """Meta-teacher loss as three named terms (the loop weighs them; module docstring for why):
+    """Meta-teacher loss as named terms (the loop weighs them; module docstring for why). With
+    `domain_loss="confusion"` (the default):
 
     * "ce" = mean_i t_i·CE(y_i, f(x_i));
     * "domain_adv" = mean_i t_i·E_π[CE(ỹ_i, g(x_i))], ỹ = the batch's domain labels permuted by
@@ -301,8 +363,13 @@ class MetaTeacherHook(BaseHook):
     * "domain_cls" = mean_i CE(k_i, g(sg(x_i))), the head learning the true domains from
       features whose gradient is stopped: only the head learns from it.
 
+    With `domain_loss="authors"` (EasyNLP's meta-teacher), "ce" and
+    * "domain_corrupted" = mean_i t_i·CE(ỹ_i, g(x_i, k_i)), one sampled permutation ỹ, g the head
+      on the true domain's embedding plus the features, dropout after its tanh when the model
+      trains: the encoder and the head (embedding included) both minimise it (weight γ1).
+
     `after_step` returns the head's accuracy on the true and on the corrupted labels and the
-    adversarial term's chance value mean(t)·ln K over the step's examples. The permutation's
+    domain term's chance value mean(t)·ln K over the step's examples. The permutation's
     generator is part of the state, so a resumed run draws the same permutations."""
 
     name = "meta_teacher"
@@ -317,9 +384,20 @@ class MetaTeacherHook(BaseHook):
         domain_names: Sequence[str] = (),
         seed: int = 0,
         head_lr: float | None = None,
+        domain_loss: str = "confusion",
+        dropout: float = 0.0,
     ) -> None:
-        self.head = DomainHead(num_domains, hidden, domain_names)
-        self.head.init_weights(seed)
+        if domain_loss not in DOMAIN_LOSSES:
+            raise ValueError(f"unknown domain loss {domain_loss!r}")
+        self.domain_loss = domain_loss
+        if domain_loss == "authors":
+            self.head = DomainHead(
+                num_domains, hidden, domain_names, domain_embedding=True, dropout=dropout
+            )
+            self.head.init_as_authors(seed)
+        else:
+            self.head = DomainHead(num_domains, hidden, domain_names)
+            self.head.init_weights(seed)
         self.scores = prototype_scores_by_example_id.float()
         self.generator = torch.Generator().manual_seed(seed)
         self.lr = head_lr
@@ -344,6 +422,12 @@ class MetaTeacherHook(BaseHook):
         corrupted = everyone[self.ctx.process_index :: self.ctx.num_processes].to(
             batch.domain_ids.device
         )
+        if self.domain_loss == "authors":
+            self.head.train(model.training)  # its dropout acts when the model's does
+            logits = self.head(features, batch.domain_ids)
+            self._count(batch, logits, corrupted, t)
+            shuffled = F.cross_entropy(logits, corrupted, reduction="none")
+            return {"ce": weighted_mean(ce, t), "domain_corrupted": weighted_mean(shuffled, t)}
         recognised = self.head(features.detach())
         # The corrupted-label CE averaged over every permutation of the batch's labels is the CE
         # to the batch's domain mix; computed exactly, it drops the noise one sampled
@@ -352,21 +436,26 @@ class MetaTeacherHook(BaseHook):
         mix = F.one_hot(global_domains, num_domains).float().mean(dim=0).to(features.device)
         log_p = F.log_softmax(self.head.frozen_logits(features), dim=-1)
         adversarial = -(mix * log_p).sum(dim=-1)
-        with torch.no_grad():
-            guess = recognised.argmax(dim=-1)
-            self._tally += torch.tensor(
-                [
-                    len(batch),
-                    float((guess == batch.domain_ids).sum()),
-                    float((guess == corrupted).sum()),
-                    float(t.sum()),
-                ]
-            )
+        self._count(batch, recognised, corrupted, t)
         return {
             "ce": weighted_mean(ce, t),
             "domain_adv": weighted_mean(adversarial, t),
             "domain_cls": F.cross_entropy(recognised, batch.domain_ids),
         }
+
+    @torch.no_grad()
+    def _count(
+        self, batch: Batch, logits: torch.Tensor, corrupted: torch.Tensor, t: torch.Tensor
+    ) -> None:
+        guess = logits.argmax(dim=-1)
+        self._tally += torch.tensor(
+            [
+                len(batch),
+                float((guess == batch.domain_ids).sum()),
+                float((guess == corrupted).sum()),
+                float(t.sum()),
+            ]
+        )
 
     def after_step(self, info: StepInfo) -> Mapping[str, float]:
         n, right_true, right_corrupted, t_sum = self._tally.tolist()
@@ -508,8 +597,10 @@ class IntermediateDistillHook(BaseHook):
     * "attention_mse": Σ over matched layers m ≥ 1 of the attention MSE_i, on the probabilities
       (`attention="probs"`) or the pre-softmax scores ("scores");
     * "domain_kl" (with a teacher domain head): KL(p_T(·|x_i) ‖ p_S(·|x_i)) between the
-      teacher's domain posterior (its frozen head on its features) and the student's own domain
-      head (linear, a hook parameter) on the student's features; the loop's weight is γ2.
+      teacher's domain posterior (its frozen head on its features; an authors' head also reads
+      the embedding of the example's domain, `head_domain_ids` mapping the data's domain ids to
+      the head's) and the student's own domain head (linear, a hook parameter) on the student's
+      features; the loop's weight is γ2.
 
     λ_i = expertise_weights(t_i, p_T(y_i|x_i)) with `use_expertise_weights`, else 1 (vanilla).
     The teacher runs in eval mode without gradient."""
@@ -525,6 +616,7 @@ class IntermediateDistillHook(BaseHook):
         student_hidden: int,
         teacher_hidden: int,
         teacher_domain_head: DomainHead | None = None,
+        head_domain_ids: Sequence[int] = (),
         prototype_scores_by_example_id: torch.Tensor | None = None,
         use_expertise_weights: bool = False,
         attention: str = "probs",
@@ -536,6 +628,11 @@ class IntermediateDistillHook(BaseHook):
         self.layer_map = list(layer_map)
         self.attention = attention
         self.domain_head = teacher_domain_head
+        head = teacher_domain_head
+        if head is not None and head.embedding is not None and not head_domain_ids:
+            raise ValueError("an authors' domain head reads domains: give head_domain_ids")
+        # the data's domain id -> the head's (the student's data may hold only its domain)
+        self.head_domain_ids = torch.tensor(list(head_domain_ids), dtype=torch.long)
         self.scores = prototype_scores_by_example_id
         self.use_expertise_weights = use_expertise_weights
         generator = torch.Generator().manual_seed(seed)
@@ -565,6 +662,7 @@ class IntermediateDistillHook(BaseHook):
         if self.domain_head is not None:
             _freeze(self.domain_head)
             self.domain_head.to(ctx.device)
+        self.head_domain_ids = self.head_domain_ids.to(ctx.device)
         self.projection.to(ctx.device)
         if self.student_domain_head is not None:
             self.student_domain_head.to(ctx.device)
@@ -606,8 +704,11 @@ class IntermediateDistillHook(BaseHook):
         }
         if self.domain_head is not None and self.student_domain_head is not None:
             with torch.no_grad():
+                domain_ids = None
+                if self.domain_head.embedding is not None:
+                    domain_ids = self.head_domain_ids[batch.domain_ids]
                 log_p_t = F.log_softmax(
-                    self.domain_head(mean_token_states(t_hidden[-1], mask)), dim=-1
+                    self.domain_head(mean_token_states(t_hidden[-1], mask), domain_ids), dim=-1
                 )
             log_p_s = F.log_softmax(
                 self.student_domain_head(mean_token_states(s_hidden[-1], mask)), dim=-1

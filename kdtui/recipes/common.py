@@ -1,8 +1,8 @@
 """What every training command shares: open the run directory, record the resolved config,
 start Accelerate, run the recipe body, and end with run_finished or run_failed; and the pieces
 the recipes have in common (the TrainJob for a run, restoring the best model, the final test
-metrics, the meta-teacher's prototype scores). Recipes share through here, never import each
-other."""
+metrics, a teacher's statistics as a source, the meta-teacher's prototype scores). Recipes
+share through here, never import each other."""
 
 from __future__ import annotations
 
@@ -374,6 +374,28 @@ def predict(ctx: RunContext, model: Any, encoded: Any, pad_id: int) -> list[int]
         num_processes=acc.num_processes,
         gather=gather_object if acc.num_processes > 1 else None,
     )
+
+
+def source_metrics(ctx: RunContext, model: Any, dev: Any, pad_id: int) -> dict[str, float]:
+    """The model's statistics as a source of distillation on the dev split DEV (encoded), at
+    the KD temperature `distill.kd_temperature`: `source/margin`, `source/entropy`,
+    `source/layer{l}_variance`, `source/layer{l}_cosine` (kdtui/methods/source_stats.py)."""
+    from kdtui.methods.source_stats import logits_and_sentence_layers, source_statistics
+
+    cfg = ctx.config
+    with ctx.run.stopwatch.timed("source_stats"):
+        logits, layers = logits_and_sentence_layers(
+            model,
+            dev,
+            batch_size=cfg.train.eval_batch_size,
+            pad_id=pad_id,
+            device=ctx.accelerator.device,
+            autocast=cfg.train.precision == "bf16",
+        )
+    if not len(logits):
+        return {}
+    stats = source_statistics(logits, layers, cfg.distill.kd_temperature)
+    return {f"source/{name}": value for name, value in stats.items()}
 
 
 def save_scores(path: Path, split: Split, scores: Any, domain_names: list[str]) -> None:

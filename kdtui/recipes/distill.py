@@ -18,7 +18,7 @@ stages and students and continues the interrupted one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,7 @@ class Teacher:
     domain_head: Any  # kdtui.methods.meta_kd.DomainHead | None
     layers: int
     hidden: int
+    predictions: dict[str, list[int]] = field(default_factory=dict)  # by split, for agreement
 
 
 def run_distill(ctx: RunContext) -> dict[str, Any]:
@@ -131,6 +132,7 @@ def run_distill(ctx: RunContext) -> dict[str, Any]:
 
     tokenizer = teacher.tokenizer
     dev = encode(data.dev, tokenizer, cfg.data.max_length)
+    test = encode(data.test, tokenizer, cfg.data.max_length) if data.test is not None else None
     plans = []
     for name in domains:
         split = data.training_domain(name)
@@ -164,6 +166,7 @@ def run_distill(ctx: RunContext) -> dict[str, Any]:
         offset += plan.stage1_steps + plan.stage2_steps
         ctx.last_step = offset
         metrics = final_metrics(ctx, student, tokenizer, data, result, plan.folder)
+        metrics.update(agreement_metrics(ctx, student, teacher, plan.domain, dev, test, data))
         metrics["model"] = str(plan.folder.model.relative_to(ctx.run.path))
         summary["domains"][plan.domain] = metrics
     if ctx.is_main:
@@ -206,6 +209,7 @@ def distill_one(
                 student_hidden=student.config.hidden_size,
                 teacher_hidden=teacher.hidden,
                 teacher_domain_head=teacher.domain_head if use_meta else None,
+                head_domain_ids=_head_domain_ids(teacher.domain_head, data.domain_names),
                 prototype_scores_by_example_id=scores if use_meta else None,
                 use_expertise_weights=use_meta,
                 attention=d.attention,
@@ -271,6 +275,59 @@ def distill_one(
         with atomic_folder(plan.folder.model) as folder:
             save_classifier(student, teacher.tokenizer, folder, data.label_names)
     return result, student
+
+
+def agreement_metrics(
+    ctx: RunContext,
+    student: Any,
+    teacher: Teacher,
+    domain: str,
+    dev: Encoded,
+    test: Encoded | None,
+    data: MultiDomainData,
+) -> dict[str, Any]:
+    """How closely the student copies its teacher: the share of examples where their argmax
+    agree, on dev and test, on the student's domain (`agreement/dev`, `agreement/test`) and on
+    every domain (`agreement/dev_all`, `agreement/test_all`); and how many of its own domain's
+    dev examples the student gives each class (`dev_classes`: one class = it learned only the
+    prior)."""
+    from kdtui.methods.source_stats import agreement_by_domain
+
+    metrics: dict[str, Any] = {}
+    pad_id = teacher.tokenizer.pad_token_id or 0
+    with ctx.run.stopwatch.timed("source_stats"):
+        for split, encoded in (("dev", dev), ("test", test)):
+            if encoded is None:
+                continue
+            if split not in teacher.predictions:  # the same for every student of the run
+                teacher.predictions[split] = _predictions(ctx, teacher.model, encoded, pad_id)
+            mine = _predictions(ctx, student, encoded, pad_id)
+            shares = agreement_by_domain(
+                mine, teacher.predictions[split], encoded.domains, data.domain_names
+            )
+            metrics[f"agreement/{split}"] = shares.get(domain, float("nan"))
+            metrics[f"agreement/{split}_all"] = shares["all"]
+            if split == "dev":
+                d = data.domain_id(domain)
+                own = [p for p, k in zip(mine, encoded.domains, strict=True) if k == d]
+                metrics["dev_classes"] = {n: own.count(c) for c, n in enumerate(data.label_names)}
+    return metrics
+
+
+def _predictions(ctx: RunContext, model: Any, encoded: Encoded, pad_id: int) -> list[int]:
+    """Argmax of MODEL on every example, as the final test predictions are computed."""
+    cfg = ctx.config
+    device = ctx.accelerator.device
+    logits = predict_logits(
+        model.to(device),
+        encoded,
+        range(len(encoded)),
+        batch_size=cfg.train.eval_batch_size,
+        pad_id=pad_id,
+        device=device,
+        autocast=cfg.train.precision == "bf16",
+    )
+    return logits.argmax(dim=-1).tolist()
 
 
 def _stage_cfg(ctx: RunContext, epochs: float) -> Any:
@@ -341,6 +398,15 @@ def _check_head_domains(head: Any, targets: list[str]) -> None:
             f"the meta-teacher was trained on domains {', '.join(head.domain_names)}, "
             f"not on {', '.join(missing)}"
         )
+
+
+def _head_domain_ids(head: Any, domain_names: list[str]) -> list[int]:
+    """The meta-teacher head's index of each of the data's domains (the student's data may
+    keep fewer domains, in another order); -1 for a domain the head has not seen, which no
+    student trains on (`_check_head_domains`)."""
+    if head is None:
+        return []
+    return [head.domain_names.index(n) if n in head.domain_names else -1 for n in domain_names]
 
 
 def _resumed_step(plans: list[Plan]) -> int:

@@ -6,7 +6,9 @@ it as a table or writes it as JSON).
 A model is a kdtui run directory, a model folder, or an ONNX export (`kdtui export`: each of its
 .onnx files is scored under ONNX Runtime as a model of its own). An unstructured model is also
 timed with sparse kernels (`evaluate.sparse_kernels`, kdtui/sparse_kernels.py): its latency
-both ways, which matrices went sparse, and how far the logits moved."""
+both ways, which matrices went sparse, and how far the logits moved. A PyTorch model also gets
+its statistics as a source of distillation on the split, and a `kdtui distill` student its
+agreement with the teacher its run records (`as_source`)."""
 
 from __future__ import annotations
 
@@ -140,12 +142,85 @@ def evaluate_one(path: str, config: Config, data: MultiDomainData) -> dict[str, 
         result["notes"].append(SPARSITY_NOTE)
     if getattr(model.config, "kdtui_structure", None):
         result["notes"].append(STRUCTURED_NOTE)
+    source = as_source(path, model, encoded, config, pad_id, logits, data)
+    result["notes"] += source.pop("notes", [])
+    result.update(source)
     sparse = with_sparse_kernels(model, config, encoded, pad_id, logits, data.domain_names)
     if sparse is not None:
         result["sparse_kernels"] = sparse
         if sparse["matrices"]:
             result["notes"].append(SPARSE_KERNELS_NOTE)
     return result
+
+
+def as_source(
+    path: str,
+    model: Any,
+    encoded: Any,
+    config: Config,
+    pad_id: int,
+    logits: torch.Tensor,
+    data: MultiDomainData,
+) -> dict[str, Any]:
+    """The model's statistics as a source of distillation on the split ("source": margin,
+    entropy at distill.kd_temperature, each hidden layer's variance and mean pairwise cosine;
+    kdtui/methods/source_stats.py), and for a student whose run records its teacher (a
+    `kdtui distill` run) its agreement with that teacher per domain ("agreement", "teacher"; a
+    teacher that cannot be scored is a note instead)."""
+    from kdtui.methods.source_stats import (
+        agreement_by_domain,
+        logits_and_sentence_layers,
+        source_statistics,
+    )
+
+    own_logits, layers = logits_and_sentence_layers(
+        model,
+        encoded,
+        batch_size=config.train.eval_batch_size,
+        pad_id=pad_id,
+        device=torch.device("cpu"),
+    )
+    result: dict[str, Any] = {}
+    if len(own_logits):
+        result["source"] = source_statistics(own_logits, layers, config.distill.kd_temperature)
+    teacher = recorded_teacher(path)
+    if teacher is None:
+        return result
+    try:
+        teacher_predictions = predictions_of(teacher, config, data).argmax(-1).tolist()
+    except KdtuiError as e:
+        return {**result, "notes": [f"no agreement with the teacher {teacher}: {e}"]}
+    predictions = logits.argmax(-1).tolist()
+    result["teacher"] = teacher
+    result["agreement"] = agreement_by_domain(
+        predictions, teacher_predictions, encoded.domains, data.domain_names
+    )
+    return result
+
+
+def recorded_teacher(path: str) -> str | None:
+    """The teacher a `kdtui distill` run (or one of its students, or their model folder)
+    records in its config.toml; None for anything else."""
+    from kdtui.resolver import run_holding
+
+    run = run_holding(Path(path).expanduser())
+    if run is None or run.command() != "distill":
+        return None
+    teacher = run.config_dict().get("distill", {}).get("teacher")
+    return teacher if isinstance(teacher, str) and teacher else None
+
+
+def predictions_of(model_path: str, config: Config, data: MultiDomainData) -> torch.Tensor:
+    """The logits of the model at MODEL_PATH on the evaluated split, encoded by its own
+    tokenizer."""
+    from kdtui.models import load_any
+
+    folder = Path(resolve_model_path(model_path))
+    model = load_any(folder)
+    model.eval()
+    tokenizer = load_model_tokenizer(folder, trust_remote_code=config.model.trust_remote_code)
+    encoded = encode(data.split(config.evaluate.split), tokenizer, config.data.max_length)
+    return split_logits(model, encoded, config, tokenizer.pad_token_id or 0)
 
 
 def split_logits(model: Any, encoded: Any, config: Config, pad_id: int) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """The Meta-KD parts of `kdtui teacher --method meta`: prototype scores from the pre-trained
 encoder (normalised into weights >= 0), then the meta-teacher hook (weighted CE + transferable
-domain-adversarial loss + the domain head learning the true domains)."""
+domain-adversarial loss: the confusion game, or the authors' shuffled-label cross-entropy)."""
 
 from __future__ import annotations
 
@@ -50,9 +50,13 @@ def meta_teacher_hooks(
         domain_names=data.domain_names,
         seed=cfg.run.seed,
         head_lr=cfg.teacher.domain_head_lr or None,
+        domain_loss=cfg.teacher.domain_loss,
+        # the authors' head drops out at the encoder's hidden dropout rate
+        dropout=float(getattr(model.config, "hidden_dropout_prob", 0.0) or 0.0),
     )
-    # The hook returns unweighted terms; γ1 weighs the adversarial one in the loop.
-    return [hook], {"domain_adv": cfg.teacher.domain_loss_weight}
+    # The hook returns unweighted terms; γ1 weighs the domain term the encoder learns from.
+    term = "domain_corrupted" if cfg.teacher.domain_loss == "authors" else "domain_adv"
+    return [hook], {term: cfg.teacher.domain_loss_weight}
 
 
 def describe_scores(

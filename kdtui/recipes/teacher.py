@@ -1,5 +1,6 @@
 """`kdtui teacher`: fine-tune a teacher on all domains (mix), on one (single), or a Meta-KD
-meta-teacher (meta). setup -> train -> save the best model -> test."""
+meta-teacher (meta). setup -> train -> save the best model -> test -> its statistics as a
+source of distillation, on dev."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from kdtui.recipes.common import (
     final_metrics,
     load_run_data,
     restore_best,
+    source_metrics,
     train_job,
 )
 
@@ -69,4 +71,5 @@ def run_teacher(ctx: RunContext) -> dict[str, Any]:
                 export = getattr(hook, "export", None)
                 if export is not None:
                     export(folder, data)
-    return final_metrics(ctx, model, tokenizer, data, result)
+    metrics = final_metrics(ctx, model, tokenizer, data, result)
+    return {**metrics, **source_metrics(ctx, model, dev_enc, tokenizer.pad_token_id or 0)}
