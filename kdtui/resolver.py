@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 from kdtui.budgets import prune_budget
 from kdtui.config import Config, build_config
 from kdtui.errors import KdtuiError
-from kdtui.profile import find_profile, parse_override, read_profile
+from kdtui.profile import find_profile, parse_override
 from kdtui.rundir import (
     DOMAIN_HEAD_FILE,
     DOMAINS_DIR,
@@ -33,6 +33,7 @@ from kdtui.rundir import (
     RunInfo,
     find_run,
     latest_finished_run,
+    read_profile,
 )
 
 # Commands that start from another run, and the key naming it.
