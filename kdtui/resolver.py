@@ -9,6 +9,9 @@ the teacher, pruning's budget by sparsity where no layer sets one), so a recipe,
 `config.toml` and a `--dashboard` child all see every value the run uses, and
 `--profile RUN/config.toml` reruns it exactly.
 
+A resumed run (`--resume RUN`) has no layers: it continues with the config it was started with
+(`resolve_resume`), and only under the command that started it.
+
 Options that imply others: `kdtui teacher --domain D` means `--method single`, and a budget in
 epochs given on the command line clears the `max_steps` a profile sets (an explicit
 `--max-steps` still wins).
@@ -34,6 +37,7 @@ from kdtui.rundir import (
     find_run,
     latest_finished_run,
     read_profile,
+    read_run,
 )
 
 # Commands that start from another run, and the key naming it.
@@ -77,6 +81,42 @@ def resolve(
     if command == "prune":
         config = with_prune_budget(config, layered)
     return Resolved(config, tuple(notes))
+
+
+class Resumed(NamedTuple):
+    run: RunInfo  # nothing to do when it is finished: the CLI says so and leaves it as it is
+    config: Config
+    profile: str  # the profile it began with, as its first run_started names it
+
+
+def resolve_resume(
+    run_path: Path,
+    command: str,
+    profile: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    options: dict[str, Any] | None = None,
+) -> Resumed:
+    """The run `kdtui COMMAND --resume RUN_PATH` continues, with the config it was started
+    with. Refused: a profile, `--set` or an option (they would change that config), a folder
+    that is not a run, and a run another command started (that command would read the run's
+    config as its own and fail: a prune run's optimizer state is not a teacher's)."""
+    if profile or overrides or any(v is not None for v in (options or {}).values()):
+        raise KdtuiError(
+            "--resume continues a run with the configuration it was started with; "
+            "drop --profile/--set/options, or start a new run"
+        )
+    try:
+        run = read_run(run_path)
+    except KdtuiError as e:
+        raise KdtuiError(f"--resume {e}") from None
+    made_by = run.command()
+    if made_by is not None and made_by != command:
+        raise KdtuiError(
+            f"{run_path} is a {made_by} run; continue it with `kdtui {made_by} --resume "
+            f"{run_path}` (nothing was written to it)"
+        )
+    config = fill_placeholders(run.config())  # a run from before placeholders were filled
+    return Resumed(run, config, run.profile())
 
 
 def with_prune_budget(config: Config, layered: dict[str, Any]) -> Config:
