@@ -19,7 +19,6 @@ epochs given on the command line clears the `max_steps` a profile sets (an expli
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -31,7 +30,6 @@ from kdtui.profile import find_profile, parse_override
 from kdtui.rundir import (
     DOMAIN_HEAD_FILE,
     DOMAINS_DIR,
-    EXPORT_INFO_FILE,
     MODEL_DIR,
     RunInfo,
     find_run,
@@ -259,15 +257,12 @@ def data_profile_of(model: str) -> str | None:
     path = Path(model).expanduser()
     if (run := _run_holding(path)) is not None:
         return str(run.config_file)
-    folder = path.parent if path.suffix == ".onnx" else path
-    info = folder / EXPORT_INFO_FILE
-    if info.is_file():
-        try:
-            source = Path(json.loads(info.read_text(encoding="utf-8")).get("source", ""))
-        except (OSError, ValueError, AttributeError):
-            return None
-        if (run := _run_holding(source)) is not None:
-            return str(run.config_file)
+    # Only evaluate and export get here, and both have imported torch (which export does) by now.
+    from kdtui.export import read_export_info
+
+    source = read_export_info(path.parent if path.suffix == ".onnx" else path).get("source")
+    if isinstance(source, str) and source and (run := _run_holding(Path(source))) is not None:
+        return str(run.config_file)
     return None
 
 

@@ -58,7 +58,6 @@ ERROR_LOG = "error.log"
 LOCK_FILE = ".lock"
 MODEL_CONFIG = "config.json"  # what makes a folder a saved Hugging Face model
 DOMAIN_HEAD_FILE = "domain_head.safetensors"  # in a meta-teacher's model folder
-EXPORT_INFO_FILE = "kdtui_export.json"  # in an export folder: what it was exported from
 
 
 # ---------------------------------------------------------------------------------------------
