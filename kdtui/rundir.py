@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from kdtui.errors import KdtuiError
-from kdtui.events import Event, RunFailed, RunStarted
+from kdtui.events import Event, RunFailed, RunStarted, parse_record
 from kdtui.runlog import EventSink, read_events
 from kdtui.timing import Stopwatch
 
@@ -165,11 +165,8 @@ class RunInfo(RunLayout):
         try:
             with open(self.events_file, encoding="utf-8", errors="replace") as f:
                 for line in f:
-                    try:
-                        record = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(record, dict) and record.get("type") == RunStarted.type:
+                    record = parse_record(line)
+                    if record is not None and record["type"] == RunStarted.type:
                         return record
         except OSError:
             return None
