@@ -184,13 +184,22 @@ class RunInfo(RunLayout):
             return {}
         return metrics if isinstance(metrics, dict) else {}
 
+    def predictions(self) -> dict[str, list[Any]]:
+        """The best model's test predictions as test_predictions.json holds them: `domains`,
+        `labels` and `predictions`, one entry per test example in split order; {} before the
+        run has written them (or if they cannot be read)."""
+        try:
+            found = json.loads(self.predictions_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return found if isinstance(found, dict) else {}
+
     def correct(self) -> str:
         """The best model's test predictions as a string of '1' (right) and '0' (wrong), one
         character per test example in split order ('' before the run has written them): what
         the benchmarks' paired intervals compare."""
-        try:
-            found = json.loads(self.predictions_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        found = self.predictions()
+        if not found:
             return ""
         pairs = zip(found["predictions"], found["labels"], strict=True)
         return "".join("1" if p == y else "0" for p, y in pairs)
