@@ -283,9 +283,9 @@ class Bench:
                 record["metrics"][key] = metrics[key]
         if info.get("row") == "heads-ffn":
             record["speed"] = speed_up(self.out / "teacher", run, threads=self.args.threads)
-        tmp = self.results / f".{name}.json.tmp"
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        tmp.replace(self.results / f"{name}.json")
+        from kdtui.checkpoint import write_json_atomic  # torch: only once a run has a record
+
+        write_json_atomic(self.results / f"{name}.json", record)
         report(record, self.dense_accuracy())
         return record
 
