@@ -283,9 +283,9 @@ class Bench:
                 record["metrics"][key] = metrics[key]
         if info.get("row") == "heads-ffn":
             record["speed"] = speed_up(self.out / "teacher", run, threads=self.args.threads)
-        tmp = self.results / f".{name}.json.tmp"
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        tmp.replace(self.results / f"{name}.json")
+        from kdtui.checkpoint import write_json_atomic  # torch: only once a run has a record
+
+        write_json_atomic(self.results / f"{name}.json", record)
         report(record, self.dense_accuracy())
         return record
 
@@ -411,28 +411,19 @@ def speed_up(teacher: Path, pruned: Path, *, threads: int) -> dict[str, float]:
     import torch
 
     from kdtui.models import load_any
+    from kdtui.timing import median_seconds
 
     torch.set_num_threads(threads)
-    models = {"dense": load_any(teacher / "model"), "pruned": load_any(pruned / "model")}
+    dense, compact = load_any(teacher / "model").eval(), load_any(pruned / "model").eval()
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 20000, (32, 128), generator=generator)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    times: dict[str, list[float]] = {k: [] for k in models}
     with torch.no_grad():
-        for model in models.values():
-            model.eval()
-            model(**inputs)
-        for _ in range(7):
-            for key, model in models.items():
-                begin = time.perf_counter()
-                model(**inputs)
-                times[key].append(time.perf_counter() - begin)
-    medians = {k: statistics.median(v) * 1000 for k, v in times.items()}
-    return {
-        "dense_ms": medians["dense"],
-        "pruned_ms": medians["pruned"],
-        "speed_up": medians["dense"] / medians["pruned"],
-    }
+        dense_s, pruned_s = median_seconds(
+            [lambda: dense(**inputs), lambda: compact(**inputs)], repeats=7
+        )
+    dense_ms, pruned_ms = dense_s * 1000, pruned_s * 1000
+    return {"dense_ms": dense_ms, "pruned_ms": pruned_ms, "speed_up": dense_ms / pruned_ms}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -516,16 +515,13 @@ def startup_table() -> None:
 @torch.no_grad()
 def throughput(model: Any, batch: int, length: int, repeats: int = 5) -> float:
     """Examples per second of a forward pass (median of `repeats`, after a warm-up)."""
+    from kdtui.timing import median_seconds
+
     ids = torch.randint(1000, 20000, (batch, length), generator=torch.Generator().manual_seed(0))
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     model.eval()
-    model(**inputs)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(**inputs)
-        times.append(time.perf_counter() - start)
-    return batch / statistics.median(times)
+    (median,) = median_seconds([lambda: model(**inputs)], repeats)
+    return batch / median
 
 
 def folder_bytes(folder: Path) -> int:

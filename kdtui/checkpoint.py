@@ -31,6 +31,7 @@ from kdtui.errors import KdtuiError
 STATE_FILE = "state.json"
 MODEL_FILE = "model.safetensors"
 TRAIN_STATE_FILE = "train_state.pt"
+TEMPORARY_SUFFIX = ".tmp"  # `temporary`: a file or folder not yet complete
 
 
 @dataclass
@@ -49,15 +50,11 @@ def save_checkpoint(
     state: dict[str, Any],
     before_commit: Callable[[], None] | None = None,
 ) -> Path:
-    """Write a checkpoint folder atomically (temp folder + fsync + rename).
+    """Write a checkpoint folder atomically (`atomic_folder`, with every file fsynced).
 
     `before_commit` runs with every file written but the folder not yet in place (tests crash
     the process there)."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(folder, what=f"checkpoint {folder}") as tmp:
         # safetensors refuses shared or non-contiguous storage; clone keeps the saved file exact
         save_file(
             {k: v.detach().contiguous().cpu() for k, v in model_state.items()}, tmp / MODEL_FILE
@@ -69,17 +66,14 @@ def save_checkpoint(
             _fsync(tmp / name)
         if before_commit is not None:
             before_commit()
-        replace_folder(tmp, folder)
-    except Exception as e:
-        error = write_error(e, tmp, f"could not write checkpoint {folder}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        if error is None:
-            raise
-        raise error from None
-    except BaseException:  # a second Ctrl-C or SIGTERM stops the write at once
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
+
+
+def temporary(path: Path) -> Path:
+    """Where PATH is written until it is complete: PATH.tmp, beside it. Every atomic write here
+    uses this one name, so what a killed write leaves is recognised (`remove_unfinished`,
+    `list_checkpoints`)."""
+    return path.with_name(path.name + TEMPORARY_SUFFIX)
 
 
 def remove_unfinished(root: Path) -> None:
@@ -87,29 +81,30 @@ def remove_unfinished(root: Path) -> None:
     killed while writing), in `root` (step-N.tmp) and of `root` itself (a single checkpoint
     such as RUN/best): they never count as checkpoints, and nothing else would remove them."""
     if root.is_dir():
-        for tmp in root.glob("step-*.tmp"):
+        for tmp in root.glob(f"step-*{TEMPORARY_SUFFIX}"):
             shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(root.with_name(root.name + ".tmp"), ignore_errors=True)
+    shutil.rmtree(temporary(root), ignore_errors=True)
 
 
 @contextmanager
-def atomic_folder(folder: Path) -> Iterator[Path]:
+def atomic_folder(folder: Path, *, what: str = "") -> Iterator[Path]:
     """Write a folder in full or not at all: the block writes into a temporary sibling, which
     replaces `folder` when the block ends. A failure (a full disk) removes the temporary folder
-    and leaves any previous `folder` as it was; an OSError becomes a clear KdtuiError."""
-    tmp = folder.with_name(f".{folder.name}.tmp")
+    and leaves any previous `folder` as it was; an OSError becomes a clear KdtuiError that
+    names WHAT was written (`folder` by default)."""
+    tmp = temporary(folder)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
         yield tmp
         replace_folder(tmp, folder)
     except Exception as e:
-        error = write_error(e, tmp, f"could not write {folder}")
+        error = write_error(e, tmp, f"could not write {what or folder}")
         shutil.rmtree(tmp, ignore_errors=True)
         if error is None:
             raise
         raise error from None
-    except BaseException:
+    except BaseException:  # a second Ctrl-C or SIGTERM stops the write at once
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
@@ -164,7 +159,9 @@ def list_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoint folders, oldest first (temporary folders are ignored)."""
     if not root.is_dir():
         return []
-    return sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+    return sorted(
+        p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(TEMPORARY_SUFFIX)
+    )
 
 
 def load_latest(root: Path, warn: Callable[[str], None]) -> LoadedCheckpoint | None:
@@ -214,7 +211,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary(path)
     _write_json(tmp, data)
     os.replace(tmp, path)
 

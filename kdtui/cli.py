@@ -493,17 +493,9 @@ def _run_training(
 ) -> None:
     notes: tuple[str, ...] = ()  # choices made for the user, told on the terminal and logged
     if resume is not None:
-        if profile or overrides or any(v is not None for v in options.values()):
-            raise KdtuiError(
-                "--resume continues a run with the configuration it was started with; "
-                "drop --profile/--set/options, or start a new run"
-            )
-        from kdtui.recipes.common import resumed_run
-        from kdtui.resolver import fill_placeholders
+        from kdtui.resolver import resolve_resume
 
-        run = resumed_run(resume, command)
-        config = fill_placeholders(run.config())  # a run from before placeholders were filled
-        profile = run.profile()  # the resumed run's run_started names the profile it began with
+        run, config, profile = resolve_resume(resume, command, profile, overrides or [], options)
         if run.finished():
             # Resuming means "make sure this run completes": for a finished run that is already
             # true, so a retried job succeeds (exit 0) and the run's results stay as they are.

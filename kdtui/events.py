@@ -137,6 +137,29 @@ EVENT_TYPES: dict[str, type[Event]] = {
 
 def parse_event(line: str) -> Event | None:
     """Parse one JSON line; None for blank, malformed or unknown records (callers count them)."""
+    return parse_line(line)[0]
+
+
+def parse_line(line: str) -> tuple[Event | None, str | None]:
+    """One line of an event log, parsed once: (its event, None); (None, its type) for a
+    well-formed record of a type this version does not know (a newer engine's event, which
+    readers count apart from garbage); (None, None) for a blank or malformed line."""
+    record = parse_record(line)
+    if record is None:
+        return None, None
+    kind = record["type"]
+    cls = EVENT_TYPES.get(kind)
+    if cls is None:
+        return None, kind
+    try:
+        return cls(**{k: v for k, v in record.items() if k != "type"}), None
+    except TypeError:
+        return None, None  # a known type with fields it does not have
+
+
+def parse_record(line: str) -> dict[str, Any] | None:
+    """The record of one line as written (a JSON object with a string `type`), None for a
+    blank or malformed line. For readers that want a field whatever its event's version."""
     line = line.strip()
     if not line:
         return None
@@ -144,15 +167,9 @@ def parse_event(line: str) -> Event | None:
         record = json.loads(line)
     except json.JSONDecodeError:
         return None
-    if not isinstance(record, dict):
+    if not isinstance(record, dict) or not isinstance(record.get("type"), str):
         return None
-    cls = EVENT_TYPES.get(record.pop("type", None))
-    if cls is None:
-        return None
-    try:
-        return cls(**record)
-    except TypeError:
-        return None
+    return record
 
 
 def _finite(value: Any) -> Any:

@@ -32,10 +32,12 @@ import numpy as np
 import torch
 
 from kdtui.errors import KdtuiError
-from kdtui.rundir import EXPORT_INFO_FILE
+from kdtui.rundir import MODEL_CONFIG, RunLayout
 
+# The export folder's files (the module docstring lists the others): named here only.
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
+EXPORT_INFO_FILE = "kdtui_export.json"  # what was exported from what (read_export_info)
 FORMATS = ("onnx",)
 # Opset 17 has LayerNormalization as one operator and is read by every ONNX Runtime since 1.14.
 OPSET = 17
@@ -76,7 +78,7 @@ def onnx_files(folder: Path) -> list[Path]:
 def default_output(source: str) -> Path:
     """RUN/onnx for a run directory, FOLDER-onnx beside any other model folder."""
     path = Path(source).expanduser()
-    if (path / "model" / "config.json").is_file():
+    if (RunLayout(path).model / MODEL_CONFIG).is_file():
         return path / "onnx"
     return path.with_name(f"{path.name}-onnx")
 
@@ -299,10 +301,13 @@ def export_model(
 
 
 def read_export_info(folder: Path) -> dict[str, Any]:
+    """What an export folder records (`export_model`'s result), {} when it records nothing
+    readable."""
     try:
-        return json.loads((folder / EXPORT_INFO_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        info = json.loads((folder / EXPORT_INFO_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
         return {}
+    return info if isinstance(info, dict) else {}
 
 
 def count_parameters(path: Path) -> tuple[int, int]:

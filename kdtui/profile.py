@@ -1,8 +1,9 @@
 """Profiles: TOML files that make a run repeatable, plus `section.key=value` overrides.
 
-This module finds, reads and writes them; `kdtui.resolver` layers them into a run's config.
-The resolved config is written back as TOML (`config.toml` in the run directory), and that file
-is itself a profile: `--profile RUN/config.toml` reruns the run exactly.
+This module finds and writes them; `kdtui.rundir.read_profile` reads one (it lives there, below
+this module, because a run reads its own config.toml with it); `kdtui.resolver` layers them into
+a run's config. The resolved config is written back as TOML (`config.toml` in the run
+directory), and that file is itself a profile: `--profile RUN/config.toml` reruns the run exactly.
 """
 
 from __future__ import annotations
@@ -68,24 +69,6 @@ def find_profile(name_or_path: str) -> Path:
         return shipped
     names = ", ".join(p.name for p in shipped_profiles()) or "none"
     raise KdtuiError(f"profile '{name_or_path}' not found (a file, or one of: {names})")
-
-
-def read_profile(path: Path) -> dict[str, Any]:
-    try:
-        # utf-8-sig: editors on Windows start a UTF-8 file with a byte-order mark, which TOML
-        # does not allow and which is invisible to whoever reads the file.
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = e.object[: e.start].count(b"\n") + 1
-        raise KdtuiError(
-            f"profile {path} is not UTF-8 text (line {line}: byte 0x{e.object[e.start]:02x})"
-        ) from None
-    except OSError as e:
-        raise KdtuiError(f"cannot read profile {path}: {e.strerror}") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise KdtuiError(f"profile {path} is not valid TOML: {e}") from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -10,6 +10,9 @@ sparsity where no layer sets one), so a recipe, the run's `config.toml` and a `-
 child all see every value the run uses, and
 `--profile RUN/config.toml` reruns it exactly.
 
+A resumed run (`--resume RUN`) has no layers: it continues with the config it was started with
+(`resolve_resume`), and only under the command that started it.
+
 Options that imply others: `kdtui teacher --domain D` means `--method single`, and a budget in
 epochs given on the command line clears the `max_steps` a profile sets (an explicit
 `--max-steps` still wins).
@@ -17,7 +20,6 @@ epochs given on the command line clears the `max_steps` a profile sets (an expli
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -25,15 +27,16 @@ from typing import Any, NamedTuple
 from kdtui.budgets import prune_budget
 from kdtui.config import Config, build_config
 from kdtui.errors import KdtuiError
-from kdtui.profile import find_profile, parse_override, read_profile
+from kdtui.profile import find_profile, parse_override
 from kdtui.rundir import (
     DOMAIN_HEAD_FILE,
     DOMAINS_DIR,
-    EXPORT_INFO_FILE,
     MODEL_DIR,
     RunInfo,
     find_run,
     latest_finished_run,
+    read_profile,
+    read_run,
 )
 
 # Commands that start from another run, and the key naming it.
@@ -82,6 +85,42 @@ def resolve(
     if command == "prune":
         config = with_prune_budget(config, layered)
     return Resolved(config, tuple(notes))
+
+
+class Resumed(NamedTuple):
+    run: RunInfo  # nothing to do when it is finished: the CLI says so and leaves it as it is
+    config: Config
+    profile: str  # the profile it began with, as its first run_started names it
+
+
+def resolve_resume(
+    run_path: Path,
+    command: str,
+    profile: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    options: dict[str, Any] | None = None,
+) -> Resumed:
+    """The run `kdtui COMMAND --resume RUN_PATH` continues, with the config it was started
+    with. Refused: a profile, `--set` or an option (they would change that config), a folder
+    that is not a run, and a run another command started (that command would read the run's
+    config as its own and fail: a prune run's optimizer state is not a teacher's)."""
+    if profile or overrides or any(v is not None for v in (options or {}).values()):
+        raise KdtuiError(
+            "--resume continues a run with the configuration it was started with; "
+            "drop --profile/--set/options, or start a new run"
+        )
+    try:
+        run = read_run(run_path)
+    except KdtuiError as e:
+        raise KdtuiError(f"--resume {e}") from None
+    made_by = run.command()
+    if made_by is not None and made_by != command:
+        raise KdtuiError(
+            f"{run_path} is a {made_by} run; continue it with `kdtui {made_by} --resume "
+            f"{run_path}` (nothing was written to it)"
+        )
+    config = fill_placeholders(run.config())  # a run from before placeholders were filled
+    return Resumed(run, config, run.profile())
 
 
 def with_prune_budget(config: Config, layered: dict[str, Any]) -> Config:
@@ -227,15 +266,12 @@ def data_profile_of(model: str) -> str | None:
     path = Path(model).expanduser()
     if (run := run_holding(path)) is not None:
         return str(run.config_file)
-    folder = path.parent if path.suffix == ".onnx" else path
-    info = folder / EXPORT_INFO_FILE
-    if info.is_file():
-        try:
-            source = Path(json.loads(info.read_text(encoding="utf-8")).get("source", ""))
-        except (OSError, ValueError, AttributeError):
-            return None
-        if (run := run_holding(source)) is not None:
-            return str(run.config_file)
+    # Only evaluate and export get here, and both have imported torch (which export does) by now.
+    from kdtui.export import read_export_info
+
+    source = read_export_info(path.parent if path.suffix == ".onnx" else path).get("source")
+    if isinstance(source, str) and source and (run := run_holding(Path(source))) is not None:
+        return str(run.config_file)
     return None
 
 

@@ -29,18 +29,19 @@ import os
 import shutil
 import socket
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from kdtui.errors import KdtuiError
-from kdtui.events import Event, RunFailed, RunStarted
+from kdtui.events import Event, RunFailed, RunStarted, parse_record
+from kdtui.runlog import EventSink, read_events
 from kdtui.timing import Stopwatch
 
 if TYPE_CHECKING:
     from kdtui.config import Config
-    from kdtui.runlog import EventSink
 
 CONFIG_FILE = "config.toml"
 EVENTS_FILE = "events.jsonl"
@@ -57,7 +58,6 @@ ERROR_LOG = "error.log"
 LOCK_FILE = ".lock"
 MODEL_CONFIG = "config.json"  # what makes a folder a saved Hugging Face model
 DOMAIN_HEAD_FILE = "domain_head.safetensors"  # in a meta-teacher's model folder
-EXPORT_INFO_FILE = "kdtui_export.json"  # in an export folder: what it was exported from
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,6 +88,27 @@ class RunLayout:
 # ---------------------------------------------------------------------------------------------
 # Reading a run
 
+
+def read_profile(path: Path) -> dict[str, Any]:
+    """A profile (TOML) as a nested dict; a run's config.toml is one, hence this module owns it
+    (`kdtui.profile` finds profiles, runs among them, so it sits above)."""
+    try:
+        # utf-8-sig: editors on Windows start a UTF-8 file with a byte-order mark, which TOML
+        # does not allow and which is invisible to whoever reads the file.
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = e.object[: e.start].count(b"\n") + 1
+        raise KdtuiError(
+            f"profile {path} is not UTF-8 text (line {line}: byte 0x{e.object[e.start]:02x})"
+        ) from None
+    except OSError as e:
+        raise KdtuiError(f"cannot read profile {path}: {e.strerror}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise KdtuiError(f"profile {path} is not valid TOML: {e}") from None
+
+
 RunStatus = Literal["running", "finished", "failed", "stopped"]
 
 
@@ -98,8 +119,6 @@ class RunInfo(RunLayout):
 
     def config_dict(self) -> dict[str, Any]:
         """The recorded config.toml as a profile (nested dict), as the run was started."""
-        from kdtui.profile import read_profile  # not at the top: profile finds runs through here
-
         return read_profile(self.config_file)
 
     def config(self) -> Config:
@@ -114,8 +133,6 @@ class RunInfo(RunLayout):
 
     def events(self) -> Iterator[Event]:
         """Its complete, known events, in order (none before the log exists)."""
-        from kdtui.runlog import read_events
-
         if self.events_file.is_file():
             yield from read_events(self.events_file)
 
@@ -148,11 +165,8 @@ class RunInfo(RunLayout):
         try:
             with open(self.events_file, encoding="utf-8", errors="replace") as f:
                 for line in f:
-                    try:
-                        record = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(record, dict) and record.get("type") == RunStarted.type:
+                    record = parse_record(line)
+                    if record is not None and record["type"] == RunStarted.type:
                         return record
         except OSError:
             return None
@@ -170,13 +184,22 @@ class RunInfo(RunLayout):
             return {}
         return metrics if isinstance(metrics, dict) else {}
 
+    def predictions(self) -> dict[str, list[Any]]:
+        """The best model's test predictions as test_predictions.json holds them: `domains`,
+        `labels` and `predictions`, one entry per test example in split order; {} before the
+        run has written them (or if they cannot be read)."""
+        try:
+            found = json.loads(self.predictions_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return found if isinstance(found, dict) else {}
+
     def correct(self) -> str:
         """The best model's test predictions as a string of '1' (right) and '0' (wrong), one
         character per test example in split order ('' before the run has written them): what
         the benchmarks' paired intervals compare."""
-        try:
-            found = json.loads(self.predictions_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        found = self.predictions()
+        if not found:
             return ""
         pairs = zip(found["predictions"], found["labels"], strict=True)
         return "".join("1" if p == y else "0" for p, y in pairs)
@@ -509,8 +532,6 @@ class RunDir(RunLayout):
                     replaced.release(self._replaced / LOCK_FILE if moved else None)
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock = RunLock.acquire(self.path)
-            from kdtui.runlog import EventSink  # runlog imports rundir: imported here, not above
-
             self._sink = EventSink(self.events_file)
         except OSError as e:
             self.close()

@@ -3,14 +3,13 @@ dashboard uses it)."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from kdtui.events import EVENT_TYPES, Event, parse_event
+from kdtui.events import Event, parse_event, parse_line
 
 # Bytes: a longer line is not an event (the largest are a few kB); followers drop it.
 MAX_LINE = 1 << 20
@@ -152,13 +151,11 @@ class EventFollower:
         )
         for raw in lines:
             line = raw.decode("utf-8", errors="replace")
-            event = parse_event(line)
+            event, unknown = parse_line(line)
             if event is not None:
                 batch.events.append(event)
-                continue
-            kind = unknown_type(line)
-            if kind is not None:
-                batch.unknown[kind] = batch.unknown.get(kind, 0) + 1
+            elif unknown is not None:
+                batch.unknown[unknown] = batch.unknown.get(unknown, 0) + 1
             elif line.strip():
                 batch.malformed += 1
         return batch
@@ -173,18 +170,3 @@ class EventFollower:
 
     def close(self) -> None:
         self._close()
-
-
-def unknown_type(line: str) -> str | None:
-    """The `type` of a well-formed record that this version does not know (a newer engine's
-    event), else None. Lets readers count such records apart from garbage."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(record, dict):
-        return None
-    kind = record.get("type")
-    if isinstance(kind, str) and kind not in EVENT_TYPES:
-        return kind
-    return None

@@ -3,14 +3,15 @@ banks, evaluation, checkpoints, the final test, the statistics of a teacher as a
 the training steps themselves.
 
 A short run can spend more time on these than on training; measuring them per run (printed at
-the end, in metrics.json and the run_finished event) shows which one to cut.
+the end, in metrics.json and the run_finished event) shows which one to cut. And the latency of
+a call (a model's forward pass), as the benchmarks measure it: `median_seconds`.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 # The parts a run times by name, in the order they are reported; anything else the run did
@@ -68,3 +69,17 @@ def estimate_seconds(earlier: list[tuple[int, dict[str, float]]], steps: int) ->
     per_step = statistics.median(t["train_s"] / n for n, t in usable)
     fixed = statistics.median(t["total_s"] - t["train_s"] for _, t in usable)
     return per_step * steps + fixed
+
+
+def median_seconds(calls: Sequence[Callable[[], object]], repeats: int) -> list[float]:
+    """The median wall time of each of CALLS over REPEATS rounds, after one warm-up call each.
+    A round calls each once, in turn, so load from other processes hits them alike."""
+    for call in calls:
+        call()
+    times: list[list[float]] = [[] for _ in calls]
+    for _ in range(repeats):
+        for call, spent in zip(calls, times, strict=True):
+            start = time.perf_counter()
+            call()
+            spent.append(time.perf_counter() - start)
+    return [statistics.median(spent) for spent in times]

@@ -10,11 +10,11 @@ from kdtui.errors import KdtuiError
 from kdtui.profile import (
     find_profile,
     parse_override,
-    read_profile,
     shipped_profiles,
     to_toml,
 )
 from kdtui.resolver import resolve
+from kdtui.rundir import read_profile
 
 
 def test_empty_profile_gives_defaults() -> None:

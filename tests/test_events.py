@@ -3,7 +3,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from kdtui.events import EVENT_TYPES, Eval, Message, RunStarted, Step, parse_event
+from kdtui.events import EVENT_TYPES, Eval, Message, RunStarted, Step, parse_event, parse_line
 from kdtui.runlog import EventSink, read_events
 
 
@@ -51,6 +51,15 @@ def test_garbage_and_unknown_lines_are_skipped() -> None:
     assert parse_event('{"type": "from_the_future", "x": 1}') is None
     assert parse_event('{"type": "step", "unexpected": 1}') is None
     assert parse_event("[1, 2]") is None
+
+
+def test_parse_line_tells_unknown_types_apart_from_garbage() -> None:
+    message = Message(level="info", text="hi")
+    assert parse_line(message.to_json() + "\n") == (message, None)
+    assert parse_line('{"type": "from_the_future", "x": 1}') == (None, "from_the_future")
+    for garbage in ("", "{not json", "[1, 2]", '{"type": "step", "unexpected": 1}', '{"x": 1}'):
+        assert parse_line(garbage) == (None, None)
+    assert parse_line('{"type": [1]}') == (None, None)  # a type that is not a string
 
 
 def test_sink_appends_and_repairs_a_partial_last_line(tmp_path: Path) -> None:

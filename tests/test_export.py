@@ -16,15 +16,16 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from kdtui.export import (  # noqa: E402
+    EXPORT_INFO_FILE,
     INT8_FILE,
     ONNX_FILE,
     export_onnx,
     quantize_int8,
+    read_export_info,
     session,
     session_forward,
 )
 from kdtui.methods.compact import compact  # noqa: E402
-from kdtui.rundir import EXPORT_INFO_FILE as INFO_FILE  # noqa: E402
 from tests.conftest import invoke, metrics_of  # noqa: E402
 from tests.test_pruning import batch_of, tiny_bert  # noqa: E402
 from tests.test_sparse_kernels import sparsify  # noqa: E402
@@ -87,8 +88,8 @@ def test_export_then_evaluate_the_export(teacher: Path, tmp_path: Path) -> None:
     folder = teacher / "onnx"
     assert "max |logit difference| to kdtui" in result.stdout
     names = {p.name for p in folder.iterdir()}
-    assert {ONNX_FILE, INT8_FILE, INFO_FILE, "config.json", "tokenizer.json"} <= names
-    info = json.loads((folder / INFO_FILE).read_text())
+    assert {ONNX_FILE, INT8_FILE, EXPORT_INFO_FILE, "config.json", "tokenizer.json"} <= names
+    info = read_export_info(folder)
     check = info["check"]
     assert check["split"] == "test" and check["examples"] == 48
     assert check[ONNX_FILE]["max_logit_diff"] < 1e-4

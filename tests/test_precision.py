@@ -1,16 +1,18 @@
 """The precision a run trains in: bf16 where the hardware has it natively, fp32 elsewhere, the
 command line's --bf16 / --no-bf16 over both; recorded in config.toml, run_started and the
-dashboard. And the fixed costs every run reports at its end."""
+dashboard. And the fixed costs every run reports at its end, and the latency loop the
+benchmarks time forward passes with."""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from kdtui import precision
+from kdtui import precision, timing
 from kdtui.config import Config, TrainConfig, build_config
 from kdtui.dashboard.state import RunState
 from kdtui.errors import KdtuiError
@@ -94,6 +96,24 @@ def test_stopwatch_parts_add_up_to_the_total() -> None:
     assert summary["train_s"] == 3.0
     assert "dev_eval_s" in summary and "before_first_step_s" not in summary
     assert summary["other_s"] == 0.0  # the parts exceed the wall time: nothing is left over
+
+
+def test_median_seconds_warms_up_then_alternates(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [0.0]
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
+    calls: list[str] = []
+
+    def taking(name: str, seconds: list[float]) -> Callable[[], None]:
+        def call() -> None:
+            calls.append(name)
+            now[0] += seconds.pop(0)
+
+        return call
+
+    a = taking("a", [9.0, 1.0, 2.0, 3.0])  # the warm-up is not counted
+    b = taking("b", [9.0, 5.0, 4.0, 60.0])  # nor is one slow round, in the median
+    assert timing.median_seconds([a, b], repeats=3) == [2.0, 5.0]
+    assert calls == ["a", "b"] * 4
 
 
 def test_a_smoke_run_reports_its_precision_and_fixed_costs(runs: Path) -> None:

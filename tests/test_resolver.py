@@ -10,7 +10,7 @@ import pytest
 from kdtui import cli
 from kdtui.config import CHOICES, SECTIONS, type_of
 from kdtui.errors import KdtuiError
-from kdtui.resolver import resolve
+from kdtui.resolver import resolve, resolve_resume
 from kdtui.rundir import DOMAIN_HEAD_FILE
 
 
@@ -133,3 +133,26 @@ def test_every_pick_one_or_on_off_key_of_a_command_has_a_flag(
     # and each flag is declared once per command
     names = [n for f in (*flags, *cli.TRAINING) for n in f.names]
     assert len(names) == len(set(names))
+
+
+def test_a_resumed_run_resolves_to_its_recorded_config_under_its_own_command(
+    tmp_path: Path,
+) -> None:
+    from kdtui.profile import to_toml
+    from kdtui.rundir import CONFIG_FILE, RunDir
+
+    recorded = resolve(options={"prune.structure": "heads-ffn"}).config
+    run = RunDir(tmp_path / "p")
+    run.open(fresh=True)
+    run.write_text(CONFIG_FILE, to_toml(recorded, header="kdtui prune: resolved configuration"))
+    run.close()
+    resumed = resolve_resume(tmp_path / "p", "prune")
+    assert resumed.run.path == tmp_path / "p" and resumed.config == recorded
+    assert resumed.profile == ""  # no run_started yet: it began with no profile it named
+    with pytest.raises(KdtuiError, match="is a prune run; continue it with `kdtui prune --resume"):
+        resolve_resume(tmp_path / "p", "teacher")
+    with pytest.raises(KdtuiError, match="^--resume continues a run with the configuration"):
+        resolve_resume(tmp_path / "p", "prune", options={"train.lr": 0.1})
+    assert resolve_resume(tmp_path / "p", "prune", options={"train.lr": None}).config == recorded
+    with pytest.raises(KdtuiError, match="^--resume .*: no such run directory"):
+        resolve_resume(tmp_path / "nope", "prune")

@@ -110,6 +110,17 @@ def test_active_seconds_leave_out_the_time_a_killed_run_lay_idle(tmp_path: Path)
     assert RunInfo(tmp_path / "empty").active_seconds() == 0.0  # no events yet
 
 
+def test_the_test_predictions_read_back(tmp_path: Path) -> None:
+    run = RunInfo(tmp_path)
+    assert run.predictions() == {} and run.correct() == ""  # not written yet
+    written = {"domains": ["books", "dvd", "dvd"], "labels": [1, 0, 1], "predictions": [1, 1, 1]}
+    run.predictions_file.write_text(json.dumps(written))
+    assert run.predictions() == written
+    assert run.correct() == "101"
+    run.predictions_file.write_text('{"predictions": [1')  # cut short
+    assert run.predictions() == {} and run.correct() == ""
+
+
 def test_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(KdtuiError, match="no such run directory"):
         read_run(tmp_path / "missing")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 from textual.app import App
 from textual.binding import Binding
@@ -13,26 +12,8 @@ from textual.binding import Binding
 from kdtui.dashboard.state import STALL_AFTER
 from kdtui.dashboard.widgets.help_screen import HelpScreen
 from kdtui.dashboard.widgets.run_browser import RunBrowser
-from kdtui.dashboard.widgets.run_screen import RunScreen
+from kdtui.dashboard.widgets.run_screen import RunProcess, RunScreen
 from kdtui.dashboard.widgets.stop_run_screen import KEEP, STOP, StopRunScreen
-
-
-class RunProcess(Protocol):
-    """A training process this dashboard started (see launch.py)."""
-
-    name: str
-
-    def poll(self) -> int | None:
-        """Its exit code, or None while it runs."""
-        ...
-
-    def stop(self) -> None:
-        """Ask it to checkpoint and stop (SIGINT, as Ctrl-C would)."""
-        ...
-
-    def last_line(self) -> str:
-        """The last line it printed (its error, when it failed before writing events)."""
-        ...
 
 
 class DashboardApp(App[str | None]):
@@ -62,12 +43,22 @@ class DashboardApp(App[str | None]):
 
     def on_mount(self) -> None:
         if self.run_dir is None:
-            self.push_screen(RunBrowser(self.runs_root))
+            self.push_screen(RunBrowser(self.runs_root, clock=self.clock))
         else:
-            self.push_screen(RunScreen(self.run_dir))
+            self.push_screen(self._run_screen(self.run_dir, from_browser=False))
 
-    def open_run(self, path: Path) -> None:
-        self.push_screen(RunScreen(path, from_browser=True))
+    def on_run_browser_open_run(self, message: RunBrowser.OpenRun) -> None:
+        self.push_screen(self._run_screen(message.path, from_browser=True))
+
+    def _run_screen(self, path: Path, *, from_browser: bool) -> RunScreen:
+        return RunScreen(
+            path,
+            clock=self.clock,
+            process=self.process,
+            poll_interval=self.poll_interval,
+            stall_after=self.stall_after,
+            from_browser=from_browser,
+        )
 
     def action_help(self) -> None:
         # Each screen explains its own keys: the run list's are not the run screen's.

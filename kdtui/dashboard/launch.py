@@ -21,7 +21,7 @@ from kdtui.errors import KdtuiError
 
 
 class ChildRun:
-    """The training process, as the dashboard sees it (implements app.RunProcess)."""
+    """The training process, as the dashboard sees it (implements run_screen.RunProcess)."""
 
     def __init__(self, popen: subprocess.Popen[bytes], name: str, log_path: Path) -> None:
         self.popen = popen

@@ -23,11 +23,9 @@ from kdtui.profile import to_toml
 from kdtui.rundir import (
     CONFIG_FILE,
     RunDir,
-    RunInfo,
     RunLayout,
     check_new_run_path,
     default_run_name,
-    read_run,
 )
 
 if TYPE_CHECKING:  # annotations only: the CLI imports this module, and stays quick to start
@@ -252,23 +250,6 @@ def check_models_fit(command: str, config: Config) -> None:
         declared = declared_config(name) if name else None
         if declared is not None:
             check_max_length(config.data.max_length, name, declared)
-
-
-def resumed_run(run_path: Path, command: str) -> RunInfo:
-    """The run `kdtui COMMAND --resume` names; it continues with the config the run was started
-    with, and only by the command that started it: another command would read the run's config
-    as its own and fail (a prune run's optimizer state is not a teacher's)."""
-    try:
-        run = read_run(run_path)
-    except KdtuiError as e:
-        raise KdtuiError(f"--resume {e}") from None
-    made_by = run.command()
-    if made_by is not None and made_by != command:
-        raise KdtuiError(
-            f"{run_path} is a {made_by} run; continue it with `kdtui {made_by} --resume "
-            f"{run_path}` (nothing was written to it)"
-        )
-    return run
 
 
 def train_job(ctx: RunContext, **fields: Any) -> Any:

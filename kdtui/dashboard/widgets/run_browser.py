@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from kdtui.dashboard import fmt
 from kdtui.dashboard.runs import RunScanner, RunSummary
 from kdtui.dashboard.widgets.help_screen import BROWSER_HELP
-
-if TYPE_CHECKING:
-    from kdtui.dashboard.app import DashboardApp
 
 RESCAN_SECONDS = 2.0
 COLUMNS = ("run", "command", "status", "progress", "best acc", "started")
@@ -32,16 +30,20 @@ class RunBrowser(Screen[None]):
         Binding("question_mark", "app.help", "Help", key_display="?"),
     ]
 
-    def __init__(self, root: Path) -> None:
+    class OpenRun(Message):
+        """The user chose a run to open (the app opens it: a screen does not push screens)."""
+
+        def __init__(self, path: Path) -> None:
+            super().__init__()
+            self.path = path
+
+    def __init__(self, root: Path, *, clock: Callable[[], float]) -> None:
         super().__init__()
         self.root = root
+        self.clock = clock  # kept here: the scan thread must not reach for the app
         self.scanner = RunScanner(root)
         self.summaries: list[RunSummary] = []
         self.scans = 0  # completed scans (tests wait on it)
-
-    @property
-    def dashboard(self) -> DashboardApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Static(id="browser-title")
@@ -64,7 +66,7 @@ class RunBrowser(Screen[None]):
 
     @work(thread=True, exclusive=True, group="scan")
     def action_rescan(self) -> None:
-        summaries = self.scanner.scan(now=self.dashboard.clock())
+        summaries = self.scanner.scan(now=self.clock())
         self.app.call_from_thread(self._show, summaries)
 
     def _show(self, summaries: list[RunSummary]) -> None:
@@ -98,12 +100,12 @@ class RunBrowser(Screen[None]):
     def action_open(self) -> None:
         path = self._selected()
         if path is not None:
-            self.dashboard.open_run(path)
+            self.post_message(self.OpenRun(path))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
         if event.row_key.value is not None:
-            self.dashboard.open_run(Path(event.row_key.value))
+            self.post_message(self.OpenRun(Path(event.row_key.value)))
 
 
 def _cells(s: RunSummary) -> tuple[Text | str, ...]:

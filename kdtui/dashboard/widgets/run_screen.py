@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from textual import work
 from textual.app import ComposeResult
@@ -43,12 +44,27 @@ from kdtui.dashboard.widgets.threaded_plot import ThreadedPlot
 from kdtui.rundir import EVENTS_FILE
 from kdtui.runlog import MAX_LINE, EventFollower, FollowBatch
 
-if TYPE_CHECKING:
-    from kdtui.dashboard.app import DashboardApp
-
 REFRESH_SECONDS = 0.2  # at most five redraws a second, however fast events arrive
 TICK_SECONDS = 1.0  # elapsed time, ETA and the stalled status move even without events
 WIDE = 140  # columns from which the side column takes a share of the width
+
+
+class RunProcess(Protocol):
+    """A training process this dashboard started (see launch.py)."""
+
+    name: str
+
+    def poll(self) -> int | None:
+        """Its exit code, or None while it runs."""
+        ...
+
+    def stop(self) -> None:
+        """Ask it to checkpoint and stop (SIGINT, as Ctrl-C would)."""
+        ...
+
+    def last_line(self) -> str:
+        """The last line it printed (its error, when it failed before writing events)."""
+        ...
 
 
 class RunScreen(Screen[None]):
@@ -74,16 +90,25 @@ class RunScreen(Screen[None]):
         def can_replace(self, message: Message) -> bool:
             return isinstance(message, RunScreen.Updated)
 
-    def __init__(self, run_dir: Path, *, from_browser: bool = False) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        clock: Callable[[], float],
+        process: RunProcess | None,
+        poll_interval: float,
+        stall_after: float,
+        from_browser: bool = False,
+    ) -> None:
         super().__init__()
         self.run_dir = run_dir
         self.from_browser = from_browser
-        app = self.dashboard
-        # Kept here: the follower thread must not reach for the app through Textual's context.
-        self.clock = app.clock
-        self.process = app.process
-        self.poll_interval = app.poll_interval
-        self.stall_after = app.stall_after
+        # Given, not read off the app: the follower thread must not reach for the app through
+        # Textual's context, and a screen depends on no particular app.
+        self.clock = clock
+        self.process = process
+        self.poll_interval = poll_interval
+        self.stall_after = stall_after
         self.max_line = MAX_LINE
         self.state = RunState(stall_after=self.stall_after)
         self.exists = False
@@ -97,10 +122,6 @@ class RunScreen(Screen[None]):
         self._dirty = False
         self._last_refresh = 0.0
         self._teacher_source: str | None = None
-
-    @property
-    def dashboard(self) -> DashboardApp:
-        return self.app  # type: ignore[return-value]
 
     @property
     def settled(self) -> bool:
