@@ -3,7 +3,8 @@ them, so every process gets the same result."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -13,7 +14,38 @@ from kdtui.data import Encoded, collate
 ALL = "all"
 
 
-@torch.no_grad()
+def eval_forwards(
+    model: nn.Module,
+    encoded: Encoded,
+    indices: Sequence[int],
+    *,
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    autocast: bool = False,
+    **forward: Any,
+) -> Iterator[tuple[dict[str, torch.Tensor], Any]]:
+    """(inputs, outputs) of the model's forward over the examples INDICES, batch by batch, in
+    eval mode without gradient (FORWARD: extra arguments, e.g. output_hidden_states); the
+    model's training mode is restored when the batches end or the caller stops."""
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(indices), batch_size):
+            batch = collate(encoded, indices[start : start + batch_size], pad_id)
+            inputs = {
+                k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids")
+            }
+            with (
+                torch.no_grad(),
+                torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast),
+            ):
+                outputs = model(**inputs, **forward)
+            yield inputs, outputs
+    finally:
+        model.train(was_training)
+
+
 def predict_logits(
     model: nn.Module,
     encoded: Encoded,
@@ -25,19 +57,18 @@ def predict_logits(
     autocast: bool = False,
 ) -> torch.Tensor:
     """Logits (len(indices), C) in eval mode; the model's training mode is restored after."""
-    was_training = model.training
-    model.eval()
-    chunks = []
-    try:
-        for start in range(0, len(indices), batch_size):
-            batch = collate(encoded, indices[start : start + batch_size], pad_id)
-            inputs = {
-                k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids")
-            }
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                chunks.append(model(**inputs).logits.float().cpu())
-    finally:
-        model.train(was_training)
+    chunks = [
+        out.logits.float().cpu()
+        for _, out in eval_forwards(
+            model,
+            encoded,
+            indices,
+            batch_size=batch_size,
+            pad_id=pad_id,
+            device=device,
+            autocast=autocast,
+        )
+    ]
     if not chunks:
         return torch.zeros(0, 0)
     return torch.cat(chunks)

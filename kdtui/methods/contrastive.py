@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdtui.data import Encoded, collate
+from kdtui.data import Encoded
+from kdtui.engine.evaluate import eval_forwards
 from kdtui.engine.hooks import BaseHook, Batch, HookContext, StepInfo, gather_rows
 
 BANKS = ("prc", "fic", "snc")
@@ -169,25 +170,21 @@ def encode_examples(
     """(logits (N, C), sentence vectors (N, H)) of every example of `encoded`, in its order,
     with the model in eval mode. Each process encodes every num_processes-th example; the
     results are gathered so every process gets all of them."""
-    was_training = model.training
-    model.eval()
     positions = list(range(process_index, len(encoded), num_processes))
     logits, vectors = [], []
-    try:
-        for start in range(0, len(positions), batch_size):
-            batch = collate(encoded, positions[start : start + batch_size], pad_id)
-            inputs = {
-                k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids")
-            }
-            out = model(**inputs, output_hidden_states=True)
-            logits.append(out.logits.float().cpu())
-            vectors.append(
-                sentence_vectors(
-                    model, out.hidden_states[-1], inputs["attention_mask"], pooling
-                ).cpu()
-            )
-    finally:
-        model.train(was_training)
+    for inputs, out in eval_forwards(
+        model,
+        encoded,
+        positions,
+        batch_size=batch_size,
+        pad_id=pad_id,
+        device=device,
+        output_hidden_states=True,
+    ):
+        logits.append(out.logits.float().cpu())
+        vectors.append(
+            sentence_vectors(model, out.hidden_states[-1], inputs["attention_mask"], pooling).cpu()
+        )
     local_logits = torch.cat(logits) if logits else torch.zeros(0, 0)
     local_vectors = torch.cat(vectors) if vectors else torch.zeros(0, 0)
     if num_processes == 1:

@@ -19,13 +19,13 @@ their inputs. What each number says (README, Meta-KD):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdtui.data import Encoded, collate
+from kdtui.data import Encoded
+from kdtui.engine.evaluate import eval_forwards
 from kdtui.methods.meta_kd import mean_token_states
 
 
@@ -105,7 +105,6 @@ def source_statistics(
     return stats
 
 
-@torch.no_grad()
 def logits_and_sentence_layers(
     model: nn.Module,
     encoded: Encoded,
@@ -118,26 +117,23 @@ def logits_and_sentence_layers(
     """Every example's logits (N, C) and, for every hidden state the model returns, its
     sentence representations (N, H) (mean token states, `meta_kd.mean_token_states`), float32
     on the CPU. Eval mode, no gradient; the model's training mode is restored."""
-    was_training = model.training
-    model.eval()
     logits: list[torch.Tensor] = []
     layers: list[list[torch.Tensor]] = []
-    try:
-        for start in range(0, len(encoded), batch_size):
-            batch = collate(encoded, range(start, min(start + batch_size, len(encoded))), pad_id)
-            inputs: dict[str, Any] = {
-                k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids")
-            }
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                out = model(**inputs, output_hidden_states=True)
-            logits.append(out.logits.float().cpu())
-            for index, hidden in enumerate(out.hidden_states):
-                if index == len(layers):
-                    layers.append([])
-                sentence = mean_token_states(hidden, inputs["attention_mask"])
-                layers[index].append(sentence.cpu())
-    finally:
-        model.train(was_training)
+    for inputs, out in eval_forwards(
+        model,
+        encoded,
+        range(len(encoded)),
+        batch_size=batch_size,
+        pad_id=pad_id,
+        device=device,
+        autocast=autocast,
+        output_hidden_states=True,
+    ):
+        logits.append(out.logits.float().cpu())
+        for index, hidden in enumerate(out.hidden_states):
+            if index == len(layers):
+                layers.append([])
+            layers[index].append(mean_token_states(hidden, inputs["attention_mask"]).cpu())
     if not logits:
         return torch.zeros(0, 0), []
     return torch.cat(logits), [torch.cat(chunks) for chunks in layers]

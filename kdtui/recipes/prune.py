@@ -95,8 +95,9 @@ def run_prune(ctx: RunContext) -> dict[str, Any]:
     warmup = int(p.warmup_ratio * n_steps)
     cooldown = int(p.cooldown_ratio * n_steps)
     modules = [m for m in BANKS if p.cap and getattr(p, m)]
-    ctx.run.log(Message(level="info", text=_plan_line(ctx, modules, n_steps, len(train_enc))))
-    if note := short_budget_note(p.sparsity, n_steps / steps_per_epoch(cfg.train, len(train_enc))):
+    epochs = n_steps / steps_per_epoch(cfg.train, len(train_enc))
+    ctx.run.log(Message(level="info", text=_plan_line(ctx, modules, n_steps, epochs)))
+    if note := short_budget_note(p.sparsity, epochs):
         ctx.run.log(Message(level="warning", text=note))
     ctx.run.log(
         Message(
@@ -247,11 +248,10 @@ def _drop_watch(
     return DropWatch(pruner, teacher_dev=teacher_dev, fix=fix)
 
 
-def _plan_line(ctx: RunContext, modules: list[str], n_steps: int, n_examples: int) -> str:
+def _plan_line(ctx: RunContext, modules: list[str], n_steps: int, epochs: float) -> str:
     """The run's first line: what it prunes, its budget, and how long that will take here."""
     cfg = ctx.config
     p, t = cfg.prune, cfg.train
-    epochs = n_steps / steps_per_epoch(t, n_examples)
     default = (
         " (the default at this sparsity)"
         if t.max_steps == 0 and t.epochs == (prune_budget(p.sparsity).epochs)
