@@ -15,8 +15,9 @@ script's output):
   no CAP), CAP on soft movement (the paper's pairing), and CAP on the best baseline: the
   criterion with the highest *mean dev* accuracy over the seeds at that sparsity (when that is
   soft movement, the row is the CAP-on-soft-movement runs; a tie goes to soft movement). Plus
-  CAP heads-ffn at --heads-sparsity with its speed-up. Every setting is kdtui's default unless
-  named here.
+  CAP heads-ffn at each --heads-sparsity with its speed-up. --baselines keeps fewer baseline
+  rows and --no-cap-best drops the last row (the second table: magnitude and soft movement
+  only, for time). Every setting is kdtui's default unless named here.
 * Seeds --seeds (pruning-run seeds: data order, dropout, CAP's negatives); every row runs every
   seed. A row reports its mean test accuracy with a 95% t-interval over seeds; CAP against its
   own criterion and against the best baseline as paired differences: a bootstrap over seeds and
@@ -57,7 +58,14 @@ from kdtui.rundir import RunInfo  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "amazon-4domains"
 BASELINES = ("magnitude", "movement", "soft-movement")
-LATER_OPTIONS = {"epochs": 0.0, "warmup": 0.1, "cooldown": 0.2, "teacher_run": ""}
+LATER_OPTIONS = {
+    "epochs": 0.0,
+    "warmup": 0.1,
+    "cooldown": 0.2,
+    "teacher_run": "",
+    "baselines": list(BASELINES),
+    "cap_best": True,
+}
 LABELS = {
     "magnitude": "magnitude",
     "movement": "movement",
@@ -96,7 +104,22 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--evals", type=int, default=2, help="dev evaluations in the cool-down")
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.97])
-    parser.add_argument("--heads-sparsity", type=float, default=0.5, help="0 = skip heads-ffn")
+    parser.add_argument(
+        "--baselines", nargs="+", default=list(BASELINES), choices=BASELINES, help="rows, no CAP"
+    )
+    parser.add_argument(
+        "--cap-best",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the CAP-on-the-best-baseline row (more runs when that is not soft movement)",
+    )
+    parser.add_argument(
+        "--heads-sparsity",
+        type=float,
+        nargs="+",
+        default=[0.5],
+        help="heads-ffn rows, one per value (0 = none)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--jobs", type=int, default=1, help="pruning runs at once")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
@@ -136,6 +159,8 @@ class Bench:
             if k not in ("jobs", "threads", "output_dir", "results", "report")
             and not (k in LATER_OPTIONS and v == LATER_OPTIONS[k])
         }
+        if len(args.heads_sparsity) == 1:  # the first tables recorded one value, not a list
+            self.protocol["heads_sparsity"] = args.heads_sparsity[0]
         self.protocol = json.loads(json.dumps(self.protocol, default=str))
         self._check_protocol()
 
@@ -282,7 +307,7 @@ class Bench:
             if key in metrics:
                 record["metrics"][key] = metrics[key]
         if info.get("row") == "heads-ffn":
-            record["speed"] = speed_up(self.out / "teacher", run, threads=self.args.threads)
+            record["speed"] = speed_up(self.teacher_dir, run, threads=self.args.threads)
         from kdtui.checkpoint import write_json_atomic  # torch: only once a run has a record
 
         write_json_atomic(self.results / f"{name}.json", record)
@@ -304,15 +329,14 @@ class Bench:
                 method = ["--criterion", "soft-movement", "--cap"]
                 info = {"row": "cap-soft", "criterion": "soft-movement", "sparsity": sparsity}
                 runs.append((f"cap-soft-movement-{pct}-s{seed}", method, info | {"seed": seed}))
-                for criterion in BASELINES:
+                for criterion in self.args.baselines:
                     method = ["--criterion", criterion, "--no-cap"]
                     info = {"row": criterion, "criterion": criterion, "sparsity": sparsity}
                     runs.append((f"{criterion}-{pct}-s{seed}", method, info | {"seed": seed}))
-            if self.args.heads_sparsity > 0:
-                pct = round(self.args.heads_sparsity * 100)
+            for heads in (h for h in self.args.heads_sparsity if h > 0):
                 method = ["--structure", "heads-ffn", "--cap"]
-                info = {"row": "heads-ffn", "sparsity": self.args.heads_sparsity, "seed": seed}
-                runs.append((f"heads-ffn-{pct}-s{seed}", method, info))
+                info = {"row": "heads-ffn", "sparsity": heads, "seed": seed}
+                runs.append((f"heads-ffn-{round(heads * 100)}-s{seed}", method, info))
         return [
             (name, self.prune_options(info["sparsity"], info["seed"], method), info)
             for name, method, info in runs
@@ -326,7 +350,7 @@ class Bench:
         seeds = [
             s
             for s in self.args.seeds
-            if all(self.record(f"{c}-{pct}-s{s}") is not None for c in BASELINES)
+            if all(self.record(f"{c}-{pct}-s{s}") is not None for c in self.args.baselines)
         ]
         if not seeds or (len(seeds) < len(self.args.seeds) and not self.args.report):
             return None
@@ -335,15 +359,15 @@ class Bench:
                 self.record(f"{c}-{pct}-s{s}")["metrics"]["best_dev"]  # type: ignore[index]
                 for s in seeds
             )
-            for c in BASELINES
+            for c in self.args.baselines
         }
         # A tie goes to soft movement: CAP on it is already a row (the paper's pairing), so the
         # tie costs no runs. (Rule added when seed 1 tied movement and soft movement at 90%.)
-        return max(reversed(BASELINES), key=lambda c: dev[c])
+        return max(reversed(self.args.baselines), key=lambda c: dev[c])
 
     def cap_best_runs(self) -> list[tuple[str, list[str], dict[str, Any]]]:
         runs = []
-        for sparsity in self.args.sparsities:
+        for sparsity in self.args.sparsities if self.args.cap_best else []:
             best = self.best_baseline(sparsity)
             if best is None or best == "soft-movement":
                 continue  # not decided yet, or the CAP-on-soft-movement runs are the row
@@ -453,7 +477,7 @@ def render(bench: Bench, invocation_s: float) -> str:
         "| method | " + " | ".join(f"{s:.0%} sparsity" for s in a.sparsities) + " |",
         "| --- |" + " --- |" * len(a.sparsities),
     ]
-    rows = [*BASELINES, "cap-soft", "cap-best"]
+    rows = [*a.baselines, "cap-soft", *(["cap-best"] if a.cap_best else [])]
     cells_by_row: dict[str, dict[float, list[dict[str, Any]]]] = {}
     for row in rows:
         cells = []
@@ -502,6 +526,8 @@ def render(bench: Bench, invocation_s: float) -> str:
             lambda s: ("cap-soft", best) if (best := bench.best_baseline(s)) else None,
         ),
     ]
+    if not a.cap_best:
+        del comparisons[1]
     for label, pair_of in comparisons:
         cells = []
         for s in a.sparsities:
@@ -514,7 +540,7 @@ def render(bench: Bench, invocation_s: float) -> str:
     best = [f"{s:.0%}: {LABELS[b]}" for s in a.sparsities if (b := bench.best_baseline(s))]
     if best:
         complete = all(
-            len(cells_by_row[c][s]) == len(a.seeds) for c in BASELINES for s in a.sparsities
+            len(cells_by_row[c][s]) == len(a.seeds) for c in a.baselines for s in a.sparsities
         )
         note = "" if complete else " (provisional: over the seeds every baseline has so far)"
         lines.append(f"\nBest baseline by mean dev accuracy{note}: {', '.join(best)}.")
@@ -530,16 +556,17 @@ def render(bench: Bench, invocation_s: float) -> str:
     if flagged:
         lines += ["", "Warnings raised by runs:", *(f"- {f}" for f in flagged)]
 
-    heads = [
-        r for s in a.seeds if (r := bench.record(f"heads-ffn-{round(a.heads_sparsity * 100)}-s{s}"))
-    ]
-    if heads:
+    for heads_sparsity in (h for h in a.heads_sparsity if h > 0):
+        pct = round(heads_sparsity * 100)
+        heads = [r for s in a.seeds if (r := bench.record(f"heads-ffn-{pct}-s{s}"))]
+        if not heads:
+            continue
         accs = [r["metrics"]["test"]["all"] for r in heads]
         mean, _ = mean_ci(accs)
         speed = heads[0]["speed"]
         lines += [
             "",
-            f"Structured (heads-ffn, CAP) to {a.heads_sparsity:.0%} of the encoder's parameters, "
+            f"Structured (heads-ffn, CAP) to {heads_sparsity:.0%} of the encoder's parameters, "
             f"same budget: test {fmt_mean_ci(accs)} ({mean / dense_acc:.1%} retention, "
             f"{len(heads)} seeds); heads kept per layer (seed {heads[0]['seed']}) "
             f"{heads[0]['metrics']['kept_heads']}; forward at batch 32, length 128, "

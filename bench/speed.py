@@ -150,9 +150,12 @@ def time_steps(
     bf16: bool,
     steps: int,
     losses: list[float] | None = None,
+    term_grad_norms: bool = True,
 ) -> float:
     """Examples per second over `steps` engine steps (after one untimed warm-up step); the
-    loss of every step is appended to LOSSES when given."""
+    loss of every step is appended to LOSSES when given. TERM_GRAD_NORMS off drops the engine's
+    per-term gradient norms (a second backward with the graph kept, which compiled backward
+    functions with donated buffers refuse)."""
     from accelerate import Accelerator
 
     from kdtui.config import TrainConfig
@@ -165,6 +168,7 @@ def time_steps(
         precision="bf16" if bf16 else "fp32",
         eval_every=10**9,
         checkpoint_every=10**9,
+        term_grad_norms=term_grad_norms,
     )
     with tempfile.TemporaryDirectory() as tmp:
         run = RunDir(Path(tmp) / "run")
@@ -396,7 +400,8 @@ def compile_table(args: argparse.Namespace) -> None:
     eager against `model.compile()`, fp32 and bf16. The speed run keeps dropout; the tolerance
     run turns dropout off (compiled code draws other random numbers) and compares the loss of
     every step from the same weights on the same batches. Inputs are of fixed length, so the
-    compiled graph is built once (real batches vary in length: more compilations)."""
+    compiled graph is built once (real batches vary in length: more compilations). Both sides
+    skip the engine's per-term gradient norms (see time_steps)."""
     from kdtui.config import ModelConfig
     from kdtui.engine.hooks import CrossEntropyHook
     from kdtui.models import load_classifier
@@ -420,17 +425,18 @@ def compile_table(args: argparse.Namespace) -> None:
     print("| precision | eager ex/s | compiled ex/s | speed-up | first step (compile) s "
           "| largest loss difference |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- |")
+    hooks = [CrossEntropyHook()]
     for bf16 in (False, True):
-        eager = time_steps(model(True, False), [CrossEntropyHook()], data, args, bf16, args.steps)
+        eager = time_steps(model(True, False), hooks, data, args, bf16, args.steps, None, False)
         start = time.perf_counter()
         compiled_model = model(True, True)
         first: list[float] = []
-        rate = time_steps(compiled_model, [CrossEntropyHook()], data, args, bf16, args.steps, first)
+        rate = time_steps(compiled_model, hooks, data, args, bf16, args.steps, first, False)
         setup = time.perf_counter() - start - len(first[1:]) * args.batch_size / rate
         losses = []
         for compiled in (False, True):
             seen: list[float] = []
-            time_steps(model(False, compiled), [CrossEntropyHook()], data, args, bf16, 4, seen)
+            time_steps(model(False, compiled), hooks, data, args, bf16, 4, seen, False)
             losses.append(seen)
         diff = max(abs(a - b) for a, b in zip(*losses, strict=True))
         print(

@@ -43,6 +43,17 @@ def test_prune_without_a_budget_gets_its_sparsitys_default(sparsity: float) -> N
     )
 
 
+def test_the_cap_97_profile_runs_the_97_percent_default_budget() -> None:
+    """The shipped profile leaves the budget to the one table, so the two cannot drift apart."""
+    config = resolve("cap-97", options=MODEL, command="prune").config
+    band = prune_budget(0.97)
+    assert config.prune.sparsity == 0.97 and config.train.epochs == band.epochs
+    assert (config.prune.warmup_ratio, config.prune.cooldown_ratio) == (
+        band.warmup_ratio,
+        band.cooldown_ratio,
+    )
+
+
 def test_a_budget_the_user_gives_wins_over_the_default() -> None:
     given = resolve(
         options={**MODEL, "prune.sparsity": 0.97, "train.epochs": 0.25}, command="prune"
