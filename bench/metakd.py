@@ -480,7 +480,7 @@ class Bench:
         folder.parent.mkdir(parents=True, exist_ok=True)
         print(f"[{time.strftime('%H:%M:%S')}] kdtui {' '.join(argv)}", flush=True)
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        log = folder.parent / f"{name}.log"
+        log = folder.with_name(f"{folder.name}.log")  # beside the run folder
         done = run_timed([sys.executable, "-m", "kdtui", *argv], log=log, env=env)
         add_cpu_seconds(folder, done.cpu_s)
         if done.returncode != 0:
