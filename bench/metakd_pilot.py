@@ -143,7 +143,7 @@ def teachers_stage(args: argparse.Namespace) -> str:
         if r is None:
             lines.append(f"| {epochs:g} | - | - | - | - |")
             continue
-        curve = ", ".join(f"{100 * acc:.1f}" for _, acc in r["dev"])
+        curve = ", ".join(f"{100 * acc['all']:.1f}" for _, acc in r["dev"])
         lines.append(
             f"| {epochs:g} | {r['metrics']['steps']} | {100 * r['metrics']['best_dev']:.1f} "
             f"| {curve} | {r['wall_s'] / 60:.1f} |"
