@@ -260,8 +260,7 @@ def students_stage(args: argparse.Namespace) -> str:
             str(s2),
             "--student-lr",
             f"{lr:g}",
-            "--student-tag",
-            f"-{budget_name(s1, s2, lr)}",
+            f"--student-tag=-{budget_name(s1, s2, lr)}",  # "=": argparse reads "-50..." as an option
         )  # fmt: skip
         for s1, s2, lr in STUDENT_BUDGETS
     }
