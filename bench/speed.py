@@ -11,6 +11,9 @@
    step, counted analytically from the encoder's matrix products, as a share of that peak;
 2c. torch.compile ("compile"): a MiniLM fine-tuning step eager against compiled (inductor), fp32
    and bf16: speed, compile time, and the largest loss difference from the same weights;
+2d. profile ("profile"): where a MiniLM fine-tuning step's time goes (torch.profiler self time
+   grouped into matrix products, attention kernel, casts, AdamW, LayerNorm/GELU/dropout, other)
+   in bf16 and fp32, and the matrix products' own GFLOP/s against the matmul peak;
 3. start-up: `kdtui --help` (target under 0.3 s) and the dashboard's first frame;
 4. compressed models: size on disk and inference throughput against the dense model (structured
    heads-ffn removal at 50%; unstructured 90% / 97% in kdtui's bitmask format);
@@ -56,8 +59,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
         "--tables",
-        default="overhead,throughput,utilisation,compile,startup,compressed,deploy",
-        help="which tables, comma-separated (default: all seven)",
+        default="overhead,throughput,utilisation,compile,profile,startup,compressed,deploy",
+        help="which tables, comma-separated (default: all eight)",
     )
     parser.add_argument(
         "--runs",
@@ -94,6 +97,7 @@ def main() -> None:
         "throughput": lambda: distill_table(args),
         "utilisation": lambda: utilisation_table(args),
         "compile": lambda: compile_table(args),
+        "profile": lambda: profile_table(args),
         "startup": startup_table,
         "compressed": lambda: compressed_table(args),
         "deploy": lambda: deploy_table(args),
@@ -392,6 +396,103 @@ def utilisation_table(args: argparse.Namespace) -> None:
                 f"| {label} | {precision} | {rate:.1f} | {achieved:.0f} "
                 f"| {100 * achieved / peaks[precision]:.0f}% of {peaks[precision]:.0f} |"
             )
+    print()
+
+
+# Op name fragments -> the part of a training step they belong to; the first match wins.
+STEP_PARTS = (
+    ("matrix products", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")),
+    ("attention kernel (SDPA, forward and backward)", ("scaled_dot_product", "flash_attention")),
+    ("dtype casts (autocast)", ("aten::to", "aten::_to_copy", "aten::copy_")),
+    ("optimiser (AdamW)", ("adam", "_foreach")),
+    (
+        "LayerNorm, GELU, dropout, softmax",
+        ("layer_norm", "gelu", "dropout", "bernoulli", "softmax"),
+    ),
+)
+
+
+def step_part(op: str) -> str:
+    for part, fragments in STEP_PARTS:
+        if any(op == f or (not f.startswith("aten::") and f in op) for f in fragments):
+            return part
+    return "other (element-wise, embeddings, loss, bookkeeping)"
+
+
+def profile_table(args: argparse.Namespace) -> None:
+    """Where a MiniLM fine-tuning step spends its time, bf16 and fp32: torch.profiler's self
+    time per op over --steps steps (forward, backward, AdamW; the engine's bookkeeping is the
+    overhead table's), grouped into parts, and the matrix products' own GFLOP/s (the analytic
+    count of encoder_flops_per_example over their measured time), against the matmul peak."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from kdtui.config import ModelConfig
+    from kdtui.models import load_classifier
+
+    model = load_classifier(ModelConfig(name="minilm"), ["0", "1"], seed=0).train()
+    config = model.config
+    data = fixed_length_examples(args.batch_size, args.length, config.vocab_size)
+    ids = torch.tensor(data.input_ids)
+    labels = torch.tensor(data.labels)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    # every matrix product, attention's included: the backward pass twice the forward's
+    flops = 3 * encoder_flops_per_example(config, args.length, config.num_hidden_layers)
+    flops *= args.batch_size
+    h, i = config.hidden_size, config.intermediate_size
+    tokens = args.batch_size * args.length
+
+    def step(bf16: bool) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        optimiser.step()
+        optimiser.zero_grad(set_to_none=True)
+
+    print(f"## Where a training step's time goes ({torch.get_num_threads()} threads)\n")
+    print(f"MiniLM fine-tuning, batch {args.batch_size}, length {args.length}, {args.steps} "
+          "profiled steps after 2 unprofiled ones.\n")  # fmt: skip
+    results = {}
+    for bf16 in (True, False):
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        peak = matmul_gflops(tokens, h, i, dtype)
+        for _ in range(2):
+            step(bf16)
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            step(bf16)
+        wall = (time.perf_counter() - start) / args.steps
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(args.steps):
+                step(bf16)
+        parts: dict[str, float] = {}
+        for event in prof.key_averages():
+            part = step_part(event.key)
+            parts[part] = parts.get(part, 0.0) + event.self_cpu_time_total / 1e6 / args.steps
+        results["bf16" if bf16 else "fp32"] = (wall, parts, peak)
+    names = sorted({p for _, parts, _ in results.values() for p in parts},
+                   key=lambda p: -results["bf16"][1].get(p, 0.0))  # fmt: skip
+    print("| part of the step | bf16 ms | bf16 share | fp32 ms | fp32 share |")
+    print("| --- | --- | --- | --- | --- |")
+    for name in names:
+        cells = []
+        for precision in ("bf16", "fp32"):
+            _, parts, _ = results[precision]
+            total = sum(parts.values())
+            cells += [
+                f"{1e3 * parts.get(name, 0.0):.0f}",
+                f"{100 * parts.get(name, 0) / total:.0f}%",
+            ]
+        print(f"| {name} | {' | '.join(cells)} |")
+    print()
+    print("| precision | step ms (unprofiled) | profiled ms | matrix products GFLOP/s "
+          "| matmul peak GFLOP/s | whole step GFLOP/s |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- |")
+    for precision, (wall, parts, peak) in results.items():
+        mm = parts.get(STEP_PARTS[0][0], 0.0)
+        print(
+            f"| {precision} | {1e3 * wall:.0f} | {1e3 * sum(parts.values()):.0f} "
+            f"| {flops / mm / 1e9:.0f} | {peak:.0f} | {flops / wall / 1e9:.0f} |"
+        )
     print()
 
 
