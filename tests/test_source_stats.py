@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.metakd import pilot_choice, recorded_metrics
-from bench.metakd_pilot import epochs_choice
+from bench.metakd_pilot import epochs_choice, teacher_learned
 from kdtui.config import ModelConfig
 from kdtui.data import Encoded
 from kdtui.methods.meta_kd import mean_token_states
@@ -156,3 +156,9 @@ def test_the_teacher_budget_rule_takes_the_smallest_budget_near_the_best() -> No
     assert epochs_choice({1.0: 0.850, 2.0: 0.870, 3.0: 0.872}) == 2.0
     assert epochs_choice({1.0: 0.868, 2.0: 0.870, 3.0: 0.872}) == 1.0  # 0.4 points below
     assert epochs_choice({1.0: 0.860, 2.0: 0.866, 3.0: 0.872}) == 3.0  # 0.6 below: not near
+
+
+def test_stage_3_leaves_out_students_of_a_teacher_at_chance() -> None:
+    assert teacher_learned({"metrics": {"best_dev": 0.805}})
+    assert not teacher_learned({"metrics": {"best_dev": 0.51}})  # the 34-step 20% teacher
+    assert not teacher_learned(None)
