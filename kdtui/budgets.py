@@ -1,6 +1,7 @@
-"""How long `kdtui prune` trains when the user does not say: one budget per sparsity band.
+"""How long `kdtui teacher` and `kdtui prune` train when the user does not say: one budget for
+teachers, one per sparsity band for pruning.
 
-The one owner of pruning's default budget: the resolver fills it in (`train.epochs`,
+The one owner of these default budgets: the resolver fills them in (`train.epochs`,
 `prune.warmup_ratio`, `prune.cooldown_ratio`) when no layer sets them, the prune command's
 `--help` prints it, and a shorter budget asked for by the user gets a note. The numbers come
 from the pruning budget pilot on dev (bench/prune_pilot.py; the README's pruning section has
@@ -10,6 +11,18 @@ its table and rule); a band the pilot did not cover keeps kdtui's earlier defaul
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+# The Meta-KD teacher pilot on dev (mix teacher, all four domains): best dev 86.0 / 87.1 / 87.4
+# after 1 / 2 / 3 epochs; 2 is the smallest within 0.5 points of the best.
+TEACHER_EPOCHS = 2.0
+TEACHER_EPOCHS_WHY = "the teacher budget pilot on dev"
+
+# The Meta-KD student budget pilot on dev (KD from single-domain and mix teachers, books and dvd):
+# 150 + 450 steps at lr 3e-4 (about 2 and 5 epochs of a domain's 1,400 examples) beat 50 + 150
+# and lr 1e-3 (mean best dev 78.0 against 76.2). The epochs are DistillConfig's defaults; the
+# learning rate is distill's when no layer sets train.lr (teachers keep train.lr's 5e-5).
+STUDENT_LR = 3e-4
+STUDENT_BUDGET_WHY = "the student budget pilot on dev"
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,13 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from kdtui import __version__
-from kdtui.budgets import describe_budgets
+from kdtui.budgets import (
+    STUDENT_BUDGET_WHY,
+    STUDENT_LR,
+    TEACHER_EPOCHS,
+    TEACHER_EPOCHS_WHY,
+    describe_budgets,
+)
 from kdtui.config import CHOICES, Config, default_of, type_of
 from kdtui.errors import Interrupted, KdtuiError
 
@@ -177,6 +183,10 @@ PRUNE_EPOCHS = (
     ),
     EPOCHS[1],
 )
+TEACHER_BUDGET = (
+    replace(EPOCHS[0], default=f"{TEACHER_EPOCHS:g}, from {TEACHER_EPOCHS_WHY}"),
+    EPOCHS[1],
+)
 
 TEACHER = (
     Flag("teacher.method", ("--method",), "mix (all domains), single (one domain), meta (Meta-KD)"),
@@ -244,6 +254,12 @@ DISTILL = (
         "distill.attention",
         ("--attention",),
         "Stage 1 matches attention probabilities or pre-softmax scores",
+    ),
+    Flag(
+        "distill.expertise_weights",
+        ("--expertise-weights",),
+        "Meta-KD weighs each example by its prototype score λ_i; off: every λ_i = 1 (an "
+        "ablation that keeps the domain term)",
     ),
     Flag(
         "distill.cache_teacher_logits",
@@ -461,13 +477,18 @@ def training_command(name: str, flags: tuple[Flag, ...], short_help: str, doc: s
 
 training_command(
     "teacher",
-    (*TEACHER, *EPOCHS, *TRAINING),
+    (*TEACHER, *TEACHER_BUDGET, *TRAINING),
     "Fine-tune a teacher on multi-domain data (mix, single or meta).",
     "Fine-tune a teacher on multi-domain data; writes RUN/model and RUN/metrics.json.",
 )
+# A student's learning rate is not a teacher's (kdtui/budgets.py).
+DISTILL_TRAINING = tuple(
+    replace(f, default=f"{STUDENT_LR:g}, from {STUDENT_BUDGET_WHY}") if f.key == "train.lr" else f
+    for f in TRAINING
+)
 training_command(
     "distill",
-    (*DISTILL, *TRAINING),
+    (*DISTILL, *DISTILL_TRAINING),
     "Distil a small student for one domain from a (meta-)teacher.",
     "Distil a small single-domain student from a (meta-)teacher (Meta-KD or baselines).",
 )

@@ -117,8 +117,9 @@ class TeacherConfig:
     # domains from stopped features; the encoder is pushed to make it predict the batch's domain
     # mix) or "authors" (EasyNLP's: one head reads the true domain's embedding plus the mean
     # token states, and the whole model minimises its cross-entropy to in-batch shuffled domain
-    # labels).
-    domain_loss: str = "confusion"
+    # labels). "authors" is the default: chosen on dev by the students distilled from each (the
+    # Meta-KD pilot, README); every confusion weight tried left a student at one class.
+    domain_loss: str = "authors"
     # γ1, the weight of that term ("confusion": domain_adv; "authors": domain_corrupted, 0.5 in
     # the authors' script as well); 0 = no domain term.
     domain_loss_weight: float = 0.5
@@ -140,8 +141,9 @@ class DistillConfig:
     student_hidden: int = 0  # 0 = the teacher's width (then layers are copied from the teacher)
     student_init: str = "teacher"  # "teacher" (copy evenly spaced layers) or "random"
     layer_map: tuple[tuple[int, ...], ...] = ()  # [[student, teacher], ...]; empty = uniform
-    intermediate_epochs: float = 1.0  # stage 1: hidden/attention/domain MSE (0 = skip)
-    prediction_epochs: float = 1.0  # stage 2: soft cross-entropy on the teacher's logits
+    # The stages' epochs: the student budget pilot on dev (kdtui/budgets.py, STUDENT_LR).
+    intermediate_epochs: float = 2.0  # stage 1: hidden/attention/domain MSE (0 = skip)
+    prediction_epochs: float = 5.0  # stage 2: soft cross-entropy on the teacher's logits
     # If > 0, each stage stops after this many steps instead of its epochs (train.max_steps is
     # the teacher's: a profile shared by teacher and distill sets it for the teacher).
     max_steps: int = 0

@@ -24,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from kdtui.budgets import prune_budget
+from kdtui.budgets import STUDENT_LR, TEACHER_EPOCHS, prune_budget
 from kdtui.config import Config, build_config
 from kdtui.errors import KdtuiError
 from kdtui.profile import find_profile, parse_override
@@ -84,7 +84,16 @@ def resolve(
     config = fill_placeholders(build_config(layered))
     if command == "prune":
         config = with_prune_budget(config, layered)
+    if command == "teacher" and not _budget_given(layered):
+        config = replace(config, train=replace(config.train, epochs=TEACHER_EPOCHS))
+    if command == "distill" and "lr" not in _table(layered, "train"):
+        config = replace(config, train=replace(config.train, lr=STUDENT_LR))
     return Resolved(config, tuple(notes))
+
+
+def _budget_given(layered: dict[str, Any]) -> bool:
+    """Whether a layer (profile, --set, option) sets train.epochs or train.max_steps."""
+    return bool({"epochs", "max_steps"} & _table(layered, "train").keys())
 
 
 class Resumed(NamedTuple):
@@ -129,7 +138,7 @@ def with_prune_budget(config: Config, layered: dict[str, Any]) -> Config:
     warm-up or cool-down share is."""
     band = prune_budget(config.prune.sparsity)
     train, prune = config.train, config.prune
-    if not {"epochs", "max_steps"} & _table(layered, "train").keys():
+    if not _budget_given(layered):
         train = replace(train, epochs=band.epochs)
     if not {"warmup_ratio", "cooldown_ratio"} & _table(layered, "prune").keys():
         prune = replace(prune, warmup_ratio=band.warmup_ratio, cooldown_ratio=band.cooldown_ratio)

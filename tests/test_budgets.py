@@ -1,5 +1,6 @@
-"""Pruning's default budget: one table (kdtui/budgets.py) that the resolver applies, `--help`
-prints and a short run is told about; the drop warning; the time estimate."""
+"""Default budgets: the teacher's epochs and pruning's table (kdtui/budgets.py), which the
+resolver applies, `--help` prints and a short pruning run is told about; the drop warning; the
+time estimate."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from kdtui.budgets import PRUNE_BUDGETS, describe_budgets, prune_budget, short_budget_note
+from kdtui.budgets import (
+    PRUNE_BUDGETS,
+    STUDENT_LR,
+    TEACHER_EPOCHS,
+    describe_budgets,
+    prune_budget,
+    short_budget_note,
+)
 from kdtui.cli import app
 from kdtui.engine.hooks import HookContext
 from kdtui.events import Message
@@ -27,6 +35,46 @@ def test_bands_cover_every_sparsity_in_order() -> None:
         assert prune_budget(band.from_sparsity) == band
         assert band.warmup_ratio + band.cooldown_ratio < 1
     assert prune_budget(0.999) == PRUNE_BUDGETS[-1]
+
+
+def test_a_teacher_without_a_budget_trains_the_piloted_epochs() -> None:
+    assert TEACHER_EPOCHS != 1.0  # not the engine's own default, or this test shows nothing
+    assert resolve(command="teacher").config.train.epochs == TEACHER_EPOCHS
+    assert resolve(options={"train.epochs": 1.0}, command="teacher").config.train.epochs == 1.0
+    steps = resolve(options={"train.max_steps": 7}, command="teacher").config
+    assert steps.train.max_steps == 7
+    layered = resolve(overrides=["train.epochs=3"], command="teacher").config  # a --set or profile
+    assert layered.train.epochs == 3.0
+    # other commands keep the engine's default
+    assert resolve(command="distill").config.train.epochs == 1.0
+
+
+def test_a_student_learns_at_the_piloted_rate_and_a_teacher_at_its_own() -> None:
+    from kdtui.config import Config
+
+    assert STUDENT_LR != Config().train.lr  # or this test shows nothing
+    assert resolve(command="distill").config.train.lr == STUDENT_LR
+    assert resolve(command="teacher").config.train.lr == Config().train.lr
+    given = resolve(options={"train.lr": 1e-3}, command="distill").config
+    assert given.train.lr == 1e-3
+    assert resolve("smoke", command="distill").config.train.lr == 1e-3  # the profile's
+    d = resolve(command="distill").config.distill
+    assert (d.intermediate_epochs, d.prediction_epochs) == (2.0, 5.0)
+
+
+def test_distill_help_prints_the_students_learning_rate() -> None:
+    result = CliRunner().invoke(app, ["distill", "--help"])
+    text = re.sub(r"[\s│]+", "", result.stdout)
+    assert f"[train.lr;default{STUDENT_LR:g},fromthestudentbudgetpilot" in text
+    teacher = re.sub(r"[\s│]+", "", CliRunner().invoke(app, ["teacher", "--help"]).stdout)
+    assert "[train.lr;default5e-05]" in teacher
+
+
+def test_teacher_help_prints_its_default_budget() -> None:
+    result = CliRunner().invoke(app, ["teacher", "--help"])
+    assert result.exit_code == 0
+    text = re.sub(r"[\s│]+", "", result.stdout)  # Rich wraps the help
+    assert f"[train.epochs;default{TEACHER_EPOCHS:g},fromtheteacherbudgetpilot" in text
 
 
 MODEL = {"prune.model": "a-model-folder"}  # any name: the resolver only looks for its run
@@ -64,8 +112,8 @@ def test_a_budget_the_user_gives_wins_over_the_default() -> None:
     shape = resolve(options=MODEL, overrides=["prune.cooldown_ratio=0.3"], command="prune").config
     assert shape.prune.cooldown_ratio == 0.3
     assert shape.prune.warmup_ratio == 0.1  # kdtui's own default, not the band's
-    # Other commands keep train.epochs' own default.
-    assert resolve(command="teacher").config.train.epochs == 1.0
+    # Distill keeps train.epochs' own default.
+    assert resolve(command="distill").config.train.epochs == 1.0
 
 
 def test_help_prints_the_table_the_resolver_uses() -> None:

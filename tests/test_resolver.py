@@ -28,10 +28,12 @@ def test_the_domain_loss_is_recorded_and_fills_its_head_learning_rate(tmp_path: 
 
     default = resolve().config.teacher
     assert (default.domain_loss, default.domain_loss_weight, default.domain_head_lr) == (
-        "confusion",
+        "authors",
         0.5,
-        1e-3,
+        0.0,
     )
+    confusion = resolve(options={"teacher.domain_loss": "confusion"}).config.teacher
+    assert (confusion.domain_loss, confusion.domain_head_lr) == ("confusion", 1e-3)
     authors = resolve(options={"teacher.domain_loss": "authors"}).config
     assert (authors.teacher.domain_loss, authors.teacher.domain_head_lr) == ("authors", 0.0)
     written = tmp_path / "config.toml"
