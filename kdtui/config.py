@@ -245,6 +245,9 @@ def _section_types() -> dict[str, type]:
 SECTIONS: dict[str, type] = _section_types()
 
 
+# Stage 1's attention term (distill.attention); kdtui.methods.meta_kd computes both.
+ATTENTION_TARGETS = ("probs", "scores")
+
 CHOICES: dict[str, tuple[str, ...]] = {
     "teacher.method": ("mix", "single", "meta"),
     "teacher.prototype": ("class", "centroid"),
@@ -252,7 +255,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "teacher.domain_loss": ("confusion", "authors"),
     "distill.method": ("", "meta", "vanilla", "logits"),
     "distill.student_init": ("teacher", "random"),
-    "distill.attention": ("probs", "scores"),
+    "distill.attention": ATTENTION_TARGETS,
     "prune.structure": ("weights", "heads-ffn"),
     "prune.criterion": ("magnitude", "movement", "soft-movement"),
     "prune.start": ("finetuned", "pretrained"),

@@ -26,6 +26,7 @@ from kdtui.events import (
     RunStarted,
     Step,
 )
+from kdtui.layout import MATRIX_NAMES  # torch-free: path -> short name
 
 if TYPE_CHECKING:
     from kdtui.runlog import FollowBatch
@@ -460,15 +461,6 @@ def thin(xs: list[float], ys: list[float], limit: int) -> tuple[list[float], lis
     return out_x, out_y
 
 
-# Short names for the Linear layers of a BERT layer, as pruning reports them.
-MATRIX_NAMES = {
-    "attention.self.query": "query",
-    "attention.self.key": "key",
-    "attention.self.value": "value",
-    "attention.output.dense": "attn.out",
-    "intermediate.dense": "ffn.in",
-    "output.dense": "ffn.out",
-}
 _LAYER = re.compile(r"(?:^|\.)(\d+)\.(.+)$")
 
 

@@ -31,6 +31,7 @@ from kdtui.engine.hooks import Hook
 from kdtui.engine.loop import total_steps, train
 from kdtui.errors import KdtuiError
 from kdtui.events import Message
+from kdtui.layout import layout_of
 from kdtui.models import (
     build_student,
     label_names_of,
@@ -114,10 +115,11 @@ def run_distill(ctx: RunContext) -> dict[str, Any]:
     student_layers = _check_student(ctx, teacher)
     layer_map: list[tuple[int, int]] = []
     if intermediate:
-        from kdtui.methods.meta_kd import self_attention
-
         layer_map = _layer_map(ctx, student_layers, teacher.layers)
-        self_attention(teacher.model, 0)  # stage 1 recomputes attention scores from its layers
+        try:
+            layout_of(teacher.model)  # stage 1 recomputes attention scores from its layers
+        except KdtuiError as e:
+            raise KdtuiError(f"attention distillation: {e}; use --method logits") from None
 
     data = load_run_data(ctx)
     if label_names_of(teacher.model) != data.label_names:

@@ -24,6 +24,7 @@ from kdtui.config import Config
 from kdtui.data import MultiDomainData, encode, load_data
 from kdtui.engine.evaluate import accuracy_of_predictions, predict_logits
 from kdtui.errors import KdtuiError
+from kdtui.layout import encoder_linears
 from kdtui.models import (
     LABELS_KEY,
     check_labels,
@@ -325,9 +326,7 @@ def evaluate_onnx(path: str, config: Config, data: MultiDomainData) -> dict[str,
 
 
 def encoder_sparsity(model: Any) -> float | None:
-    """Fraction of zeros in the encoder's Linear weights (None for non-BERT layouts)."""
-    from kdtui.methods.pruning import encoder_linears
-
+    """Fraction of zeros in the encoder's Linear weights (None for a layout kdtui does not know)."""
     try:
         weights = [linear.weight for linear in encoder_linears(model).values()]
     except KdtuiError:

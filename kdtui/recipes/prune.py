@@ -31,6 +31,7 @@ from kdtui.engine.hooks import CrossEntropyHook, Hook
 from kdtui.engine.loop import steps_per_epoch, total_steps, train
 from kdtui.errors import KdtuiError
 from kdtui.events import LayerSparsity, Message
+from kdtui.layout import is_matrix_weight, layout_of
 from kdtui.models import (
     label_names_of,
     load_classifier,
@@ -54,12 +55,7 @@ from kdtui.timing import estimate_seconds
 def run_prune(ctx: RunContext) -> dict[str, Any]:
     from kdtui.methods.contrastive import BANKS, CapHook, MemoryBank, bank_rows
     from kdtui.methods.kd import KdHook
-    from kdtui.methods.pruning import (
-        StructuredPruner,
-        UnstructuredPruner,
-        check_structured_target,
-        encoder_layers,
-    )
+    from kdtui.methods.pruning import StructuredPruner, UnstructuredPruner, check_structured_target
 
     cfg = ctx.config
     p = cfg.prune
@@ -67,7 +63,7 @@ def run_prune(ctx: RunContext) -> dict[str, Any]:
         raise KdtuiError("prune needs a model: --model RUN_OR_FOLDER (prune.model)")
     folder = Path(resolve_model_path(p.model))
     model = load_trained(folder)
-    encoder_layers(model)  # a clear error for models kdtui cannot prune
+    layout_of(model)  # a clear error for models kdtui cannot prune
     tokenizer = load_model_tokenizer(folder)
     data = load_run_data(ctx)
     labels = label_names_of(model)
@@ -327,7 +323,7 @@ def _save(ctx: RunContext, model: Any, tokenizer: Any, labels: list[str]) -> dic
         model.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         sizes = save_sparse(model.state_dict(), tmp / SPARSE_FILE, values=p.sparse_values)
-    encoder = [s for name, s in sizes.items() if _is_encoder_linear_weight(name)]
+    encoder = [s for name, s in sizes.items() if is_matrix_weight(name)]
     result["sparse_model"] = {
         "path": str((folder / SPARSE_FILE).relative_to(ctx.run.path)),
         "bytes": (folder / SPARSE_FILE).stat().st_size,
@@ -337,14 +333,6 @@ def _save(ctx: RunContext, model: Any, tokenizer: Any, labels: list[str]) -> dic
         / sum(s["dense"] for s in encoder),
     }
     return result
-
-
-def _is_encoder_linear_weight(name: str) -> bool:
-    from kdtui.methods.pruning import ENCODER_LINEARS
-
-    return ".encoder.layer." in name and name.endswith(
-        tuple(f".{sub}.weight" for sub in ENCODER_LINEARS)
-    )
 
 
 # ---------------------------------------------------------------------------------------------
