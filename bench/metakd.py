@@ -111,6 +111,28 @@ OUT = "{OUT}"  # stands for --output-dir in recorded commands
 
 
 def main() -> None:
+    args = parser().parse_args()
+    check_args(args)
+    threads = [int(s.split("=", 1)[1]) for s in args.overrides if s.startswith("run.threads=")]
+    claim_cores(args.jobs, (threads[-1] if threads else 0) or cores())
+    bench = Bench(args)
+    started = time.monotonic()
+    tables = []
+    for setting in args.settings.split(","):
+        if setting not in ("full", "scarce"):
+            sys.exit(f"--settings: unknown {setting!r}; choose full, scarce")
+        tables.append(bench.setting(setting))
+        print(tables[-1], flush=True)
+    minutes = (time.monotonic() - started) / 60
+    text = "\n".join(tables) + f"\nWall time of this invocation: {minutes:.1f} min\n"
+    text += f"Sum of all recorded runs: {bench.recorded_minutes():.1f} min\n"
+    (bench.out / "table.md").write_text(text, encoding="utf-8")
+    print(text.splitlines()[-2])
+    print(text.splitlines()[-1])
+    print(f"written: {bench.out / 'table.md'}")
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -120,6 +142,24 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--teacher-steps", type=int, default=200, help="every teacher")
+    parser.add_argument(
+        "--teacher-epochs",
+        type=float,
+        default=0.0,
+        help="every teacher's budget in epochs of its own training data (replaces --teacher-steps)",
+    )
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="bf16 autocast for every run (the first tables ran fp32)",
+    )
+    parser.add_argument(
+        "--student-tag",
+        default="",
+        help="appended to every student's run name, so students of several pilot settings share"
+        " one --records folder and its teachers",
+    )
     parser.add_argument("--stage1-steps", type=int, default=50, help="KD intermediate stage")
     parser.add_argument("--stage2-steps", type=int, default=150, help="KD prediction stage")
     parser.add_argument(
@@ -155,7 +195,10 @@ def main() -> None:
     )
     parser.add_argument("--output-dir", type=Path, default=Path("runs/bench-metakd"))
     parser.add_argument("--records", type=Path, default=REPO / "bench" / "results" / "metakd")
-    args = parser.parse_args()
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
     if args.data != "synthetic" and not Path(args.data).exists():
         sys.exit(
             f"data not found: {args.data}\n"
@@ -164,23 +207,6 @@ def main() -> None:
     unknown = [r for r in args.rows.split(",") if r not in ROWS]
     if unknown:
         sys.exit(f"--rows: any of {', '.join(ROWS)}; got {args.rows}")
-    threads = [int(s.split("=", 1)[1]) for s in args.overrides if s.startswith("run.threads=")]
-    claim_cores(args.jobs, (threads[-1] if threads else 0) or cores())
-    bench = Bench(args)
-    started = time.monotonic()
-    tables = []
-    for setting in args.settings.split(","):
-        if setting not in ("full", "scarce"):
-            sys.exit(f"--settings: unknown {setting!r}; choose full, scarce")
-        tables.append(bench.setting(setting))
-        print(tables[-1], flush=True)
-    minutes = (time.monotonic() - started) / 60
-    text = "\n".join(tables) + f"\nWall time of this invocation: {minutes:.1f} min\n"
-    text += f"Sum of all recorded runs: {bench.recorded_minutes():.1f} min\n"
-    (bench.out / "table.md").write_text(text, encoding="utf-8")
-    print(text.splitlines()[-2])
-    print(text.splitlines()[-1])
-    print(f"written: {bench.out / 'table.md'}")
 
 
 class Bench:
@@ -281,7 +307,7 @@ class Bench:
         a = self.args
         options = [
             "--data", a.data, "--batch-size", str(a.batch_size),
-            "--set", f"data.max_length={a.max_length}", "--no-bf16",
+            "--set", f"data.max_length={a.max_length}", "--bf16" if a.bf16 else "--no-bf16",
         ]  # fmt: skip
         if setting == "scarce":
             options += [
@@ -302,15 +328,37 @@ class Bench:
             command += ["--domain", domain]
         command += [
             "--model", a.model, "--lr", str(a.lr), "--seed", str(a.seed),
-            "--max-steps", str(a.teacher_steps),
-            "--set", f"train.eval_every={max(1, a.teacher_steps // a.evals)}",
+            *self.teacher_budget(setting, kind, "" if shared else domain),
             *self._data(setting, "" if shared else domain),
         ]  # fmt: skip
         return self.run(name, command)
 
+    def teacher_budget(self, setting: str, kind: str, domain: str) -> list[str]:
+        """--max-steps (the first tables: one step count for every teacher) or --epochs of the
+        teacher's own training data, with --evals dev evaluations over it."""
+        a = self.args
+        if not a.teacher_epochs:
+            steps = a.teacher_steps
+            return [
+                "--max-steps",
+                str(steps),
+                "--set",
+                f"train.eval_every={max(1, steps // a.evals)}",
+            ]
+        counts = dict(self.train_counts)
+        if setting == "scarce" and domain:
+            counts[domain] = self._scarce_count(domain)
+        examples = counts[domain] if kind == "single" else sum(counts.values())
+        from kdtui.config import TrainConfig
+        from kdtui.engine.loop import total_steps
+
+        budget = TrainConfig(batch_size=a.batch_size, epochs=a.teacher_epochs)
+        every = max(1, total_steps(budget, examples) // a.evals)
+        return ["--epochs", f"{a.teacher_epochs:g}", "--set", f"train.eval_every={every}"]
+
     def student(self, setting: str, row: str, domain: str, seed: int, teacher: dict | None) -> dict:
         a = self.args
-        name = f"{setting}/{domain}/{row}-seed{seed}"
+        name = f"{setting}/{domain}/{row}-seed{seed}{a.student_tag}"
         init = f"{OUT}/{self.student_init_name(seed)}"
         lr = a.alone_lr if row == "alone" else a.student_lr
         data = [
@@ -432,7 +480,7 @@ class Bench:
         folder.parent.mkdir(parents=True, exist_ok=True)
         print(f"[{time.strftime('%H:%M:%S')}] kdtui {' '.join(argv)}", flush=True)
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        log = folder.parent / f"{name}.log"
+        log = folder.with_name(f"{folder.name}.log")  # beside the run folder
         done = run_timed([sys.executable, "-m", "kdtui", *argv], log=log, env=env)
         add_cpu_seconds(folder, done.cpu_s)
         if done.returncode != 0:

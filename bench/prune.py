@@ -27,7 +27,9 @@ Each finished run leaves a small record (metrics, wall time, per-example test co
 --results (bench/results/prune by default, kept in git): a rerun skips every run that has a
 record, resumes an interrupted run from its checkpoints, and prints the table from the records.
 Runs themselves go to --output-dir. --jobs runs that many pruning runs at once (one thread
-each is fastest on a shared CPU).
+each is fastest on a shared CPU); the teacher trains first, alone, on every core they claim.
+When the teacher's run is gone but its record is kept (a table split over machines), the
+teacher is trained again and the table goes on only if it makes the same test predictions.
 
     python bench/prune.py --jobs 2                                  # ../shared/data/amazon-4domains
     python bench/prune.py --model tiny --data synthetic --steps 12 --teacher-epochs 1 \\
@@ -215,11 +217,36 @@ class Bench:
             "--set",
             f"data.max_length={a.max_length}",
             "--set",
-            f"run.threads={a.threads}",
+            # It runs alone, before the pruning runs: every core the table claimed.
+            f"run.threads={a.jobs * a.threads}",
             "--bf16" if a.bf16 else "--no-bf16",
         ]
+        recorded = self.record("teacher")
+        if recorded is not None and not RunInfo(self.teacher_dir).finished():
+            self.reproduce_teacher(recorded)
         self.run("teacher", options, {"row": "dense"})
         return self.out / "teacher"
+
+    def reproduce_teacher(self, recorded: dict[str, Any]) -> None:
+        """The table's teacher run is gone (another machine, a cleaned --output-dir) but its
+        record is kept: train it again with the recorded command and go on only if it is the
+        same teacher, i.e. it makes the same test predictions (CPU training with a fixed seed
+        and thread count is repeatable). Every run of a table must start from one teacher."""
+        if recorded["command"][0] != "teacher":
+            sys.exit(
+                f"{self.results}: its teacher was {' '.join(recorded['command'])}, which is "
+                "gone; give a new --results folder"
+            )
+        print("The teacher's record is kept but its run is gone: training it again", flush=True)
+        self.execute("teacher", recorded["command"])
+        again, before = RunInfo(self.teacher_dir).correct(), recorded["correct"]
+        if again != before:
+            differ = sum(x != y for x, y in zip(again, before, strict=True))
+            sys.exit(
+                f"the teacher trained again differs from the recorded one ({differ} of "
+                f"{len(before)} test predictions); this table's runs must share one teacher: "
+                "give a new --results folder"
+            )
 
     def prune_options(self, sparsity: float, seed: int, method: list[str]) -> list[str]:
         a = self.args
@@ -277,19 +304,8 @@ class Bench:
         found = self.record(name)
         if found is not None:
             return found
-        run = self.teacher_dir if name == "teacher" else self.out / name
+        run = self.execute(name, options)
         written = RunInfo(run)
-        if not written.finished():
-            if written.config_file.is_file():
-                command = [options[0], "--resume", str(run)]
-            else:
-                command = [*options, "--output-dir", str(self.out), "--name", name, "--force"]
-            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-            log = self.out / f"{name}.log"
-            done = run_timed([sys.executable, "-m", "kdtui", *command, "--quiet"], log=log, env=env)
-            add_cpu_seconds(run, done.cpu_s)
-            if done.returncode != 0:
-                raise RuntimeError(f"{name} failed (exit {done.returncode}); see {log}")
         metrics = written.metrics()
         keep = ("test", "best_dev", "best_step", "steps", "sparsity", "criterion", "cap_modules")
         record = {
@@ -313,6 +329,23 @@ class Bench:
         write_json_atomic(self.results / f"{name}.json", record)
         report(record, self.dense_accuracy())
         return record
+
+    def execute(self, name: str, options: list[str]) -> Path:
+        """Run (or resume) one kdtui command into its folder unless it has finished there."""
+        run = self.teacher_dir if name == "teacher" else self.out / name
+        written = RunInfo(run)
+        if not written.finished():
+            if written.config_file.is_file():
+                command = [options[0], "--resume", str(run)]
+            else:
+                command = [*options, "--output-dir", str(self.out), "--name", name, "--force"]
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            log = self.out / f"{name}.log"
+            done = run_timed([sys.executable, "-m", "kdtui", *command, "--quiet"], log=log, env=env)
+            add_cpu_seconds(run, done.cpu_s)
+            if done.returncode != 0:
+                raise RuntimeError(f"{name} failed (exit {done.returncode}); see {log}")
+        return run
 
     def dense_accuracy(self) -> float | None:
         dense = self.record("teacher")

@@ -151,6 +151,9 @@ class DistillConfig:
     # (pre-softmax Q·Kᵀ/√d, as TinyBERT; ~3,000x larger, it swamps the other terms).
     attention: str = "probs"
     domain_weight: float = 0.5  # γ2, the KL to the meta-teacher's domain posterior
+    # Meta-KD's per-example expertise weights λ_i; false = λ_i = 1 with the domain term kept
+    # (an ablation: what the prototype scores add).
+    expertise_weights: bool = True
     cache_teacher_logits: bool = True  # stage 2 reads the teacher's logits from a cache
 
 

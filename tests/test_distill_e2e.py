@@ -151,6 +151,37 @@ def test_distill_all_domains(runs: Path, meta_teacher: Path) -> None:
         assert m["agreement"]["all"] == pytest.approx(own["agreement/test_all"])
 
 
+def test_meta_kd_without_expertise_weights_keeps_its_domain_term(
+    runs: Path, meta_teacher: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`distill.expertise_weights=false` (an ablation) sets every λ_i to 1 in both stages and
+    keeps the rest of Meta-KD: the teacher's domain head and the domain_kl term."""
+    from kdtui.methods import meta_kd
+
+    built: dict[str, dict] = {}
+    for hook in ("IntermediateDistillHook", "PredictionDistillHook"):
+        cls = getattr(meta_kd, hook)
+
+        def recording(
+            self: object, *a: object, _cls: type = cls, _name: str = hook, **kw: object
+        ) -> None:
+            built[_name] = kw
+            _cls.__init__(self, *a, **kw)
+
+        monkeypatch.setattr(meta_kd, hook, type(hook, (cls,), {"__init__": recording}))
+    result = _distill(
+        runs, "uniform", meta_teacher, "--domain", "books", "--quiet",
+        "--set", "distill.expertise_weights=false",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    stage1, stage2 = built["IntermediateDistillHook"], built["PredictionDistillHook"]
+    assert stage1["use_expertise_weights"] is False and stage1["teacher_domain_head"] is not None
+    assert stage2["weights"] == "none"
+    steps = [e for e in events_of(runs / "uniform") if isinstance(e, Step)]
+    assert any("domain_kl" in s.losses for s in steps)
+    assert metrics_of(runs / "uniform")["method"] == "meta"
+
+
 def test_baselines_from_a_mix_teacher_then_evaluate(runs: Path, mix_teacher: Path) -> None:
     result = _distill(runs, "vanilla", mix_teacher, "--domain", "dvd", "--quiet")
     assert result.exit_code == 0, result.stderr

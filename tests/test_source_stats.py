@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.metakd import pilot_choice, recorded_metrics
+from bench.metakd_pilot import epochs_choice
 from kdtui.config import ModelConfig
 from kdtui.data import Encoded
 from kdtui.methods.meta_kd import mean_token_states
@@ -149,3 +150,9 @@ def test_the_pilot_rule_excludes_a_setting_with_a_one_class_student() -> None:
     # a tie goes to the setting given first
     tie = {"x": [student(0.7, 6, 6)], "y": [student(0.7, 5, 7)]}
     assert pilot_choice(tie)[0] == "x"
+
+
+def test_the_teacher_budget_rule_takes_the_smallest_budget_near_the_best() -> None:
+    assert epochs_choice({1.0: 0.850, 2.0: 0.870, 3.0: 0.872}) == 2.0
+    assert epochs_choice({1.0: 0.868, 2.0: 0.870, 3.0: 0.872}) == 1.0  # 0.4 points below
+    assert epochs_choice({1.0: 0.860, 2.0: 0.866, 3.0: 0.872}) == 3.0  # 0.6 below: not near

@@ -203,6 +203,7 @@ def distill_one(
         total_steps_all=all_steps,
     )
     use_meta = method == "meta"
+    weighted = use_meta and d.expertise_weights  # λ_i; off: an ablation that keeps the rest
     if plan.stage1_steps:
         stage1: list[Hook] = [
             IntermediateDistillHook(
@@ -212,8 +213,8 @@ def distill_one(
                 teacher_hidden=teacher.hidden,
                 teacher_domain_head=teacher.domain_head if use_meta else None,
                 head_domain_ids=_head_domain_ids(teacher.domain_head, data.domain_names),
-                prototype_scores_by_example_id=scores if use_meta else None,
-                use_expertise_weights=use_meta,
+                prototype_scores_by_example_id=scores if weighted else None,
+                use_expertise_weights=weighted,
                 attention=d.attention,
                 seed=cfg.run.seed,
             )
@@ -251,8 +252,8 @@ def distill_one(
         PredictionDistillHook(
             teacher=teacher.model,
             temperature=d.kd_temperature,
-            weights="expertise" if use_meta else "none",
-            prototype_scores_by_example_id=scores if use_meta else None,
+            weights="expertise" if weighted else "none",
+            prototype_scores_by_example_id=scores if weighted else None,
             cached_logits=cached,
         )
     ]
