@@ -16,6 +16,17 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from kdtui.errors import KdtuiError
 
+# KD's softmax temperature unless a run sets another: distill's default, and CAP's authors' for
+# unstructured pruning. Every KD default is here, prune's by structure below.
+KD_TEMPERATURE = 2.0
+
+# CAP's loss weights and KD temperature in the authors' scripts, by prune.structure: what the
+# placeholders (w_unsup, w_sup < 0; kd_temperature 0) stand for (kdtui.resolver fills them).
+PRUNE_AUTHORS_DEFAULTS = {
+    "weights": {"w_unsup": 0.1, "w_sup": 10.0, "kd_temperature": KD_TEMPERATURE},
+    "heads-ffn": {"w_unsup": 0.3, "w_sup": 3.0, "kd_temperature": 1.0},
+}
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -145,7 +156,7 @@ class DistillConfig:
     # If > 0, each stage stops after this many steps instead of its epochs (train.max_steps is
     # the teacher's: a profile shared by teacher and distill sets it for the teacher).
     max_steps: int = 0
-    kd_temperature: float = 2.0  # stage 2's softmax temperature on both models' logits
+    kd_temperature: float = KD_TEMPERATURE  # stage 2's softmax on both models' logits
     # Stage 1's attention term: "probs" (attention probabilities after softmax, as EasyNLP's
     # official Meta-KD; on MiniLM its gradient is on the hidden-state term's scale) or "scores"
     # (pre-softmax Q·Kᵀ/√d, as TinyBERT; ~3,000x larger, it swamps the other terms).
@@ -184,7 +195,7 @@ class PruneConfig:
     pooling: str = "cls"  # sentence representation: "cls" (pooler output) or "mean"
     ce_weight: float = 0.1
     kd_weight: float = 0.9
-    # KD's softmax temperature; 0 = the authors' default (2 for weights, 1 for heads-ffn),
+    # KD's softmax temperature; 0 = the authors' default for the structure (PRUNE_AUTHORS_DEFAULTS),
     # filled in when the config is resolved.
     kd_temperature: float = 0.0
     # Where pruning starts: "finetuned" (the model given, which is also the KD/FiC teacher) or
