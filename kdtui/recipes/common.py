@@ -31,6 +31,7 @@ from kdtui.rundir import (
 if TYPE_CHECKING:  # annotations only: the CLI imports this module, and stays quick to start
     from kdtui.data import MultiDomainData, Split
     from kdtui.engine.hooks import Hook
+    from kdtui.engine.loop import TrainJob, TrainResult
 
 
 @dataclass
@@ -267,6 +268,36 @@ def train_job(ctx: RunContext, **fields: Any) -> Any:
         "best_dir": ctx.run.best,
     }
     return TrainJob(**{**defaults, **fields})
+
+
+def finish_training(
+    ctx: RunContext,
+    job: TrainJob,
+    *,
+    tokenizer: Any,
+    data: MultiDomainData,
+    save: Callable[[Path], None],
+    finalize: Callable[[TrainResult], dict[str, Any]] | None = None,
+    where: RunLayout | None = None,
+) -> tuple[TrainResult, dict[str, Any]]:
+    """Every recipe's training, to its end: train JOB, load its best weights (by dev accuracy)
+    back into the model and hooks, FINALIZE the model if the method needs it (pruning's final
+    masks, compaction; returns metrics), SAVE it into WHERE's model folder (the run directory
+    by default; written whole or not at all, by the main process), and the final metrics: best
+    dev, test accuracy, and the test predictions beside the model. The recipe has logged
+    run_started (ctx.start) before; returns (the loop's result, metrics)."""
+    from kdtui.checkpoint import atomic_folder
+    from kdtui.engine.loop import train
+
+    result = train(job)
+    ctx.last_step = job.step_offset + result.steps
+    restore_best(ctx, job.model, job.hooks, job.best_dir)
+    finalized = finalize(result) if finalize is not None else {}
+    if ctx.is_main:
+        with atomic_folder((where or ctx.run).model) as folder:
+            save(folder)
+    metrics = final_metrics(ctx, job.model, tokenizer, data, result, where)
+    return result, {**metrics, **finalized}
 
 
 def restore_best(

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from kdtui.checkpoint import atomic_folder, list_checkpoints
+from kdtui.checkpoint import list_checkpoints
 from kdtui.data import Encoded, MultiDomainData, encode
 from kdtui.engine.evaluate import predict_logits
 from kdtui.engine.hooks import Hook
@@ -43,10 +43,9 @@ from kdtui.models import (
 )
 from kdtui.recipes.common import (
     RunContext,
-    final_metrics,
+    finish_training,
     load_run_data,
     load_scores,
-    restore_best,
     train_job,
 )
 from kdtui.rundir import SUMMARY_FILE, RunInfo, RunLayout
@@ -153,7 +152,7 @@ def run_distill(ctx: RunContext) -> dict[str, Any]:
     offset = 0
     for plan in plans:
         ctx.run.log(Message(level="info", text=f"distilling a student for domain {plan.domain}"))
-        result, student = distill_one(
+        student, metrics = distill_one(
             ctx,
             plan,
             teacher,
@@ -166,8 +165,7 @@ def run_distill(ctx: RunContext) -> dict[str, Any]:
             all_steps,
         )
         offset += plan.stage1_steps + plan.stage2_steps
-        ctx.last_step = offset
-        metrics = final_metrics(ctx, student, tokenizer, data, result, plan.folder)
+        ctx.last_step = offset  # the plan's steps, also when stage 2 stopped early
         metrics.update(agreement_metrics(ctx, student, teacher, plan.domain, dev, test, data))
         metrics["model"] = str(plan.folder.model.relative_to(ctx.run.path))
         summary["domains"][plan.domain] = metrics
@@ -189,7 +187,8 @@ def distill_one(
     data: MultiDomainData,
     offset: int,
     all_steps: int,
-) -> tuple[Any, Any]:
+) -> tuple[Any, dict[str, Any]]:
+    """Train one student (stage 1, then stage 2 to its end); returns it and its metrics."""
     from kdtui.methods.meta_kd import IntermediateDistillHook, PredictionDistillHook
 
     cfg = ctx.config
@@ -257,27 +256,28 @@ def distill_one(
             cached_logits=cached,
         )
     ]
-    best_dir = plan.folder.best
-    result = train(
-        train_job(
-            ctx,
-            model=student,
-            dev=dev,
-            hooks=stage2,
-            cfg=_stage_cfg(ctx, d.prediction_epochs),
-            checkpoint_dir=plan.stage2_dir,
-            best_dir=best_dir,
-            select_metric=plan.domain,
-            stage="prediction",
-            step_offset=offset + plan.stage1_steps,
-            **common,
-        )
+    job = train_job(
+        ctx,
+        model=student,
+        dev=dev,
+        hooks=stage2,
+        cfg=_stage_cfg(ctx, d.prediction_epochs),
+        checkpoint_dir=plan.stage2_dir,
+        best_dir=plan.folder.best,
+        select_metric=plan.domain,
+        stage="prediction",
+        step_offset=offset + plan.stage1_steps,
+        **common,
     )
-    restore_best(ctx, student, best_dir=best_dir)
-    if ctx.is_main:
-        with atomic_folder(plan.folder.model) as folder:
-            save_classifier(student, teacher.tokenizer, folder, data.label_names)
-    return result, student
+    _, metrics = finish_training(
+        ctx,
+        job,
+        tokenizer=teacher.tokenizer,
+        data=data,
+        save=lambda folder: save_classifier(student, teacher.tokenizer, folder, data.label_names),
+        where=plan.folder,
+    )
+    return student, metrics
 
 
 def agreement_metrics(
