@@ -295,7 +295,7 @@ def build_config(data: dict[str, Any]) -> Config:
     """Turn a nested dict (parsed TOML + overrides) into a validated Config."""
     if not isinstance(data, dict):
         raise KdtuiError("a profile must be a TOML table of sections")
-    data = _renamed(data)
+    data = renamed(data)
     _reject_unknown(data.keys(), SECTIONS.keys(), "section")
     sections = {}
     for name, cls in SECTIONS.items():
@@ -308,8 +308,9 @@ def build_config(data: dict[str, Any]) -> Config:
     return config
 
 
-def _renamed(data: dict[str, Any]) -> dict[str, Any]:
-    """DATA with renamed keys under their new names (a new name given too wins)."""
+def renamed(data: dict[str, Any]) -> dict[str, Any]:
+    """DATA (a profile's tables) with renamed keys under their new names (a new name given too
+    wins): what every reader of an older run's config.toml goes through, the dashboard too."""
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
     # train.bf16 (true/false) became train.precision ("bf16"/"fp32"; "auto" is new).
     train = data.get("train")
@@ -405,8 +406,16 @@ def _reject_unknown(given: Any, known: Any, what: str, prefix: str = "") -> None
 
 
 def _validate(config: Config) -> None:
-    """Range checks that types alone cannot express; each names its key."""
-    checks: list[tuple[bool, str]] = [
+    """Range checks that types alone cannot express; each names its key. The first that fails
+    is reported, in this order."""
+    for ok, message in [*_setting_checks(config), *_method_checks(config)]:
+        if not ok:
+            raise KdtuiError(message)
+
+
+def _setting_checks(config: Config) -> list[tuple[bool, str]]:
+    """data, model, train and run."""
+    return [
         (config.data.max_length >= 8, "data.max_length must be at least 8"),
         (config.data.max_length <= 4096, "data.max_length must be at most 4096"),
         (0 < config.data.train_fraction <= 1, "data.train_fraction must be in (0, 1]"),
@@ -450,6 +459,12 @@ def _validate(config: Config) -> None:
             and config.run.name not in (".", ".."),
             "run.name must be a plain folder name (no / or \\; use run.output_dir for the place)",
         ),
+    ]
+
+
+def _method_checks(config: Config) -> list[tuple[bool, str]]:
+    """The commands' sections: teacher, distill, prune, evaluate."""
+    return [
         *_choice_checks(config),
         (
             config.teacher.method != "single" or bool(config.teacher.domain),
@@ -504,9 +519,6 @@ def _validate(config: Config) -> None:
         (all(n >= 2 for n in config.evaluate.lengths), "evaluate.lengths must be >= 2"),
         (config.evaluate.latency_repeats >= 1, "evaluate.latency_repeats must be at least 1"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise KdtuiError(message)
 
 
 def _choice_checks(config: Config) -> list[tuple[bool, str]]:

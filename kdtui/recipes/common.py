@@ -127,17 +127,7 @@ def execute(
     choices the command line made for the user (the model `prune` picked), logged first."""
     accelerator = make_accelerator(config)
     config = with_resolved_precision(config, accelerator.device)
-    if resume is not None:
-        path = resume
-    else:
-        name = config.run.name or default_run_name(command)
-        if accelerator.num_processes > 1:  # every process must agree on a timestamped name
-            from accelerate.utils import broadcast_object_list
-
-            name = broadcast_object_list([name])[0]
-        path = Path(config.run.output_dir).expanduser() / name
-        if accelerator.is_main_process:
-            check_new_run_path(path, force=force)
+    path = resume if resume is not None else _new_run_path(command, config, accelerator, force)
     check_models_fit(command, config)
     run = RunDir(path, is_main=accelerator.is_main_process)
     run.listeners.extend(listeners)
@@ -199,6 +189,20 @@ def execute(
         _restore_signals(previous_handlers)
         run.close()
     return path, metrics
+
+
+def _new_run_path(command: str, config: Config, accelerator: Any, force: bool) -> Path:
+    """Where a new run goes: OUTPUT_DIR/run.name, or a timestamped name every process shares;
+    checked before anything is written."""
+    name = config.run.name or default_run_name(command)
+    if accelerator.num_processes > 1:  # every process must agree on a timestamped name
+        from accelerate.utils import broadcast_object_list
+
+        name = broadcast_object_list([name])[0]
+    path = Path(config.run.output_dir).expanduser() / name
+    if accelerator.is_main_process:
+        check_new_run_path(path, force=force)
+    return path
 
 
 # The note `execute` adds to an unexpected error whose traceback it wrote to the run's error.log:
