@@ -12,8 +12,7 @@ agreement with the teacher its run records (`as_source`)."""
 
 from __future__ import annotations
 
-import statistics
-import time
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from kdtui.models import (
     load_model_tokenizer,
     resolve_model_path,
 )
+from kdtui.timing import median_seconds
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
@@ -369,13 +369,8 @@ def latency_grid(
         for length in config.evaluate.lengths:
             ids = torch.randint(1000, min(vocab_size, 20000), (batch, length), generator=generator)
             inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-            forward(inputs)
-            times = []
-            for _ in range(config.evaluate.latency_repeats):
-                start = time.perf_counter()
-                forward(inputs)
-                times.append(time.perf_counter() - start)
-            median = statistics.median(times)
+            call = functools.partial(forward, inputs)
+            (median,) = median_seconds([call], config.evaluate.latency_repeats)
             rows.append(
                 {
                     "batch": batch,
