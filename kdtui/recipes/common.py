@@ -1,7 +1,8 @@
 """What every training command shares: open the run directory, record the resolved config,
 start Accelerate, run the recipe body, and end with run_finished or run_failed; and the pieces
-the recipes have in common (the TrainJob for a run, restoring the best model, the final test
-metrics, a teacher's statistics as a source, the meta-teacher's prototype scores). Recipes
+the recipes have in common (the TrainJob for a run, the end of its training: finish_training,
+which restores the best model, saves it and computes the final test metrics; a teacher's
+statistics as a source, the meta-teacher's prototype scores). Recipes
 share through here, never import each other."""
 
 from __future__ import annotations
