@@ -225,14 +225,12 @@ class Bench:
     # -- data and student checkpoints -----------------------------------------------------------
 
     def _config(self) -> Any:
-        from kdtui.config import build_config
-        from kdtui.profile import parse_override
+        """The configuration the runs' commands resolve to, as kdtui resolves them (--data is
+        an option, --set an override)."""
+        from kdtui.resolver import resolve
 
-        merged: dict = {"data": {"source": self.args.data}}
-        for text in self.args.overrides:
-            (section, key), value = parse_override(text)
-            merged.setdefault(section, {})[key] = value
-        return build_config(merged)
+        options = {"data.source": self.args.data}
+        return resolve(overrides=self.args.overrides, options=options).config
 
     def _domains(self) -> tuple[list[str], dict[str, int]]:
         from kdtui.data import load_data
@@ -492,12 +490,6 @@ class Bench:
     def _record(self, name: str, command: list[str], wall: float) -> dict:
         written = RunInfo(self.out / name)
         metrics = written.metrics()
-        predictions = json.loads(written.predictions_file.read_text())
-        correct: dict[str, str] = {}
-        for d, y, p in zip(
-            predictions["domains"], predictions["labels"], predictions["predictions"], strict=True
-        ):
-            correct[d] = correct.get(d, "") + ("1" if y == p else "0")
         dev = [[e.step, e.accuracy] for e in written.events() if isinstance(e, Eval)]
         return {
             "name": name,
@@ -506,7 +498,7 @@ class Bench:
             "cpu_s": round(cpu_seconds(self.out / name), 1),
             "metrics": recorded_metrics(metrics),
             "dev": dev,
-            "test_correct": correct,
+            "test_correct": written.correct_by_domain(),
         }
 
     # -- the table ------------------------------------------------------------------------------

@@ -637,14 +637,13 @@ def folder_bytes(folder: Path) -> int:
 
 def compressed_table(args: argparse.Namespace) -> None:
     from kdtui.config import ModelConfig
+    from kdtui.layout import encoder_layers, encoder_linears, is_matrix_weight
     from kdtui.methods.compact import compact
-    from kdtui.methods.pruning import encoder_linears
     from kdtui.models import load_any, load_classifier, load_tokenizer, save_classifier
-    from kdtui.recipes.prune import _is_encoder_linear_weight as is_encoder_linear
     from kdtui.sparse import SPARSE_FILE, save_sparse
 
     def encoder_bytes(state: dict[str, torch.Tensor]) -> int:
-        return sum(t.numel() * t.element_size() for k, t in state.items() if is_encoder_linear(k))
+        return sum(t.numel() * t.element_size() for k, t in state.items() if is_matrix_weight(k))
 
     labels = ["0", "1"]
     dense = load_classifier(ModelConfig(name="minilm"), labels, seed=0).eval()
@@ -660,7 +659,7 @@ def compressed_table(args: argparse.Namespace) -> None:
         # Structured: keep half the heads and half the FFN neurons of every layer (which ones
         # does not matter for speed), removed for real, saved and loaded back.
         small = copy.deepcopy(dense)
-        layers = small.base_model.encoder.layer
+        layers = encoder_layers(small)
         heads = [list(range(small.config.num_attention_heads // 2)) for _ in layers]
         neurons = [list(range(small.config.intermediate_size // 2)) for _ in layers]
         compact(small, heads, neurons)
@@ -688,7 +687,7 @@ def compressed_table(args: argparse.Namespace) -> None:
                 folder = root / f"sparse-{sparsity}-{values}"
                 sparse.config.save_pretrained(folder)
                 sizes = save_sparse(sparse.state_dict(), folder / SPARSE_FILE, values=values)
-                stored = sum(v["stored"] for k, v in sizes.items() if is_encoder_linear(k))
+                stored = sum(v["stored"] for k, v in sizes.items() if is_matrix_weight(k))
                 label = f"unstructured {sparsity:.0%} zeros, bitmask + {values} values"
                 rows.append((label, folder_bytes(folder), stored, load_any(folder)))
 

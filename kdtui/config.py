@@ -16,6 +16,17 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from kdtui.errors import KdtuiError
 
+# KD's softmax temperature unless a run sets another: distill's default, and CAP's authors' for
+# unstructured pruning. Every KD default is here, prune's by structure below.
+KD_TEMPERATURE = 2.0
+
+# CAP's loss weights and KD temperature in the authors' scripts, by prune.structure: what the
+# placeholders (w_unsup, w_sup < 0; kd_temperature 0) stand for (kdtui.resolver fills them).
+PRUNE_AUTHORS_DEFAULTS = {
+    "weights": {"w_unsup": 0.1, "w_sup": 10.0, "kd_temperature": KD_TEMPERATURE},
+    "heads-ffn": {"w_unsup": 0.3, "w_sup": 3.0, "kd_temperature": 1.0},
+}
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -147,7 +158,7 @@ class DistillConfig:
     # If > 0, each stage stops after this many steps instead of its epochs (train.max_steps is
     # the teacher's: a profile shared by teacher and distill sets it for the teacher).
     max_steps: int = 0
-    kd_temperature: float = 2.0  # stage 2's softmax temperature on both models' logits
+    kd_temperature: float = KD_TEMPERATURE  # stage 2's softmax on both models' logits
     # Stage 1's attention term: "probs" (attention probabilities after softmax, as EasyNLP's
     # official Meta-KD; on MiniLM its gradient is on the hidden-state term's scale) or "scores"
     # (pre-softmax Q·Kᵀ/√d, as TinyBERT; ~3,000x larger, it swamps the other terms).
@@ -186,7 +197,7 @@ class PruneConfig:
     pooling: str = "cls"  # sentence representation: "cls" (pooler output) or "mean"
     ce_weight: float = 0.1
     kd_weight: float = 0.9
-    # KD's softmax temperature; 0 = the authors' default (2 for weights, 1 for heads-ffn),
+    # KD's softmax temperature; 0 = the authors' default for the structure (PRUNE_AUTHORS_DEFAULTS),
     # filled in when the config is resolved.
     kd_temperature: float = 0.0
     # Where pruning starts: "finetuned" (the model given, which is also the KD/FiC teacher) or
@@ -250,6 +261,9 @@ def _section_types() -> dict[str, type]:
 SECTIONS: dict[str, type] = _section_types()
 
 
+# Stage 1's attention term (distill.attention); kdtui.methods.meta_kd computes both.
+ATTENTION_TARGETS = ("probs", "scores")
+
 CHOICES: dict[str, tuple[str, ...]] = {
     "teacher.method": ("mix", "single", "meta"),
     "teacher.prototype": ("class", "centroid"),
@@ -257,7 +271,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "teacher.domain_loss": ("confusion", "authors"),
     "distill.method": ("", "meta", "vanilla", "logits"),
     "distill.student_init": ("teacher", "random"),
-    "distill.attention": ("probs", "scores"),
+    "distill.attention": ATTENTION_TARGETS,
     "prune.structure": ("weights", "heads-ffn"),
     "prune.criterion": ("magnitude", "movement", "soft-movement"),
     "prune.start": ("finetuned", "pretrained"),
@@ -283,7 +297,7 @@ def build_config(data: dict[str, Any]) -> Config:
     """Turn a nested dict (parsed TOML + overrides) into a validated Config."""
     if not isinstance(data, dict):
         raise KdtuiError("a profile must be a TOML table of sections")
-    data = _renamed(data)
+    data = renamed(data)
     _reject_unknown(data.keys(), SECTIONS.keys(), "section")
     sections = {}
     for name, cls in SECTIONS.items():
@@ -296,8 +310,9 @@ def build_config(data: dict[str, Any]) -> Config:
     return config
 
 
-def _renamed(data: dict[str, Any]) -> dict[str, Any]:
-    """DATA with renamed keys under their new names (a new name given too wins)."""
+def renamed(data: dict[str, Any]) -> dict[str, Any]:
+    """DATA (a profile's tables) with renamed keys under their new names (a new name given too
+    wins): what every reader of an older run's config.toml goes through, the dashboard too."""
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
     # train.bf16 (true/false) became train.precision ("bf16"/"fp32"; "auto" is new).
     train = data.get("train")
@@ -393,8 +408,16 @@ def _reject_unknown(given: Any, known: Any, what: str, prefix: str = "") -> None
 
 
 def _validate(config: Config) -> None:
-    """Range checks that types alone cannot express; each names its key."""
-    checks: list[tuple[bool, str]] = [
+    """Range checks that types alone cannot express; each names its key. The first that fails
+    is reported, in this order."""
+    for ok, message in [*_setting_checks(config), *_method_checks(config)]:
+        if not ok:
+            raise KdtuiError(message)
+
+
+def _setting_checks(config: Config) -> list[tuple[bool, str]]:
+    """data, model, train and run."""
+    return [
         (config.data.max_length >= 8, "data.max_length must be at least 8"),
         (config.data.max_length <= 4096, "data.max_length must be at most 4096"),
         (0 < config.data.train_fraction <= 1, "data.train_fraction must be in (0, 1]"),
@@ -438,6 +461,12 @@ def _validate(config: Config) -> None:
             and config.run.name not in (".", ".."),
             "run.name must be a plain folder name (no / or \\; use run.output_dir for the place)",
         ),
+    ]
+
+
+def _method_checks(config: Config) -> list[tuple[bool, str]]:
+    """The commands' sections: teacher, distill, prune, evaluate."""
+    return [
         *_choice_checks(config),
         (
             config.teacher.method != "single" or bool(config.teacher.domain),
@@ -492,9 +521,6 @@ def _validate(config: Config) -> None:
         (all(n >= 2 for n in config.evaluate.lengths), "evaluate.lengths must be >= 2"),
         (config.evaluate.latency_repeats >= 1, "evaluate.latency_repeats must be at least 1"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise KdtuiError(message)
 
 
 def _choice_checks(config: Config) -> list[tuple[bool, str]]:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from kdtui.budgets import STUDENT_LR, TEACHER_EPOCHS, prune_budget
-from kdtui.config import Config, build_config
+from kdtui.config import PRUNE_AUTHORS_DEFAULTS, Config, build_config
 from kdtui.errors import KdtuiError
 from kdtui.profile import find_profile, parse_override
 from kdtui.rundir import (
@@ -46,12 +46,6 @@ UPSTREAM = {"distill": "distill.teacher", "prune": "prune.model"}
 EPOCH_BUDGETS = {
     "train.max_steps": ("train.epochs",),
     "distill.max_steps": ("distill.prediction_epochs", "distill.intermediate_epochs"),
-}
-
-# CAP's loss weights and KD temperature in the authors' scripts, by structure.
-AUTHORS_DEFAULTS = {
-    "weights": {"w_unsup": 0.1, "w_sup": 10.0, "kd_temperature": 2.0},
-    "heads-ffn": {"w_unsup": 0.3, "w_sup": 3.0, "kd_temperature": 1.0},
 }
 
 # The Meta-KD domain head's peak learning rate by teacher.domain_loss (0 = train.lr): the
@@ -177,7 +171,7 @@ def inherited(layers: dict[str, Any], file: str | Path, what: str) -> None:
 def fill_placeholders(config: Config) -> Config:
     """CONFIG with every "decide for me" value replaced by what it stands for."""
     p = config.prune
-    authors = AUTHORS_DEFAULTS[p.structure]
+    authors = PRUNE_AUTHORS_DEFAULTS[p.structure]
     prune = replace(
         p,
         w_unsup=p.w_unsup if p.w_unsup >= 0 else authors["w_unsup"],

@@ -204,6 +204,19 @@ class RunInfo(RunLayout):
         pairs = zip(found["predictions"], found["labels"], strict=True)
         return "".join("1" if p == y else "0" for p, y in pairs)
 
+    def correct_by_domain(self) -> dict[str, str]:
+        """correct() split by domain: {domain: '1'/'0' per test example of that domain, in
+        split order}, the domains in the order their first example comes ({} before the run
+        has written its predictions)."""
+        found = self.predictions()
+        if not found:
+            return {}
+        result: dict[str, str] = {}
+        triples = zip(found["domains"], found["predictions"], found["labels"], strict=True)
+        for domain, p, y in triples:
+            result[domain] = result.get(domain, "") + ("1" if p == y else "0")
+        return result
+
     def status(self) -> RunStatus:
         """running: a live process writes it; finished: it completed; failed: it stopped on an
         error; stopped: it was interrupted or killed (`--resume` continues it)."""

@@ -28,6 +28,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from kdtui.weights import check_state_dict
+
 FORMAT = "kdtui-sparse-1"
 SPARSE_FILE = "model.sparse.safetensors"
 METADATA_KEY = "kdtui_sparse"
@@ -111,8 +113,6 @@ def is_sparse_folder(folder: Path) -> bool:
 def load_sparse_model(folder: str | Path, *, attn_implementation: str = "sdpa") -> Any:
     """A classifier saved as config.json + model.sparse.safetensors (RUN/model-sparse)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    from kdtui.models import check_state_dict
 
     folder = Path(folder)
     config = AutoConfig.from_pretrained(folder)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from kdtui.errors import KdtuiError
+from kdtui.layout import encoder_layers, encoder_linears
 
 SPARSE_MODES: tuple[str, ...] = ("off", "auto", "all")
 # Below this share of zeros CSR is not timed, to keep loading quick: at 90% it won on some
@@ -125,8 +126,6 @@ def use_sparse_kernels(
 
     "auto": where a measurement says CSR is faster (see the module docstring); "all": every
     encoder Linear with at least `min_sparsity` zeros, unmeasured; "off": none."""
-    from kdtui.methods.pruning import encoder_layers, encoder_linears
-
     if mode not in SPARSE_MODES:
         raise KdtuiError(f"sparse kernels must be one of {', '.join(SPARSE_MODES)}, got '{mode}'")
     layers = encoder_layers(model)  # before any swap: it accepts only nn.Linear there

@@ -21,17 +21,11 @@ from kdtui.events import (
     RunStarted,
     Step,
 )
+from kdtui.layout import BERT
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 DOMAINS = ("books", "dvd", "electronics", "kitchen")
-LAYER_MATRICES = (
-    "attention.self.query",
-    "attention.self.key",
-    "attention.self.value",
-    "attention.output.dense",
-    "intermediate.dense",
-    "output.dense",
-)
+LAYER_MATRICES = tuple(BERT.matrices().values())
 
 
 def write(run: Path, events: list[Event]) -> Path:

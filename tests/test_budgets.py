@@ -52,7 +52,7 @@ def test_a_teacher_without_a_budget_trains_the_piloted_epochs() -> None:
 def test_a_student_learns_at_the_piloted_rate_and_a_teacher_at_its_own() -> None:
     from kdtui.config import Config
 
-    assert STUDENT_LR != Config().train.lr  # or this test shows nothing
+    assert Config().train.lr != STUDENT_LR  # or this test shows nothing
     assert resolve(command="distill").config.train.lr == STUDENT_LR
     assert resolve(command="teacher").config.train.lr == Config().train.lr
     given = resolve(options={"train.lr": 1e-3}, command="distill").config

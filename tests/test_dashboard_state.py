@@ -490,3 +490,20 @@ def test_layer_numbers_never_run_into_each_other() -> None:
     assert _layer_labels(list(range(12)), 4) == "".join(f"{n:>4}" for n in range(12))
     assert _layer_labels(list(range(12)), 2) == " 0   2   4   6   8  10  "  # was "91011"
     assert _layer_labels([-1, *range(24)], 1).split() == ["*", "5", "10", "15", "20"]
+
+
+def test_precision_reads_old_and_new_configs() -> None:
+    """An old run's train.bf16 goes through config.renamed, the rename table config.toml
+    readers share."""
+    cases = [
+        ({"train": {"precision": "auto"}}, "auto"),
+        ({"train": {"bf16": True}}, "bf16"),
+        ({"train": {"bf16": False}}, "fp32"),
+        ({"train": {"bf16": "yes"}}, ""),  # not true/false: the config does not say
+        ({"train": {}}, ""),
+        ({}, ""),
+    ]
+    for config, shown in cases:
+        state = RunState()
+        state.config = config
+        assert state.precision == shown, config

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from kdtui.config import ModelConfig
 from kdtui.engine.hooks import Batch, HookContext, StepInfo
 from kdtui.errors import KdtuiError
+from kdtui.layout import self_attention
 from kdtui.methods.losses import attention_mse_per_instance
 from kdtui.methods.meta_kd import (
     DOMAIN_HEAD_FILE,
@@ -486,7 +487,7 @@ def test_recomputed_attention_scores_give_the_models_attention_maps() -> None:
     out = model(**batch.model_inputs(), output_hidden_states=True, output_attentions=True)
     additive = (1.0 - batch.attention_mask[:, None, None, :].float()) * torch.finfo().min
     for layer in range(model.config.num_hidden_layers):
-        scores = attention_scores(model, layer, out.hidden_states[layer])
+        scores = attention_scores(self_attention(model, layer), out.hidden_states[layer])
         maps = torch.softmax(scores + additive, dim=-1)
         assert torch.allclose(maps, out.attentions[layer], atol=1e-5)
         probs = attention_probabilities(scores, batch.attention_mask)
@@ -545,8 +546,8 @@ def test_intermediate_terms_by_hand(tiny, attention: str) -> None:
     hidden = hidden + _masked_mse(proj(out.hidden_states[1]), t_out.hidden_states[2], mask)
     assert terms["hidden_mse"].item() == pytest.approx((lam * hidden).mean().item(), rel=1e-4)
 
-    s_scores = attention_scores(student, 0, out.hidden_states[0])
-    t_scores = attention_scores(tiny, 1, t_out.hidden_states[1])
+    s_scores = attention_scores(self_attention(student, 0), out.hidden_states[0])
+    t_scores = attention_scores(self_attention(tiny, 1), t_out.hidden_states[1])
     per_example = []
     for i in range(4):
         n = int(mask[i].sum())  # real tokens only: softmax over them, then compare

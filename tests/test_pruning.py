@@ -16,6 +16,7 @@ from transformers import BertConfig, BertForSequenceClassification
 from kdtui.engine.hooks import Batch, HookContext, StepInfo
 from kdtui.errors import KdtuiError
 from kdtui.events import LayerSparsity
+from kdtui.layout import encoder_linears
 from kdtui.methods.compact import STRUCTURE_KEY, compact, load_compact
 from kdtui.methods.contrastive import (
     CapHook,
@@ -28,7 +29,6 @@ from kdtui.methods.pruning import (
     StructuredPruner,
     UnstructuredPruner,
     cubic_sparsity,
-    encoder_linears,
     max_structured_sparsity,
     topk_masks,
 )

@@ -117,8 +117,9 @@ def test_the_test_predictions_read_back(tmp_path: Path) -> None:
     run.predictions_file.write_text(json.dumps(written))
     assert run.predictions() == written
     assert run.correct() == "101"
+    assert run.correct_by_domain() == {"books": "1", "dvd": "01"}
     run.predictions_file.write_text('{"predictions": [1')  # cut short
-    assert run.predictions() == {} and run.correct() == ""
+    assert run.predictions() == {} and run.correct() == "" and run.correct_by_domain() == {}
 
 
 def test_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from kdtui.errors import KdtuiError
-from kdtui.methods.pruning import encoder_linears
+from kdtui.layout import BERT, encoder_linears
 from kdtui.sparse import SPARSE_FILE, save_sparse
 from kdtui.sparse_kernels import CHUNK, SparseLinear, sparse_summary, use_sparse_kernels
 from tests.test_pruning import batch_of, tiny_bert
@@ -116,8 +116,5 @@ def test_load_any_with_sparse_kernels(tmp_path: Path) -> None:
 
 
 def _encoder_modules(model: nn.Module) -> list[nn.Module]:
-    from kdtui.methods.pruning import ENCODER_LINEARS
-
-    return [
-        layer.get_submodule(sub) for layer in model.bert.encoder.layer for sub in ENCODER_LINEARS
-    ]
+    paths = BERT.matrices().values()
+    return [layer.get_submodule(path) for layer in model.bert.encoder.layer for path in paths]

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from kdtui.config import renamed  # torch-free, like this module
+from kdtui.errors import KdtuiError
 from kdtui.events import (
     Checkpoint,
     Eval,
@@ -26,6 +28,7 @@ from kdtui.events import (
     RunStarted,
     Step,
 )
+from kdtui.layout import MATRIX_NAMES  # torch-free: path -> short name
 
 if TYPE_CHECKING:
     from kdtui.runlog import FollowBatch
@@ -364,10 +367,11 @@ class RunState:
         train = self.config.get("train")
         if not isinstance(train, dict):
             return ""
-        if "precision" in train:
-            return str(train["precision"])
-        # Runs written before train.precision: train.bf16 on/off.
-        return {True: "bf16", False: "fp32"}.get(train.get("bf16"), "")  # type: ignore[arg-type]
+        try:  # a run written before train.precision says train.bf16
+            train = renamed({"train": train})["train"]
+        except KdtuiError:  # a train.bf16 that is not true/false: the config does not say
+            return ""
+        return str(train.get("precision", ""))
 
     def status(self, now: float) -> str:
         """waiting | running | stalled | finished | failed | stopped (interrupted by the user)."""
@@ -460,15 +464,6 @@ def thin(xs: list[float], ys: list[float], limit: int) -> tuple[list[float], lis
     return out_x, out_y
 
 
-# Short names for the Linear layers of a BERT layer, as pruning reports them.
-MATRIX_NAMES = {
-    "attention.self.query": "query",
-    "attention.self.key": "key",
-    "attention.self.value": "value",
-    "attention.output.dense": "attn.out",
-    "intermediate.dense": "ffn.in",
-    "output.dense": "ffn.out",
-}
 _LAYER = re.compile(r"(?:^|\.)(\d+)\.(.+)$")
 
 

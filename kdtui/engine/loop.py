@@ -121,7 +121,49 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
 
 
 def train(job: TrainJob) -> TrainResult:
-    cfg, acc, run = job.cfg, job.accelerator, job.run
+    loop = _setup(job)
+    _resume(loop)
+    previous_handlers = _catch_stop_signals(loop.stop)
+    loop.model.train()
+    try:
+        while loop.state.step < loop.n_steps and not loop.state.stopped_early:
+            _train_step(loop)
+    finally:
+        _restore_signals(previous_handlers)
+    state = loop.state
+    return TrainResult(
+        state.step, state.best_metric, state.best_step, state.last_eval, state.stopped_early
+    )
+
+
+@dataclass
+class _Loop:
+    """What one train() call works with: the job, the schedule, the optimiser and the state."""
+
+    job: TrainJob
+    model: nn.Module  # on the device
+    device: torch.device
+    rank: int
+    world: int
+    per_epoch: int
+    n_steps: int
+    eval_every: int
+    checkpoint_every: int
+    autocast: bool
+    params: list[nn.Parameter]  # every trainable parameter, the hooks' included
+    model_params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    need_hidden: bool
+    need_attn: bool
+    state: EngineState = field(default_factory=EngineState)
+    stop: _StopRequest = field(default_factory=lambda: _StopRequest())
+
+
+def _setup(job: TrainJob) -> _Loop:
+    """Check the job, move the model, seed, set the hooks up and build the optimiser and the
+    learning-rate schedule."""
+    cfg, acc = job.cfg, job.accelerator
     device, rank, world = acc.device, acc.process_index, acc.num_processes
     if len(job.train) == 0:
         raise KdtuiError("no training examples")
@@ -134,193 +176,223 @@ def train(job: TrainJob) -> TrainResult:
     per_epoch = steps_per_epoch(cfg, len(job.train))
     n_steps = total_steps(cfg, len(job.train))
     eval_every = cfg.eval_every or per_epoch
-    checkpoint_every = cfg.checkpoint_every or eval_every
     autocast = resolve_precision(cfg.precision, device) == "bf16"
 
     model = job.model.to(device)
     torch.manual_seed(job.seed + rank)
-    log = run.log
     if autocast and device.type == "cpu" and not cpu_has_native_bf16():
-        log(
+        job.run.log(
             Message(
                 level="warning",
                 text="bf16 autocast on a CPU without AVX512-BF16 or AMX is emulated and "
                 "several times slower than fp32 here; drop --bf16",
             )
         )
-    ctx = HookContext(model, n_steps, log, device, rank, world)
+    ctx = HookContext(model, n_steps, job.run.log, device, rank, world)
     for hook in job.hooks:
         hook.setup(ctx)
-    params = _trainable(model, job.hooks)
-    model_params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _adamw(model, job.hooks, cfg)
     warmup = int(cfg.warmup_ratio * n_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_then_linear_decay(s, warmup, n_steps)
+    return _Loop(
+        job=job,
+        model=model,
+        device=device,
+        rank=rank,
+        world=world,
+        per_epoch=per_epoch,
+        n_steps=n_steps,
+        eval_every=eval_every,
+        checkpoint_every=cfg.checkpoint_every or eval_every,
+        autocast=autocast,
+        params=_trainable(model, job.hooks),
+        model_params=[p for p in model.parameters() if p.requires_grad],
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: warmup_then_linear_decay(s, warmup, n_steps)
+        ),
+        need_hidden=any(h.needs_hidden_states for h in job.hooks),
+        need_attn=any(h.needs_attentions for h in job.hooks),
     )
-    need_hidden = any(h.needs_hidden_states for h in job.hooks)
-    need_attn = any(h.needs_attentions for h in job.hooks)
 
-    state = EngineState()
+
+def _resume(loop: _Loop) -> None:
+    """Drop checkpoints a crash left half written, and go on from the latest whole one."""
+    job, run = loop.job, loop.job.run
     if run.is_main:
         remove_unfinished(job.checkpoint_dir)
         if job.best_dir is not None:
             remove_unfinished(job.best_dir)
-    loaded = load_latest(job.checkpoint_dir, lambda text: log(Message(level="warning", text=text)))
-    if loaded is not None:
-        model.load_state_dict(loaded.model)
-        optimizer.load_state_dict(loaded.train_state["optimizer"])
-        scheduler.load_state_dict(loaded.train_state["scheduler"])
-        for hook in job.hooks:
-            hook.load_state_dict(loaded.train_state["hooks"].get(hook.name, {}))
-        rngs = loaded.train_state["rng"]
-        set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
-        state = EngineState(
-            **{k: v for k, v in loaded.state.items() if k in EngineState.__dataclass_fields__}
+    loaded = load_latest(
+        job.checkpoint_dir, lambda text: run.log(Message(level="warning", text=text))
+    )
+    if loaded is None:
+        return
+    loop.model.load_state_dict(loaded.model)
+    loop.optimizer.load_state_dict(loaded.train_state["optimizer"])
+    loop.scheduler.load_state_dict(loaded.train_state["scheduler"])
+    for hook in job.hooks:
+        hook.load_state_dict(loaded.train_state["hooks"].get(hook.name, {}))
+    rngs = loaded.train_state["rng"]
+    set_rng_state(rngs[loop.rank] if loop.rank < len(rngs) else rngs[0])
+    loop.state = EngineState(
+        **{k: v for k, v in loaded.state.items() if k in EngineState.__dataclass_fields__}
+    )
+    what = job.stage or "training"
+    run.log(Message(level="info", text=f"resumed {what} from step {loop.state.step}"))
+
+
+def _train_step(loop: _Loop) -> None:
+    """One optimiser step, then what follows it: hooks, the step's log, evaluation,
+    checkpoint, and a requested stop."""
+    job, state, watch = loop.job, loop.state, loop.job.run.stopwatch
+    watch.step_starts()
+    step_started = time.perf_counter()
+    # On the evaluation cadence, also for a stage without dev data (distillation's
+    # intermediate stage), so every stage shows its terms' balance.
+    evaluates = (state.step + 1) % loop.eval_every == 0 or state.step + 1 == loop.n_steps
+    sums, grad_norms = _forward_backward(loop, evaluates)
+    crash_point("step", job.step_offset + state.step + 1)
+    agreed_stop = _update(loop, sums)
+    lr = loop.scheduler.get_last_lr()[0]  # the rate this step used (before the schedule moves)
+    loop.optimizer.step()
+    loop.scheduler.step()
+    state.step += 1
+    _after_step(loop, lr, sums, grad_norms)
+    # The step's work (hooks' mask updates and logging included); evaluation and
+    # checkpoints are timed as their own parts.
+    watch.add("train", time.perf_counter() - step_started)
+    last = state.step == loop.n_steps
+    if job.dev is not None and (state.step % loop.eval_every == 0 or last):
+        with watch.timed("dev_eval"):
+            _evaluate(loop)
+    if state.step % loop.checkpoint_every == 0 or last or state.stopped_early:
+        _save(loop, "final" if last else "periodic")
+    # One process stops as soon as it can: a signal during this step's evaluation or
+    # checkpoint counts too.
+    if agreed_stop if loop.world > 1 else loop.stop.signum is not None:
+        if state.step % loop.checkpoint_every and not last:
+            _save(loop, "periodic")
+        raise Interrupted(loop.stop.signum or signal.SIGINT)
+
+
+def _forward_backward(
+    loop: _Loop, evaluates: bool
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """The step's examples (a per-epoch seeded permutation), forward and backward micro-batch
+    by micro-batch; returns the loss and each term, as means over the global batch, and on
+    evaluation steps each term's gradient norm."""
+    job, cfg, state = loop.job, loop.job.cfg, loop.state
+    device, rank, world = loop.device, loop.rank, loop.world
+    epoch, position = divmod(state.step, loop.per_epoch)
+    order = epoch_order(len(job.train), job.seed, epoch)
+    step_indices = order[position * cfg.batch_size : (position + 1) * cfg.batch_size]
+
+    loop.optimizer.zero_grad(set_to_none=True)
+    sums: dict[str, torch.Tensor] = {}
+    grad_norms: dict[str, float] = {}
+    for micro in _chunks(step_indices, cfg.grad_accum):
+        local = micro[rank::world]
+        if not local:
+            continue
+        batch = Batch(**{k: v.to(device) for k, v in collate(job.train, local, job.pad_id).items()})
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=loop.autocast):
+            outputs = loop.model(
+                **batch.model_inputs(),
+                output_hidden_states=loop.need_hidden,
+                output_attentions=loop.need_attn,
+            )
+            terms = _loss_terms(job.hooks, batch, outputs, loop.model)
+        loss = sum(job.weights.get(name, 1.0) * value.float() for name, value in terms.items())
+        # Every process must join the norms' all-reduce: only a micro-batch that gives
+        # each of them an example (the same decision everywhere) qualifies.
+        if evaluates and cfg.term_grad_norms and not grad_norms and len(micro) >= world:
+            grad_norms = _term_grad_norms(
+                terms, job.weights, loop.model_params, len(local) / len(micro), world
+            )
+        share = len(local) / len(step_indices)  # gradient of the mean over the global batch
+        (loss * share).backward()
+        for name, value in [("loss", loss), *terms.items()]:
+            sums[name] = sums.get(name, 0.0) + value.detach().float() * share
+    return sums, grad_norms
+
+
+def _update(loop: _Loop, sums: dict[str, torch.Tensor]) -> bool:
+    """Average the gradients (and SUMS) over processes, refuse a NaN/Inf loss, clip; returns
+    whether some process was asked to stop."""
+    job = loop.job
+    agreed_stop = False
+    if loop.world > 1:
+        # Processes stop after the same step: the one in which any of them was asked to.
+        agreed_stop = _all_reduce_sum(loop.params, sums, loop.device, loop.stop.signum is not None)
+    if not all(math.isfinite(float(v)) for v in sums.values()):
+        bad = ", ".join(k for k, v in sums.items() if not math.isfinite(float(v)))
+        kept = list_checkpoints(job.checkpoint_dir)
+        where = f"the last good checkpoint is {kept[-1]}" if kept else "no checkpoint yet"
+        raise KdtuiError(
+            f"the loss became NaN/Inf at step {job.step_offset + loop.state.step + 1} ({bad}); "
+            f"{where} — lower train.lr or check the data"
         )
-        log(Message(level="info", text=f"resumed {job.stage or 'training'} from step {state.step}"))
+    if job.cfg.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(loop.params, job.cfg.max_grad_norm)
+    return agreed_stop
 
-    watch = run.stopwatch
 
-    def save(kind: str) -> None:
-        with watch.timed("checkpoint"):
-            _save(kind)
+def _after_step(
+    loop: _Loop, lr: float, sums: dict[str, torch.Tensor], grad_norms: dict[str, float]
+) -> None:
+    """The hooks' after_step (masks, schedules) and the step's event, on the log cadence."""
+    job, state = loop.job, loop.state
+    info = StepInfo(step=state.step, total_steps=loop.n_steps, epoch=state.step / loop.per_epoch)
+    metrics: dict[str, float] = {f"grad/{k}": v for k, v in grad_norms.items()}
+    for hook in job.hooks:
+        metrics.update(hook.after_step(info))
+    if state.step % job.cfg.log_every == 0 or state.step == loop.n_steps or grad_norms:
+        job.run.log(
+            Step(
+                step=job.step_offset + state.step,
+                total_steps=job.total_steps_all or loop.n_steps,
+                epoch=info.epoch,
+                lr=lr,
+                loss=float(sums.pop("loss")),
+                losses={k: float(v) for k, v in sums.items()},
+                metrics=metrics,
+            )
+        )
 
-    def _save(kind: str) -> None:
-        rngs = gather_object([rng_state()]) if world > 1 else [rng_state()]
+
+def _save(loop: _Loop, kind: str) -> None:
+    """A checkpoint of everything a resume needs: weights, optimiser, schedule, hooks, every
+    process's random state and the loop's state."""
+    job, run, state = loop.job, loop.job.run, loop.state
+    with run.stopwatch.timed("checkpoint"):
+        rngs = gather_object([rng_state()]) if loop.world > 1 else [rng_state()]
         if not run.is_main:
             return
         folder = save_checkpoint(
             job.checkpoint_dir / f"step-{state.step:08d}",
-            model_state=model.state_dict(),
+            model_state=loop.model.state_dict(),
             train_state={
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
+                "optimizer": loop.optimizer.state_dict(),
+                "scheduler": loop.scheduler.state_dict(),
                 "hooks": {h.name: h.state_dict() for h in job.hooks},
                 "rng": rngs,
             },
             state=asdict(state),
             before_commit=lambda: crash_point("checkpoint", job.step_offset + state.step),
         )
-        prune_old(job.checkpoint_dir, cfg.keep_checkpoints)
-        log(
+        prune_old(job.checkpoint_dir, job.cfg.keep_checkpoints)
+        run.log(
             Checkpoint(
                 step=job.step_offset + state.step, path=str(folder.relative_to(run.path)), kind=kind
             )
         )
 
-    stop = _StopRequest()
-    previous_handlers = _catch_stop_signals(stop)
-    model.train()
-    try:
-        while state.step < n_steps and not state.stopped_early:
-            watch.step_starts()
-            step_started = time.perf_counter()
-            epoch, position = divmod(state.step, per_epoch)
-            order = epoch_order(len(job.train), job.seed, epoch)
-            step_indices = order[position * cfg.batch_size : (position + 1) * cfg.batch_size]
 
-            optimizer.zero_grad(set_to_none=True)
-            sums: dict[str, torch.Tensor] = {}
-            # On the evaluation cadence, also for a stage without dev data (distillation's
-            # intermediate stage), so every stage shows its terms' balance.
-            evaluates = (state.step + 1) % eval_every == 0 or state.step + 1 == n_steps
-            grad_norms: dict[str, float] = {}
-            for micro in _chunks(step_indices, cfg.grad_accum):
-                local = micro[rank::world]
-                if not local:
-                    continue
-                batch = Batch(
-                    **{k: v.to(device) for k, v in collate(job.train, local, job.pad_id).items()}
-                )
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    outputs = model(
-                        **batch.model_inputs(),
-                        output_hidden_states=need_hidden,
-                        output_attentions=need_attn,
-                    )
-                    terms = _loss_terms(job.hooks, batch, outputs, model)
-                loss = sum(
-                    job.weights.get(name, 1.0) * value.float() for name, value in terms.items()
-                )
-                # Every process must join the norms' all-reduce: only a micro-batch that gives
-                # each of them an example (the same decision everywhere) qualifies.
-                if evaluates and cfg.term_grad_norms and not grad_norms and len(micro) >= world:
-                    grad_norms = _term_grad_norms(
-                        terms, job.weights, model_params, len(local) / len(micro), world
-                    )
-                share = len(local) / len(step_indices)  # gradient of the mean over the global batch
-                (loss * share).backward()
-                for name, value in [("loss", loss), *terms.items()]:
-                    sums[name] = sums.get(name, 0.0) + value.detach().float() * share
-            crash_point("step", job.step_offset + state.step + 1)
-            agreed_stop = False
-            if world > 1:
-                # Processes stop after the same step: the one in which any of them was asked to.
-                agreed_stop = _all_reduce_sum(params, sums, device, stop.signum is not None)
-            if not all(math.isfinite(float(v)) for v in sums.values()):
-                bad = ", ".join(k for k, v in sums.items() if not math.isfinite(float(v)))
-                kept = list_checkpoints(job.checkpoint_dir)
-                where = f"the last good checkpoint is {kept[-1]}" if kept else "no checkpoint yet"
-                raise KdtuiError(
-                    f"the loss became NaN/Inf at step {job.step_offset + state.step + 1} ({bad}); "
-                    f"{where} — lower train.lr or check the data"
-                )
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            state.step += 1
-
-            info = StepInfo(step=state.step, total_steps=n_steps, epoch=state.step / per_epoch)
-            metrics: dict[str, float] = {f"grad/{k}": v for k, v in grad_norms.items()}
-            for hook in job.hooks:
-                metrics.update(hook.after_step(info))
-            last = state.step == n_steps
-            if state.step % cfg.log_every == 0 or last or grad_norms:
-                log(
-                    Step(
-                        step=job.step_offset + state.step,
-                        total_steps=job.total_steps_all or n_steps,
-                        epoch=info.epoch,
-                        lr=lr,
-                        loss=float(sums.pop("loss")),
-                        losses={k: float(v) for k, v in sums.items()},
-                        metrics=metrics,
-                    )
-                )
-            # The step's work (hooks' mask updates and logging included); evaluation and
-            # checkpoints are timed as their own parts.
-            watch.add("train", time.perf_counter() - step_started)
-            if job.dev is not None and (state.step % eval_every == 0 or last):
-                with watch.timed("dev_eval"):
-                    _evaluate(job, state, model, device, autocast, rank, world, acc)
-            if state.step % checkpoint_every == 0 or last or state.stopped_early:
-                save("final" if last else "periodic")
-            # One process stops as soon as it can: a signal during this step's evaluation or
-            # checkpoint counts too.
-            if agreed_stop if world > 1 else stop.signum is not None:
-                if state.step % checkpoint_every and not last:
-                    save("periodic")
-                raise Interrupted(stop.signum or signal.SIGINT)
-    finally:
-        _restore_signals(previous_handlers)
-    return TrainResult(
-        state.step, state.best_metric, state.best_step, state.last_eval, state.stopped_early
-    )
-
-
-def _evaluate(
-    job: TrainJob,
-    state: EngineState,
-    model: nn.Module,
-    device: torch.device,
-    autocast: bool,
-    rank: int,
-    world: int,
-    acc: Any,
-) -> None:
+def _evaluate(loop: _Loop) -> None:
+    """Dev accuracy; the best model kept, early stopping, a collapse warned about."""
+    job, state = loop.job, loop.state
+    model, device, autocast = loop.model, loop.device, loop.autocast
+    rank, world = loop.rank, loop.world
     assert job.dev is not None
     predictions = predictions_in_order(
         model,

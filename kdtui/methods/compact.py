@@ -16,13 +16,15 @@ than loading it wrongly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from kdtui.methods.pruning import encoder_layers
+from kdtui.layout import encoder_layers, layout_of
+from kdtui.weights import check_state_dict
 
 STRUCTURE_KEY = "kdtui_structure"
 
@@ -47,24 +49,34 @@ def _keep_columns(linear: nn.Linear, columns: torch.Tensor) -> nn.Linear:
     return out
 
 
+def _slice(
+    layer: nn.Module,
+    path: str,
+    keep: Callable[[nn.Linear, torch.Tensor], nn.Linear],
+    indices: torch.Tensor,
+) -> None:
+    """Replace the Linear at PATH in LAYER by KEEP(linear, INDICES)."""
+    layer.set_submodule(path, keep(layer.get_submodule(path), indices))
+
+
 def compact(model: nn.Module, heads: list[list[int]], neurons: list[list[int]]) -> dict[str, Any]:
     """Slice every layer down to its kept `heads` and FFN `neurons` (indices per layer), in
     place; record and return the structure."""
+    layout = layout_of(model)
     for layer, kept_heads, kept_neurons in zip(encoder_layers(model), heads, neurons, strict=True):
-        attention = layer.attention.self
+        attention = layer.get_submodule(layout.attention)
         size = attention.attention_head_size
         rows = torch.tensor(
             [h * size + j for h in kept_heads for j in range(size)], dtype=torch.long
         )
-        attention.query = _keep_rows(attention.query, rows)
-        attention.key = _keep_rows(attention.key, rows)
-        attention.value = _keep_rows(attention.value, rows)
+        for path in (layout.query, layout.key, layout.value):
+            _slice(layer, path, _keep_rows, rows)
         attention.num_attention_heads = len(kept_heads)
         attention.all_head_size = len(kept_heads) * size
-        layer.attention.output.dense = _keep_columns(layer.attention.output.dense, rows)
+        _slice(layer, layout.attn_out, _keep_columns, rows)
         units = torch.tensor(kept_neurons, dtype=torch.long)
-        layer.intermediate.dense = _keep_rows(layer.intermediate.dense, units)
-        layer.output.dense = _keep_columns(layer.output.dense, units)
+        _slice(layer, layout.ffn_in, _keep_rows, units)
+        _slice(layer, layout.ffn_out, _keep_columns, units)
     structure = {
         "heads": [list(map(int, h)) for h in heads],
         "intermediate_sizes": [len(n) for n in neurons],
@@ -87,8 +99,6 @@ def load_compact(folder: str | Path, *, attn_implementation: str = "sdpa") -> An
     """A model saved by `kdtui prune --structure heads-ffn` (config.json has kdtui_structure)."""
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    from kdtui.models import check_state_dict
 
     folder = Path(folder)
     config = AutoConfig.from_pretrained(folder)

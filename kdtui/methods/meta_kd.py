@@ -85,8 +85,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdtui.config import ATTENTION_TARGETS
 from kdtui.engine.hooks import BaseHook, Batch, HookContext, StepInfo, gather_micro_batch
 from kdtui.errors import KdtuiError
+from kdtui.layout import self_attention
 from kdtui.methods.losses import (
     attention_mse_per_instance,
     masked_mse_per_instance,
@@ -542,25 +544,11 @@ def parse_layer_map(
     return result
 
 
-def self_attention(model: nn.Module, layer: int) -> nn.Module:
-    """The self-attention block of encoder layer `layer` (0-based) of a BERT-style model."""
-    try:
-        block = model.base_model.encoder.layer[layer].attention.self
-        block.query, block.key, block.attention_head_size  # noqa: B018 - checks the layout
-    except (AttributeError, IndexError, TypeError):
-        raise KdtuiError(
-            f"attention distillation needs a BERT-style encoder (encoder.layer[i].attention.self "
-            f"with query/key projections); {type(model).__name__} has none at layer {layer}: "
-            "use --method logits"
-        ) from None
-    return block
-
-
-def attention_scores(model: nn.Module, layer: int, layer_input: torch.Tensor) -> torch.Tensor:
-    """Pre-softmax attention scores Q·Kᵀ/√d of encoder layer `layer` (0-based), recomputed from
-    its input hidden state (`hidden_states[layer]` of the model's output). (B, T, H) ->
-    (B, heads, T, T). softmax(scores + mask) is the layer's attention map."""
-    block = self_attention(model, layer)
+def attention_scores(block: nn.Module, layer_input: torch.Tensor) -> torch.Tensor:
+    """Pre-softmax attention scores Q·Kᵀ/√d of a layer's self-attention BLOCK
+    (`kdtui.layout.self_attention`), recomputed from the layer's input hidden state
+    (`hidden_states[layer]` of the model's output). (B, T, H) -> (B, heads, T, T).
+    softmax(scores + mask) is the layer's attention map."""
     b, t, _ = layer_input.shape
     size = block.attention_head_size
     query = block.query(layer_input).view(b, t, -1, size).transpose(1, 2)
@@ -574,9 +562,6 @@ def attention_probabilities(scores: torch.Tensor, attention_mask: torch.Tensor) 
     (B, heads, T, T), (B, T) -> (B, heads, T, T): the layer's attention map without dropout."""
     keys = attention_mask[:, None, None, :].to(torch.bool)
     return torch.softmax(scores.float().masked_fill(~keys, torch.finfo(torch.float32).min), dim=-1)
-
-
-ATTENTION_TARGETS = ("probs", "scores")
 
 
 def _cpu_copy(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -653,10 +638,14 @@ class IntermediateDistillHook(BaseHook):
 
     def setup(self, ctx: HookContext) -> None:
         super().setup(ctx)
-        for s, t in self.layer_map:
-            if s > 0:  # a clear error before the first step, not a stack trace inside it
-                self_attention(ctx.model, s - 1)
-                self_attention(self.teacher, t - 1)
+        # Found once, here: a clear error before the first step rather than a stack trace inside
+        # it, and no layout probe per step. Layer m's attention reads hidden_states[m - 1].
+        self.student_attention = {
+            s: self_attention(ctx.model, s - 1) for s, _ in self.layer_map if s > 0
+        }
+        self.teacher_attention = {
+            t: self_attention(self.teacher, t - 1) for s, t in self.layer_map if s > 0
+        }
         _freeze(self.teacher)
         self.teacher.to(ctx.device)
         if self.domain_head is not None:
@@ -671,8 +660,8 @@ class IntermediateDistillHook(BaseHook):
         heads = [self.projection, self.student_domain_head]
         return [p for head in heads if head is not None for p in head.parameters()]
 
-    def _attention(self, model: nn.Module, layer: int, layer_input: torch.Tensor, mask: Any) -> Any:
-        scores = attention_scores(model, layer, layer_input)
+    def _attention(self, block: nn.Module, layer_input: torch.Tensor, mask: Any) -> Any:
+        scores = attention_scores(block, layer_input)
         return attention_probabilities(scores, mask) if self.attention == "probs" else scores
 
     def loss_terms(self, batch: Batch, outputs: Any, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -695,8 +684,8 @@ class IntermediateDistillHook(BaseHook):
             if s == 0:
                 continue
             with torch.no_grad():
-                t_attention = self._attention(self.teacher, t - 1, t_hidden[t - 1], mask)
-            s_attention = self._attention(model, s - 1, s_hidden[s - 1], mask)
+                t_attention = self._attention(self.teacher_attention[t], t_hidden[t - 1], mask)
+            s_attention = self._attention(self.student_attention[s], s_hidden[s - 1], mask)
             attention = attention + attention_mse_per_instance(s_attention, t_attention, mask)
         terms = {
             "hidden_mse": weighted_mean(hidden, weights),

@@ -56,15 +56,8 @@ from torch import nn
 from kdtui.engine.hooks import BaseHook, Batch, HookContext, StepInfo
 from kdtui.errors import KdtuiError
 from kdtui.events import LayerSparsity, Message
+from kdtui.layout import FFN_MATRICES, encoder_layers, encoder_linears, layout_of
 
-ENCODER_LINEARS = (
-    "attention.self.query",
-    "attention.self.key",
-    "attention.self.value",
-    "attention.output.dense",
-    "intermediate.dense",
-    "output.dense",
-)
 CRITERIA = ("magnitude", "movement", "soft-movement")
 SCORE_INITS = ("magnitude", "constant")
 SOFT_MASKS = ("calibrated", "threshold")
@@ -82,34 +75,6 @@ LOG_POINTS = (0.25, 0.5, 0.75)
 # cutting often partly comes back in the cool-down, so the warning says so rather than calling
 # the run lost.
 DROP_WARNING = 0.85
-
-
-def encoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The transformer layers of a BERT-family encoder (`base_model.encoder.layer`)."""
-    layers = getattr(getattr(model.base_model, "encoder", None), "layer", None)
-    if layers is None or not all(_has_bert_layout(layer) for layer in layers):
-        raise KdtuiError(
-            f"pruning supports BERT-family encoders (base_model.encoder.layer[i] with "
-            f"attention.self.query/key/value, intermediate.dense, output.dense); "
-            f"{type(model).__name__} has another layout"
-        )
-    return list(layers)
-
-
-def _has_bert_layout(layer: nn.Module) -> bool:
-    try:
-        return all(isinstance(layer.get_submodule(sub), nn.Linear) for sub in ENCODER_LINEARS)
-    except AttributeError:
-        return False
-
-
-def encoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
-    """{"layer.{i}.{sub}": Linear} for every encoder Linear, in layer order."""
-    return {
-        f"layer.{i}.{sub}": layer.get_submodule(sub)
-        for i, layer in enumerate(encoder_layers(model))
-        for sub in ENCODER_LINEARS
-    }
 
 
 def cubic_ramp(step: int, *, total: int, warmup: int, cooldown: int) -> float:
@@ -520,6 +485,7 @@ class StructuredPruner(BaseHook):
     def setup(self, ctx: HookContext) -> None:
         self.ctx = ctx
         self.layers = encoder_layers(ctx.model)
+        self.layout = layout_of(ctx.model)
         shape = structure_shape(ctx.model)
         self.heads, self.head_size = shape["heads"], shape["head_size"]
         self.neurons, self.hidden = shape["intermediate"], shape["hidden"]
@@ -534,10 +500,11 @@ class StructuredPruner(BaseHook):
         self.head_cost, self.neuron_cost = costs["head"], costs["neuron"]
         check_structured_target(ctx.model, self.target)
         for i, layer in enumerate(self.layers):
-            self._handles.append(
-                layer.attention.output.dense.register_forward_pre_hook(self._mask_heads(i))
-            )
-            self._handles.append(layer.intermediate.register_forward_hook(self._mask_neurons(i)))
+            # The heads' context and the activated neurons are the inputs of these two.
+            attn_out = layer.get_submodule(self.layout.attn_out)
+            ffn_out = layer.get_submodule(self.layout.ffn_out)
+            self._handles.append(attn_out.register_forward_pre_hook(self._mask_heads(i)))
+            self._handles.append(ffn_out.register_forward_pre_hook(self._mask_neurons(i)))
 
     def _rounds(self) -> list[tuple[int, float]]:
         """(step, sparsity) of each pruning round: evenly spaced from the end of warm-up, the
@@ -563,10 +530,11 @@ class StructuredPruner(BaseHook):
         return pre_hook
 
     def _mask_neurons(self, layer: int) -> Callable[..., Any]:
-        def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
-            return output * self.ffn_mask[layer]
+        def pre_hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor]:
+            (activations,) = args
+            return (activations * self.ffn_mask[layer],)
 
-        return hook
+        return pre_hook
 
     def parameters(self) -> list[nn.Parameter]:
         return []  # the masks are not trained; only their gradients are read
@@ -652,9 +620,8 @@ class StructuredPruner(BaseHook):
         for i in range(len(self.layers)):
             heads = float((self.head_mask[i] == 0).float().mean())
             neurons = float((self.ffn_mask[i] == 0).float().mean())
-            for sub in ENCODER_LINEARS:
-                ffn = sub in ("intermediate.dense", "output.dense")
-                result[f"layer.{i}.{sub}"] = neurons if ffn else heads
+            for name, path in self.layout.matrices().items():
+                result[f"layer.{i}.{path}"] = neurons if name in FFN_MATRICES else heads
         return result
 
     def kept(self) -> tuple[list[list[int]], list[list[int]]]:
@@ -692,14 +659,16 @@ class StructuredPruner(BaseHook):
 
 
 def structure_shape(model: nn.Module) -> dict[str, int]:
-    """Heads, head size, FFN width and hidden width of a (not yet compacted) BERT encoder."""
+    """Heads, head size, FFN width and hidden width of a (not yet compacted) encoder."""
     layer = encoder_layers(model)[0]
-    attention = layer.attention.self
+    layout = layout_of(model)
+    attention = layer.get_submodule(layout.attention)
+    ffn_in = layer.get_submodule(layout.ffn_in)
     return {
         "heads": int(attention.num_attention_heads),
         "head_size": int(attention.attention_head_size),
-        "intermediate": int(layer.intermediate.dense.out_features),
-        "hidden": int(layer.intermediate.dense.in_features),
+        "intermediate": int(ffn_in.out_features),
+        "hidden": int(ffn_in.in_features),
     }
 
 

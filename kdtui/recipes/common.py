@@ -1,7 +1,8 @@
 """What every training command shares: open the run directory, record the resolved config,
 start Accelerate, run the recipe body, and end with run_finished or run_failed; and the pieces
-the recipes have in common (the TrainJob for a run, restoring the best model, the final test
-metrics, a teacher's statistics as a source, the meta-teacher's prototype scores). Recipes
+the recipes have in common (the TrainJob for a run, the end of its training: finish_training,
+which restores the best model, saves it and computes the final test metrics; a teacher's
+statistics as a source, the meta-teacher's prototype scores). Recipes
 share through here, never import each other."""
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from kdtui.rundir import (
 if TYPE_CHECKING:  # annotations only: the CLI imports this module, and stays quick to start
     from kdtui.data import MultiDomainData, Split
     from kdtui.engine.hooks import Hook
+    from kdtui.engine.loop import TrainJob, TrainResult
 
 
 @dataclass
@@ -126,17 +128,7 @@ def execute(
     choices the command line made for the user (the model `prune` picked), logged first."""
     accelerator = make_accelerator(config)
     config = with_resolved_precision(config, accelerator.device)
-    if resume is not None:
-        path = resume
-    else:
-        name = config.run.name or default_run_name(command)
-        if accelerator.num_processes > 1:  # every process must agree on a timestamped name
-            from accelerate.utils import broadcast_object_list
-
-            name = broadcast_object_list([name])[0]
-        path = Path(config.run.output_dir).expanduser() / name
-        if accelerator.is_main_process:
-            check_new_run_path(path, force=force)
+    path = resume if resume is not None else _new_run_path(command, config, accelerator, force)
     check_models_fit(command, config)
     run = RunDir(path, is_main=accelerator.is_main_process)
     run.listeners.extend(listeners)
@@ -198,6 +190,20 @@ def execute(
         _restore_signals(previous_handlers)
         run.close()
     return path, metrics
+
+
+def _new_run_path(command: str, config: Config, accelerator: Any, force: bool) -> Path:
+    """Where a new run goes: OUTPUT_DIR/run.name, or a timestamped name every process shares;
+    checked before anything is written."""
+    name = config.run.name or default_run_name(command)
+    if accelerator.num_processes > 1:  # every process must agree on a timestamped name
+        from accelerate.utils import broadcast_object_list
+
+        name = broadcast_object_list([name])[0]
+    path = Path(config.run.output_dir).expanduser() / name
+    if accelerator.is_main_process:
+        check_new_run_path(path, force=force)
+    return path
 
 
 # The note `execute` adds to an unexpected error whose traceback it wrote to the run's error.log:
@@ -267,6 +273,36 @@ def train_job(ctx: RunContext, **fields: Any) -> Any:
         "best_dir": ctx.run.best,
     }
     return TrainJob(**{**defaults, **fields})
+
+
+def finish_training(
+    ctx: RunContext,
+    job: TrainJob,
+    *,
+    tokenizer: Any,
+    data: MultiDomainData,
+    save: Callable[[Path], None],
+    finalize: Callable[[TrainResult], dict[str, Any]] | None = None,
+    where: RunLayout | None = None,
+) -> tuple[TrainResult, dict[str, Any]]:
+    """Every recipe's training, to its end: train JOB, load its best weights (by dev accuracy)
+    back into the model and hooks, FINALIZE the model if the method needs it (pruning's final
+    masks, compaction; returns metrics), SAVE it into WHERE's model folder (the run directory
+    by default; written whole or not at all, by the main process), and the final metrics: best
+    dev, test accuracy, and the test predictions beside the model. The recipe has logged
+    run_started (ctx.start) before; returns (the loop's result, metrics)."""
+    from kdtui.checkpoint import atomic_folder
+    from kdtui.engine.loop import train
+
+    result = train(job)
+    ctx.last_step = job.step_offset + result.steps
+    restore_best(ctx, job.model, job.hooks, job.best_dir)
+    finalized = finalize(result) if finalize is not None else {}
+    if ctx.is_main:
+        with atomic_folder((where or ctx.run).model) as folder:
+            save(folder)
+    metrics = final_metrics(ctx, job.model, tokenizer, data, result, where)
+    return result, {**metrics, **finalized}
 
 
 def restore_best(

@@ -24,13 +24,14 @@ from typing import Any
 
 import torch
 
-from kdtui.checkpoint import atomic_folder, list_checkpoints
+from kdtui.checkpoint import list_checkpoints
 from kdtui.data import Encoded, MultiDomainData, encode
 from kdtui.engine.evaluate import predict_logits
 from kdtui.engine.hooks import Hook
 from kdtui.engine.loop import total_steps, train
 from kdtui.errors import KdtuiError
 from kdtui.events import Message
+from kdtui.layout import layout_of
 from kdtui.models import (
     build_student,
     label_names_of,
@@ -42,10 +43,9 @@ from kdtui.models import (
 )
 from kdtui.recipes.common import (
     RunContext,
-    final_metrics,
+    finish_training,
     load_run_data,
     load_scores,
-    restore_best,
     train_job,
 )
 from kdtui.rundir import SUMMARY_FILE, RunInfo, RunLayout
@@ -91,33 +91,16 @@ def run_distill(ctx: RunContext) -> dict[str, Any]:
     if not d.domain:
         raise KdtuiError("distill needs a target domain: --domain NAME or --domain all")
 
-    from kdtui.methods.meta_kd import load_domain_head
-
-    teacher_folder = Path(resolve_model_path(d.teacher))
-    domain_head = load_domain_head(teacher_folder)
-    method = d.method  # filled in by the resolver from the teacher when not given
-    if method == "meta" and domain_head is None:
-        raise KdtuiError(
-            f"teacher {d.teacher} is not a meta-teacher (no domain head in {teacher_folder}); "
-            "train one with `kdtui teacher --method meta`, or use --method vanilla or logits"
-        )
+    teacher, method = _load_teacher(ctx)
     intermediate = method != "logits" and d.intermediate_epochs > 0
-    teacher_model = load_trained(teacher_folder)
-    teacher = Teacher(
-        folder=teacher_folder,
-        model=teacher_model,
-        tokenizer=load_model_tokenizer(teacher_folder),
-        domain_head=domain_head if method == "meta" else None,
-        layers=teacher_model.config.num_hidden_layers,
-        hidden=teacher_model.config.hidden_size,
-    )
     student_layers = _check_student(ctx, teacher)
     layer_map: list[tuple[int, int]] = []
     if intermediate:
-        from kdtui.methods.meta_kd import self_attention
-
         layer_map = _layer_map(ctx, student_layers, teacher.layers)
-        self_attention(teacher.model, 0)  # stage 1 recomputes attention scores from its layers
+        try:
+            layout_of(teacher.model)  # stage 1 recomputes attention scores from its layers
+        except KdtuiError as e:
+            raise KdtuiError(f"attention distillation: {e}; use --method logits") from None
 
     data = load_run_data(ctx)
     if label_names_of(teacher.model) != data.label_names:
@@ -133,16 +116,7 @@ def run_distill(ctx: RunContext) -> dict[str, Any]:
     tokenizer = teacher.tokenizer
     dev = encode(data.dev, tokenizer, cfg.data.max_length)
     test = encode(data.test, tokenizer, cfg.data.max_length) if data.test is not None else None
-    plans = []
-    for name in domains:
-        split = data.training_domain(name)
-        folder = ctx.run if len(domains) == 1 else ctx.run.student(name)
-        train_enc = encode(split, tokenizer, cfg.data.max_length)
-        stage1 = 0
-        if intermediate:
-            stage1 = total_steps(_stage_cfg(ctx, d.intermediate_epochs), len(train_enc))
-        stage2 = total_steps(_stage_cfg(ctx, d.prediction_epochs), len(train_enc))
-        plans.append(Plan(name, folder, train_enc, stage1, stage2))
+    plans = _plans(ctx, data, tokenizer, domains, intermediate)
     scores = _teacher_scores(ctx, teacher.folder, method, plans)
 
     all_steps = sum(p.stage1_steps + p.stage2_steps for p in plans)
@@ -151,7 +125,7 @@ def run_distill(ctx: RunContext) -> dict[str, Any]:
     offset = 0
     for plan in plans:
         ctx.run.log(Message(level="info", text=f"distilling a student for domain {plan.domain}"))
-        result, student = distill_one(
+        student, metrics = distill_one(
             ctx,
             plan,
             teacher,
@@ -164,8 +138,7 @@ def run_distill(ctx: RunContext) -> dict[str, Any]:
             all_steps,
         )
         offset += plan.stage1_steps + plan.stage2_steps
-        ctx.last_step = offset
-        metrics = final_metrics(ctx, student, tokenizer, data, result, plan.folder)
+        ctx.last_step = offset  # the plan's steps, also when stage 2 stopped early
         metrics.update(agreement_metrics(ctx, student, teacher, plan.domain, dev, test, data))
         metrics["model"] = str(plan.folder.model.relative_to(ctx.run.path))
         summary["domains"][plan.domain] = metrics
@@ -174,6 +147,54 @@ def run_distill(ctx: RunContext) -> dict[str, Any]:
     if len(plans) == 1:
         summary.update(summary["domains"][plans[0].domain])
     return summary
+
+
+def _load_teacher(ctx: RunContext) -> tuple[Teacher, str]:
+    """The teacher, and the distillation method (meta needs a meta-teacher's domain head)."""
+    from kdtui.methods.meta_kd import load_domain_head
+
+    d = ctx.config.distill
+    folder = Path(resolve_model_path(d.teacher))
+    domain_head = load_domain_head(folder)
+    method = d.method  # filled in by the resolver from the teacher when not given
+    if method == "meta" and domain_head is None:
+        raise KdtuiError(
+            f"teacher {d.teacher} is not a meta-teacher (no domain head in {folder}); "
+            "train one with `kdtui teacher --method meta`, or use --method vanilla or logits"
+        )
+    model = load_trained(folder)
+    teacher = Teacher(
+        folder=folder,
+        model=model,
+        tokenizer=load_model_tokenizer(folder),
+        domain_head=domain_head if method == "meta" else None,
+        layers=model.config.num_hidden_layers,
+        hidden=model.config.hidden_size,
+    )
+    return teacher, method
+
+
+def _plans(
+    ctx: RunContext,
+    data: MultiDomainData,
+    tokenizer: Any,
+    domains: list[str],
+    intermediate: bool,
+) -> list[Plan]:
+    """One student per target domain: its training data encoded, its folder, its stages' steps."""
+    cfg = ctx.config
+    d = cfg.distill
+    plans = []
+    for name in domains:
+        split = data.training_domain(name)
+        folder = ctx.run if len(domains) == 1 else ctx.run.student(name)
+        train_enc = encode(split, tokenizer, cfg.data.max_length)
+        stage1 = 0
+        if intermediate:
+            stage1 = total_steps(_stage_cfg(ctx, d.intermediate_epochs), len(train_enc))
+        stage2 = total_steps(_stage_cfg(ctx, d.prediction_epochs), len(train_enc))
+        plans.append(Plan(name, folder, train_enc, stage1, stage2))
+    return plans
 
 
 def distill_one(
@@ -187,8 +208,9 @@ def distill_one(
     data: MultiDomainData,
     offset: int,
     all_steps: int,
-) -> tuple[Any, Any]:
-    from kdtui.methods.meta_kd import IntermediateDistillHook, PredictionDistillHook
+) -> tuple[Any, dict[str, Any]]:
+    """Train one student (stage 1, then stage 2 to its end); returns it and its metrics."""
+    from kdtui.methods.meta_kd import PredictionDistillHook
 
     cfg = ctx.config
     d = cfg.distill
@@ -203,20 +225,7 @@ def distill_one(
     use_meta = method == "meta"
     weighted = use_meta and d.expertise_weights  # λ_i; off: an ablation that keeps the rest
     if plan.stage1_steps:
-        stage1: list[Hook] = [
-            IntermediateDistillHook(
-                teacher=teacher.model,
-                layer_map=layer_map,
-                student_hidden=student.config.hidden_size,
-                teacher_hidden=teacher.hidden,
-                teacher_domain_head=teacher.domain_head if use_meta else None,
-                head_domain_ids=_head_domain_ids(teacher.domain_head, data.domain_names),
-                prototype_scores_by_example_id=scores if weighted else None,
-                use_expertise_weights=weighted,
-                attention=d.attention,
-                seed=cfg.run.seed,
-            )
-        ]
+        stage1 = [_stage1_hook(ctx, teacher, student, method, layer_map, scores, data)]
         train(
             train_job(
                 ctx,
@@ -232,20 +241,7 @@ def distill_one(
                 **common,
             )
         )
-    cached = None
-    if d.cache_teacher_logits:
-        with ctx.run.stopwatch.timed("teacher_cache"):
-            logits = predict_logits(
-                teacher.model,
-                plan.train,
-                range(len(plan.train)),
-                batch_size=cfg.train.eval_batch_size,
-                pad_id=pad_id,
-                device=ctx.accelerator.device,
-                autocast=cfg.train.precision == "bf16",
-            )
-        cached = torch.zeros(max(plan.train.ids) + 1, logits.shape[1])
-        cached[torch.tensor(plan.train.ids)] = logits
+    cached = _cached_teacher_logits(ctx, teacher, plan, pad_id)
     stage2: list[Hook] = [
         PredictionDistillHook(
             teacher=teacher.model,
@@ -255,27 +251,81 @@ def distill_one(
             cached_logits=cached,
         )
     ]
-    best_dir = plan.folder.best
-    result = train(
-        train_job(
-            ctx,
-            model=student,
-            dev=dev,
-            hooks=stage2,
-            cfg=_stage_cfg(ctx, d.prediction_epochs),
-            checkpoint_dir=plan.stage2_dir,
-            best_dir=best_dir,
-            select_metric=plan.domain,
-            stage="prediction",
-            step_offset=offset + plan.stage1_steps,
-            **common,
-        )
+    job = train_job(
+        ctx,
+        model=student,
+        dev=dev,
+        hooks=stage2,
+        cfg=_stage_cfg(ctx, d.prediction_epochs),
+        checkpoint_dir=plan.stage2_dir,
+        best_dir=plan.folder.best,
+        select_metric=plan.domain,
+        stage="prediction",
+        step_offset=offset + plan.stage1_steps,
+        **common,
     )
-    restore_best(ctx, student, best_dir=best_dir)
-    if ctx.is_main:
-        with atomic_folder(plan.folder.model) as folder:
-            save_classifier(student, teacher.tokenizer, folder, data.label_names)
-    return result, student
+    _, metrics = finish_training(
+        ctx,
+        job,
+        tokenizer=teacher.tokenizer,
+        data=data,
+        save=lambda folder: save_classifier(student, teacher.tokenizer, folder, data.label_names),
+        where=plan.folder,
+    )
+    return student, metrics
+
+
+def _stage1_hook(
+    ctx: RunContext,
+    teacher: Teacher,
+    student: Any,
+    method: str,
+    layer_map: list[tuple[int, int]],
+    scores: torch.Tensor | None,
+    data: MultiDomainData,
+) -> Hook:
+    """Stage 1's hook: hidden states and attention (and the domain term for meta) matched
+    layer by layer, weighted by λ_i for meta unless distill.expertise_weights is off."""
+    from kdtui.methods.meta_kd import IntermediateDistillHook
+
+    d = ctx.config.distill
+    use_meta = method == "meta"
+    weighted = use_meta and d.expertise_weights
+    return IntermediateDistillHook(
+        teacher=teacher.model,
+        layer_map=layer_map,
+        student_hidden=student.config.hidden_size,
+        teacher_hidden=teacher.hidden,
+        teacher_domain_head=teacher.domain_head if use_meta else None,
+        head_domain_ids=_head_domain_ids(teacher.domain_head, data.domain_names),
+        prototype_scores_by_example_id=scores if weighted else None,
+        use_expertise_weights=weighted,
+        attention=d.attention,
+        seed=ctx.config.run.seed,
+    )
+
+
+def _cached_teacher_logits(
+    ctx: RunContext, teacher: Teacher, plan: Plan, pad_id: int
+) -> torch.Tensor | None:
+    """The teacher's logits on the student's training data by example id, computed once before
+    stage 2 (distill.cache_teacher_logits); None: the teacher runs at every step."""
+    cfg = ctx.config
+    if not cfg.distill.cache_teacher_logits:
+        return None
+    with ctx.run.stopwatch.timed("teacher_cache"):
+        logits = predict_logits(
+            teacher.model,
+            plan.train,
+            range(len(plan.train)),
+            batch_size=cfg.train.eval_batch_size,
+            pad_id=pad_id,
+            device=ctx.accelerator.device,
+            autocast=cfg.train.precision == "bf16",
+        )
+    cached = torch.zeros(max(plan.train.ids) + 1, logits.shape[1])
+    cached[torch.tensor(plan.train.ids)] = logits
+    return cached
 
 
 def agreement_metrics(

@@ -12,8 +12,7 @@ agreement with the teacher its run records (`as_source`)."""
 
 from __future__ import annotations
 
-import statistics
-import time
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from kdtui.config import Config
 from kdtui.data import MultiDomainData, encode, load_data
 from kdtui.engine.evaluate import accuracy_of_predictions, predict_logits
 from kdtui.errors import KdtuiError
+from kdtui.layout import encoder_linears
 from kdtui.models import (
     LABELS_KEY,
     check_labels,
@@ -32,6 +32,7 @@ from kdtui.models import (
     load_model_tokenizer,
     resolve_model_path,
 )
+from kdtui.timing import median_seconds
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
@@ -325,9 +326,7 @@ def evaluate_onnx(path: str, config: Config, data: MultiDomainData) -> dict[str,
 
 
 def encoder_sparsity(model: Any) -> float | None:
-    """Fraction of zeros in the encoder's Linear weights (None for non-BERT layouts)."""
-    from kdtui.methods.pruning import encoder_linears
-
+    """Fraction of zeros in the encoder's Linear weights (None for a layout kdtui does not know)."""
     try:
         weights = [linear.weight for linear in encoder_linears(model).values()]
     except KdtuiError:
@@ -370,13 +369,8 @@ def latency_grid(
         for length in config.evaluate.lengths:
             ids = torch.randint(1000, min(vocab_size, 20000), (batch, length), generator=generator)
             inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-            forward(inputs)
-            times = []
-            for _ in range(config.evaluate.latency_repeats):
-                start = time.perf_counter()
-                forward(inputs)
-                times.append(time.perf_counter() - start)
-            median = statistics.median(times)
+            call = functools.partial(forward, inputs)
+            (median,) = median_seconds([call], config.evaluate.latency_repeats)
             rows.append(
                 {
                     "batch": batch,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,12 @@ import torch
 
 from kdtui.budgets import prune_budget, short_budget_note
 from kdtui.checkpoint import atomic_folder
-from kdtui.data import Encoded, encode
+from kdtui.data import Encoded, MultiDomainData, encode
 from kdtui.engine.hooks import CrossEntropyHook, Hook
-from kdtui.engine.loop import steps_per_epoch, total_steps, train
+from kdtui.engine.loop import steps_per_epoch, total_steps
 from kdtui.errors import KdtuiError
 from kdtui.events import LayerSparsity, Message
+from kdtui.layout import is_matrix_weight, layout_of
 from kdtui.models import (
     label_names_of,
     load_classifier,
@@ -41,10 +43,9 @@ from kdtui.models import (
 )
 from kdtui.recipes.common import (
     RunContext,
-    final_metrics,
+    finish_training,
     load_run_data,
     predict,
-    restore_best,
     train_job,
 )
 from kdtui.rundir import RunInfo, run_folders, run_of_model
@@ -52,14 +53,56 @@ from kdtui.timing import estimate_seconds
 
 
 def run_prune(ctx: RunContext) -> dict[str, Any]:
-    from kdtui.methods.contrastive import BANKS, CapHook, MemoryBank, bank_rows
-    from kdtui.methods.kd import KdHook
-    from kdtui.methods.pruning import (
-        StructuredPruner,
-        UnstructuredPruner,
-        check_structured_target,
-        encoder_layers,
+    setup = _setup(ctx)
+    pruner = _pruner(ctx, setup)
+    hooks, weights = _hooks(ctx, setup, pruner)
+    setup.teacher = None  # the hooks hold what they need: the teacher's memory goes now
+
+    ctx.start(setup.n_steps)
+    job = train_job(
+        ctx,
+        model=setup.model,
+        train=setup.train,
+        dev=setup.dev,
+        domain_names=setup.data.domain_names,
+        hooks=hooks,
+        pad_id=setup.pad_id,
+        weights=weights,
+        select_after_step=pruner.final_step(),
     )
+    _, metrics = finish_training(
+        ctx,
+        job,
+        tokenizer=setup.tokenizer,
+        data=setup.data,
+        save=lambda folder: save_classifier(setup.model, setup.tokenizer, folder, setup.labels),
+        finalize=lambda result: _finalize(ctx, setup.model, pruner, result.steps, setup.modules),
+    )
+    return {**metrics, **_sizes(ctx, setup.model, setup.tokenizer)}
+
+
+@dataclass
+class Setup:
+    """What training starts from: the model to prune, its teacher, the data encoded, the plan."""
+
+    folder: Path  # the model given (prune.model)
+    model: Any
+    tokenizer: Any
+    teacher: Any  # None once the hooks are made
+    data: MultiDomainData
+    labels: list[str]
+    train: Encoded
+    dev: Encoded
+    pad_id: int
+    n_steps: int
+    modules: list[str]  # CAP's banks in use
+
+
+def _setup(ctx: RunContext) -> Setup:
+    """Load the model, its teacher and the data, encode the data and log the plan; every
+    mistake a user can make is caught here, before anything long starts."""
+    from kdtui.methods.contrastive import BANKS
+    from kdtui.methods.pruning import check_structured_target
 
     cfg = ctx.config
     p = cfg.prune
@@ -67,7 +110,7 @@ def run_prune(ctx: RunContext) -> dict[str, Any]:
         raise KdtuiError("prune needs a model: --model RUN_OR_FOLDER (prune.model)")
     folder = Path(resolve_model_path(p.model))
     model = load_trained(folder)
-    encoder_layers(model)  # a clear error for models kdtui cannot prune
+    layout_of(model)  # a clear error for models kdtui cannot prune
     tokenizer = load_model_tokenizer(folder)
     data = load_run_data(ctx)
     labels = label_names_of(model)
@@ -90,12 +133,27 @@ def run_prune(ctx: RunContext) -> dict[str, Any]:
 
     train_enc = encode(data.train, tokenizer, cfg.data.max_length)
     dev_enc = encode(data.dev, tokenizer, cfg.data.max_length)
-    pad_id = tokenizer.pad_token_id or 0
     n_steps = total_steps(cfg.train, len(train_enc))
-    warmup = int(p.warmup_ratio * n_steps)
-    cooldown = int(p.cooldown_ratio * n_steps)
     modules = [m for m in BANKS if p.cap and getattr(p, m)]
-    epochs = n_steps / steps_per_epoch(cfg.train, len(train_enc))
+    _log_plan(ctx, modules, n_steps, len(train_enc))
+    return Setup(
+        folder=folder,
+        model=model,
+        tokenizer=tokenizer,
+        teacher=teacher,
+        data=data,
+        labels=labels,
+        train=train_enc,
+        dev=dev_enc,
+        pad_id=tokenizer.pad_token_id or 0,
+        n_steps=n_steps,
+        modules=modules,
+    )
+
+
+def _log_plan(ctx: RunContext, modules: list[str], n_steps: int, examples: int) -> None:
+    p = ctx.config.prune
+    epochs = n_steps / steps_per_epoch(ctx.config.train, examples)
     ctx.run.log(Message(level="info", text=_plan_line(ctx, modules, n_steps, epochs)))
     if note := short_budget_note(p.sparsity, epochs):
         ctx.run.log(Message(level="warning", text=note))
@@ -107,11 +165,20 @@ def run_prune(ctx: RunContext) -> dict[str, Any]:
         )
     )
 
+
+def _pruner(ctx: RunContext, setup: Setup) -> Any:
+    """The pruner on the run's schedule: masks on the cubic schedule (weights), or rounds of
+    head and neuron removal (heads-ffn)."""
+    from kdtui.methods.pruning import StructuredPruner, UnstructuredPruner
+
+    p = ctx.config.prune
+    warmup = int(p.warmup_ratio * setup.n_steps)
+    cooldown = int(p.cooldown_ratio * setup.n_steps)
     if p.structure == "weights":
-        pruner: Any = UnstructuredPruner(
+        return UnstructuredPruner(
             criterion=p.criterion,
             target_sparsity=p.sparsity,
-            total_steps=n_steps,
+            total_steps=setup.n_steps,
             warmup_steps=warmup,
             cooldown_steps=cooldown,
             scope=p.scope,
@@ -121,16 +188,25 @@ def run_prune(ctx: RunContext) -> dict[str, Any]:
             final_threshold=p.final_threshold,
             stages=p.snapshot_views,
         )
-    else:
-        pruner = StructuredPruner(
-            target_sparsity=p.sparsity,
-            total_steps=n_steps,
-            warmup_steps=warmup,
-            cooldown_steps=cooldown,
-            step_fraction=p.structured_step,
-        )
+    return StructuredPruner(
+        target_sparsity=p.sparsity,
+        total_steps=setup.n_steps,
+        warmup_steps=warmup,
+        cooldown_steps=cooldown,
+        step_fraction=p.structured_step,
+    )
+
+
+def _hooks(ctx: RunContext, setup: Setup, pruner: Any) -> tuple[list[Hook], dict[str, float]]:
+    """The loop's hooks and their loss weights: CE on gold labels, KD from the teacher's logits
+    (one pass over the training data, cached), the pruner, CAP's contrastive terms, and the
+    watch for a collapse."""
+    from kdtui.methods.kd import KdHook
+
+    p = ctx.config.prune
+    train_enc = setup.train
     max_id = max(train_enc.ids)
-    teacher_logits, teacher_vectors = encodings(ctx, teacher, train_enc, pad_id)
+    teacher_logits, teacher_vectors = encodings(ctx, setup.teacher, train_enc, setup.pad_id)
     logits_by_id = torch.full((max_id + 1, teacher_logits.shape[1]), float("nan"))
     logits_by_id[torch.tensor(train_enc.ids)] = teacher_logits
     hooks: list[Hook] = [
@@ -139,65 +215,69 @@ def run_prune(ctx: RunContext) -> dict[str, Any]:
         pruner,
     ]
     weights = {"ce": p.ce_weight, "kd": p.kd_weight, "l1": p.l1_weight}
-    if modules:
-        labels_by_id = torch.full((max_id + 1,), -1, dtype=torch.long)
-        labels_by_id[torch.tensor(train_enc.ids)] = torch.tensor(train_enc.labels)
-        rows = bank_rows(train_enc.ids, p.bank_examples, cfg.run.seed)
-        ids = torch.tensor(train_enc.ids)
-        width = teacher_vectors.shape[1]
-        fixed: dict[str, MemoryBank] = {}
-        if "prc" in modules:
-            pretrained = _pretrained_model(ctx, folder, labels)
-            if pretrained.config.hidden_size != model.config.hidden_size:
-                raise KdtuiError(
-                    f"PrC's pre-trained model ({p.pretrained or 'from the teacher run'}) is "
-                    f"{pretrained.config.hidden_size} wide but the model being pruned is "
-                    f"{model.config.hidden_size}: their sentence vectors cannot be contrasted"
-                )
-            _, vectors = encodings(ctx, pretrained, train_enc, pad_id)
-            del pretrained
-            fixed["prc"] = MemoryBank(rows, labels_by_id, vectors.shape[1], 1)
-            fixed["prc"].write(ids, vectors, 0)
-            del vectors  # the fp16 bank holds what is kept; N x H float32 must not stay alive
-        if "fic" in modules:
-            fixed["fic"] = MemoryBank(rows, labels_by_id, width, 1)
-            fixed["fic"].write(ids, teacher_vectors, 0)
-        snapshots = None
-        if "snc" in modules:
-            snapshots = MemoryBank(rows, labels_by_id, width, p.snapshot_views)
-        hooks.append(
-            CapHook(
-                banks=fixed,
-                snapshots=snapshots,
-                stage=pruner.stage,
-                temperature=p.contrastive_temperature,
-                num_negatives=p.num_negatives,
-                pooling=p.pooling,
-                seed=cfg.run.seed,
-            )
-        )
-        for bank in modules:
+    if setup.modules:
+        hooks.append(_cap_hook(ctx, setup, pruner, teacher_vectors))
+        for bank in setup.modules:
             weights[f"{bank}_unsup"] = p.w_unsup
             weights[f"{bank}_sup"] = p.w_sup
-    hooks.append(_drop_watch(ctx, pruner, teacher, dev_enc, pad_id, data.domain_names))
-    del teacher, teacher_vectors
-
-    ctx.start(n_steps)
-    result = train(
-        train_job(
-            ctx,
-            model=model,
-            train=train_enc,
-            dev=dev_enc,
-            domain_names=data.domain_names,
-            hooks=hooks,
-            pad_id=pad_id,
-            weights=weights,
-            select_after_step=pruner.final_step(),
-        )
+    del teacher_vectors
+    hooks.append(
+        _drop_watch(ctx, pruner, setup.teacher, setup.dev, setup.pad_id, setup.data.domain_names)
     )
-    ctx.last_step = result.steps
-    restore_best(ctx, model, hooks)
+    return hooks, weights
+
+
+def _cap_hook(ctx: RunContext, setup: Setup, pruner: Any, teacher_vectors: Any) -> Hook:
+    """CAP's contrastive terms over its memory banks: PrC (the pre-trained model's vectors),
+    FiC (the teacher's), SnC (the pruned model's own, one view per pruning stage)."""
+    from kdtui.methods.contrastive import CapHook, MemoryBank, bank_rows
+
+    cfg = ctx.config
+    p = cfg.prune
+    train_enc, modules = setup.train, setup.modules
+    max_id = max(train_enc.ids)
+    labels_by_id = torch.full((max_id + 1,), -1, dtype=torch.long)
+    labels_by_id[torch.tensor(train_enc.ids)] = torch.tensor(train_enc.labels)
+    rows = bank_rows(train_enc.ids, p.bank_examples, cfg.run.seed)
+    ids = torch.tensor(train_enc.ids)
+    width = teacher_vectors.shape[1]
+    fixed: dict[str, MemoryBank] = {}
+    if "prc" in modules:
+        pretrained = _pretrained_model(ctx, setup.folder, setup.labels)
+        if pretrained.config.hidden_size != setup.model.config.hidden_size:
+            raise KdtuiError(
+                f"PrC's pre-trained model ({p.pretrained or 'from the teacher run'}) is "
+                f"{pretrained.config.hidden_size} wide but the model being pruned is "
+                f"{setup.model.config.hidden_size}: their sentence vectors cannot be contrasted"
+            )
+        _, vectors = encodings(ctx, pretrained, train_enc, setup.pad_id)
+        del pretrained
+        fixed["prc"] = MemoryBank(rows, labels_by_id, vectors.shape[1], 1)
+        fixed["prc"].write(ids, vectors, 0)
+        del vectors  # the fp16 bank holds what is kept; N x H float32 must not stay alive
+    if "fic" in modules:
+        fixed["fic"] = MemoryBank(rows, labels_by_id, width, 1)
+        fixed["fic"].write(ids, teacher_vectors, 0)
+    snapshots = None
+    if "snc" in modules:
+        snapshots = MemoryBank(rows, labels_by_id, width, p.snapshot_views)
+    return CapHook(
+        banks=fixed,
+        snapshots=snapshots,
+        stage=pruner.stage,
+        temperature=p.contrastive_temperature,
+        num_negatives=p.num_negatives,
+        pooling=p.pooling,
+        seed=cfg.run.seed,
+    )
+
+
+def _finalize(
+    ctx: RunContext, model: Any, pruner: Any, step: int, modules: list[str]
+) -> dict[str, Any]:
+    """The best model's final masks applied (weights) or its pruned heads and neurons removed
+    (heads-ffn); what was pruned, for metrics.json, and the per-layer sparsity logged."""
+    p = ctx.config.prune
     summary: dict[str, Any] = {
         "structure": p.structure,
         "criterion": p.criterion if p.structure == "weights" else "gradient-importance",
@@ -221,11 +301,8 @@ def run_prune(ctx: RunContext) -> dict[str, Any]:
         structure = compact(model, *pruner.kept())
         summary["kept_heads"] = [len(h) for h in structure["heads"]]
         summary["intermediate_sizes"] = structure["intermediate_sizes"]
-    ctx.run.log(LayerSparsity(step=result.steps, layers=layers))
-    metrics = final_metrics(ctx, model, tokenizer, data, result)
-    metrics.update(summary)
-    metrics.update(_save(ctx, model, tokenizer, labels))
-    return metrics
+    ctx.run.log(LayerSparsity(step=step, layers=layers))
+    return summary
 
 
 def _drop_watch(
@@ -310,15 +387,14 @@ def _method_name(p: Any, modules: list[str]) -> str:
     return f"{base} + CAP ({', '.join(m.upper() for m in modules)})"
 
 
-def _save(ctx: RunContext, model: Any, tokenizer: Any, labels: list[str]) -> dict[str, Any]:
-    """RUN/model (and RUN/model-sparse for unstructured pruning); sizes for metrics.json."""
+def _sizes(ctx: RunContext, model: Any, tokenizer: Any) -> dict[str, Any]:
+    """RUN/model's size, and for unstructured pruning RUN/model-sparse (written here) and its
+    sizes, for metrics.json."""
     from kdtui.sparse import SPARSE_FILE, save_sparse
 
     if not ctx.is_main:
         return {}
     p = ctx.config.prune
-    with atomic_folder(ctx.run.model) as folder:
-        save_classifier(model, tokenizer, folder, labels)
     result: dict[str, Any] = {"model_bytes": (ctx.run.model / "model.safetensors").stat().st_size}
     if p.structure != "weights":
         return result
@@ -327,7 +403,7 @@ def _save(ctx: RunContext, model: Any, tokenizer: Any, labels: list[str]) -> dic
         model.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         sizes = save_sparse(model.state_dict(), tmp / SPARSE_FILE, values=p.sparse_values)
-    encoder = [s for name, s in sizes.items() if _is_encoder_linear_weight(name)]
+    encoder = [s for name, s in sizes.items() if is_matrix_weight(name)]
     result["sparse_model"] = {
         "path": str((folder / SPARSE_FILE).relative_to(ctx.run.path)),
         "bytes": (folder / SPARSE_FILE).stat().st_size,
@@ -337,14 +413,6 @@ def _save(ctx: RunContext, model: Any, tokenizer: Any, labels: list[str]) -> dic
         / sum(s["dense"] for s in encoder),
     }
     return result
-
-
-def _is_encoder_linear_weight(name: str) -> bool:
-    from kdtui.methods.pruning import ENCODER_LINEARS
-
-    return ".encoder.layer." in name and name.endswith(
-        tuple(f".{sub}.weight" for sub in ENCODER_LINEARS)
-    )
 
 
 # ---------------------------------------------------------------------------------------------

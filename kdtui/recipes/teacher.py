@@ -4,19 +4,18 @@ source of distillation, on dev."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from kdtui.checkpoint import atomic_folder
 from kdtui.data import encode
 from kdtui.engine.hooks import CrossEntropyHook, Hook
-from kdtui.engine.loop import total_steps, train
+from kdtui.engine.loop import total_steps
 from kdtui.errors import KdtuiError
 from kdtui.models import load_classifier, load_tokenizer, save_classifier
 from kdtui.recipes.common import (
     RunContext,
-    final_metrics,
+    finish_training,
     load_run_data,
-    restore_best,
     source_metrics,
     train_job,
 )
@@ -47,29 +46,26 @@ def run_teacher(ctx: RunContext) -> dict[str, Any]:
 
         hooks, weights = meta_teacher_hooks(ctx, data, train_split, model, tokenizer)
 
-    n_steps = total_steps(cfg.train, len(train_enc))
-    ctx.start(n_steps)
-    result = train(
-        train_job(
-            ctx,
-            model=model,
-            train=train_enc,
-            dev=dev_enc,
-            domain_names=data.domain_names,
-            hooks=hooks,
-            pad_id=tokenizer.pad_token_id or 0,
-            weights=weights,
-            select_metric=select,
-        )
+    pad_id = tokenizer.pad_token_id or 0
+    job = train_job(
+        ctx,
+        model=model,
+        train=train_enc,
+        dev=dev_enc,
+        domain_names=data.domain_names,
+        hooks=hooks,
+        pad_id=pad_id,
+        weights=weights,
+        select_metric=select,
     )
-    ctx.last_step = result.steps
-    restore_best(ctx, model, hooks)
-    if ctx.is_main:
-        with atomic_folder(ctx.run.model) as folder:
-            save_classifier(model, tokenizer, folder, data.label_names)
-            for hook in hooks:
-                export = getattr(hook, "export", None)
-                if export is not None:
-                    export(folder, data)
-    metrics = final_metrics(ctx, model, tokenizer, data, result)
-    return {**metrics, **source_metrics(ctx, model, dev_enc, tokenizer.pad_token_id or 0)}
+
+    def save(folder: Path) -> None:
+        save_classifier(model, tokenizer, folder, data.label_names)
+        for hook in hooks:
+            export = getattr(hook, "export", None)
+            if export is not None:
+                export(folder, data)
+
+    ctx.start(total_steps(cfg.train, len(train_enc)))
+    _, metrics = finish_training(ctx, job, tokenizer=tokenizer, data=data, save=save)
+    return {**metrics, **source_metrics(ctx, model, dev_enc, pad_id)}
