@@ -357,10 +357,10 @@ def is_run_dir(path: Path) -> bool:
     if not first.strip():
         return True
     try:
-        record = json.loads(first)
-    except ValueError:
+        line = first.decode("utf-8")
+    except UnicodeDecodeError:
         return False
-    return isinstance(record, dict) and isinstance(record.get("type"), str)
+    return parse_record(line) is not None  # the readers' own test of an event record
 
 
 def describe_contents(path: Path, shown: int = 4) -> str:
