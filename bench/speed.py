@@ -715,7 +715,8 @@ def compressed_table(args: argparse.Namespace) -> None:
 
 def deploy_table(args: argparse.Namespace) -> None:
     from kdtui.data import load_data
-    from kdtui.export import INT8_FILE, ONNX_FILE, export_model, session, session_forward
+    from kdtui.export import export_model, session, session_forward
+    from kdtui.exportdir import INT8_FILE, ONNX_FILE
     from kdtui.models import read_config_json
     from kdtui.recipes.evaluate import evaluate_one, latency_grid
     from kdtui.resolver import resolve

@@ -684,7 +684,8 @@ def export(
     constraints.txt -e '.[export]'). The export's logits
     are compared with PyTorch's on the split (data as for evaluate: the run's, unless
     --profile/--set/--data is given)."""
-    from kdtui.export import FORMATS, INT8_FILE, ONNX_FILE, default_output, export_model
+    from kdtui.export import FORMATS, export_model
+    from kdtui.exportdir import INT8_FILE, ONNX_FILE, default_output
     from kdtui.resolver import resolve_for_models
 
     if format_ not in FORMATS:
