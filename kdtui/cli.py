@@ -684,7 +684,8 @@ def export(
     constraints.txt -e '.[export]'). The export's logits
     are compared with PyTorch's on the split (data as for evaluate: the run's, unless
     --profile/--set/--data is given)."""
-    from kdtui.export import FORMATS, default_output, export_model
+    from kdtui.export import FORMATS, export_model
+    from kdtui.exportdir import INT8_FILE, ONNX_FILE, default_output
     from kdtui.resolver import resolve_for_models
 
     if format_ not in FORMATS:
@@ -694,7 +695,7 @@ def export(
     info = export_model(model, target, config, int8=int8, force=force)
     check = info["check"]
     typer.echo(f"exported {model} to {target} (inputs: {', '.join(info['inputs'])})")
-    for name in ("model.onnx", "model.int8.onnx"):
+    for name in (ONNX_FILE, INT8_FILE):
         if name in check:
             c = check[name]
             typer.echo(

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 from kdtui.budgets import STUDENT_LR, TEACHER_EPOCHS, prune_budget
 from kdtui.config import PRUNE_AUTHORS_DEFAULTS, Config, build_config
 from kdtui.errors import KdtuiError
+from kdtui.exportdir import read_export_info
 from kdtui.profile import find_profile, parse_override
 from kdtui.rundir import (
     DOMAIN_HEAD_FILE,
@@ -269,9 +270,6 @@ def data_profile_of(model: str) -> str | None:
     path = Path(model).expanduser()
     if (run := run_holding(path)) is not None:
         return str(run.config_file)
-    # Only evaluate and export get here, and both have imported torch (which export does) by now.
-    from kdtui.export import read_export_info
-
     source = read_export_info(path.parent if path.suffix == ".onnx" else path).get("source")
     if isinstance(source, str) and source and (run := run_holding(Path(source))) is not None:
         return str(run.config_file)
