@@ -36,6 +36,7 @@ from kdtui.budgets import (
     STUDENT_LR,
     TEACHER_EPOCHS,
     TEACHER_EPOCHS_WHY,
+    TEACHER_MIN_STEPS,
     describe_budgets,
 )
 from kdtui.config import CHOICES, Config, default_of, type_of
@@ -184,7 +185,11 @@ PRUNE_EPOCHS = (
     EPOCHS[1],
 )
 TEACHER_BUDGET = (
-    replace(EPOCHS[0], default=f"{TEACHER_EPOCHS:g}, from {TEACHER_EPOCHS_WHY}"),
+    replace(
+        EPOCHS[0],
+        default=f"{TEACHER_EPOCHS:g} and at least {TEACHER_MIN_STEPS} steps, from "
+        f"{TEACHER_EPOCHS_WHY}",
+    ),
     EPOCHS[1],
 )
 
