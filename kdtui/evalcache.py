@@ -146,18 +146,32 @@ def store(
     An OSError (a read-only model folder) is the caller's to report."""
     from kdtui.checkpoint import write_text_atomic  # torch: keep it off the dashboard's path
 
-    entry = {
+    entry = make_entry(name, settings, files, context, result)
+    file.parent.mkdir(exist_ok=True)
+    write_text_atomic(file, json.dumps(entry, indent=1, sort_keys=True) + "\n")
+
+
+def make_entry(
+    name: str,
+    settings: dict[str, Any],
+    files: list[FileStat],
+    context: dict[str, Any],
+    result: dict[str, Any],
+    written_at: float | None = None,
+) -> dict[str, Any]:
+    """A cache file's content: the model's NAME in its home, what the result depends on
+    (SETTINGS, FILES), the split it was measured on (CONTEXT: split, data, domains, examples)
+    and the RESULT, one model's entry of the report."""
+    return {
         "format": FORMAT,
         "model": name,
         "settings": settings,
         "digest": digest(settings),
         "files": files,
         "context": context,
-        "written_at": time.time(),
+        "written_at": time.time() if written_at is None else written_at,
         "result": result,
     }
-    file.parent.mkdir(exist_ok=True)
-    write_text_atomic(file, json.dumps(entry, indent=1, sort_keys=True) + "\n")
 
 
 def read_entry(file: Path) -> dict[str, Any] | None:
