@@ -271,7 +271,8 @@ def print_frontier(report: dict[str, Any], console: Any) -> None:
             points,
             width=min(console.width, PLOT_MAX_WIDTH),
             height=PLOT_HEIGHT,
-            title=f"accuracy % against latency ms ({shape}); {FRONTIER_MARKER} on the frontier",
+            # Short: plotext leaves out a title wider than the picture.
+            title=f"accuracy % against latency ms ({shape})",
             xlabel=f"latency ms, {shape}",
         )
         console.print(Text.from_ansi(picture))

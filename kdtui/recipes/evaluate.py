@@ -71,7 +71,7 @@ def evaluate_models(
     if config.run.threads:  # latency is reported on this many threads (PyTorch and ORT alike)
         torch.set_num_threads(config.run.threads)
     threads = torch.get_num_threads()
-    settings = evalcache.settings_of(config, threads=threads, torch_version=torch.__version__)
+    settings = evalcache.settings_of(config, threads=threads, torch_version=str(torch.__version__))
     data: MultiDomainData | None = None
     context: dict[str, Any] | None = None  # the split's domains and size, for the report
     models = []
