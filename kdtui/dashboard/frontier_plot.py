@@ -20,15 +20,19 @@ OTHER_COLOR = fmt.color_of(8)  # grey
 FRONTIER_MARKER = "◆"
 OTHER_MARKER = "•"
 # Rows of a figure that are not canvas: the title, the frame's two lines, the x ticks and the
-# x label. Used to place a label one row above its point.
+# x label (plotext's layout; one fewer without a title). Used to place labels above points.
 NON_CANVAS_ROWS = 5
+# A label's height above its point, in rows. plotext rounds positions down to a row, and the
+# row height here is an estimate, so a whole row could round onto the point's own row and hide
+# it; one and a half lands one or two rows above, never on it.
+LABEL_ROWS = 1.5
 
 
 def draw_frontier(plt: Any, points: Sequence[PlotPoint], *, height: int, xlabel: str) -> None:
     """Draw POINTS on PLT (the plotext module or a textual-plotext Plot, cleared and sized) for
-    a figure HEIGHT rows high. Each label sits one row above its point, starting at the point
-    in the left third of the picture, ending at it in the right third and centred between, so
-    labels at the edges stay inside the canvas (plotext drops what falls outside)."""
+    a figure HEIGHT rows high. Each label sits a row or two above its point, starting at the
+    point in the left third of the picture, ending at it in the right third and centred
+    between, so labels at the edges stay inside the canvas (plotext drops what falls outside)."""
     shown = [p for p in points if math.isfinite(p.accuracy) and math.isfinite(p.latency_ms)]
     if not shown:
         plt.title("no model has both an accuracy and a latency to show")
@@ -38,9 +42,10 @@ def draw_frontier(plt: Any, points: Sequence[PlotPoint], *, height: int, xlabel:
     x_lo, x_hi, y_lo, y_hi = min(xs), max(xs), min(ys), max(ys)
     x_span = x_hi - x_lo or max(abs(x_lo), 1.0)
     y_span = y_hi - y_lo or 1.0
-    canvas_rows = max(height - NON_CANVAS_ROWS, 4)
-    row = y_span / max(canvas_rows - 3, 1)  # one row, in accuracy points: one below, two above
-    plt.ylim(y_lo - row, y_hi + 2 * row)
+    canvas_rows = max(height - NON_CANVAS_ROWS, 5)
+    # One row, in accuracy points: the points take all rows but one below and three above.
+    row = y_span / max(canvas_rows - 4, 1)
+    plt.ylim(y_lo - row, y_hi + 3 * row)
     plt.xlim(x_lo - 0.05 * x_span, x_hi + 0.05 * x_span)
 
     front = sorted((p for p in shown if p.on_frontier), key=lambda p: (p.latency_ms, p.accuracy))
@@ -72,7 +77,7 @@ def draw_frontier(plt: Any, points: Sequence[PlotPoint], *, height: int, xlabel:
         plt.text(
             p.label,
             p.latency_ms,
-            100 * p.accuracy + row,
+            100 * p.accuracy + LABEL_ROWS * row,
             color=FRONTIER_COLOR if p.on_frontier else "default",
             alignment=alignment,
         )
