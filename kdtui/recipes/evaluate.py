@@ -1,7 +1,8 @@
 """`kdtui evaluate`: accuracy per domain, size and speed of one or more models, side by side.
 
-No run directory is written: evaluation only reads. The report is a plain dict (the CLI renders
-it as a table or writes it as JSON).
+No run directory is created and nothing a run holds is changed: the one thing written is each
+model's cached result, in .kdtui-eval-cache/ beside it. The report is a plain dict (the CLI
+renders it as a table or writes it as JSON).
 
 A model is a kdtui run directory, a model folder, or an ONNX export (`kdtui export`: each of its
 .onnx files is scored under ONNX Runtime as a model of its own). An unstructured model is also
