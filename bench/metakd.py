@@ -50,6 +50,31 @@ Protocol (fixed before the first real run; every number below is an option's def
   together), with a 95% paired-bootstrap interval resampling seeds and examples (10,000 draws).
   Test accuracy is read only to fill the table; nothing is chosen on it.
 
+Protocol v2 (issue "a meta-teacher that teaches"; settings chosen on dev by
+bench/metakd_pilot.py before this table, records in bench/results/metakd-v2/):
+
+    python bench/metakd.py --teacher-epochs 2 --teacher-min-steps 200 --teacher-seeds 2 \
+        --stage1-steps 150 --stage2-steps 450 --student-lr 3e-4 --bf16 --jobs 2 \
+        --set run.threads=1 --records bench/results/metakd-v2 --output-dir OUT
+
+* Teachers: 2 epochs of their own training data (the teacher pilot) and at least 200 steps
+  (2 epochs of a 20% domain are 34 steps, after which the pilot's single-domain teachers were at
+  chance on dev; 200 steps is the first protocol's budget, which took them to 75.8 / 78.4),
+  with kdtui's default domain term (the authors', γ1 0.5: the domain-term pilot). At full data
+  every teacher kind is trained with 2 seeds (42, 142) and every student seed learns from each,
+  so a row has 6 units (teacher seed x student seed) and its intervals cover the teacher's draw;
+  the student alone has no teacher, so its 3 runs pair with both teacher seeds' units (its own
+  interval is over its 3 runs). The data-scarce setting keeps one teacher seed (42).
+* Students: 150 + 450 steps at lr 3e-4 for the KD rows (the student budget pilot); the student
+  alone trains 600 steps at --alone-lr 3e-4; the data-scarce setting scales both by 0.5.
+* Diagnostic rows, run after the table with the same records (`--rows
+  meta,vanilla-meta,meta-nodomain,meta-uniform,mix,mix-tinit,meta-tinit --teacher-seeds 1`),
+  selecting nothing: Meta-KD from a meta-teacher trained without its domain term
+  (teacher.domain_loss_weight=0), Meta-KD with λ_i = 1 (distill.expertise_weights=false: the
+  prototype scores still weight the meta-teacher's own loss), plain KD from the meta-teacher, and
+  KD mix / Meta-KD with kdtui's default student start (the teacher's layers copied, no --student)
+  instead of the shared pre-trained MiniLM layers.
+
 Wall time of the default table, measured: 333 min summed over its runs (teachers 131 min,
 students 202 min) at `run.threads=1`, run two or three processes at a time on 2 shared cores;
 the first estimate, 3.2 hours of one core, was too low.
@@ -94,6 +119,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.machine import add_cpu_seconds, claim_cores, cores, cpu_seconds, run_timed  # noqa: E402
 from bench.stats import fmt_diff, fmt_mean_ci, paired_bootstrap  # noqa: E402
+from kdtui.checkpoint import write_text_atomic  # noqa: E402
 from kdtui.events import Eval  # noqa: E402
 from kdtui.rundir import RunInfo  # noqa: E402
 
@@ -103,10 +129,31 @@ ROWS = {
     "single": "KD single-domain teacher",
     "mix": "KD mix teacher",
     "vanilla-meta": "KD meta-teacher (no λ, no domain term)",
+    "meta-nodomain": "Meta-KD, meta-teacher without its domain term (γ1 = 0)",
+    "meta-uniform": "Meta-KD without expertise weights (λ = 1)",
+    "mix-tinit": "KD mix teacher, student copied from its teacher",
+    "meta-tinit": "Meta-KD, student copied from its teacher",
     "meta": "Meta-KD",
 }
-PROTOCOL_ROWS = ("alone", "single", "mix", "meta")  # the table; vanilla-meta is a diagnostic
-TEACHER_OF = {"single": "single", "mix": "mix", "vanilla-meta": "meta", "meta": "meta"}
+PROTOCOL_ROWS = ("alone", "single", "mix", "meta")  # the table; the others are diagnostics
+TEACHER_OF = {
+    "single": "single",
+    "mix": "mix",
+    "vanilla-meta": "meta",
+    "meta-nodomain": "meta-nodomain",
+    "meta-uniform": "meta",
+    "mix-tinit": "mix",
+    "meta-tinit": "meta",
+    "meta": "meta",
+}
+# Each teacher kind's `kdtui teacher` options (besides model, data, seed and budget).
+TEACHER_OPTIONS = {
+    "single": ["--method", "single"],
+    "mix": ["--method", "mix"],
+    "meta": ["--method", "meta"],
+    "meta-nodomain": ["--method", "meta", "--set", "teacher.domain_loss_weight=0"],
+}
+META_ROWS = ("meta", "meta-nodomain", "meta-uniform", "meta-tinit")  # distill --method meta
 OUT = "{OUT}"  # stands for --output-dir in recorded commands
 
 
@@ -177,6 +224,19 @@ def parser() -> argparse.ArgumentParser:
         "--jobs", type=int, default=1, help="runs at a time (2 on two cores, with run.threads=1)"
     )
     parser.add_argument("--seed", type=int, default=42, help="teachers' seed; students seed+1..")
+    parser.add_argument(
+        "--teacher-seeds",
+        type=int,
+        default=1,
+        help="teachers per kind at full data: seeds --seed, --seed + 100, ...; every student"
+        " seed learns from each, so the intervals cover the teacher's draw",
+    )
+    parser.add_argument(
+        "--teacher-min-steps",
+        type=int,
+        default=0,
+        help="with --teacher-epochs: at least this many steps for every teacher (train.min_steps)",
+    )
     parser.add_argument("--fraction", type=float, default=0.2, help="data-scarce setting")
     parser.add_argument("--settings", default="full,scarce", help="full, scarce or both")
     parser.add_argument("--domains", default="books,dvd", help="target domains; 'all' = every")
@@ -218,6 +278,7 @@ class Bench:
         self.records.mkdir(parents=True, exist_ok=True)
         self.rows = [r for r in ROWS if r in args.rows.split(",")]
         self.seeds = [args.seed + 1 + i for i in range(args.seeds)]
+        self.teacher_seeds = [args.seed + 100 * i for i in range(args.teacher_seeds)]
         self.domains, self.train_counts = self._domains()
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -280,25 +341,36 @@ class Bench:
     def setting(self, setting: str) -> str:
         """Run (or read the records of) every run of a setting; returns its table. With --jobs N,
         N students (each after its teacher) run at a time; a run two of them need is run once."""
+        # Every (teacher seed, student seed) pair is one unit of a row; the student alone has
+        # no teacher, so its units repeat per teacher seed (they pair with the KD rows' units).
+        t_seeds = self.teacher_seeds if setting == "full" else self.teacher_seeds[:1]
         students: dict[str, dict[str, list[dict]]] = {r: {} for r in self.rows}
-        teachers: dict[str, dict[str, dict]] = {k: {} for k in ("single", "mix", "meta")}
+        teachers: dict[str, dict[str, list[dict]]] = {k: {} for k in TEACHER_OPTIONS}
 
-        def one(domain: str, row: str, seed: int) -> tuple[dict | None, dict]:
+        def one(t_seed: int, domain: str, row: str, seed: int) -> tuple[dict | None, dict]:
             kind = TEACHER_OF.get(row)
-            teacher = self.teacher(setting, kind, domain) if kind else None
-            return teacher, self.student(setting, row, domain, seed, teacher)
+            teacher = self.teacher(setting, kind, domain, t_seed) if kind else None
+            return teacher, self.student(setting, row, domain, seed, teacher, t_seed)
 
-        order = [(d, r, s) for d in self.domains for r in self.rows for s in self.seeds]
+        order = [
+            (t, d, r, s)
+            for t in t_seeds
+            for d in self.domains
+            for r in self.rows
+            for s in self.seeds
+        ]
         pool = ThreadPoolExecutor(max_workers=self.args.jobs)
         try:
             done = [f.result() for f in [pool.submit(one, *task) for task in order]]
         finally:  # a failed run stops the table: nothing queued starts after it
             pool.shutdown(wait=True, cancel_futures=True)
-        for (domain, row, _), (teacher, student) in zip(order, done, strict=True):
+        for (_, domain, row, _), (teacher, student) in zip(order, done, strict=True):
             if teacher is not None:
-                teachers[TEACHER_OF[row]][domain] = teacher
+                known = teachers[TEACHER_OF[row]].setdefault(domain, [])
+                if teacher["name"] not in [t["name"] for t in known]:
+                    known.append(teacher)
             students[row].setdefault(domain, []).append(student)
-        return self.render(setting, students, teachers)
+        return self.render(setting, students, teachers, len(t_seeds))
 
     def _data(self, setting: str, domain: str) -> list[str]:
         """Options every command of a (setting, target domain) shares."""
@@ -316,16 +388,19 @@ class Bench:
             options += ["--set", text]
         return options
 
-    def teacher(self, setting: str, kind: str, domain: str) -> dict:
-        """A teacher's record. At full data the mix and meta teachers serve every domain."""
+    def teacher(self, setting: str, kind: str, domain: str, seed: int | None = None) -> dict:
+        """A teacher's record. At full data the teachers that see every domain serve every
+        target domain. The first teacher seed keeps the names of the first tables."""
         a = self.args
-        shared = setting == "full" and kind in ("mix", "meta")
+        seed = a.seed if seed is None else seed
+        shared = setting == "full" and kind != "single"
         name = f"{setting}/teacher-{kind}" if shared else f"{setting}/{domain}/teacher-{kind}"
-        command = ["teacher", "--method", kind]
+        name += f"-seed{seed}" if seed != a.seed else ""
+        command = ["teacher", *TEACHER_OPTIONS[kind]]
         if kind == "single":
             command += ["--domain", domain]
         command += [
-            "--model", a.model, "--lr", str(a.lr), "--seed", str(a.seed),
+            "--model", a.model, "--lr", str(a.lr), "--seed", str(seed),
             *self.teacher_budget(setting, kind, "" if shared else domain),
             *self._data(setting, "" if shared else domain),
         ]  # fmt: skip
@@ -350,13 +425,26 @@ class Bench:
         from kdtui.config import TrainConfig
         from kdtui.engine.loop import total_steps
 
-        budget = TrainConfig(batch_size=a.batch_size, epochs=a.teacher_epochs)
+        budget = TrainConfig(
+            batch_size=a.batch_size, epochs=a.teacher_epochs, min_steps=a.teacher_min_steps
+        )
         every = max(1, total_steps(budget, examples) // a.evals)
-        return ["--epochs", f"{a.teacher_epochs:g}", "--set", f"train.eval_every={every}"]
+        floor = ["--set", f"train.min_steps={a.teacher_min_steps}"] if a.teacher_min_steps else []
+        return ["--epochs", f"{a.teacher_epochs:g}", *floor, "--set", f"train.eval_every={every}"]
 
-    def student(self, setting: str, row: str, domain: str, seed: int, teacher: dict | None) -> dict:
+    def student(
+        self,
+        setting: str,
+        row: str,
+        domain: str,
+        seed: int,
+        teacher: dict | None,
+        teacher_seed: int | None = None,
+    ) -> dict:
         a = self.args
-        name = f"{setting}/{domain}/{row}-seed{seed}{a.student_tag}"
+        other_seed = teacher is not None and teacher_seed not in (None, a.seed)
+        of_teacher = f"-t{teacher_seed}" if other_seed else ""
+        name = f"{setting}/{domain}/{row}-seed{seed}{of_teacher}{a.student_tag}"
         init = f"{OUT}/{self.student_init_name(seed)}"
         lr = a.alone_lr if row == "alone" else a.student_lr
         data = [
@@ -379,14 +467,18 @@ class Bench:
             examples = self._scarce_count(domain)
         per_epoch = max(1, examples // a.batch_size)
         # epochs that give exactly the wanted steps (the loop takes ceil(per_epoch * epochs))
+        copied = row.endswith("-tinit")  # kdtui's default student: the teacher's layers
+        start = ["--student-layers", str(a.student_layers)] if copied else ["--student", init]
         command = [
             "distill", "--teacher", f"{OUT}/{teacher['name']}", "--domain", domain,
-            "--method", "meta" if row == "meta" else "vanilla", "--student", init,
+            "--method", "meta" if row in META_ROWS else "vanilla", *start,
             "--set", f"distill.intermediate_epochs={(stage1 - 0.5) / per_epoch!r}",
             "--set", f"distill.prediction_epochs={(stage2 - 0.5) / per_epoch!r}",
             "--set", f"train.eval_every={max(1, stage2 // a.evals)}", *data,
         ]  # fmt: skip
-        return self.run(name, command, needs=teacher, seed=seed)
+        if row == "meta-uniform":
+            command += ["--set", "distill.expertise_weights=false"]
+        return self.run(name, command, needs=teacher, seed=None if copied else seed)
 
     def student_steps(self, setting: str) -> tuple[int, int]:
         """(stage 1, stage 2) optimiser steps of every student of a setting."""
@@ -455,9 +547,7 @@ class Bench:
             self.student_init(seed)
         wall = self._execute(name, command)
         record = self._record(name, command, wall)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, separators=(",", ":")) + "\n")
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(record, separators=(",", ":")) + "\n")
         for spent in ("checkpoints", "best"):
             shutil.rmtree(self.out / name / spent, ignore_errors=True)
         return record
@@ -504,7 +594,11 @@ class Bench:
     # -- the table ------------------------------------------------------------------------------
 
     def render(
-        self, setting: str, students: dict[str, dict[str, list[dict]]], teachers: dict
+        self,
+        setting: str,
+        students: dict[str, dict[str, list[dict]]],
+        teachers: dict[str, dict[str, list[dict]]],
+        teacher_seeds: int = 1,
     ) -> str:
         a = self.args
         title = (
@@ -513,8 +607,11 @@ class Bench:
             else f"Data-scarce: {a.fraction:.0%} of the target domain's training data"
         )
         domains = self.domains
+        drawn = f"{len(self.seeds)} student seeds"
+        if teacher_seeds > 1:
+            drawn += f" x {teacher_seeds} teacher seeds"
         lines = [
-            f"### {title} ({len(self.seeds)} student seeds; test accuracy %, mean ± 95% interval)",
+            f"### {title} ({drawn}; test accuracy %, mean ± 95% interval)",
             "",
             "| row | " + " | ".join(domains) + " | average | Meta-KD minus row [95%] | wall time |",
             "| --- | " + " | ".join("---:" for _ in domains) + " | ---: | ---: | ---: |",
@@ -523,36 +620,43 @@ class Bench:
         def correct(row: str, domain: str) -> list[list[int]]:
             return [[int(c) for c in r["test_correct"][domain]] for r in students[row][domain]]
 
-        def joined(row: str) -> list[list[int]]:  # per seed: every target domain's examples
+        def joined(row: str) -> list[list[int]]:  # per unit: every target domain's examples
             per_domain = [correct(row, d) for d in domains]
-            return [sum((p[s] for p in per_domain), []) for s in range(len(self.seeds))]
+            return [sum((p[s] for p in per_domain), []) for s in range(len(per_domain[0]))]
+
+        def distinct(row: str) -> list[dict[str, dict]]:  # per distinct unit: domain -> record
+            per_domain = [students[row][d] for d in domains]
+            units = [dict(zip(domains, u, strict=True)) for u in zip(*per_domain, strict=True)]
+            return list({tuple(r["name"] for r in u.values()): u for u in units}.values())
 
         for row in self.rows:
-            cells = [fmt_mean_ci([_acc(r, d) for r in students[row][d]]) for d in domains]
+            cells = [fmt_mean_ci([_acc(u[d], d) for u in distinct(row)]) for d in domains]
             average = fmt_mean_ci(
-                [
-                    sum(_acc(students[row][d][s], d) for d in domains) / len(domains)
-                    for s in range(len(self.seeds))
-                ]
+                [sum(_acc(u[d], d) for d in domains) / len(domains) for u in distinct(row)]
             )
             diff = (
                 fmt_diff(paired_bootstrap(joined("meta"), joined(row)))
                 if row != "meta" and "meta" in self.rows
                 else "-"
             )
-            runs = [r for d in domains for r in students[row][d]]
+            runs = [r for u in distinct(row) for r in u.values()]
             kind = TEACHER_OF.get(row)
             if kind:  # a teacher shared by several domains counts once
-                runs += list({t["name"]: t for t in teachers[kind].values()}.values())
+                shared = [t for ts in teachers[kind].values() for t in ts]
+                runs += list({t["name"]: t for t in shared}.values())
             minutes = sum(r["wall_s"] for r in runs) / 60
             lines.append(
                 f"| {ROWS[row]} | {' | '.join(cells)} | {average} | {diff} | {minutes:.1f} min |"
             )
-        lines += ["", "Teachers on the target domain's test split (one run each, seed "
-                  f"{a.seed}):", ""]  # fmt: skip
+        seeds = ", ".join(str(s) for s in self.teacher_seeds[:teacher_seeds])
+        each = "one run each, seed" if teacher_seeds == 1 else "one run per seed, seeds"
+        lines += ["", f"Teachers on the target domain's test split ({each} {seeds}):", ""]
         for kind, by_domain in teachers.items():
             if by_domain:
-                accs = ", ".join(f"{d} {100 * _acc(t, d):.1f}" for d, t in by_domain.items())
+                accs = ", ".join(
+                    f"{d} " + " / ".join(f"{100 * _acc(t, d):.1f}" for t in ts)
+                    for d, ts in by_domain.items()
+                )
                 lines.append(f"- {kind}: {accs}")
         return "\n".join(lines) + "\n"
 

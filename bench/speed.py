@@ -637,8 +637,9 @@ def folder_bytes(folder: Path) -> int:
 
 def compressed_table(args: argparse.Namespace) -> None:
     from kdtui.config import ModelConfig
-    from kdtui.layout import encoder_layers, encoder_linears, is_matrix_weight
+    from kdtui.layout import encoder_layers, is_matrix_weight
     from kdtui.methods.compact import compact
+    from kdtui.methods.pruning import magnitude_prune
     from kdtui.models import load_any, load_classifier, load_tokenizer, save_classifier
     from kdtui.sparse import SPARSE_FILE, save_sparse
 
@@ -675,14 +676,7 @@ def compressed_table(args: argparse.Namespace) -> None:
 
         for sparsity in (0.9, 0.97):
             sparse = copy.deepcopy(dense)
-            with torch.no_grad():
-                for linear in encoder_linears(sparse).values():
-                    w = linear.weight
-                    keep = max(1, round((1 - sparsity) * w.numel()))
-                    threshold = w.abs().flatten().kthvalue(w.numel() - keep + 1).values
-                    # torch.where, as kdtui's pruners do: w * 0 would leave -0.0, which the
-                    # bit-exact sparse format must store as a value
-                    w.copy_(torch.where(w.abs() >= threshold, w, torch.zeros_like(w)))
+            magnitude_prune(sparse, sparsity)
             for values in ("float32", "float16"):
                 folder = root / f"sparse-{sparsity}-{values}"
                 sparse.config.save_pretrained(folder)
@@ -721,7 +715,8 @@ def compressed_table(args: argparse.Namespace) -> None:
 
 def deploy_table(args: argparse.Namespace) -> None:
     from kdtui.data import load_data
-    from kdtui.export import INT8_FILE, ONNX_FILE, export_model, session, session_forward
+    from kdtui.export import export_model, session, session_forward
+    from kdtui.exportdir import INT8_FILE, ONNX_FILE
     from kdtui.models import read_config_json
     from kdtui.recipes.evaluate import evaluate_one, latency_grid
     from kdtui.resolver import resolve

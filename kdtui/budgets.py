@@ -16,6 +16,10 @@ from dataclasses import dataclass
 # after 1 / 2 / 3 epochs; 2 is the smallest within 0.5 points of the best.
 TEACHER_EPOCHS = 2.0
 TEACHER_EPOCHS_WHY = "the teacher budget pilot on dev"
+# ... and at least this many steps: 2 epochs of 280 examples (20% of one domain) are 34 steps,
+# after which the pilot's single-domain teachers were still at chance on dev (51.0 / 47.5),
+# where the first Meta-KD protocol's 200 steps had taken the same teachers to 75.8 / 78.4.
+TEACHER_MIN_STEPS = 200
 
 # The Meta-KD student budget pilot on dev (KD from single-domain and mix teachers, books and dvd):
 # 150 + 450 steps at lr 3e-4 (about 2 and 5 epochs of a domain's 1,400 examples) beat 50 + 150

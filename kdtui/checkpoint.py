@@ -61,7 +61,7 @@ def save_checkpoint(
         )
         torch.save(train_state, tmp / TRAIN_STATE_FILE)
         files = {name: _sha256(tmp / name) for name in (MODEL_FILE, TRAIN_STATE_FILE)}
-        _write_json(tmp / STATE_FILE, {**state, "files": files})
+        _write_synced(tmp / STATE_FILE, _json_text({**state, "files": files}))
         for name in (MODEL_FILE, TRAIN_STATE_FILE):
             _fsync(tmp / name)
         if before_commit is not None:
@@ -70,8 +70,9 @@ def save_checkpoint(
 
 
 def temporary(path: Path) -> Path:
-    """Where PATH is written until it is complete: PATH.tmp, beside it. Every atomic write here
-    uses this one name, so what a killed write leaves is recognised (`remove_unfinished`,
+    """Where PATH is written until it is complete: PATH.tmp, beside it. Every atomic write in
+    kdtui uses this one name (folders, checkpoints, JSON and text files, sparse weights, the
+    prune cache), so what a killed write leaves is recognised (`remove_unfinished`,
     `list_checkpoints`)."""
     return path.with_name(path.name + TEMPORARY_SUFFIX)
 
@@ -210,16 +211,24 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write PATH in full or not at all: TEXT goes to `temporary(path)`, synced, then renamed."""
     tmp = temporary(path)
-    _write_json(tmp, data)
+    _write_synced(tmp, text)
     os.replace(tmp, path)
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, _json_text(data))
+
+
+def _json_text(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def _write_synced(path: Path, text: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
 

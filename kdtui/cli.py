@@ -36,6 +36,7 @@ from kdtui.budgets import (
     STUDENT_LR,
     TEACHER_EPOCHS,
     TEACHER_EPOCHS_WHY,
+    TEACHER_MIN_STEPS,
     describe_budgets,
 )
 from kdtui.config import CHOICES, Config, default_of, type_of
@@ -184,7 +185,11 @@ PRUNE_EPOCHS = (
     EPOCHS[1],
 )
 TEACHER_BUDGET = (
-    replace(EPOCHS[0], default=f"{TEACHER_EPOCHS:g}, from {TEACHER_EPOCHS_WHY}"),
+    replace(
+        EPOCHS[0],
+        default=f"{TEACHER_EPOCHS:g} and at least {TEACHER_MIN_STEPS} steps, from "
+        f"{TEACHER_EPOCHS_WHY}",
+    ),
     EPOCHS[1],
 )
 
@@ -684,7 +689,8 @@ def export(
     constraints.txt -e '.[export]'). The export's logits
     are compared with PyTorch's on the split (data as for evaluate: the run's, unless
     --profile/--set/--data is given)."""
-    from kdtui.export import FORMATS, default_output, export_model
+    from kdtui.export import FORMATS, export_model
+    from kdtui.exportdir import INT8_FILE, ONNX_FILE, default_output
     from kdtui.resolver import resolve_for_models
 
     if format_ not in FORMATS:
@@ -694,7 +700,7 @@ def export(
     info = export_model(model, target, config, int8=int8, force=force)
     check = info["check"]
     typer.echo(f"exported {model} to {target} (inputs: {', '.join(info['inputs'])})")
-    for name in ("model.onnx", "model.int8.onnx"):
+    for name in (ONNX_FILE, INT8_FILE):
         if name in check:
             c = check[name]
             typer.echo(

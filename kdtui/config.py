@@ -92,6 +92,9 @@ class TrainConfig:
 
     epochs: float = 1.0
     max_steps: int = 0  # if > 0, overrides epochs
+    # With a budget in epochs: at least this many optimiser steps (each stage's, for distill),
+    # so that epochs of a small data set still give the optimiser something to do.
+    min_steps: int = 0
     batch_size: int = 16  # per optimiser step, summed over processes and accumulation
     eval_batch_size: int = 64
     grad_accum: int = 1
@@ -441,6 +444,7 @@ def _setting_checks(config: Config) -> list[tuple[bool, str]]:
         (config.model.dropout < 1, "model.dropout must be below 1 (< 0 keeps the model's)"),
         (config.train.epochs > 0 or config.train.max_steps > 0, "train.epochs must be > 0"),
         (config.train.max_steps >= 0, "train.max_steps must be >= 0"),
+        (config.train.min_steps >= 0, "train.min_steps must be >= 0"),
         (config.train.batch_size >= 1, "train.batch_size must be at least 1"),
         (config.train.batch_size <= 65536, "train.batch_size must be at most 65536"),
         (config.train.eval_batch_size >= 1, "train.eval_batch_size must be at least 1"),

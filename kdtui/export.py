@@ -1,14 +1,7 @@
 """`kdtui export`: a kdtui model as ONNX, runnable with ONNX Runtime alone.
 
-The export folder holds
-
-    model.onnx          the classifier: inputs as the tokenizer names them (input_ids,
-                        attention_mask, token_type_ids where the model reads them; int64,
-                        dynamic batch and sequence), output `logits` (batch, labels)
-    model.int8.onnx     with --int8: the same, weights int8 (ONNX Runtime dynamic quantisation)
-    config.json         the model's config (label names in id2label / kdtui_labels)
-    tokenizer files     the tokenizer the model was trained with
-    kdtui_export.json   what was exported from what, and the check against kdtui's outputs
+The export folder's layout (model.onnx, model.int8.onnx with --int8, config.json, the tokenizer,
+kdtui_export.json) is named in kdtui.exportdir, which the loaders and the resolver read.
 
 Dense, unstructured (exported dense: ONNX Runtime multiplies the zeros as PyTorch does) and
 heads-ffn models (each layer with its own head count and FFN width) export alike: the exporter
@@ -32,12 +25,8 @@ import numpy as np
 import torch
 
 from kdtui.errors import KdtuiError
-from kdtui.rundir import MODEL_CONFIG, RunLayout
+from kdtui.exportdir import EXPORT_INFO_FILE, INT8_FILE, ONNX_FILE, is_export_folder
 
-# The export folder's files (the module docstring lists the others): named here only.
-ONNX_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
-EXPORT_INFO_FILE = "kdtui_export.json"  # what was exported from what (read_export_info)
 FORMATS = ("onnx",)
 # Opset 17 has LayerNormalization as one operator and is read by every ONNX Runtime since 1.14.
 OPSET = 17
@@ -64,23 +53,6 @@ def require_onnx() -> Any:
             f"ONNX export and ONNX Runtime evaluation need the export extra: {extra_hint()}"
         ) from None
     return onnxruntime
-
-
-def is_export_folder(folder: Path) -> bool:
-    return (folder / ONNX_FILE).is_file()
-
-
-def onnx_files(folder: Path) -> list[Path]:
-    """The models of an export folder: fp32 first, then int8 if it was written."""
-    return [folder / name for name in (ONNX_FILE, INT8_FILE) if (folder / name).is_file()]
-
-
-def default_output(source: str) -> Path:
-    """RUN/onnx for a run directory, FOLDER-onnx beside any other model folder."""
-    path = Path(source).expanduser()
-    if (RunLayout(path).model / MODEL_CONFIG).is_file():
-        return path / "onnx"
-    return path.with_name(f"{path.name}-onnx")
 
 
 class _Logits(torch.nn.Module):
@@ -298,16 +270,6 @@ def export_model(
             info["check"][name]["bytes"] = (tmp / name).stat().st_size
         (tmp / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info
-
-
-def read_export_info(folder: Path) -> dict[str, Any]:
-    """What an export folder records (`export_model`'s result), {} when it records nothing
-    readable."""
-    try:
-        info = json.loads((folder / EXPORT_INFO_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
-        return {}
-    return info if isinstance(info, dict) else {}
 
 
 def count_parameters(path: Path) -> tuple[int, int]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from kdtui.config import ModelConfig
 from kdtui.errors import KdtuiError
+from kdtui.exportdir import is_export_folder
 from kdtui.layout import Layout, attn_implementation_for, layout_of
 from kdtui.weights import check_loading_info, weights_file
 
@@ -301,7 +302,7 @@ def load_trained(
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     source = resolve_model_path(str(path))
-    if (Path(source) / "model.onnx").is_file():
+    if is_export_folder(Path(source)):
         raise KdtuiError(
             f"model '{path}' is an ONNX export: run it with onnxruntime, or score it with "
             "`kdtui evaluate`"

@@ -24,9 +24,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from kdtui.budgets import STUDENT_LR, TEACHER_EPOCHS, prune_budget
+from kdtui.budgets import STUDENT_LR, TEACHER_EPOCHS, TEACHER_MIN_STEPS, prune_budget
 from kdtui.config import PRUNE_AUTHORS_DEFAULTS, Config, build_config
 from kdtui.errors import KdtuiError
+from kdtui.exportdir import read_export_info
 from kdtui.profile import find_profile, parse_override
 from kdtui.rundir import (
     DOMAIN_HEAD_FILE,
@@ -79,15 +80,16 @@ def resolve(
     if command == "prune":
         config = with_prune_budget(config, layered)
     if command == "teacher" and not _budget_given(layered):
-        config = replace(config, train=replace(config.train, epochs=TEACHER_EPOCHS))
+        train = replace(config.train, epochs=TEACHER_EPOCHS, min_steps=TEACHER_MIN_STEPS)
+        config = replace(config, train=train)
     if command == "distill" and "lr" not in _table(layered, "train"):
         config = replace(config, train=replace(config.train, lr=STUDENT_LR))
     return Resolved(config, tuple(notes))
 
 
 def _budget_given(layered: dict[str, Any]) -> bool:
-    """Whether a layer (profile, --set, option) sets train.epochs or train.max_steps."""
-    return bool({"epochs", "max_steps"} & _table(layered, "train").keys())
+    """Whether a layer (profile, --set, option) sets train.epochs, max_steps or min_steps."""
+    return bool({"epochs", "max_steps", "min_steps"} & _table(layered, "train").keys())
 
 
 class Resumed(NamedTuple):
@@ -269,9 +271,6 @@ def data_profile_of(model: str) -> str | None:
     path = Path(model).expanduser()
     if (run := run_holding(path)) is not None:
         return str(run.config_file)
-    # Only evaluate and export get here, and both have imported torch (which export does) by now.
-    from kdtui.export import read_export_info
-
     source = read_export_info(path.parent if path.suffix == ".onnx" else path).get("source")
     if isinstance(source, str) and source and (run := run_holding(Path(source))) is not None:
         return str(run.config_file)

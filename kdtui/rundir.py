@@ -357,10 +357,10 @@ def is_run_dir(path: Path) -> bool:
     if not first.strip():
         return True
     try:
-        record = json.loads(first)
-    except ValueError:
+        line = first.decode("utf-8")
+    except UnicodeDecodeError:
         return False
-    return isinstance(record, dict) and isinstance(record.get("type"), str)
+    return parse_record(line) is not None  # the readers' own test of an event record
 
 
 def describe_contents(path: Path, shown: int = 4) -> str:
@@ -552,9 +552,9 @@ class RunDir(RunLayout):
 
     def write_text(self, name: str, text: str) -> None:
         if self.is_main:
-            tmp = self.path / f".{name}.tmp"
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(self.path / name)
+            from kdtui.checkpoint import write_text_atomic  # torch: keep it off the dashboard path
+
+            write_text_atomic(self.path / name, text)
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         if self.is_main:

@@ -28,6 +28,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from kdtui.checkpoint import temporary
 from kdtui.layout import attn_implementation_for
 from kdtui.weights import check_state_dict
 
@@ -76,7 +77,7 @@ def save_sparse(
             layout[name] = {**record, "layout": "dense"}
             sizes[name] = {"stored": stored.numel() * stored.element_size(), "dense": dense_bytes}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary(path)
     save_file(
         tensors, tmp, metadata={METADATA_KEY: json.dumps({"format": FORMAT, "layout": layout})}
     )

@@ -5,6 +5,7 @@ time estimate."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from kdtui.budgets import (
     PRUNE_BUDGETS,
     STUDENT_LR,
     TEACHER_EPOCHS,
+    TEACHER_MIN_STEPS,
     describe_budgets,
     prune_budget,
     short_budget_note,
@@ -39,8 +41,10 @@ def test_bands_cover_every_sparsity_in_order() -> None:
 
 def test_a_teacher_without_a_budget_trains_the_piloted_epochs() -> None:
     assert TEACHER_EPOCHS != 1.0  # not the engine's own default, or this test shows nothing
-    assert resolve(command="teacher").config.train.epochs == TEACHER_EPOCHS
-    assert resolve(options={"train.epochs": 1.0}, command="teacher").config.train.epochs == 1.0
+    default = resolve(command="teacher").config.train
+    assert (default.epochs, default.min_steps) == (TEACHER_EPOCHS, TEACHER_MIN_STEPS)
+    given = resolve(options={"train.epochs": 1.0}, command="teacher").config.train
+    assert (given.epochs, given.min_steps) == (1.0, 0)  # the user's budget, no floor added
     steps = resolve(options={"train.max_steps": 7}, command="teacher").config
     assert steps.train.max_steps == 7
     layered = resolve(overrides=["train.epochs=3"], command="teacher").config  # a --set or profile
@@ -74,7 +78,21 @@ def test_teacher_help_prints_its_default_budget() -> None:
     result = CliRunner().invoke(app, ["teacher", "--help"])
     assert result.exit_code == 0
     text = re.sub(r"[\s│]+", "", result.stdout)  # Rich wraps the help
-    assert f"[train.epochs;default{TEACHER_EPOCHS:g},fromtheteacherbudgetpilot" in text
+    assert (
+        f"[train.epochs;default{TEACHER_EPOCHS:g}andatleast{TEACHER_MIN_STEPS}steps,fromthe"
+        "teacherbudgetpilot" in text
+    )
+
+
+def test_a_step_floor_lifts_a_small_data_sets_epochs_and_nothing_else() -> None:
+    from kdtui.config import TrainConfig
+    from kdtui.engine.loop import total_steps
+
+    floor = TrainConfig(batch_size=16, epochs=2.0, min_steps=200)
+    assert total_steps(floor, 280) == 200  # 2 epochs of 280 examples would be 34 steps
+    assert total_steps(floor, 5600) == 700  # more data: the epochs decide
+    assert total_steps(replace(floor, max_steps=7), 280) == 7  # max_steps still wins
+    assert total_steps(replace(floor, min_steps=0), 280) == 34
 
 
 MODEL = {"prune.model": "a-model-folder"}  # any name: the resolver only looks for its run

@@ -16,14 +16,16 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from kdtui.export import (  # noqa: E402
+    export_onnx,
+    quantize_int8,
+    session,
+    session_forward,
+)
+from kdtui.exportdir import (  # noqa: E402
     EXPORT_INFO_FILE,
     INT8_FILE,
     ONNX_FILE,
-    export_onnx,
-    quantize_int8,
     read_export_info,
-    session,
-    session_forward,
 )
 from kdtui.methods.compact import compact  # noqa: E402
 from tests.conftest import invoke, metrics_of  # noqa: E402

@@ -29,6 +29,7 @@ from kdtui.methods.pruning import (
     StructuredPruner,
     UnstructuredPruner,
     cubic_sparsity,
+    magnitude_prune,
     max_structured_sparsity,
     topk_masks,
 )
@@ -196,6 +197,20 @@ def test_finalize_writes_exact_zeros_and_keeps_the_outputs() -> None:
     for name, linear in encoder_linears(model).items():
         assert "forward" not in vars(linear)
         pruned = linear.weight[masks[name] == 0]
+        assert torch.equal(pruned.view(torch.int32), torch.zeros_like(pruned).view(torch.int32))
+
+
+def test_magnitude_prune_zeroes_the_smallest_weights_of_each_matrix() -> None:
+    model = tiny_bert()
+    before = {name: linear.weight.clone() for name, linear in encoder_linears(model).items()}
+    magnitude_prune(model, 0.9)
+    for name, linear in encoder_linears(model).items():
+        weight, original = linear.weight, before[name]
+        kept = weight != 0
+        assert int(kept.sum()) == weight.numel() - round(0.9 * weight.numel())
+        assert torch.equal(weight[kept], original[kept])
+        assert original[kept].abs().min() >= original[~kept].abs().max()
+        pruned = weight[~kept]  # +0.0, never -0.0: the sparse format stores a -0.0 as a value
         assert torch.equal(pruned.view(torch.int32), torch.zeros_like(pruned).view(torch.int32))
 
 

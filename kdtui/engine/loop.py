@@ -104,7 +104,8 @@ def steps_per_epoch(cfg: TrainConfig, num_examples: int) -> int:
 
 
 def total_steps(cfg: TrainConfig, num_examples: int) -> int:
-    return cfg.max_steps or max(1, math.ceil(steps_per_epoch(cfg, num_examples) * cfg.epochs))
+    by_epochs = math.ceil(steps_per_epoch(cfg, num_examples) * cfg.epochs)
+    return cfg.max_steps or max(1, cfg.min_steps, by_epochs)
 
 
 def warmup_then_linear_decay(step: int, warmup: int, total: int) -> float:

@@ -124,6 +124,22 @@ def _keep_count(n: int, sparsity: float) -> int:
     return n - round(sparsity * n)
 
 
+def zero_pruned(weight: torch.Tensor, keep: torch.Tensor) -> None:
+    """Zero WEIGHT where KEEP is False, in place. torch.where, not weight * keep: a product
+    leaves -0.0 for negative weights, which the bit-exact sparse format must store as values."""
+    weight.copy_(torch.where(keep, weight, torch.zeros_like(weight)))
+
+
+@torch.no_grad()
+def magnitude_prune(model: nn.Module, sparsity: float) -> None:
+    """One-shot magnitude pruning, no training: zero the SPARSITY share of each encoder
+    matrix's weights with the smallest magnitude (the count and ties as a magnitude run's
+    per-matrix masks)."""
+    for linear in encoder_linears(model).values():
+        weight = linear.weight
+        zero_pruned(weight, topk_masks([weight.abs()], _keep_count(weight.numel(), sparsity))[0])
+
+
 class UnstructuredPruner(BaseHook):
     """Masks every encoder Linear's weights on the cubic schedule (see the module docstring)."""
 
@@ -278,8 +294,7 @@ class UnstructuredPruner(BaseHook):
             self.masks[name] = new
             if self.criterion == "magnitude":
                 # Zeroed weights get no gradient through the mask, so they stay pruned.
-                weight = self.linears[name].weight
-                weight.copy_(torch.where(mask, weight, torch.zeros_like(weight)))
+                zero_pruned(self.linears[name].weight, mask)
         self.flipped = changed / max(1, total)
 
     def _importance(self, names: list[str]) -> list[torch.Tensor]:
@@ -431,7 +446,7 @@ class UnstructuredPruner(BaseHook):
         forward back; returns the sparsity reached."""
         for name, linear in self.linears.items():
             keep = self.masks[name].bool()
-            linear.weight.copy_(torch.where(keep, linear.weight, torch.zeros_like(linear.weight)))
+            zero_pruned(linear.weight, keep)
             _restore_forward(linear)
         self.masks = {n: torch.ones_like(m) for n, m in self.masks.items()}
         self.scores = {}

@@ -85,7 +85,7 @@ class LabelMismatch(KdtuiError):
 def expand_runs(paths: list[str]) -> list[str]:
     """A `kdtui distill --domain all` run holds one student per domain (RUN/domains/D): it
     stands for all of them. An export folder stands for each of its .onnx models."""
-    from kdtui.export import is_export_folder, onnx_files
+    from kdtui.exportdir import is_export_folder, onnx_files
     from kdtui.rundir import RunInfo
 
     expanded = []

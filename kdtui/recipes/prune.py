@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from kdtui.budgets import prune_budget, short_budget_note
-from kdtui.checkpoint import atomic_folder
+from kdtui.checkpoint import atomic_folder, temporary
 from kdtui.data import Encoded, MultiDomainData, encode
 from kdtui.engine.hooks import CrossEntropyHook, Hook
 from kdtui.engine.loop import steps_per_epoch, total_steps
@@ -508,7 +508,7 @@ def _encodings(ctx: RunContext, model: Any, encoded: Encoded, pad_id: int) -> tu
     )
     if path is not None and ctx.is_main:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = temporary(path)
         torch.save({"logits": logits, "vectors": vectors}, tmp)
         tmp.replace(path)
     return logits, vectors
