@@ -357,7 +357,11 @@ def save_classifier(model: Any, tokenizer: Any, folder: Path, label_names: list[
     names kdtui trained with, so a later load can refuse a different label set."""
     folder.mkdir(parents=True, exist_ok=True)
     setattr(model.config, LABELS_KEY, list(label_names))
-    model.save_pretrained(folder, safe_serialization=True)
+    # A model with heads or neurons removed loads through kdtui only (load_compact reads the file
+    # as written), so it keeps the names it has in memory; transformers would write some families
+    # (NomicBERT) under their original hub names.
+    compacted = bool(getattr(model.config, "kdtui_structure", None))
+    model.save_pretrained(folder, safe_serialization=True, save_original_format=not compacted)
     tokenizer.save_pretrained(folder)
 
 
