@@ -407,7 +407,15 @@ def build_student(
     narrower = config.hidden_size != teacher.config.hidden_size
     if narrower or not copy_weights:
         return student
-    student.load_state_dict(_student_state(teacher, layout, init_layers), strict=True)
+    state = _student_state(teacher, layout, init_layers)
+    own = student.state_dict()
+    # ModernBERT's first layer has no attention norm (its embeddings end in one), so a later
+    # teacher layer copied there leaves its norm behind; nothing else may be left out.
+    first = f"{_layers_prefix(student, layout)}0."
+    left = [k for k in state if k not in own]
+    if any(not k.startswith(first) for k in left):
+        raise RuntimeError(f"the student has no place for the teacher's {left}")
+    student.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
     return student
 
 
@@ -449,8 +457,7 @@ def _student_state(teacher: Any, layout: Layout, init_layers: list[int]) -> dict
     tensor as it is: whatever the family keeps outside its layers is copied without being
     named (ELECTRA's embeddings_project, DistilBERT's pre_classifier, DeBERTa's
     rel_embeddings and pooler, ModernBERT's final_norm and head)."""
-    layers = teacher.base_model.get_submodule(layout.layers)
-    prefix = next(name for name, module in teacher.named_modules() if module is layers) + "."
+    prefix = _layers_prefix(teacher, layout)
     state: dict[str, Any] = {}
     for key, value in teacher.state_dict().items():
         if not key.startswith(prefix):
@@ -461,6 +468,12 @@ def _student_state(teacher: Any, layout: Layout, init_layers: list[int]) -> dict
             if t_index == int(index):
                 state[f"{prefix}{s_index}.{rest}"] = value
     return state
+
+
+def _layers_prefix(model: Any, layout: Layout) -> str:
+    """The state-dict prefix of MODEL's encoder layers ("bert.encoder.layer.")."""
+    layers = model.base_model.get_submodule(layout.layers)
+    return next(name for name, module in model.named_modules() if module is layers) + "."
 
 
 def read_config_json(folder: Path) -> dict[str, Any]:
