@@ -178,6 +178,17 @@ def test_a_shallower_student_copies_the_chosen_layers(arch: str, tmp_path: Path)
         assert loaded.config.layer_types == [types[0], types[2]]
 
 
+def test_a_modernbert_student_first_layer_has_no_attention_norm() -> None:
+    """ModernBERT's layer 0 has no attention norm: a later teacher layer copied there keeps
+    everything else of it and leaves its norm out."""
+    teacher = tiny("modernbert", seed=0)
+    student = build_student(teacher, num_layers=1, init_layers=[1], seed=5).eval()
+    copied = encoder_layers(student)[0].state_dict()
+    source = encoder_layers(teacher)[1].state_dict()
+    assert "attn_norm.weight" in source and "attn_norm.weight" not in copied
+    assert all(torch.equal(value, source[name]) for name, value in copied.items())
+
+
 def test_a_narrower_distilbert_student_has_a_narrower_ffn() -> None:
     student = build_student(tiny("distilbert"), num_layers=1, hidden_size=16)
     assert student.config.dim == 16 and student.config.hidden_dim == 64

@@ -16,7 +16,7 @@ from kdtui.models import bundled_minilm_path, load_any
 from tests.conftest import invoke, metrics_of
 from tests.test_architectures import config_of
 
-E2E = ["roberta", "electra", "distilbert", "deberta-v2", "modernbert", "nomic-bert"]
+E2E = ["roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2", "modernbert", "nomic-bert"]
 
 
 def encoder_folder(arch: str, folder: Path) -> Path:
