@@ -76,6 +76,9 @@ class ModelConfig:
     # a local checkpoint folder, or a hub name.
     name: str = "minilm"
     trust_remote_code: bool = False
+    # "auto": the family's (sdpa, eager for DeBERTa, whose attention transformers runs eagerly
+    # only); "sdpa" or "eager" force one.
+    attn_implementation: str = "auto"
     tiny_hidden: int = 32
     tiny_layers: int = 2
     tiny_heads: int = 2
@@ -285,6 +288,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "prune.sparse_values": ("float32", "float16"),
     "evaluate.sparse_kernels": ("auto", "all", "off"),
     "train.precision": ("auto", "bf16", "fp32"),
+    "model.attn_implementation": ("auto", "sdpa", "eager"),
 }
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from kdtui.config import ModelConfig
 from kdtui.errors import KdtuiError
 from kdtui.exportdir import is_export_folder
-from kdtui.layout import encoder_layers
+from kdtui.layout import Layout, attn_implementation_for, layout_of
 from kdtui.weights import check_loading_info, weights_file
 
 LABELS_KEY = "kdtui_labels"  # config.json key: the label names of a kdtui-trained classifier
@@ -218,10 +218,12 @@ def load_classifier(
     cfg: ModelConfig,
     label_names: list[str],
     *,
-    attn_implementation: str = "sdpa",
+    attn_implementation: str = "",
     seed: int = 0,
 ) -> Any:
-    """A sequence classifier for `label_names`.
+    """A sequence classifier for `label_names`, with the attention implementation
+    ATTN_IMPLEMENTATION or else `cfg.attn_implementation` ("auto": the family's,
+    `kdtui.layout.attn_implementation_for`).
 
     A checkpoint that already has a classifier for other labels is an error (kdtui records the
     label names it trained with in config.json); one without (a pre-trained encoder) gets a
@@ -231,6 +233,7 @@ def load_classifier(
     from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig
 
+    requested = attn_implementation or cfg.attn_implementation
     num_labels = len(label_names)
     label_kwargs: dict[str, Any] = {
         "num_labels": num_labels,
@@ -251,7 +254,7 @@ def load_classifier(
             max_position_embeddings=TINY_POSITIONS,
             **label_kwargs,
         )
-        config._attn_implementation = attn_implementation
+        config._attn_implementation = attn_implementation_for("bert", requested)
         torch.manual_seed(seed)
         return AutoModelForSequenceClassification.from_config(config)
 
@@ -273,7 +276,7 @@ def load_classifier(
         model, info = AutoModelForSequenceClassification.from_pretrained(
             source,
             trust_remote_code=cfg.trust_remote_code,
-            attn_implementation=attn_implementation,
+            attn_implementation=attn_implementation_for(base_config.model_type, requested),
             dtype=torch.float32,  # see load_trained
             output_loading_info=True,
             ignore_mismatched_sizes=True,
@@ -288,10 +291,11 @@ def load_classifier(
 
 
 def load_trained(
-    path: str | Path, *, attn_implementation: str = "sdpa", trust_remote_code: bool = False
+    path: str | Path, *, attn_implementation: str = "auto", trust_remote_code: bool = False
 ) -> Any:
     """A classifier kdtui (or anyone) saved: no new head is created; a folder without a
-    classification head is an error."""
+    classification head is an error. ATTN_IMPLEMENTATION "auto" is the family's
+    (`kdtui.layout.attn_implementation_for`)."""
     quiet_transformers()
     import torch
     from safetensors import SafetensorError
@@ -313,6 +317,7 @@ def load_trained(
             f"model '{path}' has no sequence classification head "
             f"(architectures: {architectures or 'none'}); fine-tune it with `kdtui teacher` first"
         )
+    attn_implementation = attn_implementation_for(config.model_type, attn_implementation)
     try:
         # Pruned models kdtui writes: heads/neurons physically removed, or a sparse file.
         if getattr(config, "kdtui_structure", None):
@@ -352,7 +357,11 @@ def save_classifier(model: Any, tokenizer: Any, folder: Path, label_names: list[
     names kdtui trained with, so a later load can refuse a different label set."""
     folder.mkdir(parents=True, exist_ok=True)
     setattr(model.config, LABELS_KEY, list(label_names))
-    model.save_pretrained(folder, safe_serialization=True)
+    # A model with heads or neurons removed loads through kdtui only (load_compact reads the file
+    # as written), so it keeps the names it has in memory; transformers would write some families
+    # (NomicBERT) under their original hub names.
+    compacted = bool(getattr(model.config, "kdtui_structure", None))
+    model.save_pretrained(folder, safe_serialization=True, save_original_format=not compacted)
     tokenizer.save_pretrained(folder)
 
 
@@ -363,35 +372,23 @@ def build_student(
     hidden_size: int = 0,
     init_layers: list[int] | None = None,
     copy_weights: bool = True,
-    attn_implementation: str = "sdpa",
+    attn_implementation: str = "auto",
     seed: int = 0,
 ) -> Any:
-    """A smaller BERT built from the teacher's config: `num_layers` layers and, if
-    `hidden_size` is given and differs, a narrower width (then it starts random, since the
-    teacher's weights do not fit). With the teacher's width, embeddings, the chosen teacher
-    layers (`init_layers`, default evenly spaced, e.g. 0,2,4 of 6 → [1,3,5]) and the
-    pooler/classifier are copied."""
+    """A smaller model of the teacher's family built from its config: `num_layers` layers and,
+    if `hidden_size` is given and differs, a narrower width (then it starts random, since the
+    teacher's weights do not fit). With the teacher's width, every weight outside the encoder
+    layers (embeddings and their projection, relative-position embeddings, final norms, pooler,
+    classifier head) and the chosen teacher layers (`init_layers`, default evenly spaced,
+    e.g. 0,2,4 of 6 → [1,3,5]) are copied, so a full-depth student is the teacher.
+    ATTN_IMPLEMENTATION "auto" is the teacher's."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    layout = student_layout(teacher)
     teacher_layers = teacher.config.num_hidden_layers
     if num_layers < 1:
         raise KdtuiError("the student needs at least one layer")
-    config = copy.deepcopy(teacher.config)
-    config.num_hidden_layers = num_layers
-    narrower = hidden_size and hidden_size != teacher.config.hidden_size
-    if narrower:
-        heads = teacher.config.num_attention_heads
-        if hidden_size % heads:
-            heads = max(h for h in range(1, heads + 1) if hidden_size % h == 0)
-        config.hidden_size = hidden_size
-        config.num_attention_heads = heads
-        config.intermediate_size = hidden_size * 4
-    config._attn_implementation = attn_implementation
-    torch.manual_seed(seed)
-    student = AutoModelForSequenceClassification.from_config(config)
-    if narrower or not copy_weights:
-        return student
     if init_layers is None:
         step = teacher_layers / num_layers
         init_layers = [
@@ -402,15 +399,81 @@ def build_student(
             f"student init layers {init_layers} must be {num_layers} indices "
             f"in [0, {teacher_layers})"
         )
-    base_t, base_s = teacher.base_model, student.base_model
-    base_s.embeddings.load_state_dict(base_t.embeddings.state_dict())
-    copied_from, copied_to = encoder_layers(teacher), encoder_layers(student)
-    for s_index, t_index in enumerate(init_layers):
-        copied_to[s_index].load_state_dict(copied_from[t_index].state_dict())
-    if getattr(base_s, "pooler", None) is not None and getattr(base_t, "pooler", None) is not None:
-        base_s.pooler.load_state_dict(base_t.pooler.state_dict())
-    student.classifier.load_state_dict(teacher.classifier.state_dict())
+    config = _student_config(teacher.config, layout, init_layers, hidden_size)
+    if attn_implementation != "auto":
+        config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    student = AutoModelForSequenceClassification.from_config(config)
+    narrower = config.hidden_size != teacher.config.hidden_size
+    if narrower or not copy_weights:
+        return student
+    state = _student_state(teacher, layout, init_layers)
+    own = student.state_dict()
+    # ModernBERT's first layer has no attention norm (its embeddings end in one), so a later
+    # teacher layer copied there leaves its norm behind; nothing else may be left out.
+    first = f"{_layers_prefix(student, layout)}0."
+    left = [k for k in state if k not in own]
+    if any(not k.startswith(first) for k in left):
+        raise RuntimeError(f"the student has no place for the teacher's {left}")
+    student.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
     return student
+
+
+def student_layout(teacher: Any) -> Layout:
+    """The layout build_student copies TEACHER's layers by; a KdtuiError saying what to do
+    where kdtui cannot cut its layers."""
+    try:
+        return layout_of(teacher)
+    except KdtuiError as e:
+        raise KdtuiError(
+            f"kdtui cannot build a student from this teacher ({e}); give a student of your "
+            "own with --student PATH (the same tokenizer) and --method logits"
+        ) from None
+
+
+def _student_config(config: Any, layout: Layout, init_layers: list[int], hidden_size: int) -> Any:
+    """The teacher's config with the student's depth (and width)."""
+    config = copy.deepcopy(config)
+    teacher_layers = config.num_hidden_layers
+    config.num_hidden_layers = len(init_layers)
+    # Per-layer settings (ModernBERT's local/global attention) follow the copied layers.
+    layer_types = getattr(config, "layer_types", None)
+    if isinstance(layer_types, list) and len(layer_types) == teacher_layers:
+        config.layer_types = [layer_types[i] for i in init_layers]
+    if hidden_size and hidden_size != config.hidden_size:
+        heads = config.num_attention_heads
+        if hidden_size % heads:
+            heads = max(h for h in range(1, heads + 1) if hidden_size % h == 0)
+        config.hidden_size = hidden_size
+        config.num_attention_heads = heads
+        setattr(config, layout.ffn_key, hidden_size * 4)
+        if getattr(config, "pooler_hidden_size", None):  # DeBERTa's pooler and classifier
+            config.pooler_hidden_size = hidden_size
+    return config
+
+
+def _student_state(teacher: Any, layout: Layout, init_layers: list[int]) -> dict[str, Any]:
+    """The teacher's state dict with encoder layer `init_layers[i]` as layer i and every other
+    tensor as it is: whatever the family keeps outside its layers is copied without being
+    named (ELECTRA's embeddings_project, DistilBERT's pre_classifier, DeBERTa's
+    rel_embeddings and pooler, ModernBERT's final_norm and head)."""
+    prefix = _layers_prefix(teacher, layout)
+    state: dict[str, Any] = {}
+    for key, value in teacher.state_dict().items():
+        if not key.startswith(prefix):
+            state[key] = value
+            continue
+        index, rest = key.removeprefix(prefix).split(".", 1)
+        for s_index, t_index in enumerate(init_layers):
+            if t_index == int(index):
+                state[f"{prefix}{s_index}.{rest}"] = value
+    return state
+
+
+def _layers_prefix(model: Any, layout: Layout) -> str:
+    """The state-dict prefix of MODEL's encoder layers ("bert.encoder.layer.")."""
+    layers = model.base_model.get_submodule(layout.layers)
+    return next(name for name, module in model.named_modules() if module is layers) + "."
 
 
 def read_config_json(folder: Path) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from kdtui.checkpoint import temporary
+from kdtui.layout import attn_implementation_for
 from kdtui.weights import check_state_dict
 
 FORMAT = "kdtui-sparse-1"
@@ -111,13 +112,13 @@ def is_sparse_folder(folder: Path) -> bool:
     return (folder / SPARSE_FILE).is_file() and not (folder / "model.safetensors").is_file()
 
 
-def load_sparse_model(folder: str | Path, *, attn_implementation: str = "sdpa") -> Any:
+def load_sparse_model(folder: str | Path, *, attn_implementation: str | None = "auto") -> Any:
     """A classifier saved as config.json + model.sparse.safetensors (RUN/model-sparse)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     folder = Path(folder)
     config = AutoConfig.from_pretrained(folder)
-    config._attn_implementation = attn_implementation
+    config._attn_implementation = attn_implementation_for(config.model_type, attn_implementation)
     model = AutoModelForSequenceClassification.from_config(config)
     state = load_sparse(folder / SPARSE_FILE)
     check_state_dict(str(folder), folder, model, state)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdtui.layout import encoder_layers, layout_of
+from kdtui.layout import attn_implementation_for, encoder_layers, layout_of
 from kdtui.weights import check_state_dict
 
 STRUCTURE_KEY = "kdtui_structure"
@@ -61,21 +61,26 @@ def _slice(
 
 def compact(model: nn.Module, heads: list[list[int]], neurons: list[list[int]]) -> dict[str, Any]:
     """Slice every layer down to its kept `heads` and FFN `neurons` (indices per layer), in
-    place; record and return the structure."""
+    place; record and return the structure. The layout says where a head's rows are (in each
+    third of a fused Q/K/V projection) and a neuron's (in both halves of a GLU input)."""
     layout = layout_of(model)
     for layer, kept_heads, kept_neurons in zip(encoder_layers(model), heads, neurons, strict=True):
         attention = layer.get_submodule(layout.attention)
-        size = attention.attention_head_size
+        size = int(getattr(attention, layout.head_size))
         rows = torch.tensor(
             [h * size + j for h in kept_heads for j in range(size)], dtype=torch.long
         )
-        for path in (layout.query, layout.key, layout.value):
-            _slice(layer, path, _keep_rows, rows)
-        attention.num_attention_heads = len(kept_heads)
-        attention.all_head_size = len(kept_heads) * size
+        width = layer.get_submodule(layout.attn_out).in_features  # all heads' rows
+        for path in layout.head_matrices() + [p for p in layout.head_rows if _has(layer, p)]:
+            _slice(layer, path, _keep_rows, _head_rows(rows, layer.get_submodule(path), width))
+        _set_head_count(attention, len(kept_heads), size)
         _slice(layer, layout.attn_out, _keep_columns, rows)
         units = torch.tensor(kept_neurons, dtype=torch.long)
-        _slice(layer, layout.ffn_in, _keep_rows, units)
+        neurons_now = layer.get_submodule(layout.ffn_out).in_features
+        in_rows = torch.cat([units, units + neurons_now]) if layout.glu_in else units
+        _slice(layer, layout.ffn_in, _keep_rows, in_rows)
+        if layout.ffn_gate:
+            _slice(layer, layout.ffn_gate, _keep_rows, units)
         _slice(layer, layout.ffn_out, _keep_columns, units)
     structure = {
         "heads": [list(map(int, h)) for h in heads],
@@ -83,6 +88,30 @@ def compact(model: nn.Module, heads: list[list[int]], neurons: list[list[int]]) 
     }
     setattr(model.config, STRUCTURE_KEY, structure)
     return structure
+
+
+def _has(layer: nn.Module, path: str) -> bool:
+    try:
+        layer.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+def _head_rows(rows: torch.Tensor, linear: nn.Linear, width: int) -> torch.Tensor:
+    """The kept heads' ROWS in each per-head block of LINEAR, a block being WIDTH rows (all
+    heads × head size): one block in a query projection, three in a fused [Q; K; V]."""
+    return torch.cat([rows + block * width for block in range(linear.out_features // width)])
+
+
+def _set_head_count(attention: nn.Module, count: int, size: int) -> None:
+    """The attributes a family's attention reshapes by (BERT reads num_attention_heads and
+    all_head_size, DeBERTa num_attention_heads, DistilBERT n_heads); the others infer it."""
+    for name in ("num_attention_heads", "n_heads", "num_heads"):
+        if isinstance(getattr(attention, name, None), int):
+            setattr(attention, name, count)
+    if isinstance(getattr(attention, "all_head_size", None), int):
+        attention.all_head_size = count * size
 
 
 def shrink_to(model: nn.Module, structure: dict[str, Any]) -> None:
@@ -95,14 +124,14 @@ def shrink_to(model: nn.Module, structure: dict[str, Any]) -> None:
     compact(model, heads, neurons)
 
 
-def load_compact(folder: str | Path, *, attn_implementation: str = "sdpa") -> Any:
+def load_compact(folder: str | Path, *, attn_implementation: str | None = "auto") -> Any:
     """A model saved by `kdtui prune --structure heads-ffn` (config.json has kdtui_structure)."""
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     folder = Path(folder)
     config = AutoConfig.from_pretrained(folder)
-    config._attn_implementation = attn_implementation
+    config._attn_implementation = attn_implementation_for(config.model_type, attn_implementation)
     model = AutoModelForSequenceClassification.from_config(config)
     shrink_to(model, getattr(config, STRUCTURE_KEY))
     state = load_file(folder / "model.safetensors")

@@ -77,7 +77,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ from torch import nn
 from kdtui.config import ATTENTION_TARGETS
 from kdtui.engine.hooks import BaseHook, Batch, HookContext, StepInfo, gather_micro_batch
 from kdtui.errors import KdtuiError
-from kdtui.layout import self_attention
+from kdtui.layout import encoder_layers, layout_of, self_attention
 from kdtui.methods.losses import (
     attention_mse_per_instance,
     masked_mse_per_instance,
@@ -545,16 +545,132 @@ def parse_layer_map(
 
 
 def attention_scores(block: nn.Module, layer_input: torch.Tensor) -> torch.Tensor:
-    """Pre-softmax attention scores Q·Kᵀ/√d of a layer's self-attention BLOCK
-    (`kdtui.layout.self_attention`), recomputed from the layer's input hidden state
-    (`hidden_states[layer]` of the model's output). (B, T, H) -> (B, heads, T, T).
-    softmax(scores + mask) is the layer's attention map."""
+    """Pre-softmax attention scores Q·Kᵀ/√d of a BERT-style self-attention BLOCK
+    (`kdtui.layout.self_attention`, with `query` and `key`), recomputed from the layer's input
+    hidden state (`hidden_states[layer]` of the model's output). (B, T, H) -> (B, heads, T, T).
+    softmax(scores + mask) is the layer's attention map. Any family: `attention_scorer`."""
+    return _plain_scores(block.query, block.key, block, block.attention_head_size, layer_input)
+
+
+def _plain_scores(
+    query: nn.Module, key: nn.Module, block: nn.Module, size: int, layer_input: torch.Tensor
+) -> torch.Tensor:
     b, t, _ = layer_input.shape
-    size = block.attention_head_size
-    query = block.query(layer_input).view(b, t, -1, size).transpose(1, 2)
-    key = block.key(layer_input).view(b, t, -1, size).transpose(1, 2)
+    q = query(layer_input).view(b, t, -1, size).transpose(1, 2)
+    k = key(layer_input).view(b, t, -1, size).transpose(1, 2)
     scaling = getattr(block, "scaling", size**-0.5)
-    return torch.matmul(query.float(), key.float().transpose(-1, -2)) * scaling
+    return torch.matmul(q.float(), k.float().transpose(-1, -2)) * scaling
+
+
+def _deberta_scores(
+    encoder: nn.Module, block: nn.Module, layer_input: torch.Tensor
+) -> torch.Tensor:
+    """DeBERTa-v2/v3's scores as its DisentangledSelfAttention computes them: content Q·Kᵀ and
+    the relative-position terms (c2p, p2c), each over √(d·terms); no dropout."""
+    b, t, _ = layer_input.shape
+    heads = block.num_attention_heads
+    query = block.transpose_for_scores(block.query_proj(layer_input), heads)
+    key = block.transpose_for_scores(block.key_proj(layer_input), heads)
+    factor = 1 + ("c2p" in block.pos_att_type) + ("p2c" in block.pos_att_type)
+    scale = torch.sqrt(torch.tensor(query.size(-1), dtype=torch.float) * factor)
+    scores = torch.bmm(query, key.transpose(-1, -2) / scale.to(dtype=query.dtype))
+    if block.relative_attention:
+        relative_pos = encoder.get_rel_pos(layer_input)
+        scores = scores + block.disentangled_attention_bias(
+            query, key, relative_pos, encoder.get_rel_embedding(), factor
+        )
+    return scores.view(b, heads, t, t).float()
+
+
+def _rotary_scores(
+    query: nn.Module, key: nn.Module, rotary: nn.Module, block: nn.Module, x: torch.Tensor
+) -> torch.Tensor:
+    """Q·Kᵀ·scale after the rotary position embedding (NomicBERT), positions 0..T-1 as the
+    model numbers them without position_ids."""
+    import importlib
+
+    b, t, _ = x.shape
+    size = block.head_dim
+    q = query(x).view(b, t, -1, size).transpose(1, 2)
+    k = key(x).view(b, t, -1, size).transpose(1, 2)
+    cos, sin = rotary(x, torch.arange(t, device=x.device)[None])
+    # the family's own function: it knows which half of each head is rotated how
+    rotate = importlib.import_module(type(block).__module__).apply_rotary_pos_emb
+    q, k = rotate(q, k, cos, sin)
+    return torch.matmul(q.float(), k.float().transpose(-1, -2)) * block.scaling
+
+
+# The score kdtui gives a key outside a local attention window: softmax gives it 0, as the
+# model's mask does; the "scores" target reads it as 0 on both sides (`outside_windows_zeroed`).
+OUTSIDE_WINDOW = torch.finfo(torch.float32).min
+
+
+def _modernbert_scores(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """ModernBERT's scores: its attention reads the pre-normed input through one fused [Q; K; V]
+    projection, with rotary positions of the layer's type, and a local layer sees only keys
+    within config.sliding_window positions of the query."""
+    import importlib
+
+    attention = layer.attn
+    x = layer.attn_norm(x)
+    b, t, _ = x.shape
+    qkv = attention.Wqkv(x).view(b, t, 3, -1, attention.head_dim)
+    q, k = qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2)
+    positions = torch.arange(t, device=x.device)
+    cos, sin = model.base_model.rotary_emb(x, positions[None], layer.attention_type)
+    rotate = importlib.import_module(type(attention).__module__).apply_rotary_pos_emb
+    q, k = rotate(q, k, cos, sin)
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attention.head_dim**-0.5
+    scores = scores.float()  # under bf16 autocast the fill below would round to -inf
+    if layer.attention_type == "sliding_attention":
+        distance = (positions[:, None] - positions[None, :]).abs()
+        scores = scores.masked_fill(distance > model.config.sliding_window, OUTSIDE_WINDOW)
+    return scores
+
+
+def outside_windows_zeroed(scores: torch.Tensor) -> torch.Tensor:
+    """Scores with the keys outside a local window at 0 (as padding is in the loss), so that
+    the "scores" target compares numbers, not the fill."""
+    return scores.masked_fill(scores == OUTSIDE_WINDOW, 0.0)
+
+
+def attention_scorer(model: nn.Module, layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The pre-softmax attention scores of MODEL's encoder layer LAYER (0-based) as a function
+    of the layer's input hidden state, (B, T, H) -> (B, heads, T, T), for the families whose
+    layout says how (`Layout.scores`); a KdtuiError naming the family and the way out for the
+    others."""
+    layout = layout_of(model)
+    block = self_attention(model, layer)
+    if layout.scores == "plain":
+        parent = encoder_layers(model)[layer]
+        query, key = parent.get_submodule(layout.query), parent.get_submodule(layout.key)
+        size = int(getattr(block, layout.head_size))
+        return lambda x: _plain_scores(query, key, block, size, x)
+    if layout.scores == "deberta":
+        encoder = model.base_model.encoder
+        return lambda x: _deberta_scores(encoder, block, x)
+    if layout.scores == "modernbert":
+        parent = encoder_layers(model)[layer]
+        return lambda x: _modernbert_scores(model, parent, x)
+    if layout.scores == "rotary":
+        parent = encoder_layers(model)[layer]
+        query, key = parent.get_submodule(layout.query), parent.get_submodule(layout.key)
+        rotary = model.base_model.rotary_emb
+        return lambda x: _rotary_scores(query, key, rotary, block, x)
+    raise KdtuiError(
+        f"attention distillation does not support {layout.family} yet: "
+        f"{layout.scores_refusal}; use --method logits"
+    )
+
+
+def check_attention_distillation(model: nn.Module) -> None:
+    """A clear error, before anything trains, where stage 1 cannot recompute MODEL's
+    attention."""
+    try:
+        layout_of(model)
+    except KdtuiError as e:
+        raise KdtuiError(f"attention distillation: {e}; use --method logits") from None
+    attention_scorer(model, 0)
 
 
 def attention_probabilities(scores: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -641,10 +757,10 @@ class IntermediateDistillHook(BaseHook):
         # Found once, here: a clear error before the first step rather than a stack trace inside
         # it, and no layout probe per step. Layer m's attention reads hidden_states[m - 1].
         self.student_attention = {
-            s: self_attention(ctx.model, s - 1) for s, _ in self.layer_map if s > 0
+            s: attention_scorer(ctx.model, s - 1) for s, _ in self.layer_map if s > 0
         }
         self.teacher_attention = {
-            t: self_attention(self.teacher, t - 1) for s, t in self.layer_map if s > 0
+            t: attention_scorer(self.teacher, t - 1) for s, t in self.layer_map if s > 0
         }
         _freeze(self.teacher)
         self.teacher.to(ctx.device)
@@ -660,9 +776,11 @@ class IntermediateDistillHook(BaseHook):
         heads = [self.projection, self.student_domain_head]
         return [p for head in heads if head is not None for p in head.parameters()]
 
-    def _attention(self, block: nn.Module, layer_input: torch.Tensor, mask: Any) -> Any:
-        scores = attention_scores(block, layer_input)
-        return attention_probabilities(scores, mask) if self.attention == "probs" else scores
+    def _attention(self, scorer: Callable[..., Any], layer_input: torch.Tensor, mask: Any) -> Any:
+        scores = scorer(layer_input)
+        if self.attention == "probs":
+            return attention_probabilities(scores, mask)
+        return outside_windows_zeroed(scores)
 
     def loss_terms(self, batch: Batch, outputs: Any, model: nn.Module) -> dict[str, torch.Tensor]:
         with torch.no_grad():

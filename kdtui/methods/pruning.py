@@ -56,7 +56,7 @@ from torch import nn
 from kdtui.engine.hooks import BaseHook, Batch, HookContext, StepInfo
 from kdtui.errors import KdtuiError
 from kdtui.events import LayerSparsity, Message
-from kdtui.layout import FFN_MATRICES, encoder_layers, encoder_linears, layout_of
+from kdtui.layout import FFN_GATE, FFN_MATRICES, encoder_layers, encoder_linears, layout_of
 
 CRITERIA = ("magnitude", "movement", "soft-movement")
 SCORE_INITS = ("magnitude", "constant")
@@ -636,7 +636,8 @@ class StructuredPruner(BaseHook):
             heads = float((self.head_mask[i] == 0).float().mean())
             neurons = float((self.ffn_mask[i] == 0).float().mean())
             for name, path in self.layout.matrices().items():
-                result[f"layer.{i}.{path}"] = neurons if name in FFN_MATRICES else heads
+                by_neuron = name in (*FFN_MATRICES, FFN_GATE)
+                result[f"layer.{i}.{path}"] = neurons if by_neuron else heads
         return result
 
     def kept(self) -> tuple[list[list[int]], list[list[int]]]:
@@ -674,30 +675,60 @@ class StructuredPruner(BaseHook):
 
 
 def structure_shape(model: nn.Module) -> dict[str, int]:
-    """Heads, head size, FFN width and hidden width of a (not yet compacted) encoder."""
+    """Heads, head size, FFN width and hidden width of a (not yet compacted) encoder. Read from
+    the output projections' inputs (the heads' context, the activated neurons), which every
+    layout has, fused or GLU."""
     layer = encoder_layers(model)[0]
     layout = layout_of(model)
-    attention = layer.get_submodule(layout.attention)
-    ffn_in = layer.get_submodule(layout.ffn_in)
+    size = int(getattr(layer.get_submodule(layout.attention), layout.head_size))
+    attn_out = layer.get_submodule(layout.attn_out)
+    ffn_out = layer.get_submodule(layout.ffn_out)
     return {
-        "heads": int(attention.num_attention_heads),
-        "head_size": int(attention.attention_head_size),
-        "intermediate": int(ffn_in.out_features),
-        "hidden": int(ffn_in.in_features),
+        "heads": int(attn_out.in_features) // size,
+        "head_size": size,
+        "intermediate": int(ffn_out.in_features),
+        "hidden": int(ffn_out.out_features),
     }
 
 
 def unit_costs(model: nn.Module) -> dict[str, int]:
     """Encoder parameters, and the parameters one head / one FFN neuron owns: a head its rows
-    of query, key and value (with biases) and its columns of the attention output; a neuron its
-    row of the intermediate projection (with bias) and its column of the output projection."""
+    of the query, key and value projections (with biases; DeBERTa's unshared relative-position
+    projections too) and its columns of the attention output; a neuron its rows of the FFN
+    input (two in a GLU, with biases) and its column of the output projection. For BERT:
+    4·d·hidden + 3·d per head and 2·hidden + 1 per neuron."""
     shape = structure_shape(model)
     layers = encoder_layers(model)
+    layout = layout_of(model)
+    layer = layers[0]
+    size, heads = shape["head_size"], shape["heads"]
+    head = shape["hidden"] * size  # its columns of the attention output
+    for path in [*layout.head_matrices(), *layout.head_rows]:
+        linear = _linear_or_none(layer, path)
+        if linear is not None:
+            rows_per_head = linear.out_features // heads
+            head += rows_per_head * (linear.in_features + (linear.bias is not None))
+    neurons = shape["intermediate"]
+    neuron = shape["hidden"]  # its column of the FFN output
+    for path in (layout.ffn_in, layout.ffn_gate):
+        if path:
+            linear = layer.get_submodule(path)
+            neuron += (
+                linear.out_features // neurons * (linear.in_features + (linear.bias is not None))
+            )
     return {
         "encoder": sum(p.numel() for layer in layers for p in layer.parameters()),
-        "head": 4 * shape["head_size"] * shape["hidden"] + 3 * shape["head_size"],
-        "neuron": 2 * shape["hidden"] + 1,
+        "head": head,
+        "neuron": neuron,
     }
+
+
+def _linear_or_none(layer: nn.Module, path: str) -> nn.Linear | None:
+    try:
+        module = layer.get_submodule(path)
+    except AttributeError:
+        return None
+    return module if isinstance(module, nn.Linear) else None
 
 
 def max_structured_sparsity(model: nn.Module) -> float:

@@ -31,7 +31,6 @@ from kdtui.engine.hooks import Hook
 from kdtui.engine.loop import total_steps, train
 from kdtui.errors import KdtuiError
 from kdtui.events import Message
-from kdtui.layout import layout_of
 from kdtui.models import (
     build_student,
     label_names_of,
@@ -40,6 +39,7 @@ from kdtui.models import (
     read_config_json,
     resolve_model_path,
     save_classifier,
+    student_layout,
 )
 from kdtui.recipes.common import (
     RunContext,
@@ -92,15 +92,16 @@ def run_distill(ctx: RunContext) -> dict[str, Any]:
         raise KdtuiError("distill needs a target domain: --domain NAME or --domain all")
 
     teacher, method = _load_teacher(ctx)
+    if not d.student:
+        student_layout(teacher.model)  # before anything runs: can kdtui cut its layers
     intermediate = method != "logits" and d.intermediate_epochs > 0
     student_layers = _check_student(ctx, teacher)
     layer_map: list[tuple[int, int]] = []
     if intermediate:
         layer_map = _layer_map(ctx, student_layers, teacher.layers)
-        try:
-            layout_of(teacher.model)  # stage 1 recomputes attention scores from its layers
-        except KdtuiError as e:
-            raise KdtuiError(f"attention distillation: {e}; use --method logits") from None
+        from kdtui.methods.meta_kd import check_attention_distillation
+
+        check_attention_distillation(teacher.model)  # stage 1 recomputes attention scores
 
     data = load_run_data(ctx)
     if label_names_of(teacher.model) != data.label_names:
@@ -162,7 +163,7 @@ def _load_teacher(ctx: RunContext) -> tuple[Teacher, str]:
             f"teacher {d.teacher} is not a meta-teacher (no domain head in {folder}); "
             "train one with `kdtui teacher --method meta`, or use --method vanilla or logits"
         )
-    model = load_trained(folder)
+    model = load_trained(folder, attn_implementation=ctx.config.model.attn_implementation)
     teacher = Teacher(
         folder=folder,
         model=model,
@@ -402,7 +403,8 @@ def _check_student(ctx: RunContext, teacher: Teacher) -> int:
             "with --student-layers instead)"
         )
     config = read_config_json(folder)
-    layers = config.get("num_hidden_layers")
+    # DistilBERT's config.json calls it n_layers
+    layers = config.get("num_hidden_layers", config.get("n_layers"))
     if not isinstance(layers, int):
         raise KdtuiError(f"student {d.student}: config.json has no num_hidden_layers")
     return layers
@@ -422,7 +424,9 @@ def _layer_map(ctx: RunContext, student_layers: int, teacher_layers: int) -> lis
 def _make_student(ctx: RunContext, teacher: Teacher) -> Any:
     d = ctx.config.distill
     if d.student:
-        student = load_trained(resolve_model_path(d.student))
+        student = load_trained(
+            resolve_model_path(d.student), attn_implementation=ctx.config.model.attn_implementation
+        )
         if label_names_of(student) != label_names_of(teacher.model):
             raise KdtuiError(
                 f"student labels {label_names_of(student)} differ from the teacher's "

@@ -109,7 +109,7 @@ def _setup(ctx: RunContext) -> Setup:
     if not p.model:
         raise KdtuiError("prune needs a model: --model RUN_OR_FOLDER (prune.model)")
     folder = Path(resolve_model_path(p.model))
-    model = load_trained(folder)
+    model = load_trained(folder, attn_implementation=ctx.config.model.attn_implementation)
     layout_of(model)  # a clear error for models kdtui cannot prune
     tokenizer = load_model_tokenizer(folder)
     data = load_run_data(ctx)
