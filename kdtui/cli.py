@@ -627,24 +627,40 @@ def evaluate(
         Path | None,
         typer.Option("--json", metavar="FILE", help="Also write the report as JSON here."),
     ] = None,
+    no_cache: Annotated[
+        bool,
+        typer.Option(
+            "--no-cache",
+            help="Evaluate every model again, even one whose results are cached for these "
+            "settings (in .kdtui-eval-cache/ in its run or folder); the new results replace them.",
+        ),
+    ] = False,
 ) -> None:
     """Accuracy per domain, parameters, size on disk and latency of one or more models.
 
     MODEL: a run directory, a model folder or an ONNX export folder (kdtui export; run under
-    ONNX Runtime); several are shown side by side. Unstructured models are timed with dense and
-    with sparse kernels. Data: the data config of the run the first model comes from (RUN,
-    RUN/model, a distill student's folder, an export of one), unless --profile/--set/--data is
-    given."""
-    from kdtui.recipes.evaluate import evaluate_models
+    ONNX Runtime); several are shown side by side. A folder of runs (runs/) stands for every run
+    in it that has a model, the runs' exports (RUN/onnx) and the export folders in it. Models on
+    the Pareto frontier of accuracy against latency and against size are marked, and pictured
+    when there are several. Unstructured models are timed with dense and with sparse kernels.
+    Results are cached beside each model: a model whose files and settings did not change is
+    not evaluated again (--no-cache). Data: the data config of the run the first model comes
+    from (RUN, RUN/model, a distill student's folder, an export of one), unless
+    --profile/--set/--data is given."""
+    from kdtui.recipes.evaluate import evaluate_models, expand_folders
     from kdtui.resolver import data_profile_of, resolve_for_models
     from kdtui.terminal import print_report
 
+    # Before the config: the data config comes from the first model's run, not from runs/.
+    models, notes = expand_folders(models)
+    for note in notes:
+        typer.echo(f"note: {note}", err=True)
     config = resolve_for_models(models, profile, set_ or [], options)
     recorded = data_profile_of(models[0]) if profile is None else None
     data_from = ""
     if recorded is not None and options.get("data.source") is None:
         data_from = f"of {models[0]}, the first model (its run's {Path(recorded).name})"
-    report = evaluate_models(models, config, data_from)
+    report = evaluate_models(models, config, data_from, use_cache=not no_cache)
     print_report(report)
     if json_path is not None:
         import json

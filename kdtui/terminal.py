@@ -211,3 +211,68 @@ def print_report(report: dict[str, Any]) -> None:
     for m in models:
         for note in m["notes"]:
             console.print(f"[yellow]note[/] ({m['model']}): {note}")
+    if report.get("cached"):
+        console.print(
+            f"cached: {report['cached']} of {len(models)} models were not evaluated again (their "
+            "files and the settings are unchanged); --no-cache evaluates them again"
+        )
+    if len(models) > 1 and report.get("frontier"):
+        print_frontier(report, console)
+
+
+PLOT_HEIGHT = 20
+PLOT_MAX_WIDTH = 100
+
+
+def print_frontier(report: dict[str, Any], console: Any) -> None:
+    """The Pareto frontier under the report: one row per model with its accuracy and costs,
+    ◆ beside a cost on whose frontier it is, then the accuracy-latency picture."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from kdtui.dashboard.frontier_plot import FRONTIER_MARKER, describe_shape, frontier_text
+    from kdtui.frontier import accuracy_of, latency_at, latency_points
+
+    frontier = report["frontier"]
+    shapes = frontier["latency_by_batch"]
+    table = Table(title=f"Pareto frontier ({FRONTIER_MARKER}: on it)")
+    table.add_column("model")
+    table.add_column("accuracy all", justify="right")
+    table.add_column("size on disk", justify="right")
+    for shape in shapes:
+        table.add_column(f"latency b{shape['batch']} len{shape['length']}", justify="right")
+
+    def marked(text: str, on: bool) -> str:
+        return f"{text} {FRONTIER_MARKER}" if on else f"{text}  "
+
+    for m in report["models"]:
+        by_batch = m["frontier_latency_by_batch"]
+        table.add_row(
+            m["model"],
+            f"{accuracy_of(m):.4f}",
+            marked(f"{m['size_bytes'] / 2**20:.1f} MiB", m["frontier_size"]),
+            *(
+                marked(
+                    f"{latency_at(m, s['batch'], s['length']):.1f} ms",
+                    by_batch.get(str(s["batch"]), False),
+                )
+                for s in shapes
+            ),
+        )
+    console.print(table)
+    console.print(
+        f"{FRONTIER_MARKER}: no other model is at least as accurate and at least as small (size) "
+        "or fast (latency: the faster of dense and sparse kernels), and better in one"
+    )
+    points = latency_points(report)
+    if frontier.get("latency") and points:
+        shape = describe_shape(frontier["latency"])
+        picture = frontier_text(
+            points,
+            width=min(console.width, PLOT_MAX_WIDTH),
+            height=PLOT_HEIGHT,
+            # Short: plotext leaves out a title wider than the picture.
+            title=f"accuracy % against latency ms ({shape})",
+            xlabel=f"latency ms, {shape}",
+        )
+        console.print(Text.from_ansi(picture))

@@ -10,6 +10,7 @@ from textual.app import App
 from textual.binding import Binding
 
 from kdtui.dashboard.state import STALL_AFTER
+from kdtui.dashboard.widgets.frontier_screen import FrontierScreen
 from kdtui.dashboard.widgets.help_screen import HelpScreen
 from kdtui.dashboard.widgets.run_browser import RunBrowser
 from kdtui.dashboard.widgets.run_screen import RunProcess, RunScreen
@@ -50,6 +51,9 @@ class DashboardApp(App[str | None]):
     def on_run_browser_open_run(self, message: RunBrowser.OpenRun) -> None:
         self.push_screen(self._run_screen(message.path, from_browser=True))
 
+    def on_run_browser_show_frontier(self, message: RunBrowser.ShowFrontier) -> None:
+        self.push_screen(FrontierScreen(message.runs, message.root))
+
     def _run_screen(self, path: Path, *, from_browser: bool) -> RunScreen:
         return RunScreen(
             path,
@@ -62,7 +66,7 @@ class DashboardApp(App[str | None]):
 
     def action_help(self) -> None:
         # Each screen explains its own keys: the run list's are not the run screen's.
-        if isinstance(self.screen, RunScreen | RunBrowser):
+        if isinstance(self.screen, RunScreen | RunBrowser | FrontierScreen):
             self.push_screen(HelpScreen(self.screen.HELP))
 
     def action_quit_dashboard(self) -> None:

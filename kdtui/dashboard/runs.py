@@ -1,4 +1,5 @@
-"""Runs on disk, read without torch: the run browser's rows and a teacher's dev accuracy.
+"""Runs on disk, read without torch: the run browser's rows, a teacher's dev accuracy, and the
+frontier of the results `kdtui evaluate` cached in the runs.
 
 Summaries are kept up to date incrementally: each run has an `EventFollower`, so a refresh
 reads only what was appended since the last one, and step records (most of a file) are not
@@ -11,10 +12,13 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kdtui.dashboard.state import STALL_AFTER
 from kdtui.errors import KdtuiError
+from kdtui.evalcache import Cached, cached_in
 from kdtui.events import Eval, RunFailed, RunFinished, RunStarted, Step, parse_event
+from kdtui.frontier import mark_report
 from kdtui.rundir import (
     CONFIG_FILE,
     EVENTS_FILE,
@@ -212,3 +216,39 @@ def teacher_accuracy(source: str, run_dir: Path) -> dict[str, float]:
             return {}
         return best or last
     return {}
+
+
+@dataclass(frozen=True)
+class CachedFrontier:
+    """The evaluations cached in some runs, as one report marked with its frontiers."""
+
+    report: dict[str, Any] | None  # None: no run holds a current cached result
+    runs: int = 0  # runs with a result in the report
+    other_settings: int = 0  # results cached under other settings (data, split, grid), not shown
+
+
+def cached_frontier(runs: list[Path]) -> CachedFrontier:
+    """The results `kdtui evaluate` cached in RUNS (kdtui/evalcache.py), never evaluating
+    anything: that takes torch and minutes of CPU, so it is the command's job. Results under
+    different settings (another data set, split or latency grid) are not comparable; the
+    settings most runs were evaluated under are shown (among equals, the latest written)."""
+    found = [cached for run in runs for cached in cached_in(run)]
+    if not found:
+        return CachedFrontier(None)
+    groups: dict[str, list[Cached]] = {}
+    for cached in found:
+        groups.setdefault(cached.digest, []).append(cached)
+    chosen = max(
+        groups.values(),
+        key=lambda group: (len({c.run for c in group}), max(c.written_at for c in group)),
+    )
+    context = chosen[0].context
+    report: dict[str, Any] = {
+        "split": context.get("split", ""),
+        "data": context.get("data", ""),
+        "models": [{**c.result, "model": str(c.model)} for c in chosen],
+    }
+    mark_report(report)
+    return CachedFrontier(
+        report, runs=len({c.run for c in chosen}), other_settings=len(found) - len(chosen)
+    )

@@ -1,14 +1,20 @@
 """`kdtui evaluate`: accuracy per domain, size and speed of one or more models, side by side.
 
-No run directory is written: evaluation only reads. The report is a plain dict (the CLI renders
-it as a table or writes it as JSON).
+No run directory is created and nothing a run holds is changed: the one thing written is each
+model's cached result, in .kdtui-eval-cache/ beside it. The report is a plain dict (the CLI
+renders it as a table or writes it as JSON).
 
 A model is a kdtui run directory, a model folder, or an ONNX export (`kdtui export`: each of its
 .onnx files is scored under ONNX Runtime as a model of its own). An unstructured model is also
 timed with sparse kernels (`evaluate.sparse_kernels`, kdtui/sparse_kernels.py): its latency
 both ways, which matrices went sparse, and how far the logits moved. A PyTorch model also gets
 its statistics as a source of distillation on the split, and a `kdtui distill` student its
-agreement with the teacher its run records (`as_source`)."""
+agreement with the teacher its run records (`as_source`).
+
+A folder of runs (`kdtui evaluate runs/`) stands for the runs and exports in it
+(`expand_folders`). Each model's results are cached beside it (kdtui/evalcache.py): a model
+whose files and settings are unchanged is not evaluated again. Every report marks the Pareto
+frontiers of its models (kdtui/frontier.py)."""
 
 from __future__ import annotations
 
@@ -19,10 +25,12 @@ from typing import Any
 
 import torch
 
+from kdtui import evalcache
 from kdtui.config import Config
 from kdtui.data import MultiDomainData, encode, load_data
 from kdtui.engine.evaluate import accuracy_of_predictions, predict_logits
 from kdtui.errors import KdtuiError
+from kdtui.frontier import mark_report
 from kdtui.layout import encoder_linears
 from kdtui.models import (
     LABELS_KEY,
@@ -32,6 +40,7 @@ from kdtui.models import (
     load_model_tokenizer,
     resolve_model_path,
 )
+from kdtui.rundir import RunInfo
 from kdtui.timing import median_seconds
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
@@ -50,43 +59,200 @@ STRUCTURED_NOTE = (
 )
 
 
-def evaluate_models(paths: list[str], config: Config, data_from: str = "") -> dict[str, Any]:
+def evaluate_models(
+    paths: list[str], config: Config, data_from: str = "", *, use_cache: bool = True
+) -> dict[str, Any]:
     """DATA_FROM says where the data config came from when the user did not give it (the first
-    model's run), for a refusal to name."""
+    model's run), for a refusal to name. A model whose result is cached for these settings and
+    these very files (kdtui/evalcache.py) is taken from the cache unless USE_CACHE is off; every
+    model evaluated has its result stored, so `--no-cache` refreshes the cache. The data is
+    loaded only when a model has to be evaluated: a report made of cached results alone takes
+    the split's domains and size from them (the settings they were cached under include the
+    data config and the data files)."""
     if config.run.threads:  # latency is reported on this many threads (PyTorch and ORT alike)
         torch.set_num_threads(config.run.threads)
-    data = load_data(config.data)
-    split = data.split(config.evaluate.split)
+    threads = torch.get_num_threads()
+    settings = evalcache.settings_of(config, threads=threads, torch_version=str(torch.__version__))
+    data: MultiDomainData | None = None
+    context: dict[str, Any] | None = None  # the split's domains and size, for the report
+    models = []
+    for path in expand_runs(paths):
+        home = evalcache.home_of(path)
+        file, files = None, []
+        if home is not None:
+            files = evalcache.stat_files(model_files(path), home[0])
+            file = evalcache.cache_file(home[0], home[1], settings)
+        entry = evalcache.load(file, settings, files) if use_cache and file is not None else None
+        if entry is not None:
+            context = context or entry["context"]
+            models.append({**entry["result"], "model": path, "cached": True})
+            continue
+        if data is None:
+            data = load_data(config.data)
+            context = split_context(config, data)
+        result = evaluate_labelled(path, config, data, data_from)
+        if file is not None and home is not None:
+            try:
+                evalcache.store(file, home[1], settings, files, split_context(config, data), result)
+            except OSError as e:
+                result["notes"].append(
+                    f"its result could not be cached in {file.parent} ({e.strerror}): it is "
+                    "evaluated again next time"
+                )
+        models.append({**result, "cached": False})
+    if context is None:  # no model at all (cannot happen from the CLI, which needs one)
+        data = load_data(config.data)
+        context = split_context(config, data)
     report: dict[str, Any] = {
         "split": config.evaluate.split,
         "data": config.data.source,
-        "domains": data.domain_names,
-        "examples": len(split),
-        "threads": torch.get_num_threads(),
-        "models": [],
+        "domains": context["domains"],
+        "examples": context["examples"],
+        "threads": threads,
+        "models": models,
+        "cached": sum(1 for m in models if m["cached"]),
     }
-    for path in expand_runs(paths):
-        try:
-            report["models"].append(evaluate_one(path, config, data))
-        except LabelMismatch as e:
-            source = f"the data {data_from}" if data_from else f"data.source = {config.data.source}"
-            raise KdtuiError(
-                f"{e}; the {config.evaluate.split} split is {source}: score {path} on its own "
-                f"data in a command of its own (kdtui evaluate {path}), or give --data with "
-                "data every model was trained for"
-            ) from None
+    mark_report(report)
     return report
+
+
+def split_context(config: Config, data: MultiDomainData) -> dict[str, Any]:
+    """What the report says about the evaluated split (kept with each cached result)."""
+    return {
+        "split": config.evaluate.split,
+        "data": config.data.source,
+        "domains": data.domain_names,
+        "examples": len(data.split(config.evaluate.split)),
+    }
+
+
+def evaluate_labelled(
+    path: str, config: Config, data: MultiDomainData, data_from: str
+) -> dict[str, Any]:
+    """evaluate_one, with a model trained for other labels than the data's refused in words
+    that say where the data came from."""
+    try:
+        return evaluate_one(path, config, data)
+    except LabelMismatch as e:
+        source = f"the data {data_from}" if data_from else f"data.source = {config.data.source}"
+        raise KdtuiError(
+            f"{e}; the {config.evaluate.split} split is {source}: score {path} on its own "
+            f"data in a command of its own (kdtui evaluate {path}), or give --data with "
+            "data every model was trained for"
+        ) from None
 
 
 class LabelMismatch(KdtuiError):
     """A model that does not predict the labels of the data it is asked to score."""
 
 
+def expand_folders(paths: list[str]) -> tuple[list[str], list[str]]:
+    """The models a command line names, and notes on what a folder of runs left out.
+
+    A path that is itself something to evaluate (a run directory, finished or not, a model
+    folder, an export folder, a file, a name that is no folder) stays as it is. Any other
+    folder (`runs/`) stands for what is directly inside it, in name order: each run directory
+    that has a model, followed by the export folders directly inside that run (RUN/onnx), and
+    each export folder. Hidden entries are skipped (a run being replaced by `--force` is moved
+    to .NAME.replaced). A run without a model yet (running, failed, stopped) is left out with a
+    note, and a folder that holds nothing to evaluate is an error."""
+    from kdtui.exportdir import is_export_folder
+    from kdtui.rundir import describe_contents, is_run_dir
+
+    expanded: list[str] = []
+    notes: list[str] = []
+    for path in paths:
+        folder = Path(path).expanduser()
+        if not folder.is_dir() or _is_one_model(folder):
+            expanded.append(path)
+            continue
+        found: list[str] = []
+        left_out: list[str] = []
+        for child in sorted(folder.iterdir(), key=lambda p: p.name):
+            if child.name.startswith(".") or not child.is_dir():
+                continue
+            shown = str(Path(path) / child.name)
+            if is_run_dir(child):
+                run = RunInfo(child)
+                if run.saved_model() is None and not run.students():
+                    left_out.append(f"{shown} ({run.status()})")
+                    continue
+                found.append(shown)
+                found += [
+                    str(Path(shown) / sub.name)
+                    for sub in sorted(child.iterdir(), key=lambda p: p.name)
+                    if sub.is_dir() and is_export_folder(sub)
+                ]
+            elif is_export_folder(child):
+                found.append(shown)
+        if left_out:
+            notes.append(f"{path}: left out the runs without a model: {', '.join(left_out)}")
+        if not found:
+            if left_out:
+                raise KdtuiError(
+                    f"{path} holds no run with a model to evaluate (runs without one: "
+                    f"{', '.join(left_out)})"
+                )
+            contents = describe_contents(folder) or "nothing"
+            raise KdtuiError(
+                f"{path} is not a run, a model folder or an export folder, and holds no run "
+                f"directory or export folder (it holds {contents}); kdtui evaluate takes run "
+                "directories (runs/teacher-...), model folders, export folders (kdtui export), "
+                "or a folder of them (runs/)"
+            )
+        expanded += found
+    return expanded, notes
+
+
+def _is_one_model(folder: Path) -> bool:
+    """A folder `kdtui evaluate` scores as given: a run directory (RUN/config.toml or
+    RUN/events.jsonl, whatever its state: evaluating it says what is missing), a model folder,
+    an export folder."""
+    from kdtui.exportdir import is_export_folder
+    from kdtui.rundir import MODEL_CONFIG
+
+    run = RunInfo(folder)
+    return (
+        run.config_file.is_file()
+        or run.events_file.is_file()
+        or (folder / MODEL_CONFIG).is_file()
+        or is_export_folder(folder)
+    )
+
+
+def model_files(path: str) -> list[Path]:
+    """The files a model's results depend on, whose sizes and times kdtui/evalcache.py compares:
+    for an ONNX model its file and the other files of its export folder (config, tokenizer);
+    else every file of the model folder (weights, config, tokenizer), the compressed copy whose
+    size is reported, the config.toml of the run it comes from (its data, its teacher) and the
+    files of the teacher its agreement is measured against."""
+    from kdtui.resolver import run_holding
+
+    given = Path(path).expanduser()
+    if given.suffix == ".onnx":
+        others = [f for f in given.parent.iterdir() if f.is_file() and f.suffix != ".onnx"]
+        return sorted({given, *others})
+    folder = Path(resolve_model_path(path))
+    files = [f for f in folder.iterdir() if f.is_file()]
+    files += weights_files(path, folder)
+    run = run_holding(given)
+    if run is not None and run.config_file.is_file():
+        files.append(run.config_file)
+    teacher = recorded_teacher(path)
+    if teacher is not None:
+        try:
+            teacher_folder = Path(resolve_model_path(teacher))
+        except KdtuiError:  # the report's note says the agreement could not be measured
+            teacher_folder = None
+        if teacher_folder is not None and teacher_folder.is_dir():
+            files += [f for f in teacher_folder.iterdir() if f.is_file()]
+    return sorted(set(files))
+
+
 def expand_runs(paths: list[str]) -> list[str]:
     """A `kdtui distill --domain all` run holds one student per domain (RUN/domains/D): it
     stands for all of them. An export folder stands for each of its .onnx models."""
     from kdtui.exportdir import is_export_folder, onnx_files
-    from kdtui.rundir import RunInfo
 
     expanded = []
     for path in paths:

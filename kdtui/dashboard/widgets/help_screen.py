@@ -45,6 +45,7 @@ BROWSER_HELP = f"""\
   ↑ ↓      select a run
   enter    open it (b or esc in the run goes back to this list)
   r        scan the folder again now (it is scanned every 2 seconds)
+  f        the Pareto frontier of these runs (from kdtui evaluate's cache)
   q        quit
   ?        this help                      esc   close it
 
@@ -54,6 +55,26 @@ BROWSER_HELP = f"""\
   started    when it started (the list is newest first)
 
 {_STATUS}"""
+
+FRONTIER_HELP = """\
+[b]kdtui dashboard[/b]: the Pareto frontier of the runs in the list
+
+[b]keys[/b]
+  b, esc   back to the run list
+  r        read the cached results again
+  q        quit
+  ?        this help                      esc   close it
+
+[b]picture[/b]
+  each model a point labelled with its run: accuracy on the evaluated split
+  against latency at batch 1 and the longest length of the latency grid;
+  ◆ joined by a line: on the frontier (no other model is at least as
+  accurate and at least as fast, and better in one); • dominated
+
+[b]where the results come from[/b]
+  kdtui evaluate RUNS_FOLDER caches each model's results in its run
+  (.kdtui-eval-cache/); nothing is evaluated here. Results of a model
+  changed since, or under other settings than most runs, are left out."""
 
 
 class HelpScreen(ModalScreen[None]):

@@ -27,6 +27,7 @@ class RunBrowser(Screen[None]):
         Binding("q", "app.quit_dashboard", "Quit"),
         Binding("enter", "open", "Open", show=True),
         Binding("r", "rescan", "Refresh"),
+        Binding("f", "frontier", "Frontier"),
         Binding("question_mark", "app.help", "Help", key_display="?"),
     ]
 
@@ -36,6 +37,14 @@ class RunBrowser(Screen[None]):
         def __init__(self, path: Path) -> None:
             super().__init__()
             self.path = path
+
+    class ShowFrontier(Message):
+        """The user asked for the Pareto frontier of the runs listed."""
+
+        def __init__(self, runs: list[Path], root: Path) -> None:
+            super().__init__()
+            self.runs = runs
+            self.root = root
 
     def __init__(self, root: Path, *, clock: Callable[[], float]) -> None:
         super().__init__()
@@ -101,6 +110,9 @@ class RunBrowser(Screen[None]):
         path = self._selected()
         if path is not None:
             self.post_message(self.OpenRun(path))
+
+    def action_frontier(self) -> None:
+        self.post_message(self.ShowFrontier([s.path for s in self.summaries], self.root))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
