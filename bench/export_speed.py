@@ -34,9 +34,9 @@ int8 weights in 1x4 or 8x1 blocks, torch.ops.sparse.qlinear_dynamic) has its ker
 only; FBGEMM's, the x86 engine (ATen/native/ao_sparse/quantized/cpu/fbgemm_utils.h), asserts
 "not yet supported" in apply_dynamic. The static torch.ao.nn.sparse.quantized.Linear does run on
 FBGEMM, but takes and gives quantised tensors, so every layer would need calibrated activation
-scales (static quantisation of the whole model), and its blocks of 1x4 weights are only skipped
-when all four are zero: a quarter of kdtui's unstructured 90% zeros or fewer fill whole blocks
-(0.9^4 = 66% of blocks at random).
+scales (static quantisation of the whole model), and a block of 1x4 weights is skipped only
+when all four are zero: with 90% zeros at random places 0.9^4 = 66% of the blocks are, so a
+third of the blocks are still multiplied where a tenth of the weights are not zero.
 
     python bench/export_speed.py runs/heads-ffn-50-s1 runs/movement-90-s1 --baseline runs/teacher
     python bench/export_speed.py --report bench/results/export-speed/NAME.json   # the table again
