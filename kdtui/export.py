@@ -226,7 +226,7 @@ def optimize_onnx(model: torch.nn.Module, tokenizer: Any, path: Path) -> dict[st
     docstring); returns what kdtui_export.json records of it: the operators it fused
     ("fused": {operator: count}), the head count it was given, whether attention was fused, and
     a one-line summary."""
-    require_onnx()
+    ort = require_onnx()
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -266,6 +266,8 @@ def optimize_onnx(model: torch.nn.Module, tokenizer: Any, path: Path) -> dict[st
         # Its modules log their misses (a pattern not found, shape inference incomplete) as
         # warnings, and print some: what they did is in the counts recorded below.
         root.setLevel(logging.ERROR)
+        # And the session it optimises with logs unused initialisers, as `session` keeps quiet.
+        ort.set_default_logger_severity(3)
         printed = io.StringIO()
         try:
             with contextlib.redirect_stdout(printed):
@@ -286,6 +288,7 @@ def optimize_onnx(model: torch.nn.Module, tokenizer: Any, path: Path) -> dict[st
             ) from None
         finally:
             root.setLevel(level)
+            ort.set_default_logger_severity(2)  # ONNX Runtime's default: warnings
     fused = {op: int(n) for op, n in counts.items() if n}
     record["fused"] = fused
     if printed.getvalue().strip():
