@@ -195,6 +195,7 @@ def _trace(
 def quantize_int8(source: Path, target: Path) -> None:
     """Dynamic quantisation: int8 weights, activations quantised per batch at run time."""
     require_onnx()
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root = logging.getLogger()
@@ -204,7 +205,14 @@ def quantize_int8(source: Path, target: Path) -> None:
     # advice is noise here.
     root.setLevel(logging.ERROR)
     try:
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+        quantize_dynamic(
+            str(source),
+            str(target),
+            weight_type=QuantType.QInt8,
+            # ONNX's shape inference knows no type for the outputs of ONNX Runtime's fused
+            # operators (the optimised graph): they are float.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     finally:
         root.setLevel(level)
 
