@@ -44,6 +44,12 @@ third of the blocks are still multiplied where a tenth of the weights are not ze
 Each measurement is written to --records (bench/results/export-speed/ by default) as NAME.json:
 the command, the machine, every row and each export's kdtui_export.json (what the optimiser
 fused). Needs the export extra.
+
+Not yet trustworthy (first run, 2026-12-06, MiniLM-L6 teacher given as both the model and
+--baseline, 2 threads): the same PyTorch model timed 43.8 ms as the baseline and 12.9 ms as
+"PyTorch fp32" at batch 1, length 64, in the same rounds; the callable timed first in a round
+seems to pay for the others' cache traffic. Fix the timing (e.g. time each callable in its own
+block of repeats, order rotated) before reading any speed-up from this table.
 """
 
 from __future__ import annotations
