@@ -362,6 +362,13 @@ EVALUATE = (
     ),
 )
 
+OPTIMIZE = Flag(
+    "export.optimize",
+    ("--optimize",),
+    "transformer: also write model.opt.onnx, fused by ONNX Runtime's transformer optimiser "
+    "(speed not yet measured)",
+)
+
 
 # -- options that set no config key ---------------------------------------------------------------
 
@@ -673,7 +680,7 @@ def evaluate(
 
 @app.command()
 @handles_errors
-@with_flags(DATA, SPLIT)
+@with_flags(DATA, SPLIT, OPTIMIZE)
 def export(
     options: dict[str, Any],
     model: Annotated[str, typer.Argument(help="A run directory or model folder.")],
@@ -704,9 +711,10 @@ def export(
     Needs the export extra: pip install 'kdtui[export]' (in a source checkout: pip install -c
     constraints.txt -e '.[export]'). The export's logits
     are compared with PyTorch's on the split (data as for evaluate: the run's, unless
-    --profile/--set/--data is given)."""
+    --profile/--set/--data is given). --optimize transformer adds model.opt.onnx (and
+    model.opt.int8.onnx with --int8), checked alike."""
     from kdtui.export import FORMATS, export_model
-    from kdtui.exportdir import INT8_FILE, ONNX_FILE, default_output
+    from kdtui.exportdir import MODEL_FILES, OPT_FILE, default_output
     from kdtui.resolver import resolve_for_models
 
     if format_ not in FORMATS:
@@ -716,7 +724,9 @@ def export(
     info = export_model(model, target, config, int8=int8, force=force)
     check = info["check"]
     typer.echo(f"exported {model} to {target} (inputs: {', '.join(info['inputs'])})")
-    for name in (ONNX_FILE, INT8_FILE):
+    if "optimize" in info:
+        typer.echo(f"  {OPT_FILE}: {info['optimize']['summary']}")
+    for name in MODEL_FILES:
         if name in check:
             c = check[name]
             typer.echo(

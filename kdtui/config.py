@@ -245,6 +245,17 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    """`kdtui export`: which graphs are written besides model.onnx."""
+
+    # "transformer": also model.opt.onnx (and model.opt.int8.onnx with --int8), the graph after
+    # ONNX Runtime's transformer optimiser (onnxruntime.transformers.optimizer: attention,
+    # LayerNorm and GELU fused into single operators), checked against PyTorch like model.onnx.
+    # "none" until bench/export_speed.py has measured whether it is faster.
+    optimize: str = "none"
+
+
+@dataclass(frozen=True)
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -254,6 +265,7 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: _plain(value) for name, value in asdict(self).items()}
@@ -287,6 +299,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "prune.pooling": ("cls", "mean"),
     "prune.sparse_values": ("float32", "float16"),
     "evaluate.sparse_kernels": ("auto", "all", "off"),
+    "export.optimize": ("none", "transformer"),
     "train.precision": ("auto", "bf16", "fp32"),
     "model.attn_implementation": ("auto", "sdpa", "eager"),
 }
@@ -473,7 +486,7 @@ def _setting_checks(config: Config) -> list[tuple[bool, str]]:
 
 
 def _method_checks(config: Config) -> list[tuple[bool, str]]:
-    """The commands' sections: teacher, distill, prune, evaluate."""
+    """The commands' sections: teacher, distill, prune, evaluate, export."""
     return [
         *_choice_checks(config),
         (

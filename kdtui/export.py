@@ -1,11 +1,40 @@
 """`kdtui export`: a kdtui model as ONNX, runnable with ONNX Runtime alone.
 
-The export folder's layout (model.onnx, model.int8.onnx with --int8, config.json, the tokenizer,
-kdtui_export.json) is named in kdtui.exportdir, which the loaders and the resolver read.
+The export folder's layout (model.onnx, model.int8.onnx with --int8, model.opt.onnx and
+model.opt.int8.onnx with --optimize transformer, config.json, the tokenizer, kdtui_export.json)
+is named in kdtui.exportdir, which the loaders and the resolver read.
 
 Dense, unstructured (exported dense: ONNX Runtime multiplies the zeros as PyTorch does) and
 heads-ffn models (each layer with its own head count and FFN width) export alike: the exporter
 traces the model as loaded, so every layer keeps its own shapes.
+
+`--optimize transformer` (`export.optimize`) also writes the graph after ONNX Runtime's
+transformer optimiser (`optimize_onnx`). What it fuses, read from onnxruntime 1.32's
+onnxruntime/transformers (fusion_*.py, onnx_model_bert.py) against the graph torch's TorchScript
+exporter makes of a transformers 5 BERT at opset 17:
+
+- LayerNormalization is one operator at opset 17 already; the residual Add before it becomes
+  SkipLayerNormalization (fusion_skiplayernorm; only where its symbolic shape inference says
+  both inputs have one shape), the bias Add after it BiasSkipLayerNormalization.
+- GELU is exported as x * (1 + erf(x / sqrt 2)) * 0.5, fusion_gelu's pattern 2: Gelu, and with
+  the FFN's bias Add before it BiasGelu.
+- Attention (fusion_attention): with sdpa, the exporter follows the Softmax with
+  Where(IsNaN(...)) (torch's guard for rows a boolean mask masks entirely), and no pattern of the
+  fusion starts from anything but a Softmax: nothing fuses. So the optimised graph is traced
+  with eager attention (`model.config._attn_implementation = "eager"`, same outputs within
+  float rounding): MatMul -> Mul(scale) -> Add(mask) -> Softmax -> MatMul is the fusion's
+  "path2", and transformers 5's eager mask (Where <- Expand <- And <- ... <- Flatten) one of its
+  mask patterns. transformers 5 reshapes by view(batch, length, -1, head_size), so the fusion
+  cannot read the head count from the graph and falls back to the `num_heads` it is given,
+  for every layer alike: a heads-ffn model whose layers kept different head counts would get
+  wrong Attention nodes, so for those attention is not fused (`attention_heads`).
+- The remaining fusions (EmbedLayerNormalization for the embeddings) apply where their
+  patterns match; what was fused is recorded in kdtui_export.json ("optimize").
+
+ONNX Runtime's own graph optimisations (level "all", the default of every session) already fuse
+LayerNorm, GELU and the skip Adds at load time; what the Python optimiser can add beyond them is
+mostly the attention fusion. Whether that is faster is measured by bench/export_speed.py; until
+then `export.optimize` stays "none".
 
 ONNX, ONNX Runtime and the quantiser are the optional `export` extra; nothing here imports them
 before a command needs them.
@@ -13,8 +42,11 @@ before a command needs them.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -25,12 +57,26 @@ import numpy as np
 import torch
 
 from kdtui.errors import KdtuiError
-from kdtui.exportdir import EXPORT_INFO_FILE, INT8_FILE, ONNX_FILE, is_export_folder
+from kdtui.exportdir import (
+    EXPORT_INFO_FILE,
+    INT8_FILE,
+    ONNX_FILE,
+    OPT_FILE,
+    OPT_INT8_FILE,
+    is_export_folder,
+)
 
 FORMATS = ("onnx",)
 # Opset 17 has LayerNormalization as one operator and is read by every ONNX Runtime since 1.14.
 OPSET = 17
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# The names of the inputs' dynamic axes, which a session can fix (`session(..., dims=...)`).
+BATCH_AXIS = "batch"
+SEQUENCE_AXIS = "sequence"
+# The optimised graph's logits may differ from PyTorch's by float rounding (fused kernels sum in
+# another order, the fused attention masks with -10000 instead of the float minimum); more than
+# this means a fusion changed what the model computes, and the export is refused.
+OPTIMIZED_MAX_DIFF = 1e-3
 
 
 def extra_hint(package: Path = Path(__file__).resolve().parent) -> str:
@@ -88,13 +134,41 @@ def trace_inputs(names: Sequence[str], vocab_size: int) -> tuple[torch.Tensor, .
     return tuple(values[name] for name in names)
 
 
-def export_onnx(model: torch.nn.Module, tokenizer: Any, path: Path) -> list[str]:
-    """Write `model` (a sequence classifier) to `path`; returns its input names."""
+def export_onnx(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    path: Path,
+    *,
+    attn_implementation: str | None = None,
+) -> list[str]:
+    """Write `model` (a sequence classifier) to `path`; returns its input names. With
+    ATTN_IMPLEMENTATION ("eager") the model is traced with that attention implementation and
+    given back with its own."""
     require_onnx()
     names = model_inputs(tokenizer)
     wrapper = _Logits(model, names).eval()  # the exporter restores the wrapper's mode after
-    axes = {name: {0: "batch", 1: "sequence"} for name in names}
-    axes["logits"] = {0: "batch"}
+    axes = {name: {0: BATCH_AXIS, 1: SEQUENCE_AXIS} for name in names}
+    axes["logits"] = {0: BATCH_AXIS}
+    own = getattr(model.config, "_attn_implementation", None)
+    if attn_implementation is not None:
+        # transformers 5 reads it at every forward (the attention and the mask it builds), from
+        # the config every module of the model shares.
+        model.config._attn_implementation = attn_implementation
+    try:
+        _trace(wrapper, names, model.config.vocab_size, path, axes)
+    finally:
+        if attn_implementation is not None:
+            model.config._attn_implementation = own
+    return names
+
+
+def _trace(
+    wrapper: torch.nn.Module,
+    names: list[str],
+    vocab_size: int,
+    path: Path,
+    axes: dict[str, dict[int, str]],
+) -> None:
     with warnings.catch_warnings():
         # The TorchScript exporter's deprecation notice and its tracer's notes on Python
         # booleans in transformers' mask code are not the user's business; the round trip
@@ -108,7 +182,7 @@ def export_onnx(model: torch.nn.Module, tokenizer: Any, path: Path) -> list[str]
             # sequence axes with a plain dict.
             torch.onnx.export(
                 wrapper,
-                trace_inputs(names, model.config.vocab_size),
+                trace_inputs(names, vocab_size),
                 str(path),
                 input_names=names,
                 output_names=["logits"],
@@ -116,12 +190,12 @@ def export_onnx(model: torch.nn.Module, tokenizer: Any, path: Path) -> list[str]
                 opset_version=OPSET,
                 dynamo=False,
             )
-    return names
 
 
 def quantize_int8(source: Path, target: Path) -> None:
     """Dynamic quantisation: int8 weights, activations quantised per batch at run time."""
     require_onnx()
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root = logging.getLogger()
@@ -131,18 +205,123 @@ def quantize_int8(source: Path, target: Path) -> None:
     # advice is noise here.
     root.setLevel(logging.ERROR)
     try:
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+        quantize_dynamic(
+            str(source),
+            str(target),
+            weight_type=QuantType.QInt8,
+            # ONNX's shape inference knows no type for the outputs of ONNX Runtime's fused
+            # operators (the optimised graph): they are float.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     finally:
         root.setLevel(level)
 
 
-def session(path: Path, threads: int) -> Any:
-    """An ONNX Runtime CPU session on `threads` threads (as PyTorch's, for a fair comparison)."""
+def attention_heads(model: torch.nn.Module) -> int | None:
+    """The head count every encoder layer has: the config's, or the one count every layer of a
+    heads-ffn model kept; None when its layers kept different counts."""
+    from kdtui.methods.compact import STRUCTURE_KEY
+
+    structure = getattr(model.config, STRUCTURE_KEY, None)
+    if structure:
+        counts = {len(kept) for kept in structure["heads"]}
+        return counts.pop() if len(counts) == 1 else None
+    return int(getattr(model.config, "num_attention_heads", 0) or 0)
+
+
+def optimize_onnx(model: torch.nn.Module, tokenizer: Any, path: Path) -> dict[str, Any]:
+    """Write `model` to `path` as ONNX Runtime's transformer optimiser leaves it (see the module's
+    docstring); returns what kdtui_export.json records of it: the operators it fused
+    ("fused": {operator: count}), the head count it was given, whether attention was fused, and
+    a one-line summary."""
+    ort = require_onnx()
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    config = model.config
+    layers = int(getattr(config, "num_hidden_layers", 0) or 0)
+    config_heads = int(getattr(config, "num_attention_heads", 0) or 0)
+    head_size = int(getattr(config, "hidden_size", 0) or 0) // config_heads if config_heads else 0
+    heads = attention_heads(model)
+    options = FusionOptions("bert")
+    # The optimiser's BERT default turns the mask into one length per row (ReduceSum), right
+    # only for masks padded on the right; the raw mask is right for any mask.
+    options.use_raw_attention_mask(True)
+    record: dict[str, Any] = {
+        "optimizer": "onnxruntime.transformers.optimizer",
+        "model_type": "bert",
+        "traced_attention": "eager",
+        "num_heads": heads or 0,
+        "head_size": head_size,
+    }
+    if not heads or not head_size:
+        # One count for all layers is all the fusion takes (see the module's docstring); other
+        # fusions go on.
+        options.enable_attention = False
+        num_heads = hidden_size = 0
+        record["attention"] = (
+            "not fused: the layers have different head counts"
+            if heads is None
+            else "not fused: no head count in the model's config"
+        )
+    else:
+        num_heads, hidden_size = heads, heads * head_size
+    with tempfile.TemporaryDirectory() as tmp:
+        traced = Path(tmp) / "eager.onnx"
+        export_onnx(model, tokenizer, traced, attn_implementation="eager")
+        root = logging.getLogger()
+        level = root.level
+        # Its modules log their misses (a pattern not found, shape inference incomplete) as
+        # warnings, and print some: what they did is in the counts recorded below.
+        root.setLevel(logging.ERROR)
+        # And the session it optimises with logs unused initialisers, as `session` keeps quiet.
+        ort.set_default_logger_severity(3)
+        printed = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(printed):
+                optimized = optimize_model(
+                    str(traced),
+                    model_type="bert",
+                    num_heads=num_heads,
+                    hidden_size=hidden_size,
+                    optimization_options=options,
+                )
+                optimized.save_model_to_file(str(path))
+                counts = optimized.get_fused_operator_statistics()
+        except Exception as e:  # its fusions raise assertions and whatever onnx raises
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise KdtuiError(
+                f"ONNX Runtime's transformer optimiser failed on this model ({first}); "
+                "export without --optimize"
+            ) from None
+        finally:
+            root.setLevel(level)
+            ort.set_default_logger_severity(2)  # ONNX Runtime's default: warnings
+    fused = {op: int(n) for op, n in counts.items() if n}
+    record["fused"] = fused
+    if printed.getvalue().strip():
+        record["optimizer_output"] = printed.getvalue().strip().splitlines()
+    if "attention" not in record:
+        done = fused.get("Attention", 0) + fused.get("MultiHeadAttention", 0)
+        record["attention"] = f"fused in {done} of {layers} layers"
+    shown = ", ".join(f"{op} x{n}" for op, n in fused.items()) or "nothing"
+    record["summary"] = (
+        f"ONNX Runtime's transformer optimiser fused {shown}; attention {record['attention']}"
+    )
+    return record
+
+
+def session(path: Path, threads: int, dims: dict[str, int] | None = None) -> Any:
+    """An ONNX Runtime CPU session on `threads` threads (as PyTorch's, for a fair comparison).
+    DIMS fixes named input axes ({BATCH_AXIS: 1, SEQUENCE_AXIS: 128}): the session then plans for
+    those shapes only (static shapes, for timing batch 1; other shapes are refused)."""
     ort = require_onnx()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: its warnings are about unused initialisers
+    for name, size in (dims or {}).items():
+        options.add_free_dimension_override_by_name(name, size)
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types, not exported stably
@@ -204,7 +383,9 @@ def export_model(
     force: bool = False,
 ) -> dict[str, Any]:
     """Export the model at `source` (a run directory or model folder) into `output` and check
-    it against PyTorch on `config.evaluate.split`; returns what kdtui_export.json records."""
+    it against PyTorch on `config.evaluate.split`; returns what kdtui_export.json records.
+    With `config.export.optimize` "transformer" also the optimised graph (and its int8 copy
+    with INT8), refused when its logits are further than OPTIMIZED_MAX_DIFF from PyTorch's."""
     from kdtui.checkpoint import atomic_folder
     from kdtui.data import encode, load_data
     from kdtui.engine.evaluate import predict_logits
@@ -260,6 +441,14 @@ def export_model(
         if int8:
             quantize_int8(tmp / ONNX_FILE, tmp / INT8_FILE)
             files.append(INT8_FILE)
+        if config.export.optimize == "transformer":
+            info["optimize"] = optimize_onnx(model, tokenizer, tmp / OPT_FILE)
+            files.append(OPT_FILE)
+            if int8:
+                # Quantised after fusing, as ONNX Runtime advises: the quantiser has an int8
+                # form of the fused Attention (QAttention).
+                quantize_int8(tmp / OPT_FILE, tmp / OPT_INT8_FILE)
+                files.append(OPT_INT8_FILE)
         model.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         for name in files:
@@ -268,6 +457,14 @@ def export_model(
             )
             info["check"][name] = check_export(reference, logits, encoded.labels)
             info["check"][name]["bytes"] = (tmp / name).stat().st_size
+        optimized = info["check"].get(OPT_FILE)
+        if optimized is not None and not optimized["max_logit_diff"] <= OPTIMIZED_MAX_DIFF:
+            raise KdtuiError(
+                f"{OPT_FILE}'s logits differ from PyTorch's by up to "
+                f"{optimized['max_logit_diff']:.2e} (more than {OPTIMIZED_MAX_DIFF:g}): ONNX "
+                "Runtime's transformer optimiser changed what this model computes; export "
+                "without --optimize"
+            )
         (tmp / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info
 

@@ -4,6 +4,11 @@
                         attention_mask, token_type_ids where the model reads them; int64,
                         dynamic batch and sequence), output `logits` (batch, labels)
     model.int8.onnx     with --int8: the same, weights int8 (ONNX Runtime dynamic quantisation)
+    model.opt.onnx      with --optimize transformer: the same classifier (same inputs and
+                        output) after ONNX Runtime's transformer optimiser: attention, LayerNorm
+                        and GELU as fused operators of ONNX Runtime's com.microsoft domain, so
+                        it runs under ONNX Runtime only
+    model.opt.int8.onnx with --optimize transformer and --int8: model.opt.onnx quantised
     config.json         the model's config (label names in id2label / kdtui_labels)
     tokenizer files     the tokenizer the model was trained with
     kdtui_export.json   what was exported from what, and the check against kdtui's outputs
@@ -23,7 +28,18 @@ from kdtui.rundir import MODEL_CONFIG, RunLayout
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
+OPT_FILE = "model.opt.onnx"
+OPT_INT8_FILE = "model.opt.int8.onnx"
 EXPORT_INFO_FILE = "kdtui_export.json"  # what was exported from what (read_export_info)
+
+# Every model file an export folder may hold, in the order they are written, listed and scored,
+# with the short name a report or picture gives each (runs/cap-97/onnx/model.opt.onnx: cap-97 opt).
+MODEL_FILES = {
+    ONNX_FILE: "onnx",
+    INT8_FILE: "int8",
+    OPT_FILE: "opt",
+    OPT_INT8_FILE: "opt int8",
+}
 
 
 def is_export_folder(folder: Path) -> bool:
@@ -31,8 +47,8 @@ def is_export_folder(folder: Path) -> bool:
 
 
 def onnx_files(folder: Path) -> list[Path]:
-    """The models of an export folder: fp32 first, then int8 if it was written."""
-    return [folder / name for name in (ONNX_FILE, INT8_FILE) if (folder / name).is_file()]
+    """The models of an export folder that were written: fp32, int8, optimised, optimised int8."""
+    return [folder / name for name in MODEL_FILES if (folder / name).is_file()]
 
 
 def default_output(source: str) -> Path:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdtui.exportdir import INT8_FILE
+from kdtui.exportdir import MODEL_FILES
 from kdtui.rundir import DOMAINS_DIR, MODEL_DIR
 
 ACCURACY_KEY = "all"  # the report's accuracy over the whole split
@@ -163,11 +163,12 @@ def label_of(model: str) -> str:
 
     runs/cap-97 and runs/cap-97/model: cap-97; a student of `distill --domain all`
     (runs/d/domains/books): d/books; an export (runs/cap-97/onnx/model.int8.onnx): cap-97 int8
-    (model.onnx: cap-97 onnx); any other folder: its name."""
+    (model.onnx: cap-97 onnx, model.opt.onnx: cap-97 opt, as exportdir.MODEL_FILES names them);
+    any other folder: its name."""
     path = Path(model)
     suffix = ""
     if path.suffix == ".onnx":
-        suffix = " int8" if path.name == INT8_FILE else " onnx"
+        suffix = " " + MODEL_FILES.get(path.name, "onnx")
         path = path.parent
         if path.name == "onnx":  # RUN/onnx, where `kdtui export` writes a run's export
             path = path.parent

@@ -67,6 +67,9 @@ def test_help_shows_the_defaults_and_every_command_has_a_length() -> None:
     for option in ("--epochs N ", "--intermediate-epochs N ", "--max-steps N "):
         assert option in distill
     assert "replaces a max_steps the profile sets" in _help("teacher")
+    export = _help("export")
+    assert "--optimize none|transformer" in export
+    assert "[export.optimize; default none]" in export
 
 
 def test_help_does_not_import_heavy_libraries() -> None:

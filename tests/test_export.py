@@ -1,5 +1,7 @@
 """ONNX export round trips on tiny models (dense, unstructured, heads-ffn): ONNX Runtime's logits
-equal kdtui's; `kdtui export` and `kdtui evaluate EXPORT` through the real CLI.
+equal kdtui's, for the plain graph and the one ONNX Runtime's transformer optimiser fused;
+`kdtui export` (with --int8 and --optimize transformer) and `kdtui evaluate EXPORT` through the
+real CLI.
 
 Needs the export extra (pip install -c constraints.txt -e '.[export]'); skipped without it."""
 
@@ -16,7 +18,11 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from kdtui.export import (  # noqa: E402
+    BATCH_AXIS,
+    SEQUENCE_AXIS,
+    attention_heads,
     export_onnx,
+    optimize_onnx,
     quantize_int8,
     session,
     session_forward,
@@ -25,6 +31,8 @@ from kdtui.exportdir import (  # noqa: E402
     EXPORT_INFO_FILE,
     INT8_FILE,
     ONNX_FILE,
+    OPT_FILE,
+    OPT_INT8_FILE,
     read_export_info,
 )
 from kdtui.methods.compact import compact  # noqa: E402
@@ -64,6 +72,74 @@ def test_onnx_runtime_gives_kdtui_logits(kind: str, tmp_path: Path) -> None:
         got = torch.from_numpy(forward(inputs))
         assert got.shape == expected.shape
         assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+
+
+def heads_ffn_uniform(model: torch.nn.Module) -> torch.nn.Module:
+    """heads-ffn with the same head count kept in every layer: one count for the optimiser."""
+    compact(model, heads=[[0, 3], [1, 2]], neurons=[list(range(0, 48, 2)), list(range(7))])
+    return model
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_the_optimised_graph_gives_kdtui_logits(kind: str, tmp_path: Path) -> None:
+    model = MODELS[kind]()
+    own = model.config._attn_implementation
+    record = optimize_onnx(model, BERT_INPUTS, tmp_path / OPT_FILE)
+    # Traced with eager attention, and handed back with its own.
+    assert record["traced_attention"] == "eager"
+    assert model.config._attn_implementation == own
+    assert isinstance(record["fused"], dict) and record["summary"]
+    forward = session_forward(session(tmp_path / OPT_FILE, threads=1))
+    for size, length in ((1, 5), (8, 10), (3, 24)):
+        batch = batch_of(size=size, length=length, seed=size)
+        inputs = batch.model_inputs()
+        with torch.no_grad():
+            expected = model(**inputs).logits
+        got = torch.from_numpy(forward(inputs))
+        assert got.shape == expected.shape
+        assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
+    if kind == "heads-ffn":  # 3 heads in layer 0, 1 in layer 1: one count cannot serve both
+        assert attention_heads(model) is None
+        assert record["attention"] == "not fused: the layers have different head counts"
+        assert "Attention" not in record["fused"]
+    else:
+        assert attention_heads(model) == 4 and record["num_heads"] == 4
+
+
+@pytest.mark.parametrize(
+    ("make", "heads"),
+    [
+        (lambda: tiny_bert(heads=4).eval(), 4),
+        (lambda: heads_ffn_uniform(tiny_bert(heads=4)).eval(), 2),
+    ],
+    ids=["dense", "heads-ffn-same-count"],
+)
+def test_the_optimiser_fuses_attention_in_every_layer(make, heads: int, tmp_path: Path) -> None:
+    """What kdtui/export.py's docstring reads from onnxruntime's fusion_attention.py: the eager
+    trace of a transformers 5 BERT matches its "path2" and the transformers 5 mask pattern, and
+    with the head count given every layer's attention becomes one Attention node."""
+    model = make()
+    assert attention_heads(model) == heads
+    record = optimize_onnx(model, BERT_INPUTS, tmp_path / OPT_FILE)
+    assert record["fused"].get("Attention") == 2, record
+    assert record["attention"] == "fused in 2 of 2 layers"
+    batch = batch_of(size=4, length=12)
+    with torch.no_grad():
+        expected = model(**batch.model_inputs()).logits
+    got = torch.from_numpy(session_forward(session(tmp_path / OPT_FILE, 1))(batch.model_inputs()))
+    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
+
+
+def test_a_session_with_fixed_axes_runs_that_shape(tmp_path: Path) -> None:
+    model = tiny_bert().eval()
+    export_onnx(model, BERT_INPUTS, tmp_path / ONNX_FILE)
+    fixed = session(tmp_path / ONNX_FILE, threads=1, dims={BATCH_AXIS: 1, SEQUENCE_AXIS: 10})
+    free = session(tmp_path / ONNX_FILE, threads=1)
+    inputs = batch_of(size=1, length=10).model_inputs()
+    got = session_forward(fixed)(inputs)
+    assert got.shape == (1, 2)
+    expected = torch.from_numpy(session_forward(free)(inputs))
+    assert torch.allclose(torch.from_numpy(got), expected, atol=1e-5)
 
 
 def test_int8_quantisation_writes_a_smaller_model_that_runs(tmp_path: Path) -> None:
@@ -119,6 +195,52 @@ def test_export_then_evaluate_the_export(teacher: Path, tmp_path: Path) -> None:
     report = json.loads(report_path.read_text())
     assert report["examples"] == 48 and len(report["models"]) == 1
     assert report["models"][0]["accuracy"] == pytest.approx(int8["accuracy"])
+
+
+def test_optimised_export_is_checked_listed_and_evaluated(teacher: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "optimised"
+    result = invoke(
+        "export", str(teacher), "-o", str(folder), "--optimize", "transformer", "--int8"
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "transformer optimiser fused" in result.stdout
+    assert f"{OPT_FILE}: " in result.stdout and f"{OPT_INT8_FILE}: " in result.stdout
+    names = {p.name for p in folder.iterdir()}
+    assert {ONNX_FILE, INT8_FILE, OPT_FILE, OPT_INT8_FILE, EXPORT_INFO_FILE} <= names
+    info = read_export_info(folder)
+    check = info["check"]
+    assert check[OPT_FILE]["max_logit_diff"] < 1e-4
+    assert check[OPT_FILE]["same_predictions"] == 1.0
+    assert check[OPT_FILE]["accuracy"] == pytest.approx(check[ONNX_FILE]["accuracy"])
+    assert check[OPT_INT8_FILE]["bytes"] < check[OPT_FILE]["bytes"]
+    assert info["optimize"]["optimizer"] == "onnxruntime.transformers.optimizer"
+    assert info["optimize"]["num_heads"] > 0
+
+    report_path = tmp_path / "report.json"
+    result = invoke("evaluate", str(folder), "--json", str(report_path))
+    assert result.exit_code == 0, result.stderr
+    models = json.loads(report_path.read_text())["models"]
+    assert [m["model"] for m in models] == [
+        str(folder / name) for name in (ONNX_FILE, INT8_FILE, OPT_FILE, OPT_INT8_FILE)
+    ]
+    assert all(m["runtime"] == "onnxruntime" for m in models)
+    assert models[2]["accuracy"] == pytest.approx(models[0]["accuracy"])
+
+
+def test_an_optimised_graph_whose_logits_moved_is_refused(
+    teacher: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kdtui.export
+
+    # Any difference at all is too much here: the refusal, as a fusion that changed the model
+    # would meet it.
+    monkeypatch.setattr(kdtui.export, "OPTIMIZED_MAX_DIFF", -1.0)
+    folder = tmp_path / "refused"
+    result = invoke("export", str(teacher), "-o", str(folder), "--optimize", "transformer")
+    assert result.exit_code == 2
+    assert f"{OPT_FILE}'s logits differ from PyTorch's" in result.stderr
+    assert "export without --optimize" in result.stderr
+    assert not folder.exists()  # nothing half-written
 
 
 def test_a_pytorch_loader_refuses_an_export_with_a_clear_error(teacher: Path) -> None:

@@ -150,6 +150,8 @@ def test_a_report_without_a_latency_grid_marks_no_latency_frontier() -> None:
         ("runs/d/domains/books/model", "d/books"),
         ("runs/cap-97/onnx/model.onnx", "cap-97 onnx"),
         ("runs/cap-97/onnx/model.int8.onnx", "cap-97 int8"),
+        ("runs/cap-97/onnx/model.opt.onnx", "cap-97 opt"),
+        ("runs/cap-97/onnx/model.opt.int8.onnx", "cap-97 opt int8"),
         ("models/hf-onnx/model.onnx", "hf-onnx onnx"),
         ("/abs/path/bert", "bert"),
     ],

@@ -1,0 +1,404 @@
+"""Faster exports (issue 24, part 3): each ONNX export of a model against PyTorch, measured.
+
+For every model given (a run directory or model folder), `kdtui export`'s four graphs are
+written (kdtui.export.export_model with --int8 and export.optimize = "transformer"):
+
+    model.onnx            plain (the default export)
+    model.int8.onnx       int8 weights (ONNX Runtime dynamic quantisation)
+    model.opt.onnx        after ONNX Runtime's transformer optimiser (fused attention,
+                          LayerNorm, GELU; see kdtui/export.py's docstring for what fuses)
+    model.opt.int8.onnx   the optimised graph, quantised
+
+and each is timed under ONNX Runtime beside the model in PyTorch fp32 and the dense teacher
+given by --baseline (PyTorch fp32, the 1.00x of every speed-up): batch 1 and 32, length 128 and
+the length the model was trained at, random token ids, no padding, on --threads threads (all
+cores by default) for PyTorch and ONNX Runtime alike. A cell is the median of --repeats timed
+forwards after --warmup untimed ones; the forwards of one cell take turns (baseline, PyTorch,
+each ONNX graph, one round after another: kdtui.timing.median_seconds), so load from elsewhere
+hits them alike. At batch 1 each ONNX graph is also timed in a session whose batch and
+sequence axes are fixed to the cell's shape ("static": ONNX Runtime's
+add_free_dimension_override_by_name, `kdtui.export.session(dims=...)`); kdtui's own sessions
+keep them free.
+
+Accuracy is that of the export's own check (kdtui.export.check_export, which `kdtui export`
+records in kdtui_export.json) on the --split split (dev by default) of the model's run data:
+each graph's accuracy, its difference to the same model in PyTorch, and the largest logit
+difference to it.
+
+A graph the optimiser cannot handle (the export refuses an optimised graph whose logits moved,
+or the optimiser fails) is noted, and the model is timed with the plain and int8 graphs alone.
+
+Block-sparse int8 in PyTorch (torch.ao) for unstructured models was looked for in torch 2.13's
+source and is not measured here: torch.ao.nn.sparse.quantized.dynamic.Linear (float in and out,
+int8 weights in 1x4 or 8x1 blocks, torch.ops.sparse.qlinear_dynamic) has its kernel in QNNPACK
+only; FBGEMM's, the x86 engine (ATen/native/ao_sparse/quantized/cpu/fbgemm_utils.h), asserts
+"not yet supported" in apply_dynamic. The static torch.ao.nn.sparse.quantized.Linear does run on
+FBGEMM, but takes and gives quantised tensors, so every layer would need calibrated activation
+scales (static quantisation of the whole model), and a block of 1x4 weights is skipped only
+when all four are zero: with 90% zeros at random places 0.9^4 = 66% of the blocks are, so a
+third of the blocks are still multiplied where a tenth of the weights are not zero.
+
+    python bench/export_speed.py runs/heads-ffn-50-s1 runs/movement-90-s1 --baseline runs/teacher
+    python bench/export_speed.py --report bench/results/export-speed/NAME.json   # the table again
+
+Each measurement is written to --records (bench/results/export-speed/ by default) as NAME.json:
+the command, the machine, every row and each export's kdtui_export.json (what the optimiser
+fused). Needs the export extra.
+
+Not yet trustworthy (first run, 2026-12-06, MiniLM-L6 teacher given as both the model and
+--baseline, 2 threads): the same PyTorch model timed 43.8 ms as the baseline and 12.9 ms as
+"PyTorch fp32" at batch 1, length 64, in the same rounds; the callable timed first in a round
+seems to pay for the others' cache traffic. Fix the timing (e.g. time each callable in its own
+block of repeats, order rotated) before reading any speed-up from this table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.machine import claim_cores, cores  # noqa: E402
+
+LENGTH = 128
+BATCHES = (1, 32)
+# The graphs of one export, in the order they are timed and shown, with their rows' names.
+GRAPHS = (
+    ("model.onnx", "ONNX Runtime fp32"),
+    ("model.int8.onnx", "ONNX Runtime int8"),
+    ("model.opt.onnx", "ONNX Runtime optimised fp32"),
+    ("model.opt.int8.onnx", "ONNX Runtime optimised int8"),
+)
+BASELINE = "dense baseline, PyTorch fp32"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("models", nargs="*", help="run directories or model folders to export and time")
+    p.add_argument("--baseline", help="the dense teacher (run or model folder): 1.00x")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    p.add_argument("--repeats", type=int, default=10, help="timed forwards per cell (median)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed forwards per cell first")
+    p.add_argument(
+        "--batches", default=",".join(map(str, BATCHES)), help="batch sizes, comma-separated"
+    )
+    p.add_argument(
+        "--lengths",
+        default=str(LENGTH),
+        help="lengths, comma-separated; the model's own (data.max_length) is added",
+    )
+    p.add_argument("--split", default="dev", help="the split accuracy is measured on")
+    p.add_argument("--data", help="data source, for model folders without a run")
+    p.add_argument(
+        "--static-batch1",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time batch 1 with the ONNX sessions' axes fixed to the cell's shape",
+    )
+    p.add_argument("--exports", type=Path, help="write the exports here (default: a temp folder)")
+    p.add_argument("--records", type=Path, default=REPO / "bench" / "results" / "export-speed")
+    p.add_argument("--name", default="", help="the record's name (default: the time)")
+    p.add_argument("--report", type=Path, help="print the table of a record and stop")
+    return p
+
+
+def main() -> None:
+    args = parser().parse_args()
+    if args.report is not None:
+        record = json.loads(args.report.read_text(encoding="utf-8"))
+        print("\n".join(table(record["rows"], record["cells"])))
+        return
+    if not args.models or not args.baseline:
+        sys.exit("give the models to export and time, and --baseline DENSE_TEACHER")
+    threads = args.threads or cores()
+    claim_cores(1, threads)
+    record = measure(args, threads)
+    args.records.mkdir(parents=True, exist_ok=True)
+    path = args.records / f"{args.name or time.strftime('%Y%m%d-%H%M%S')}.json"
+    from kdtui.checkpoint import write_text_atomic
+
+    write_text_atomic(path, json.dumps(record, indent=2) + "\n")
+    print("\n".join(table(record["rows"], record["cells"])))
+    print(f"\nrecord: {path}")
+
+
+def cell(batch: int, length: int) -> str:
+    """A cell's key in a row's timings (JSON keys are strings)."""
+    return f"{batch}x{length}"
+
+
+def measure(args: argparse.Namespace, threads: int) -> dict[str, Any]:
+    import onnxruntime
+    import torch
+
+    from kdtui.export import BATCH_AXIS, SEQUENCE_AXIS
+    from kdtui.models import load_any, resolve_model_path
+    from kdtui.recipes.evaluate import torch_forward
+
+    torch.set_num_threads(threads)
+    batches = [int(b) for b in args.batches.split(",")]
+    asked = [int(n) for n in args.lengths.split(",")]
+    baseline = load_any(resolve_model_path(args.baseline)).eval()
+    rows: list[dict[str, Any]] = []
+    exports: dict[str, Any] = {}
+    cells: list[str] = []
+    labels = unique_labels(args.models)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.exports or Path(tmp)
+        for path, label in zip(args.models, labels, strict=True):
+            config, info, folder = export_all(path, root / label, args, threads)
+            exports[label] = info
+            model = load_any(resolve_model_path(path)).eval()
+            lengths = sorted({*asked, config.data.max_length})
+            limit = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+            too_long = [n for n in lengths if limit and n > limit]
+            lengths = [n for n in lengths if n not in too_long]
+            forwards: list[tuple[str, str | None, Callable[[Any], Any]]] = [
+                (BASELINE, None, torch_forward(baseline)),
+                ("PyTorch fp32", None, torch_forward(model)),
+            ]
+            forwards += [
+                (runtime, name, onnx_forward(folder / name, threads))
+                for name, runtime in GRAPHS
+                if name in info["check"]
+            ]
+            timings: dict[str, dict[str, float]] = {r: {} for r, _, _ in forwards}
+            static: dict[str, dict[str, float]] = {r: {} for r, _, _ in forwards}
+            for batch in batches:
+                for length in lengths:
+                    key = cell(batch, length)
+                    if key not in cells:
+                        cells.append(key)
+                    calls = [
+                        timed_call(
+                            forward, batch, length, baseline if runtime == BASELINE else model
+                        )
+                        for runtime, _, forward in forwards
+                    ]
+                    fixed = []
+                    if batch == 1 and args.static_batch1:
+                        dims = {BATCH_AXIS: 1, SEQUENCE_AXIS: length}
+                        fixed = [
+                            (runtime, onnx_forward(folder / name, threads, dims))
+                            for runtime, name, _ in forwards
+                            if name is not None
+                        ]
+                        calls += [timed_call(f, batch, length, model) for _, f in fixed]
+                    seconds = time_calls(calls, args.warmup, args.repeats)
+                    for (runtime, _, _), s in zip(forwards, seconds[: len(forwards)], strict=True):
+                        timings[runtime][key] = 1000 * s
+                    for (runtime, _), s in zip(fixed, seconds[len(forwards) :], strict=True):
+                        static[runtime][key] = 1000 * s
+            rows += rows_of(label, forwards, timings, static, info, too_long, model)
+            print(f"measured {label}", file=sys.stderr)
+    return {
+        "command": sys.argv,
+        "threads": threads,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "split": args.split,
+        "cells": cells,
+        "baseline": args.baseline,
+        "models": args.models,
+        "torch": str(torch.__version__),
+        "onnxruntime": onnxruntime.__version__,
+        "cpu": getattr(torch.cpu, "get_capabilities", dict)().get("cpu_name", "?"),
+        "cores": cores(),
+        "rows": rows,
+        "exports": exports,
+    }
+
+
+def unique_labels(paths: Sequence[str]) -> list[str]:
+    """Each model's name in the table: its folder's name, numbered where two share one."""
+    labels: list[str] = []
+    for path in paths:
+        name = Path(path).expanduser().resolve().name or "model"
+        label, n = name, 2
+        while label in labels:
+            label, n = f"{name}-{n}", n + 1
+        labels.append(label)
+    return labels
+
+
+def export_all(
+    path: str, folder: Path, args: argparse.Namespace, threads: int
+) -> tuple[Any, dict[str, Any], Path]:
+    """Export PATH's four graphs into FOLDER (plain and int8 only, with a note, when the
+    optimised graph is refused); its config, kdtui_export.json and the folder."""
+    from dataclasses import replace
+
+    from kdtui.errors import KdtuiError
+    from kdtui.export import export_model
+    from kdtui.resolver import resolve_for_models
+
+    overrides = [
+        f"run.threads={threads}",
+        f"evaluate.split={args.split}",
+        "export.optimize=transformer",
+    ]
+    options = {"data.source": args.data} if args.data else {}
+    config = resolve_for_models([path], None, overrides, options)
+    try:
+        info = export_model(path, folder, config, int8=True, force=True)
+    except KdtuiError as e:
+        print(f"{path}: optimised export refused: {e}", file=sys.stderr)
+        plain = replace(config, export=replace(config.export, optimize="none"))
+        info = export_model(path, folder, plain, int8=True, force=True)
+        info["optimize_refused"] = str(e)
+    return config, info, folder
+
+
+def onnx_forward(path: Path, threads: int, dims: dict[str, int] | None = None) -> Any:
+    from kdtui.export import session, session_forward
+
+    return session_forward(session(path, threads, dims))
+
+
+def timed_call(forward: Callable[[Any], Any], batch: int, length: int, model: Any) -> Any:
+    """FORWARD on random ids of BATCH x LENGTH from MODEL's vocabulary, no padding (as
+    kdtui.recipes.evaluate.latency_grid times models)."""
+    import functools
+
+    import torch
+
+    vocab = int(model.config.vocab_size)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(
+        min(1000, vocab - 1), min(vocab, 20000), (batch, length), generator=generator
+    )
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    def call(inputs: dict[str, Any]) -> Any:
+        with torch.no_grad():
+            return forward(inputs)
+
+    return functools.partial(call, inputs)
+
+
+def time_calls(calls: Sequence[Callable[[], Any]], warmup: int, repeats: int) -> list[float]:
+    from kdtui.timing import median_seconds
+
+    for _ in range(warmup):
+        for call in calls:
+            call()
+    return median_seconds(calls, repeats)
+
+
+def rows_of(
+    label: str,
+    forwards: Sequence[tuple[str, str | None, Any]],
+    timings: dict[str, dict[str, float]],
+    static: dict[str, dict[str, float]],
+    info: dict[str, Any],
+    too_long: list[int],
+    model: Any,
+) -> list[dict[str, Any]]:
+    """One model's rows: the baseline timed with it, PyTorch fp32, each ONNX graph."""
+    from kdtui.recipes.evaluate import encoder_sparsity
+
+    check = info["check"]
+    pytorch_accuracy = next((c["pytorch_accuracy"] for c in check.values() if _is_check(c)), None)
+    baseline_ms = timings[BASELINE]
+    notes = []
+    if too_long:
+        notes.append(f"lengths {too_long} beyond its positions: not timed")
+    if "optimize_refused" in info:
+        notes.append(f"optimised graph refused: {info['optimize_refused']}")
+    sparsity = encoder_sparsity(model)
+    if sparsity is not None and sparsity > 0.1:
+        notes.append(f"{sparsity:.0%} zeros in the encoder (ONNX Runtime multiplies them)")
+    rows = [
+        {
+            "model": label,
+            "runtime": BASELINE,
+            "ms": baseline_ms,
+            "baseline_ms": baseline_ms,
+        },
+        {
+            "model": label,
+            "runtime": "PyTorch fp32",
+            "ms": timings["PyTorch fp32"],
+            "baseline_ms": baseline_ms,
+            "accuracy": pytorch_accuracy,
+            "pytorch_accuracy": pytorch_accuracy,
+            "note": "; ".join(notes),
+        },
+    ]
+    for runtime, name, _ in forwards:
+        if name is None:
+            continue
+        row = {
+            "model": label,
+            "runtime": runtime,
+            "file": name,
+            "ms": timings[runtime],
+            "static_ms": static.get(runtime, {}),
+            "baseline_ms": baseline_ms,
+            "accuracy": check[name]["accuracy"],
+            "pytorch_accuracy": check[name]["pytorch_accuracy"],
+            "max_logit_diff": check[name]["max_logit_diff"],
+            "bytes": check[name]["bytes"],
+        }
+        if name == "model.opt.onnx" and "optimize" in info:
+            row["note"] = info["optimize"]["attention"]
+        rows.append(row)
+    return rows
+
+
+def _is_check(value: Any) -> bool:
+    return isinstance(value, dict) and "pytorch_accuracy" in value
+
+
+def table(rows: Sequence[dict[str, Any]], cells: Sequence[str]) -> list[str]:
+    """The markdown table of ROWS (as `measure` records them) over CELLS ("1x128", ...): per
+    cell the row's ms and its speed-up over the dense baseline timed with it, at batch 1 also
+    the ONNX graphs' ms with static shapes. Pure: no timing, no imports."""
+    static_cells = [c for c in cells if c.startswith("1x")]
+    head = ["model", "runtime", "acc", "vs its PyTorch", "max abs logit diff"]
+    for c in cells:
+        batch, length = c.split("x")
+        head += [f"b{batch} L{length} ms", "vs dense"]
+        if c in static_cells:
+            head.append(f"b{batch} L{length} static ms")
+    head += ["MiB", "notes"]
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
+    for r in rows:
+        accuracy, own = r.get("accuracy"), r.get("pytorch_accuracy")
+        diff = r.get("max_logit_diff")
+        cols = [
+            r["model"],
+            r["runtime"],
+            "-" if accuracy is None else f"{100 * accuracy:.1f}",
+            "-" if accuracy is None or own is None else f"{100 * (accuracy - own):+.1f}",
+            "-" if diff is None else f"{diff:.1e}",
+        ]
+        for c in cells:
+            ms, base = r["ms"].get(c), r.get("baseline_ms", {}).get(c)
+            cols.append(_ms(ms))
+            cols.append("-" if ms is None or base is None else f"{base / ms:.2f}x")
+            if c in static_cells:
+                cols.append(_ms(r.get("static_ms", {}).get(c)))
+        size = r.get("bytes")
+        cols.append("-" if size is None else f"{size / 2**20:.1f}")
+        cols.append(r.get("note", ""))
+        lines.append("| " + " | ".join(cols) + " |")
+    return lines
+
+
+def _ms(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    return f"{ms:.1f}" if ms < 100 else f"{ms:.0f}"
+
+
+if __name__ == "__main__":
+    main()
