@@ -57,20 +57,18 @@ def draw_frontier(plt: Any, points: Sequence[PlotPoint], *, height: int, xlabel:
             marker="braille",
             color=FRONTIER_COLOR,
         )
-    if others:
-        plt.scatter(
-            [p.latency_ms for p in others],
-            [100 * p.accuracy for p in others],
-            marker=OTHER_MARKER,
-            color=OTHER_COLOR,
-        )
-    if front:
-        plt.scatter(
-            [p.latency_ms for p in front],
-            [100 * p.accuracy for p in front],
-            marker=FRONTIER_MARKER,
-            color=FRONTIER_COLOR,
-        )
+    # The frontier's markers last, over the line and the others.
+    for group, marker, color in (
+        (others, OTHER_MARKER, OTHER_COLOR),
+        (front, FRONTIER_MARKER, FRONTIER_COLOR),
+    ):
+        if group:
+            plt.scatter(
+                [p.latency_ms for p in group],
+                [100 * p.accuracy for p in group],
+                marker=marker,
+                color=color,
+            )
     for p in shown:
         where = (p.latency_ms - x_lo) / (x_hi - x_lo) if x_hi > x_lo else 0.5
         alignment = "left" if where < 1 / 3 else "right" if where > 2 / 3 else "center"
