@@ -13,10 +13,11 @@ and each is timed under ONNX Runtime beside the model in PyTorch fp32 and the de
 given by --baseline (PyTorch fp32, the 1.00x of every speed-up): batch 1 and 32, length 128 and
 the length the model was trained at, random token ids, no padding, on --threads threads (all
 cores by default) for PyTorch and ONNX Runtime alike. A cell is the median of --repeats timed
-forwards after --warmup untimed ones; the forwards of one cell take turns (baseline, PyTorch,
-each ONNX graph, one round after another: kdtui.timing.median_seconds), so load from elsewhere
-hits them alike. At batch 1 each ONNX graph is also timed in a session whose batch and
-sequence axes are fixed to the cell's shape ("static": ONNX Runtime's
+forwards after --warmup untimed ones; the forwards of one cell are timed in blocks, one block
+per forward in each of three rounds, the order rotated from round to round
+(kdtui.timing.median_seconds), so one forward's after-effects fall on the next block's untimed
+first call and load from elsewhere hits them alike. At batch 1 each ONNX graph is also timed in
+a session whose batch and sequence axes are fixed to the cell's shape ("static": ONNX Runtime's
 add_free_dimension_override_by_name, `kdtui.export.session(dims=...)`); kdtui's own sessions
 keep them free.
 

@@ -154,6 +154,14 @@ TEACHER_OPTIONS = {
     "meta-nodomain": ["--method", "meta", "--set", "teacher.domain_loss_weight=0"],
 }
 META_ROWS = ("meta", "meta-nodomain", "meta-uniform", "meta-tinit")  # distill --method meta
+# Paired differences besides "Meta-KD minus row", printed when both rows ran: each isolates one
+# thing (the teacher as a source, or the student's start) with everything else held fixed.
+PAIRS = (
+    ("vanilla-meta", "mix", "KD: meta-teacher minus mix teacher (the teacher as a source)"),
+    ("mix-tinit", "mix", "KD mix: teacher's layers minus MiniLM's layers (the student's start)"),
+    ("meta-tinit", "meta", "Meta-KD: teacher's layers minus MiniLM's layers (the student's start)"),
+    ("meta-tinit", "mix-tinit", "teacher's layers: Meta-KD minus KD mix"),
+)
 OUT = "{OUT}"  # stands for --output-dir in recorded commands
 
 
@@ -648,6 +656,11 @@ class Bench:
             lines.append(
                 f"| {ROWS[row]} | {' | '.join(cells)} | {average} | {diff} | {minutes:.1f} min |"
             )
+        pairs = [(a, b, what) for a, b, what in PAIRS if a in self.rows and b in self.rows]
+        if pairs:
+            lines += ["", "| paired difference | points [95%] |", "| --- | ---: |"]
+            for a, b, what in pairs:
+                lines.append(f"| {what} | {fmt_diff(paired_bootstrap(joined(a), joined(b)))} |")
         seeds = ", ".join(str(s) for s in self.teacher_seeds[:teacher_seeds])
         each = "one run each, seed" if teacher_seeds == 1 else "one run per seed, seeds"
         lines += ["", f"Teachers on the target domain's test split ({each} {seeds}):", ""]

@@ -71,15 +71,26 @@ def estimate_seconds(earlier: list[tuple[int, dict[str, float]]], steps: int) ->
     return per_step * steps + fixed
 
 
-def median_seconds(calls: Sequence[Callable[[], object]], repeats: int) -> list[float]:
-    """The median wall time of each of CALLS over REPEATS rounds, after one warm-up call each.
-    A round calls each once, in turn, so load from other processes hits them alike."""
-    for call in calls:
-        call()
+def median_seconds(
+    calls: Sequence[Callable[[], object]], repeats: int, rounds: int = 3
+) -> list[float]:
+    """The median wall time of each of CALLS over REPEATS timed calls.
+
+    The calls are timed in blocks: each round gives every call one block (an untimed call, then
+    its share of the REPEATS timed ones in a row), and the order of the blocks rotates from round
+    to round. Timing them one after another instead let one call's after-effects land on the
+    next: ONNX Runtime's threads keep spinning after a run, and the PyTorch forward timed right
+    after one took 3.4x as long as the same forward timed after PyTorch. Over the rounds, slow
+    spells from other processes still hit every call alike."""
+    rounds = max(1, min(rounds, repeats))
+    shares = [repeats // rounds + (1 if r < repeats % rounds else 0) for r in range(rounds)]
     times: list[list[float]] = [[] for _ in calls]
-    for _ in range(repeats):
-        for call, spent in zip(calls, times, strict=True):
-            start = time.perf_counter()
-            call()
-            spent.append(time.perf_counter() - start)
+    for r, share in enumerate(shares):
+        for i in range(len(calls)):
+            k = (i + r) % len(calls)
+            calls[k]()
+            for _ in range(share):
+                start = time.perf_counter()
+                calls[k]()
+                times[k].append(time.perf_counter() - start)
     return [statistics.median(spent) for spent in times]

@@ -114,3 +114,19 @@ def test_the_diagnostic_rows_change_one_thing_each(
         command = ran[f"full/books/{row}-seed43"]
         assert "--student" not in command and "--student-layers" in command
         assert command[command.index("--method") + 1] == method
+
+
+def test_the_diagnostic_pairs_are_printed_for_the_rows_that_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def run(self: bench_metakd.Bench, name: str, command: list[str], **_: object) -> dict:
+        right = 5 if "vanilla-meta" in name else 4  # of 8: KD from the meta-teacher +12.5 points
+        correct = "1" * right + "0" * (8 - right)
+        return {"name": name, "command": command, "wall_s": 60.0,
+                "test_correct": dict.fromkeys(DOMAINS, correct)}  # fmt: skip
+
+    monkeypatch.setattr(bench_metakd.Bench, "run", run)
+    table = make_bench(tmp_path, "--rows", "mix,vanilla-meta,meta").setting("full")
+    # The bootstrap resamples examples too, so only the mean is exact here.
+    assert "| KD: meta-teacher minus mix teacher (the teacher as a source) | +12.5 [" in table
+    assert "student's start" not in table  # the tinit rows did not run

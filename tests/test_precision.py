@@ -98,7 +98,9 @@ def test_stopwatch_parts_add_up_to_the_total() -> None:
     assert summary["other_s"] == 0.0  # the parts exceed the wall time: nothing is left over
 
 
-def test_median_seconds_warms_up_then_alternates(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_median_seconds_times_each_call_in_its_own_block_rotating_the_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     now = [0.0]
     monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
     calls: list[str] = []
@@ -110,10 +112,12 @@ def test_median_seconds_warms_up_then_alternates(monkeypatch: pytest.MonkeyPatch
 
         return call
 
-    a = taking("a", [9.0, 1.0, 2.0, 3.0])  # the warm-up is not counted
-    b = taking("b", [9.0, 5.0, 4.0, 60.0])  # nor is one slow round, in the median
-    assert timing.median_seconds([a, b], repeats=3) == [2.0, 5.0]
-    assert calls == ["a", "b"] * 4
+    # Per round: an untimed call opening each block (9.0 below), then the block's timed calls.
+    a = taking("a", [9.0, 1.0, 2.0, 9.0, 3.0, 9.0, 4.0])
+    b = taking("b", [9.0, 5.0, 4.0, 9.0, 60.0, 9.0, 6.0])  # one slow call: not the median
+    assert timing.median_seconds([a, b], repeats=4, rounds=3) == [2.5, 5.5]
+    # 4 timed calls over 3 rounds: blocks of 2, 1, 1; the order of the blocks rotates.
+    assert calls == ["a"] * 3 + ["b"] * 3 + ["b"] * 2 + ["a"] * 2 + ["a"] * 2 + ["b"] * 2
 
 
 def test_a_smoke_run_reports_its_precision_and_fixed_costs(runs: Path) -> None:
