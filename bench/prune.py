@@ -291,11 +291,21 @@ class Bench:
         a = self.args
         if not a.epochs:
             return a.steps
-        teacher = RunInfo(self.teacher_dir)
-        train = teacher.config_dict()["train"]
-        if train["batch_size"] != a.batch_size:
-            sys.exit(f"the teacher trained at batch {train['batch_size']}, not {a.batch_size}")
-        per_epoch = teacher.metrics()["steps"] / train["epochs"]
+        if a.teacher_run:
+            teacher = RunInfo(self.teacher_dir)
+            train = teacher.config_dict()["train"]
+            if train["batch_size"] != a.batch_size:
+                sys.exit(f"the teacher trained at batch {train['batch_size']}, not {a.batch_size}")
+            per_epoch = teacher.metrics()["steps"] / train["epochs"]
+        else:
+            # The record outlives the run folder (a table resumed on a fresh machine), and a
+            # table that has no teacher yet trains it here, before any run can be planned.
+            recorded = self.record("teacher")
+            if recorded is None:
+                self.teacher()
+                recorded = self.record("teacher")
+            assert recorded is not None
+            per_epoch = recorded["metrics"]["steps"] / a.teacher_epochs
         return max(1, math.ceil(per_epoch * a.epochs))
 
     def run(self, name: str, options: list[str], info: dict[str, Any]) -> dict[str, Any]:
