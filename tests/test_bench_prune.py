@@ -77,3 +77,28 @@ def test_the_teacher_uses_every_core_the_table_claimed(
     bench.args.jobs, bench.args.threads = 2, 1
     bench.teacher()
     assert "run.threads=2" in calls[0]
+
+
+def test_an_epoch_budget_is_read_from_the_teachers_record_when_its_run_is_gone(
+    bench: bench_prune.Bench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = keep_record(bench, COMMAND, "1011")
+    record["metrics"] = {"steps": 349}
+    (bench.results / "teacher.json").write_text(json.dumps(record))
+    monkeypatch.setattr(bench_prune.Bench, "teacher", lambda self: pytest.fail("retrained"))
+    bench.args.epochs, bench.args.teacher_epochs = 2.0, 1.0
+    assert not bench.teacher_dir.exists()
+    assert bench.steps() == 698
+
+
+def test_an_epoch_budget_trains_the_teacher_first_when_there_is_none(
+    bench: bench_prune.Bench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def teacher(self: bench_prune.Bench) -> Path:
+        record = {"name": "teacher", "command": COMMAND, "metrics": {"steps": 100}}
+        (self.results / "teacher.json").write_text(json.dumps(record))
+        return self.teacher_dir
+
+    monkeypatch.setattr(bench_prune.Bench, "teacher", teacher)
+    bench.args.epochs, bench.args.teacher_epochs = 1.5, 2.0
+    assert bench.steps() == 75
