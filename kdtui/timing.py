@@ -79,9 +79,9 @@ def median_seconds(
     The calls are timed in blocks: each round gives every call one block (an untimed call, then
     its share of the REPEATS timed ones in a row), and the order of the blocks rotates from round
     to round. Timing them one after another instead let one call's after-effects land on the
-    next: ONNX Runtime's threads keep spinning after a run, and the PyTorch forward timed right
-    after one took 3.4x as long as the same forward timed after PyTorch. Over the rounds, slow
-    spells from other processes still hit every call alike."""
+    next (ONNX Runtime's worker threads, for one, spin-wait after a run by default): interleaved,
+    the same PyTorch forward measured 43.8 ms in one slot and 12.9 ms in another. Over the
+    rounds, slow spells from other processes still hit every call alike."""
     rounds = max(1, min(rounds, repeats))
     shares = [repeats // rounds + (1 if r < repeats % rounds else 0) for r in range(rounds)]
     times: list[list[float]] = [[] for _ in calls]
