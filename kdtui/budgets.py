@@ -28,6 +28,11 @@ TEACHER_MIN_STEPS = 200
 STUDENT_LR = 3e-4
 STUDENT_BUDGET_WHY = "the student budget pilot on dev"
 
+# Every pruning budget below was piloted at this learning rate (and every pruning table ran at
+# it); a budget chosen at one rate says little about another, so it is `kdtui prune`'s too.
+PRUNE_LR = 1e-4
+PRUNE_LR_WHY = "the rate the pruning budget pilot ran at"
+
 
 @dataclass(frozen=True)
 class PruneBudget:

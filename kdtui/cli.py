@@ -32,6 +32,8 @@ import typer
 
 from kdtui import __version__
 from kdtui.budgets import (
+    PRUNE_LR,
+    PRUNE_LR_WHY,
     STUDENT_BUDGET_WHY,
     STUDENT_LR,
     TEACHER_EPOCHS,
@@ -493,11 +495,16 @@ training_command(
     "Fine-tune a teacher on multi-domain data (mix, single or meta).",
     "Fine-tune a teacher on multi-domain data; writes RUN/model and RUN/metrics.json.",
 )
-# A student's learning rate is not a teacher's (kdtui/budgets.py).
-DISTILL_TRAINING = tuple(
-    replace(f, default=f"{STUDENT_LR:g}, from {STUDENT_BUDGET_WHY}") if f.key == "train.lr" else f
-    for f in TRAINING
-)
+
+
+def _with_lr_default(default: str) -> tuple[Flag, ...]:
+    """TRAINING with --lr's help showing DEFAULT (a command whose rate is not a teacher's)."""
+    return tuple(replace(f, default=default) if f.key == "train.lr" else f for f in TRAINING)
+
+
+# A student's and a pruning run's learning rates are not a teacher's (kdtui/budgets.py).
+DISTILL_TRAINING = _with_lr_default(f"{STUDENT_LR:g}, from {STUDENT_BUDGET_WHY}")
+PRUNE_TRAINING = _with_lr_default(f"{PRUNE_LR:g}, {PRUNE_LR_WHY}")
 training_command(
     "distill",
     (*DISTILL, *DISTILL_TRAINING),
@@ -506,7 +513,7 @@ training_command(
 )
 training_command(
     "prune",
-    (*PRUNE, *PRUNE_EPOCHS, *TRAINING),
+    (*PRUNE, *PRUNE_EPOCHS, *PRUNE_TRAINING),
     "Prune a fine-tuned model with CAP (contrastive pruning).",
     "Prune a fine-tuned model with CAP (contrastive pruning) while distilling from it.\n\n"
     "Writes RUN/model (dense, zeros in place; heads-ffn: heads and neurons removed) and, for "

@@ -24,7 +24,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from kdtui.budgets import STUDENT_LR, TEACHER_EPOCHS, TEACHER_MIN_STEPS, prune_budget
+from kdtui.budgets import (
+    PRUNE_LR,
+    STUDENT_LR,
+    TEACHER_EPOCHS,
+    TEACHER_MIN_STEPS,
+    prune_budget,
+)
 from kdtui.config import PRUNE_AUTHORS_DEFAULTS, Config, build_config
 from kdtui.errors import KdtuiError
 from kdtui.exportdir import read_export_info
@@ -82,8 +88,9 @@ def resolve(
     if command == "teacher" and not _budget_given(layered):
         train = replace(config.train, epochs=TEACHER_EPOCHS, min_steps=TEACHER_MIN_STEPS)
         config = replace(config, train=train)
-    if command == "distill" and "lr" not in _table(layered, "train"):
-        config = replace(config, train=replace(config.train, lr=STUDENT_LR))
+    own_lr = {"distill": STUDENT_LR, "prune": PRUNE_LR}
+    if command in own_lr and "lr" not in _table(layered, "train"):
+        config = replace(config, train=replace(config.train, lr=own_lr[command]))
     return Resolved(config, tuple(notes))
 
 

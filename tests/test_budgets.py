@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from kdtui.budgets import (
     PRUNE_BUDGETS,
+    PRUNE_LR,
     STUDENT_LR,
     TEACHER_EPOCHS,
     TEACHER_MIN_STEPS,
@@ -214,3 +215,16 @@ def test_a_prune_run_states_its_budget_and_estimates_from_an_earlier_one(tmp_pat
         e.text for e in events_of(runs / "p1") if isinstance(e, Message) and e.level == "warning"
     ]
     assert any("shorter than" in w for w in warnings)
+
+
+def test_pruning_runs_at_the_rate_its_budgets_were_piloted_at() -> None:
+    from kdtui.config import Config
+
+    assert Config().train.lr != PRUNE_LR  # or this test shows nothing
+    assert resolve(options=MODEL, command="prune").config.train.lr == PRUNE_LR
+    given = resolve(options={**MODEL, "train.lr": 3e-5}, command="prune").config
+    assert given.train.lr == 3e-5
+    authors = resolve("cap-authors", options=MODEL, command="prune").config
+    assert authors.train.lr == 3e-5  # the profile's
+    text = re.sub(r"[\s│]+", "", CliRunner().invoke(app, ["prune", "--help"]).stdout)
+    assert f"[train.lr;default{PRUNE_LR:g},theratethepruningbudgetpilotranat]" in text
