@@ -66,6 +66,10 @@ class Resolved(NamedTuple):
     notes: tuple[str, ...] = ()  # choices made for the user (the model prune picked)
 
 
+# Commands whose learning rate is not a teacher's train.lr when no layer sets one.
+OWN_LR = {"distill": STUDENT_LR, "prune": PRUNE_LR}
+
+
 def resolve(
     profile: str | None = None,
     overrides: list[str] | tuple[str, ...] = (),
@@ -88,9 +92,8 @@ def resolve(
     if command == "teacher" and not _budget_given(layered):
         train = replace(config.train, epochs=TEACHER_EPOCHS, min_steps=TEACHER_MIN_STEPS)
         config = replace(config, train=train)
-    own_lr = {"distill": STUDENT_LR, "prune": PRUNE_LR}
-    if command in own_lr and "lr" not in _table(layered, "train"):
-        config = replace(config, train=replace(config.train, lr=own_lr[command]))
+    if command in OWN_LR and "lr" not in _table(layered, "train"):
+        config = replace(config, train=replace(config.train, lr=OWN_LR[command]))
     return Resolved(config, tuple(notes))
 
 

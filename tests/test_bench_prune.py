@@ -82,8 +82,7 @@ def test_the_teacher_uses_every_core_the_table_claimed(
 def test_an_epoch_budget_is_read_from_the_teachers_record_when_its_run_is_gone(
     bench: bench_prune.Bench, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    record = keep_record(bench, COMMAND, "1011")
-    record["metrics"] = {"steps": 349}
+    record = {"name": "teacher", "command": COMMAND, "metrics": {"steps": 349}}
     (bench.results / "teacher.json").write_text(json.dumps(record))
     monkeypatch.setattr(bench_prune.Bench, "teacher", lambda self: pytest.fail("retrained"))
     bench.args.epochs, bench.args.teacher_epochs = 2.0, 1.0
