@@ -29,15 +29,11 @@ difference to it.
 A graph the optimiser cannot handle (the export refuses an optimised graph whose logits moved,
 or the optimiser fails) is noted, and the model is timed with the plain and int8 graphs alone.
 
-Block-sparse int8 in PyTorch (torch.ao) for unstructured models was looked for in torch 2.13's
-source and is not measured here: torch.ao.nn.sparse.quantized.dynamic.Linear (float in and out,
-int8 weights in 1x4 or 8x1 blocks, torch.ops.sparse.qlinear_dynamic) has its kernel in QNNPACK
-only; FBGEMM's, the x86 engine (ATen/native/ao_sparse/quantized/cpu/fbgemm_utils.h), asserts
-"not yet supported" in apply_dynamic. The static torch.ao.nn.sparse.quantized.Linear does run on
-FBGEMM, but takes and gives quantised tensors, so every layer would need calibrated activation
-scales (static quantisation of the whole model), and a block of 1x4 weights is skipped only
-when all four are zero: with 90% zeros at random places 0.9^4 = 66% of the blocks are, so a
-third of the blocks are still multiplied where a tenth of the weights are not zero.
+Block-sparse int8 in PyTorch (torch.ao) for unstructured models is measured by
+bench/sparse_int8.py, one Linear at a time: its kernel exists in QNNPACK only (FBGEMM's asserts
+"not yet supported"), and on this CPU it never beat FBGEMM's dense int8 (2026-12-06, 2 threads:
+at 97% zeros and batch 32, 0.75-0.96x dense fp32 against dense int8's 2.9-3.6x), so it is not
+one of the graphs here.
 
     python bench/export_speed.py runs/heads-ffn-50-s1 runs/movement-90-s1 --baseline runs/teacher
     python bench/export_speed.py --report bench/results/export-speed/NAME.json   # the table again
@@ -46,11 +42,14 @@ Each measurement is written to --records (bench/results/export-speed/ by default
 the command, the machine, every row and each export's kdtui_export.json (what the optimiser
 fused). Needs the export extra.
 
-Not yet trustworthy (first run, 2026-12-06, MiniLM-L6 teacher given as both the model and
---baseline, 2 threads): the same PyTorch model timed 43.8 ms as the baseline and 12.9 ms as
-"PyTorch fp32" at batch 1, length 64, in the same rounds; the callable timed first in a round
-seems to pay for the others' cache traffic. Fix the timing (e.g. time each callable in its own
-block of repeats, order rotated) before reading any speed-up from this table.
+Checked (2026-12-06, 2 threads, MiniLM-L6 teacher given as both the model and --baseline): the
+same PyTorch model times alike in both rows (14.4 / 14.4 ms at batch 1 length 64, 675 / 677 ms
+at batch 32 length 128), so the baseline is fair. ONNX Runtime is not as steady: a session
+timed in this rotation (up to eight sessions and two PyTorch models) ran up to twice as slow
+as in a process of its own (heads-ffn 70% int8, length 128: 7.9 ms in the table against
+3.6-4.0 ms at batch 1, 141 ms against 101-104 ms at batch 32, timed by hand alone or beside one
+other session), and the static-shape cells moved either way by as much. Read the ONNX cells as
+upper bounds on their time, so lower bounds on their speed-up.
 """
 
 from __future__ import annotations

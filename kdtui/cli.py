@@ -368,7 +368,7 @@ OPTIMIZE = Flag(
     "export.optimize",
     ("--optimize",),
     "transformer: also write model.opt.onnx, fused by ONNX Runtime's transformer optimiser "
-    "(speed not yet measured)",
+    "(1.1-1.2x the plain graph at batch 32 where attention fuses; slower in other shapes)",
 )
 
 
