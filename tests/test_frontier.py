@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from kdtui.dashboard.frontier_plot import frontier_text
+from kdtui.dashboard.frontier_plot import LABEL_ROWS, frontier_text, label_rows
 from kdtui.dashboard.runs import cached_frontier
 from kdtui.evalcache import CACHE_DIR, SELF, digest, make_entry
 from kdtui.frontier import (
@@ -172,6 +172,33 @@ def test_the_picture_labels_every_point() -> None:
         assert expected in plain, expected
     lines = plain.splitlines()
     assert len(lines) == 24 and max(len(line) for line in lines) <= 100
+
+
+def test_a_label_moves_off_a_row_an_earlier_label_takes() -> None:
+    # Same row, overlapping columns: the second label goes a row higher; apart: both stay.
+    assert label_rows([10, 10], [(0.0, 15.0), (5.0, 20.0)]) == [LABEL_ROWS, LABEL_ROWS + 1]
+    assert label_rows([10, 10], [(0.0, 15.0), (30.0, 40.0)]) == [LABEL_ROWS, LABEL_ROWS]
+    assert label_rows([10, 3], [(0.0, 15.0), (5.0, 20.0)]) == [LABEL_ROWS, LABEL_ROWS]
+    # A point's marker under the first choice of row: the label goes a row higher.
+    assert label_rows([10], [(0.0, 15.0)], [(11, 6.0)]) == [LABEL_ROWS + 1]
+
+
+def test_labels_of_neighbouring_points_do_not_overwrite_each_other() -> None:
+    # The benchmark's runs: a model and its export at the same accuracy 3 ms apart printed as
+    # "heads-ffn-70-s2 onnx-s2" when the second label was written over the first.
+    points = [
+        PlotPoint("cap-97", accuracy=0.7569, latency_ms=14.8, on_frontier=False),
+        PlotPoint("cap-97 onnx", accuracy=0.7569, latency_ms=30.5, on_frontier=False),
+        PlotPoint("cap-97 int8", accuracy=0.7588, latency_ms=13.2, on_frontier=False),
+        PlotPoint("heads-ffn-70-s2", accuracy=0.81, latency_ms=12.3, on_frontier=False),
+        PlotPoint("heads-ffn-70-s2 onnx", accuracy=0.81, latency_ms=9.4, on_frontier=True),
+        PlotPoint("heads-ffn-70-s2 int8", accuracy=0.8037, latency_ms=5.4, on_frontier=True),
+        PlotPoint("teacher", accuracy=0.8337, latency_ms=36.9, on_frontier=False),
+        PlotPoint("teacher int8", accuracy=0.8363, latency_ms=12.9, on_frontier=True),
+    ]
+    plain = ANSI.sub("", frontier_text(points, width=80, height=24, title="t", xlabel="ms"))
+    for label in (p.label for p in points):
+        assert re.search(re.escape(label) + r"(?![\w-]| onnx| int8)", plain), label
 
 
 def test_the_picture_of_a_single_model_and_of_none() -> None:

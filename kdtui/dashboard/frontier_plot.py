@@ -26,13 +26,19 @@ NON_CANVAS_ROWS = 5
 # row height here is an estimate, so a whole row could round onto the point's own row and hide
 # it; one and a half lands one or two rows above, never on it.
 LABEL_ROWS = 1.5
+# Columns of a figure that are not canvas: the y ticks (about five characters) and the frame.
+CANVAS_MARGIN_COLUMNS = 7
 
 
-def draw_frontier(plt: Any, points: Sequence[PlotPoint], *, height: int, xlabel: str) -> None:
+def draw_frontier(
+    plt: Any, points: Sequence[PlotPoint], *, height: int, xlabel: str, width: int = 0
+) -> None:
     """Draw POINTS on PLT (the plotext module or a textual-plotext Plot, cleared and sized) for
-    a figure HEIGHT rows high. Each label sits a row or two above its point, starting at the
-    point in the left third of the picture, ending at it in the right third and centred
-    between, so labels at the edges stay inside the canvas (plotext drops what falls outside)."""
+    a figure WIDTH x HEIGHT characters. Each label sits a row or two above its point, starting
+    at the point in the left third of the picture, ending at it in the right third and centred
+    between, so labels at the edges stay inside the canvas (plotext drops what falls outside).
+    A label that would overwrite one placed before it moves to the nearest free row
+    (`label_rows`; WIDTH 0: not checked)."""
     shown = [p for p in points if math.isfinite(p.accuracy) and math.isfinite(p.latency_ms)]
     if not shown:
         plt.title("no model has both an accuracy and a latency to show")
@@ -69,17 +75,50 @@ def draw_frontier(plt: Any, points: Sequence[PlotPoint], *, height: int, xlabel:
                 marker=marker,
                 color=color,
             )
-    for p in shown:
-        where = (p.latency_ms - x_lo) / (x_hi - x_lo) if x_hi > x_lo else 0.5
-        alignment = "left" if where < 1 / 3 else "right" if where > 2 / 3 else "center"
+    wheres = [(p.latency_ms - x_lo) / (x_hi - x_lo) if x_hi > x_lo else 0.5 for p in shown]
+    alignments = ["left" if w < 1 / 3 else "right" if w > 2 / 3 else "center" for w in wheres]
+    # Label columns on a canvas of about WIDTH less the y ticks and the frame; xlim adds 5% a side.
+    columns = [(0.05 + 0.9 * w) * max(width - CANVAS_MARGIN_COLUMNS, 1) for w in wheres]
+    spans = [label_span(p.label, c, a) for p, c, a in zip(shown, columns, alignments, strict=True)]
+    rows = [int((100 * p.accuracy - y_lo) / row) for p in shown]
+    marks = [(r, c) for r, c in zip(rows, columns, strict=True)]
+    offsets = label_rows(rows, spans, marks) if width > 0 else [LABEL_ROWS] * len(shown)
+    for p, alignment, offset in zip(shown, alignments, offsets, strict=True):
         plt.text(
             p.label,
             p.latency_ms,
-            100 * p.accuracy + LABEL_ROWS * row,
+            100 * p.accuracy + offset * row,
             color=FRONTIER_COLOR if p.on_frontier else "default",
             alignment=alignment,
         )
     plt.xlabel(xlabel)
+
+
+def label_span(label: str, column: float, alignment: str) -> tuple[float, float]:
+    """The columns LABEL covers when plotext places it at COLUMN with ALIGNMENT."""
+    start = {"left": column, "center": column - len(label) / 2, "right": column - len(label)}
+    return start[alignment], start[alignment] + len(label)
+
+
+def label_rows(
+    rows: Sequence[int],
+    spans: Sequence[tuple[float, float]],
+    marks: Sequence[tuple[int, float]] = (),
+) -> list[float]:
+    """Each label's height above its point, in rows: LABEL_ROWS, or where that row is taken by
+    an earlier label whose columns overlap (a column of space between them) or by a point's
+    marker (MARKS: row and column), the nearest of a row higher, a row below the point, two rows
+    higher, ... (the last if all are taken). Pure, for the tests."""
+    taken: list[tuple[int, float, float]] = [(r, c - 0.5, c + 0.5) for r, c in marks]
+    offsets: list[float] = []
+    for point_row, (start, end) in zip(rows, spans, strict=True):
+        for offset in (LABEL_ROWS, LABEL_ROWS + 1, -LABEL_ROWS, LABEL_ROWS + 2, -LABEL_ROWS - 1):
+            at = point_row + math.floor(offset)
+            if all(r != at or end + 1 <= s or e + 1 <= start for r, s, e in taken):
+                break
+        taken.append((at, start, end))
+        offsets.append(offset)
+    return offsets
 
 
 def frontier_text(
@@ -94,7 +133,7 @@ def frontier_text(
     plt.plot_size(width, height)
     plt.theme("pro")  # no background colours: the terminal's own
     plt.title(title)
-    draw_frontier(plt, points, height=height, xlabel=xlabel)
+    draw_frontier(plt, points, height=height, xlabel=xlabel, width=width)
     text = plt.build()
     plt.clear_figure()
     return text

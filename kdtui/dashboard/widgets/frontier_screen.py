@@ -42,7 +42,7 @@ class FrontierPlot(ThreadedPlot):
         points, xlabel = list(self.points), self.xlabel
 
         def draw(plt: Plot, width: int, height: int) -> None:
-            draw_frontier(plt, points, height=height, xlabel=xlabel)
+            draw_frontier(plt, points, height=height, xlabel=xlabel, width=width)
 
         return draw
 
