@@ -252,7 +252,7 @@ class ExportConfig:
     # ONNX Runtime's transformer optimiser (onnxruntime.transformers.optimizer: attention,
     # LayerNorm and GELU fused into single operators), checked against PyTorch like model.onnx.
     # "none" by default: bench/export_speed.py measured it 1.10-1.19x the plain graph at batch
-    # 32, length 128, where attention fuses, but 0.8-1.0x in other shapes and on heads-ffn
+    # 32, length 128, where attention fuses, but 0.81-1.18x in other shapes and on heads-ffn
     # models whose layers kept different head counts (no attention fused there).
     optimize: str = "none"
 

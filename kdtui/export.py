@@ -34,7 +34,7 @@ exporter makes of a transformers 5 BERT at opset 17:
 ONNX Runtime's own graph optimisations (level "all", the default of every session) already fuse
 LayerNorm, GELU and the skip Adds at load time; what the Python optimiser can add beyond them is
 mostly the attention fusion. bench/export_speed.py measured it (MiniLM, 2 threads): 1.10-1.19x
-the plain graph at batch 32, length 128, where attention fused, 0.8-1.2x elsewhere, so
+the plain graph at batch 32, length 128, where attention fused, 0.81-1.18x elsewhere, so
 `export.optimize` stays "none" by default.
 
 ONNX, ONNX Runtime and the quantiser are the optional `export` extra; nothing here imports them
