@@ -59,10 +59,28 @@ def random_sparse_linear(n_in: int, n_out: int, sparsity: float, gen: torch.Gene
 
 
 def dense_int8(linear: nn.Linear, engine: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A dynamic int8 Linear packed for ENGINE; its forward runs with ENGINE selected."""
+    """A dynamic int8 Linear packed for ENGINE."""
     torch.backends.quantized.engine = engine
     qlinear = torch.ao.nn.quantized.dynamic.Linear(linear.in_features, linear.out_features)
     qlinear.set_weight_bias(quantize_weight(linear.weight), linear.bias.detach())
+    return on_engine(engine, qlinear)
+
+
+def block_sparse_int8(linear: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
+    """torch.ao's block-sparse dynamic int8 Linear (1x4 blocks), on QNNPACK: its only kernel."""
+    torch.backends.quantized.engine = "qnnpack"
+    qlinear = torch.ao.nn.sparse.quantized.dynamic.Linear(
+        linear.in_features, linear.out_features, *BLOCK
+    )
+    qlinear._packed_params.set_weight_bias(
+        quantize_weight(linear.weight), linear.bias.detach(), *BLOCK
+    )
+    return on_engine("qnnpack", qlinear)
+
+
+def on_engine(engine: str, qlinear: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """QLINEAR's forward with ENGINE selected first: the engine is process-wide, and a layer
+    packed for one engine must run on it while the other kernels take their turns."""
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         torch.backends.quantized.engine = engine
@@ -71,20 +89,14 @@ def dense_int8(linear: nn.Linear, engine: str) -> Callable[[torch.Tensor], torch
     return forward
 
 
-def block_sparse_int8(linear: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
-    torch.backends.quantized.engine = "qnnpack"
-    qlinear = torch.ao.nn.sparse.quantized.dynamic.Linear(
-        linear.in_features, linear.out_features, *BLOCK
-    )
-    qlinear._packed_params.set_weight_bias(
-        quantize_weight(linear.weight), linear.bias.detach(), *BLOCK
-    )
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        torch.backends.quantized.engine = "qnnpack"
-        return qlinear(x)
-
-    return forward
+# The kernels of the table, in its column order: each makes the callable from the float Linear.
+KERNELS: dict[str, Callable[[nn.Linear], Callable[[torch.Tensor], torch.Tensor]]] = {
+    "dense fp32": lambda linear: linear,
+    "CSR fp32": SparseLinear,
+    "dense int8 (x86)": lambda linear: dense_int8(linear, "x86"),
+    "dense int8 (qnnpack)": lambda linear: dense_int8(linear, "qnnpack"),
+    "block-sparse int8 (qnnpack)": block_sparse_int8,
+}
 
 
 def quantize_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -125,24 +137,16 @@ def main(argv: list[str] | None = None) -> int:
         f"ms per forward (median of {args.repeats}), {threads} thread(s), length {LENGTH}; "
         "speed-up against dense fp32 in brackets; max |diff| to dense fp32 for int8"
     )
-    names = ["dense fp32", "CSR fp32", "dense int8 (x86)", "dense int8 (qnnpack)"]
-    names += ["block-sparse int8 (qnnpack)", "1x4 blocks all zero"]
-    print("| sparsity | batch | shape | " + " | ".join(names) + " |")
-    print("| --- " * 9 + "|")
+    columns = ["sparsity", "batch", "shape", *KERNELS, "1x4 blocks all zero"]
+    print("| " + " | ".join(columns) + " |")
+    print("| --- " * len(columns) + "|")
     with torch.inference_mode():
         for sparsity in args.sparsity:
             for batch in args.batches:
                 for n_in, n_out in SHAPES:
                     linear = random_sparse_linear(n_in, n_out, sparsity, gen)
                     x = torch.randn(batch * LENGTH, n_in, generator=gen)
-                    csr = SparseLinear(linear)
-                    kernels: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-                        "dense fp32": linear,
-                        "CSR fp32": csr,
-                        "dense int8 (x86)": dense_int8(linear, "x86"),
-                        "dense int8 (qnnpack)": dense_int8(linear, "qnnpack"),
-                        "block-sparse int8 (qnnpack)": block_sparse_int8(linear),
-                    }
+                    kernels = {name: make(linear) for name, make in KERNELS.items()}
                     reference = linear(x)
                     diffs = {
                         name: float((f(x) - reference).abs().max()) for name, f in kernels.items()
