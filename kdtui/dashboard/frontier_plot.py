@@ -31,14 +31,14 @@ CANVAS_MARGIN_COLUMNS = 7
 
 
 def draw_frontier(
-    plt: Any, points: Sequence[PlotPoint], *, height: int, xlabel: str, width: int = 0
+    plt: Any, points: Sequence[PlotPoint], *, width: int, height: int, xlabel: str
 ) -> None:
     """Draw POINTS on PLT (the plotext module or a textual-plotext Plot, cleared and sized) for
     a figure WIDTH x HEIGHT characters. Each label sits a row or two above its point, starting
     at the point in the left third of the picture, ending at it in the right third and centred
     between, so labels at the edges stay inside the canvas (plotext drops what falls outside).
-    A label that would overwrite one placed before it moves to the nearest free row
-    (`label_rows`; WIDTH 0: not checked)."""
+    A label that would overwrite one placed before it, or a point, moves to the nearest free
+    row (`label_rows`)."""
     shown = [p for p in points if math.isfinite(p.accuracy) and math.isfinite(p.latency_ms)]
     if not shown:
         plt.title("no model has both an accuracy and a latency to show")
@@ -81,8 +81,7 @@ def draw_frontier(
     columns = [(0.05 + 0.9 * w) * max(width - CANVAS_MARGIN_COLUMNS, 1) for w in wheres]
     spans = [label_span(p.label, c, a) for p, c, a in zip(shown, columns, alignments, strict=True)]
     rows = [int((100 * p.accuracy - y_lo) / row) for p in shown]
-    marks = [(r, c) for r, c in zip(rows, columns, strict=True)]
-    offsets = label_rows(rows, spans, marks) if width > 0 else [LABEL_ROWS] * len(shown)
+    offsets = label_rows(rows, spans, list(zip(rows, columns, strict=True)))
     for p, alignment, offset in zip(shown, alignments, offsets, strict=True):
         plt.text(
             p.label,
