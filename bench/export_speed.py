@@ -13,13 +13,14 @@ and each is timed under ONNX Runtime beside the model in PyTorch fp32 and the de
 given by --baseline (PyTorch fp32, the 1.00x of every speed-up): batch 1 and 32, length 128 and
 the length the model was trained at, random token ids, no padding, on --threads threads (all
 cores by default) for PyTorch and ONNX Runtime alike. A cell is the median of --repeats timed
-forwards after --warmup untimed ones; the forwards of one cell are timed in blocks, one block
-per forward in each of three rounds, the order rotated from round to round
-(kdtui.timing.median_seconds), so one forward's after-effects fall on the next block's untimed
-first call and load from elsewhere hits them alike. At batch 1 each ONNX graph is also timed in
-a session whose batch and sequence axes are fixed to the cell's shape ("static": ONNX Runtime's
+forwards after --warmup untimed ones. Each model and each session is timed in a process of its
+own (one process loads it, times its share of the repeats on every cell, and exits), over three
+rounds whose order of processes rotates, so slow spells from elsewhere hit every row alike
+(`time_isolated`). At batch 1 each ONNX graph is also timed in a session whose batch and
+sequence axes are fixed to the cell's shape ("static": ONNX Runtime's
 add_free_dimension_override_by_name, `kdtui.export.session(dims=...)`); kdtui's own sessions
-keep them free.
+keep them free. `--no-isolate` times everything in this one process instead, rotated per cell
+(kdtui.timing.median_seconds): the measurement before isolation, kept to compare.
 
 Accuracy is that of the export's own check (kdtui.export.check_export, which `kdtui export`
 records in kdtui_export.json) on the --split split (dev by default) of the model's run data:
@@ -107,11 +108,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--records", type=Path, default=REPO / "bench" / "results" / "export-speed")
     p.add_argument("--name", default="", help="the record's name (default: the time)")
     p.add_argument("--report", type=Path, help="print the table of a record and stop")
+    p.add_argument(
+        "--isolate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time each model or session in a process of its own (--no-isolate: all in this "
+        "process, rotated per cell, as measured before 2026-12-07)",
+    )
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # one isolated timing process's order
     return p
 
 
 def main() -> None:
     args = parser().parse_args()
+    if args.worker is not None:
+        worker(json.loads(args.worker))
+        return
     if args.report is not None:
         record = json.loads(args.report.read_text(encoding="utf-8"))
         print("\n".join(table(record["rows"], record["cells"])))
@@ -139,14 +151,11 @@ def measure(args: argparse.Namespace, threads: int) -> dict[str, Any]:
     import onnxruntime
     import torch
 
-    from kdtui.export import BATCH_AXIS, SEQUENCE_AXIS
     from kdtui.models import load_any, resolve_model_path
-    from kdtui.recipes.evaluate import torch_forward
 
     torch.set_num_threads(threads)
     batches = [int(b) for b in args.batches.split(",")]
     asked = [int(n) for n in args.lengths.split(",")]
-    baseline = load_any(resolve_model_path(args.baseline)).eval()
     rows: list[dict[str, Any]] = []
     exports: dict[str, Any] = {}
     cells: list[str] = []
@@ -161,49 +170,37 @@ def measure(args: argparse.Namespace, threads: int) -> dict[str, Any]:
             limit = int(getattr(model.config, "max_position_embeddings", 0) or 0)
             too_long = [n for n in lengths if limit and n > limit]
             lengths = [n for n in lengths if n not in too_long]
-            forwards: list[tuple[str, str | None, Callable[[Any], Any]]] = [
-                (BASELINE, None, torch_forward(baseline)),
-                ("PyTorch fp32", None, torch_forward(model)),
-            ]
-            forwards += [
-                (runtime, name, onnx_forward(folder / name, threads))
-                for name, runtime in GRAPHS
-                if name in info["check"]
-            ]
-            timings: dict[str, dict[str, float]] = {r: {} for r, _, _ in forwards}
-            static: dict[str, dict[str, float]] = {r: {} for r, _, _ in forwards}
-            for batch in batches:
-                for length in lengths:
-                    key = cell(batch, length)
-                    if key not in cells:
-                        cells.append(key)
-                    calls = [
-                        timed_call(
-                            forward, batch, length, baseline if runtime == BASELINE else model
-                        )
-                        for runtime, _, forward in forwards
-                    ]
-                    fixed = []
-                    if batch == 1 and args.static_batch1:
-                        dims = {BATCH_AXIS: 1, SEQUENCE_AXIS: length}
-                        fixed = [
-                            (runtime, onnx_forward(folder / name, threads, dims))
-                            for runtime, name, _ in forwards
-                            if name is not None
-                        ]
-                        calls += [timed_call(f, batch, length, model) for _, f in fixed]
-                    seconds = time_calls(calls, args.warmup, args.repeats)
-                    for (runtime, _, _), s in zip(forwards, seconds[: len(forwards)], strict=True):
-                        timings[runtime][key] = 1000 * s
-                    for (runtime, _), s in zip(fixed, seconds[len(forwards) :], strict=True):
-                        static[runtime][key] = 1000 * s
-            rows += rows_of(label, forwards, timings, static, info, too_long, model)
+            sources = [(BASELINE, None), ("PyTorch fp32", None)]
+            sources += [(runtime, name) for name, runtime in GRAPHS if name in info["check"]]
+            grid = [(b, n) for b in batches for n in lengths]
+            for key in (cell(b, n) for b, n in grid):
+                if key not in cells:
+                    cells.append(key)
+            jobs = timing_jobs(
+                sources,
+                grid,
+                model_paths={BASELINE: args.baseline, "PyTorch fp32": path},
+                folder=folder,
+                vocab=int(model.config.vocab_size),
+                threads=threads,
+                static_batch1=args.static_batch1,
+            )
+            time_jobs = time_isolated if args.isolate else time_in_process
+            seconds = time_jobs(jobs, args.warmup, args.repeats)
+            timings: dict[str, dict[str, float]] = {r: {} for r, _ in sources}
+            static: dict[str, dict[str, float]] = {r: {} for r, _ in sources}
+            for job, per_cell in zip(jobs, seconds, strict=True):
+                into = static if job["dims"] else timings
+                for key, s in per_cell.items():
+                    into[job["runtime"]][key] = 1000 * s
+            rows += rows_of(label, sources, timings, static, info, too_long, model)
             print(f"measured {label}", file=sys.stderr)
     return {
         "command": sys.argv,
         "threads": threads,
         "repeats": args.repeats,
         "warmup": args.warmup,
+        "timing": "isolated" if args.isolate else "rotation",
         "split": args.split,
         "cells": cells,
         "baseline": args.baseline,
@@ -218,10 +215,13 @@ def measure(args: argparse.Namespace, threads: int) -> dict[str, Any]:
 
 
 def unique_labels(paths: Sequence[str]) -> list[str]:
-    """Each model's name in the table: its folder's name, numbered where two share one."""
+    """Each model's name in the table: its folder's name as given (a link's own name, not its
+    target's), numbered where two share one."""
+    import os
+
     labels: list[str] = []
     for path in paths:
-        name = Path(path).expanduser().resolve().name or "model"
+        name = Path(os.path.abspath(Path(path).expanduser())).name or "model"
         label, n = name, 2
         while label in labels:
             label, n = f"{name}-{n}", n + 1
@@ -257,20 +257,144 @@ def export_all(
     return config, info, folder
 
 
-def onnx_forward(path: Path, threads: int, dims: dict[str, int] | None = None) -> Any:
+def timing_jobs(
+    sources: Sequence[tuple[str, str | None]],
+    grid: Sequence[tuple[int, int]],
+    *,
+    model_paths: dict[str, str],
+    folder: Path,
+    vocab: int,
+    threads: int,
+    static_batch1: bool,
+) -> list[dict[str, Any]]:
+    """What to time, as JSON-able jobs: each source (a row's runtime and its ONNX file, None for
+    PyTorch) over every (batch, length) of GRID; with STATIC_BATCH1 also each ONNX graph once per
+    batch-1 cell in a session whose axes are fixed to that shape (one job per shape: a static
+    session serves one shape only). Pure."""
+    from kdtui.export import BATCH_AXIS, SEQUENCE_AXIS
+
+    common = {"vocab": vocab, "threads": threads}
+    jobs = []
+    for runtime, name in sources:
+        where = model_paths[runtime] if name is None else str(folder / name)
+        kind = "torch" if name is None else "onnx"
+        jobs.append(
+            {"runtime": runtime, "kind": kind, "path": where, "dims": None, "grid": list(grid)}
+        )
+    for runtime, name in sources:
+        if name is None or not static_batch1:
+            continue
+        for batch, length in grid:
+            if batch == 1:
+                dims = {BATCH_AXIS: 1, SEQUENCE_AXIS: length}
+                where = str(folder / name)
+                jobs.append(
+                    {
+                        "runtime": runtime,
+                        "kind": "onnx",
+                        "path": where,
+                        "dims": dims,
+                        "grid": [(batch, length)],
+                    }
+                )
+    return [{**job, **common} for job in jobs]
+
+
+def job_forward(job: dict[str, Any]) -> tuple[Callable[[Any], Any], int]:
+    """The forward a job times (the model in PyTorch fp32, or an ONNX Runtime session) and
+    the vocabulary its random ids come from (a PyTorch model's own; an export's: the job's)."""
+    if job["kind"] == "torch":
+        from kdtui.models import load_any, resolve_model_path
+        from kdtui.recipes.evaluate import torch_forward
+
+        model = load_any(resolve_model_path(job["path"])).eval()
+        return torch_forward(model), int(model.config.vocab_size)
     from kdtui.export import session, session_forward
 
-    return session_forward(session(path, threads, dims))
+    sess = session(Path(job["path"]), job["threads"], job["dims"])
+    return session_forward(sess), job["vocab"]
 
 
-def timed_call(forward: Callable[[Any], Any], batch: int, length: int, model: Any) -> Any:
-    """FORWARD on random ids of BATCH x LENGTH from MODEL's vocabulary, no padding (as
+def time_isolated(
+    jobs: Sequence[dict[str, Any]], warmup: int, repeats: int, rounds: int = 3
+) -> list[dict[str, float]]:
+    """Each job's median seconds per cell, each job timed in a process of its own.
+
+    ONNX Runtime sessions timed in one process beside other sessions ran up to twice as slow
+    as alone (module docstring), so here a process loads one model or session, times its share
+    of REPEATS on every cell after WARMUP untimed calls, and exits. Over ROUNDS rounds every job
+    gets a process per round, in an order rotated from round to round, so slow spells from
+    elsewhere hit every job alike (as kdtui.timing.median_seconds does within a process)."""
+    import statistics
+    import subprocess
+
+    rounds = max(1, min(rounds, repeats))
+    shares = [repeats // rounds + (1 if r < repeats % rounds else 0) for r in range(rounds)]
+    times: list[dict[str, list[float]]] = [{} for _ in jobs]
+    for r, share in enumerate(shares):
+        for i in range(len(jobs)):
+            k = (i + r) % len(jobs)
+            order = json.dumps({**jobs[k], "warmup": warmup, "repeats": share})
+            done = subprocess.run(
+                [sys.executable, __file__, "--worker", order],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if done.returncode != 0:
+                sys.exit(f"timing {jobs[k]['path']} failed:\n{done.stderr[-2000:]}")
+            for key, spent in json.loads(done.stdout.splitlines()[-1]).items():
+                times[k].setdefault(key, []).extend(spent)
+    return [{key: statistics.median(s) for key, s in t.items()} for t in times]
+
+
+def time_in_process(
+    jobs: Sequence[dict[str, Any]], warmup: int, repeats: int
+) -> list[dict[str, float]]:
+    """Each job's median seconds per cell, all jobs in this process: per cell, the jobs that
+    time it are rotated over rounds (kdtui.timing.median_seconds). The measurement of
+    2026-12-06 (`--no-isolate`); ONNX sessions run slower here than alone."""
+    import torch
+
+    torch.set_num_threads(jobs[0]["threads"] if jobs else 1)
+    forwards = [job_forward(job) for job in jobs]
+    result: list[dict[str, float]] = [{} for _ in jobs]
+    for batch, length in sorted({tuple(c) for job in jobs for c in job["grid"]}):
+        timed = [k for k, job in enumerate(jobs) if [batch, length] in map(list, job["grid"])]
+        calls = [timed_call(*forwards[k], batch, length) for k in timed]
+        for k, s in zip(timed, time_calls(calls, warmup, repeats), strict=True):
+            result[k][cell(batch, length)] = s
+    return result
+
+
+def worker(order: dict[str, Any]) -> None:
+    """One isolated timing process (time_isolated): every cell of the order's grid, its
+    warm-up, then its repeats; prints {cell: [seconds, ...]} as JSON."""
+    import torch
+
+    torch.set_num_threads(order["threads"])
+    forward, vocab = job_forward(order)
+    spent: dict[str, list[float]] = {}
+    for batch, length in order["grid"]:
+        call = timed_call(forward, vocab, batch, length)
+        for _ in range(order["warmup"]):
+            call()
+        key = cell(batch, length)
+        spent[key] = []
+        for _ in range(order["repeats"]):
+            start = time.perf_counter()
+            call()
+            spent[key].append(time.perf_counter() - start)
+    print(json.dumps(spent))
+
+
+def timed_call(forward: Callable[[Any], Any], vocab: int, batch: int, length: int) -> Any:
+    """FORWARD on random ids of BATCH x LENGTH from a vocabulary of VOCAB, no padding (as
     kdtui.recipes.evaluate.latency_grid times models)."""
     import functools
 
     import torch
 
-    vocab = int(model.config.vocab_size)
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(
         min(1000, vocab - 1), min(vocab, 20000), (batch, length), generator=generator
@@ -295,7 +419,7 @@ def time_calls(calls: Sequence[Callable[[], Any]], warmup: int, repeats: int) ->
 
 def rows_of(
     label: str,
-    forwards: Sequence[tuple[str, str | None, Any]],
+    sources: Sequence[tuple[str, str | None]],
     timings: dict[str, dict[str, float]],
     static: dict[str, dict[str, float]],
     info: dict[str, Any],
@@ -333,7 +457,7 @@ def rows_of(
             "note": "; ".join(notes),
         },
     ]
-    for runtime, name, _ in forwards:
+    for runtime, name in sources:
         if name is None:
             continue
         row = {

@@ -90,4 +90,82 @@ def test_a_cell_a_row_was_not_timed_in_shows_a_dash() -> None:
 def test_labels_are_folder_names_numbered_when_two_share_one(tmp_path: Path) -> None:
     paths = [str(tmp_path / "a" / "teacher"), str(tmp_path / "b" / "teacher"), str(tmp_path / "c")]
     assert export_speed.unique_labels(paths) == ["teacher", "teacher-2", "c"]
+    # A link is named as given, not as its target: runs gathered by links keep their names.
+    (tmp_path / "c").mkdir()
+    (tmp_path / "student").symlink_to(tmp_path / "c")
+    assert export_speed.unique_labels([str(tmp_path / "student")]) == ["student"]
+    assert export_speed.unique_labels([str(tmp_path / "a" / ".." / "c")]) == ["c"]
     assert export_speed.cell(1, 128) == "1x128"
+
+
+def test_timing_jobs_time_every_source_on_the_grid_and_each_graph_static_per_batch1_cell(
+    tmp_path: Path,
+) -> None:
+    sources = [
+        (export_speed.BASELINE, None),
+        ("PyTorch fp32", None),
+        ("ONNX Runtime int8", "model.int8.onnx"),
+    ]
+    grid = [(1, 64), (1, 128), (32, 128)]
+    jobs = export_speed.timing_jobs(
+        sources,
+        grid,
+        model_paths={export_speed.BASELINE: "teacher", "PyTorch fp32": "heads"},
+        folder=tmp_path,
+        vocab=100,
+        threads=2,
+        static_batch1=True,
+    )
+    free = [(j["runtime"], j["kind"], j["path"]) for j in jobs if j["dims"] is None]
+    assert free == [
+        (export_speed.BASELINE, "torch", "teacher"),
+        ("PyTorch fp32", "torch", "heads"),
+        ("ONNX Runtime int8", "onnx", str(tmp_path / "model.int8.onnx")),
+    ]
+    assert all(j["grid"] == grid for j in jobs if j["dims"] is None)
+    # A static session serves one shape: one job per batch-1 cell, ONNX graphs only.
+    fixed = [(j["runtime"], j["grid"], sorted(j["dims"].values())) for j in jobs if j["dims"]]
+    assert fixed == [
+        ("ONNX Runtime int8", [(1, 64)], [1, 64]),
+        ("ONNX Runtime int8", [(1, 128)], [1, 128]),
+    ]
+    assert {(j["threads"], j["vocab"]) for j in jobs} == {(2, 100)}
+    off = export_speed.timing_jobs(
+        sources,
+        grid,
+        model_paths={export_speed.BASELINE: "teacher", "PyTorch fp32": "heads"},
+        folder=tmp_path,
+        vocab=100,
+        threads=2,
+        static_batch1=False,
+    )
+    assert [j["dims"] for j in off] == [None, None, None]
+
+
+def test_isolated_timing_runs_each_job_in_its_own_process_and_returns_every_cell(
+    tmp_path: Path,
+) -> None:
+    import pytest
+
+    from tests.test_pruning import tiny_bert
+
+    tiny_bert().save_pretrained(tmp_path / "m")
+    jobs = [
+        {
+            "runtime": name,
+            "kind": "torch",
+            "path": str(tmp_path / "m"),
+            "dims": None,
+            "grid": [(1, 8), (2, 8)],
+            "vocab": 0,  # a PyTorch job takes its model's own vocabulary
+            "threads": 1,
+        }
+        for name in ("a", "b")
+    ]
+    seconds = export_speed.time_isolated(jobs, warmup=1, repeats=2, rounds=2)
+    assert [sorted(s) for s in seconds] == [["1x8", "2x8"], ["1x8", "2x8"]]
+    assert all(0 < v < 10 for s in seconds for v in s.values())
+    # A worker that fails stops the measurement with its error, not a table with holes.
+    gone = [{**jobs[0], "path": str(tmp_path / "missing")}]
+    with pytest.raises(SystemExit, match="missing"):
+        export_speed.time_isolated(gone, warmup=1, repeats=1)

@@ -77,8 +77,10 @@ def draw_frontier(
             )
     wheres = [(p.latency_ms - x_lo) / (x_hi - x_lo) if x_hi > x_lo else 0.5 for p in shown]
     alignments = ["left" if w < 1 / 3 else "right" if w > 2 / 3 else "center" for w in wheres]
-    # Label columns on a canvas of about WIDTH less the y ticks and the frame; xlim adds 5% a side.
-    columns = [(0.05 + 0.9 * w) * max(width - CANVAS_MARGIN_COLUMNS, 1) for w in wheres]
+    # Label columns on a canvas of about WIDTH less the y ticks and the frame, whose x range
+    # (xlim) is the points' span plus 5% a side: a point at share w of the span sits at
+    # (w + 0.05) / 1.1 of the canvas.
+    columns = [(w + 0.05) / 1.1 * max(width - CANVAS_MARGIN_COLUMNS, 1) for w in wheres]
     spans = [label_span(p.label, c, a) for p, c, a in zip(shown, columns, alignments, strict=True)]
     rows = [int((100 * p.accuracy - y_lo) / row) for p in shown]
     offsets = label_rows(rows, spans, list(zip(rows, columns, strict=True)))
