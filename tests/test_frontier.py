@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from kdtui.dashboard.frontier_plot import LABEL_ROWS, frontier_text, label_rows
+from kdtui.dashboard.frontier_plot import cell_of, frontier_text, label_rows, label_span
 from kdtui.dashboard.runs import cached_frontier
 from kdtui.evalcache import CACHE_DIR, SELF, digest, make_entry
 from kdtui.frontier import (
@@ -176,29 +176,78 @@ def test_the_picture_labels_every_point() -> None:
 
 def test_a_label_moves_off_a_row_an_earlier_label_takes() -> None:
     # Same row, overlapping columns: the second label goes a row higher; apart: both stay.
-    assert label_rows([10, 10], [(0.0, 15.0), (5.0, 20.0)]) == [LABEL_ROWS, LABEL_ROWS + 1]
-    assert label_rows([10, 10], [(0.0, 15.0), (30.0, 40.0)]) == [LABEL_ROWS, LABEL_ROWS]
-    assert label_rows([10, 3], [(0.0, 15.0), (5.0, 20.0)]) == [LABEL_ROWS, LABEL_ROWS]
-    # A point's marker under the first choice of row: the label goes a row higher.
-    assert label_rows([10], [(0.0, 15.0)], [(11, 6.0)]) == [LABEL_ROWS + 1]
+    assert label_rows([(10, 0), (10, 5)], [(0, 15), (5, 20)], 24) == [11, 12]
+    assert label_rows([(10, 0), (10, 30)], [(0, 15), (30, 40)], 24) == [11, 11]
+    assert label_rows([(10, 0), (3, 5)], [(0, 15), (5, 20)], 24) == [11, 4]
+    # Touching labels need a column of space between them.
+    assert label_rows([(10, 0), (10, 16)], [(0, 15), (16, 20)], 24) == [11, 12]
+    assert label_rows([(10, 0), (10, 17)], [(0, 15), (17, 20)], 24) == [11, 11]
+    # A point's marker on the first choice of row: the label goes a row higher.
+    assert label_rows([(10, 0), (11, 6)], [(0, 15), (40, 45)], 24) == [12, 12]
+    # Then one below the point, then further out; never off the canvas.
+    assert label_rows([(10, 0), (10, 0), (10, 0)], [(0, 5)] * 3, 24) == [11, 12, 9]
+    assert label_rows([(23, 0), (23, 0)], [(0, 5)] * 2, 24) == [22, 21]
 
 
-def test_labels_of_neighbouring_points_do_not_overwrite_each_other() -> None:
-    # The benchmark's runs: a model and its export at the same accuracy 3 ms apart printed as
-    # "heads-ffn-70-s2 onnx-s2" when the second label was written over the first.
-    points = [
-        PlotPoint("cap-97", accuracy=0.7569, latency_ms=14.8, on_frontier=False),
-        PlotPoint("cap-97 onnx", accuracy=0.7569, latency_ms=30.5, on_frontier=False),
-        PlotPoint("cap-97 int8", accuracy=0.7588, latency_ms=13.2, on_frontier=False),
-        PlotPoint("heads-ffn-70-s2", accuracy=0.81, latency_ms=12.3, on_frontier=False),
-        PlotPoint("heads-ffn-70-s2 onnx", accuracy=0.81, latency_ms=9.4, on_frontier=True),
-        PlotPoint("heads-ffn-70-s2 int8", accuracy=0.8037, latency_ms=5.4, on_frontier=True),
-        PlotPoint("teacher", accuracy=0.8337, latency_ms=36.9, on_frontier=False),
-        PlotPoint("teacher int8", accuracy=0.8363, latency_ms=12.9, on_frontier=True),
-    ]
-    plain = ANSI.sub("", frontier_text(points, width=80, height=24, title="t", xlabel="ms"))
+def test_cells_and_spans_follow_plotexts_rounding_and_alignment() -> None:
+    # plotext puts a value at floor(0.5 + (cells - 1) * share), rounded to 8 places first.
+    assert cell_of(0.0, 0.0, 10.0, 11) == 0
+    assert cell_of(10.0, 0.0, 10.0, 11) == 10
+    assert cell_of(4.5, 0.0, 10.0, 11) == 5
+    assert cell_of(4.49, 0.0, 10.0, 11) == 4
+    assert label_span("abcd", 10, "left") == (10, 13)
+    assert label_span("abcd", 10, "center") == (8, 11)
+    assert label_span("abcd", 10, "right") == (7, 10)
+
+
+# The benchmark's twelve models of 2026-12-07: six points within 0.2 points of each other
+# between 3.8 and 12.9 ms, whose labels ran into each other ("heads-ffn-70student-2l-s2")
+# while label positions were estimated rather than taken from plotext's cells.
+CROWDED = [
+    PlotPoint("cap-soft-movement-97-s2", accuracy=0.76, latency_ms=17.5, on_frontier=False),
+    PlotPoint("cap-soft-movement-97-s2 onnx", accuracy=0.76, latency_ms=26.2, on_frontier=False),
+    PlotPoint("cap-soft-movement-97-s2 int8", accuracy=0.76, latency_ms=11.0, on_frontier=False),
+    PlotPoint("heads-ffn-70-s2", accuracy=0.8125, latency_ms=12.9, on_frontier=False),
+    PlotPoint("heads-ffn-70-s2 onnx", accuracy=0.8125, latency_ms=7.4, on_frontier=False),
+    PlotPoint("heads-ffn-70-s2 int8", accuracy=0.8125, latency_ms=5.4, on_frontier=False),
+    PlotPoint("student-2l-s2", accuracy=0.8144, latency_ms=10.7, on_frontier=False),
+    PlotPoint("student-2l-s2 onnx", accuracy=0.8144, latency_ms=9.2, on_frontier=True),
+    PlotPoint("student-2l-s2 int8", accuracy=0.8125, latency_ms=3.8, on_frontier=True),
+    PlotPoint("teacher", accuracy=0.8344, latency_ms=32.5, on_frontier=False),
+    PlotPoint("teacher onnx", accuracy=0.8344, latency_ms=28.0, on_frontier=True),
+    PlotPoint("teacher int8", accuracy=0.8319, latency_ms=11.4, on_frontier=True),
+]
+# And those of 2026-12-06: a model and its export at the same accuracy 3 ms apart printed as
+# "heads-ffn-70-s2 onnx-s2" when the second label was written over the first.
+NEIGHBOURS = [
+    PlotPoint("cap-97", accuracy=0.7569, latency_ms=14.8, on_frontier=False),
+    PlotPoint("cap-97 onnx", accuracy=0.7569, latency_ms=30.5, on_frontier=False),
+    PlotPoint("cap-97 int8", accuracy=0.7588, latency_ms=13.2, on_frontier=False),
+    PlotPoint("heads-ffn-70-s2", accuracy=0.81, latency_ms=12.3, on_frontier=False),
+    PlotPoint("heads-ffn-70-s2 onnx", accuracy=0.81, latency_ms=9.4, on_frontier=True),
+    PlotPoint("heads-ffn-70-s2 int8", accuracy=0.8037, latency_ms=5.4, on_frontier=True),
+    PlotPoint("teacher", accuracy=0.8337, latency_ms=36.9, on_frontier=False),
+    PlotPoint("teacher int8", accuracy=0.8363, latency_ms=12.9, on_frontier=True),
+]
+
+
+@pytest.mark.parametrize("points", [CROWDED, NEIGHBOURS], ids=["crowded", "neighbours"])
+@pytest.mark.parametrize(
+    ("width", "height", "title"), [(80, 24, "t"), (100, 24, "t"), (80, 20, "")]
+)
+def test_labels_of_neighbouring_points_do_not_overwrite_each_other(
+    points: list[PlotPoint], width: int, height: int, title: str
+) -> None:
+    plain = ANSI.sub(
+        "", frontier_text(points, width=width, height=height, title=title, xlabel="ms")
+    )
+    markers = sum(line.count("◆") + line.count("•") for line in plain.splitlines())
+    assert markers == len(points)  # no label covers a point
     for label in (p.label for p in points):
-        assert re.search(re.escape(label) + r"(?![\w-]| onnx| int8)", plain), label
+        # Whole, and not run into another label (each label is followed by a space or the frame).
+        assert re.search(r"(?<![\w-])" + re.escape(label) + r"(?=\s|│)(?! onnx| int8)", plain), (
+            label
+        )
 
 
 def test_the_picture_of_a_single_model_and_of_none() -> None:

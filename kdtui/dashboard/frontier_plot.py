@@ -19,27 +19,34 @@ FRONTIER_COLOR = fmt.color_of(3)  # green
 OTHER_COLOR = fmt.color_of(8)  # grey
 FRONTIER_MARKER = "◆"
 OTHER_MARKER = "•"
-# Rows of a figure that are not canvas: the title, the frame's two lines, the x ticks and the
-# x label (plotext's layout; one fewer without a title). Used to place labels above points.
-NON_CANVAS_ROWS = 5
-# A label's height above its point, in rows. plotext rounds positions down to a row, and the
-# row height here is an estimate, so a whole row could round onto the point's own row and hide
-# it; one and a half lands one or two rows above, never on it.
-LABEL_ROWS = 1.5
-# Columns of a figure that are not canvas: the y ticks (about five characters) and the frame.
-CANVAS_MARGIN_COLUMNS = 7
+# Rows of a figure that are not canvas: the frame's two lines, the x ticks and the x label, and
+# the title when there is one (plotext's layout).
+NON_CANVAS_ROWS = 4
+# Columns that are not canvas besides the y tick labels: the frame's two lines.
+FRAME_COLUMNS = 2
+# A y tick on every this many canvas rows.
+TICK_EVERY_ROWS = 3
 
 
 def draw_frontier(
-    plt: Any, points: Sequence[PlotPoint], *, width: int, height: int, xlabel: str
+    plt: Any,
+    points: Sequence[PlotPoint],
+    *,
+    width: int,
+    height: int,
+    xlabel: str,
+    title: str = "",
 ) -> None:
     """Draw POINTS on PLT (the plotext module or a textual-plotext Plot, cleared and sized) for
-    a figure WIDTH x HEIGHT characters. Each label sits a row or two above its point, starting
-    at the point in the left third of the picture, ending at it in the right third and centred
-    between, so labels at the edges stay inside the canvas (plotext drops what falls outside).
-    A label that would overwrite one placed before it, or a point, moves to the nearest free
-    row (`label_rows`)."""
+    a figure WIDTH x HEIGHT characters. Each label sits on a row near its point, starting at the
+    point in the left third of the picture, ending at it in the right third and centred between,
+    so labels at the edges stay inside the canvas (plotext drops what falls outside). Positions
+    are worked out in plotext's own character cells (the y ticks are set here, so the canvas's
+    width is known): a label never overwrites a point or a label placed before it while a row
+    near its point is free (`label_rows`)."""
     shown = [p for p in points if math.isfinite(p.accuracy) and math.isfinite(p.latency_ms)]
+    if title:
+        plt.title(title)
     if not shown:
         plt.title("no model has both an accuracy and a latency to show")
         return
@@ -47,12 +54,18 @@ def draw_frontier(
     ys = [100 * p.accuracy for p in shown]
     x_lo, x_hi, y_lo, y_hi = min(xs), max(xs), min(ys), max(ys)
     x_span = x_hi - x_lo or max(abs(x_lo), 1.0)
-    y_span = y_hi - y_lo or 1.0
-    canvas_rows = max(height - NON_CANVAS_ROWS, 5)
-    # One row, in accuracy points: the points take all rows but one below and three above.
-    row = y_span / max(canvas_rows - 4, 1)
-    plt.ylim(y_lo - row, y_hi + 3 * row)
-    plt.xlim(x_lo - 0.05 * x_span, x_hi + 0.05 * x_span)
+    canvas_rows = max(height - NON_CANVAS_ROWS - (1 if title else 0), 6)
+    # One row, in accuracy points: the points take the rows from the second to the fourth from
+    # the top, leaving a row below them and three above for labels.
+    unit = (y_hi - y_lo) / (canvas_rows - 5) if y_hi > y_lo else 1.0
+    y_bottom = y_lo - unit
+    plt.ylim(y_bottom, y_bottom + (canvas_rows - 1) * unit)
+    tick_rows = range(0, canvas_rows, TICK_EVERY_ROWS)
+    tick_labels = [f"{y_bottom + r * unit:.1f}" for r in tick_rows]
+    plt.yticks([y_bottom + r * unit for r in tick_rows], tick_labels)
+    x_left, x_right = x_lo - 0.05 * x_span, x_hi + 0.05 * x_span
+    plt.xlim(x_left, x_right)
+    canvas_columns = max(width - FRAME_COLUMNS - max(map(len, tick_labels)), 2)
 
     front = sorted((p for p in shown if p.on_frontier), key=lambda p: (p.latency_ms, p.accuracy))
     others = [p for p in shown if not p.on_frontier]
@@ -75,51 +88,68 @@ def draw_frontier(
                 marker=marker,
                 color=color,
             )
+    cells = [
+        (
+            cell_of(100 * p.accuracy, y_bottom, y_bottom + (canvas_rows - 1) * unit, canvas_rows),
+            cell_of(p.latency_ms, x_left, x_right, canvas_columns),
+        )
+        for p in shown
+    ]
     wheres = [(p.latency_ms - x_lo) / (x_hi - x_lo) if x_hi > x_lo else 0.5 for p in shown]
     alignments = ["left" if w < 1 / 3 else "right" if w > 2 / 3 else "center" for w in wheres]
-    # Label columns on a canvas of about WIDTH less the y ticks and the frame, whose x range
-    # (xlim) is the points' span plus 5% a side: a point at share w of the span sits at
-    # (w + 0.05) / 1.1 of the canvas.
-    columns = [(w + 0.05) / 1.1 * max(width - CANVAS_MARGIN_COLUMNS, 1) for w in wheres]
-    spans = [label_span(p.label, c, a) for p, c, a in zip(shown, columns, alignments, strict=True)]
-    rows = [int((100 * p.accuracy - y_lo) / row) for p in shown]
-    offsets = label_rows(rows, spans, list(zip(rows, columns, strict=True)))
-    for p, alignment, offset in zip(shown, alignments, offsets, strict=True):
+    spans = [
+        label_span(p.label, column, a)
+        for p, (_, column), a in zip(shown, cells, alignments, strict=True)
+    ]
+    rows = label_rows(cells, spans, canvas_rows)
+    for p, alignment, row in zip(shown, alignments, rows, strict=True):
         plt.text(
             p.label,
             p.latency_ms,
-            100 * p.accuracy + offset * row,
+            y_bottom + row * unit,  # the middle of that row: plotext puts it on that row
             color=FRONTIER_COLOR if p.on_frontier else "default",
             alignment=alignment,
         )
     plt.xlabel(xlabel)
 
 
-def label_span(label: str, column: float, alignment: str) -> tuple[float, float]:
-    """The columns LABEL covers when plotext places it at COLUMN with ALIGNMENT."""
-    start = {"left": column, "center": column - len(label) / 2, "right": column - len(label)}
-    return start[alignment], start[alignment] + len(label)
+def cell_of(value: float, low: float, high: float, cells: int) -> int:
+    """The canvas row or column plotext draws VALUE in, on an axis from LOW to HIGH over CELLS
+    character cells (plotext's own rounding, `_utility.get_matrix_data`)."""
+    return math.floor(round(0.5 + (cells - 1) * (value - low) / (high - low), 8))
+
+
+def label_span(label: str, column: int, alignment: str) -> tuple[int, int]:
+    """The first and last column LABEL covers when plotext places it at COLUMN with ALIGNMENT
+    (`_matrix.add_horizontal_string`)."""
+    n = len(label)
+    start = {"left": column, "center": column - n // 2, "right": column - n + 1}[alignment]
+    return start, start + n - 1
 
 
 def label_rows(
-    rows: Sequence[int],
-    spans: Sequence[tuple[float, float]],
-    marks: Sequence[tuple[int, float]] = (),
-) -> list[float]:
-    """Each label's height above its point, in rows: LABEL_ROWS, or where that row is taken by
-    an earlier label whose columns overlap (a column of space between them) or by a point's
-    marker (MARKS: row and column), the nearest of a row higher, a row below the point, two rows
-    higher, ... (the last if all are taken). Pure, for the tests."""
-    taken: list[tuple[int, float, float]] = [(r, c - 0.5, c + 0.5) for r, c in marks]
-    offsets: list[float] = []
-    for point_row, (start, end) in zip(rows, spans, strict=True):
-        for offset in (LABEL_ROWS, LABEL_ROWS + 1, -LABEL_ROWS, LABEL_ROWS + 2, -LABEL_ROWS - 1):
-            at = point_row + math.floor(offset)
-            if all(r != at or end + 1 <= s or e + 1 <= start for r, s, e in taken):
-                break
-        taken.append((at, start, end))
-        offsets.append(offset)
-    return offsets
+    cells: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]], canvas_rows: int
+) -> list[int]:
+    """Each label's row: the first of a row above its point, two above, one below, three above,
+    two below, ... that lies on the canvas and on which its columns (SPANS) overlap no earlier
+    label (with a column of space between) and no point's marker (CELLS: each point's row and
+    column); a row above the point when every row is taken. Pure, for the tests."""
+    taken: list[tuple[int, int, int]] = [(r, c, c) for r, c in cells]
+    chosen: list[int] = []
+    for (point_row, _), (start, end) in zip(cells, spans, strict=True):
+        offsets = [1] + [k for d in range(2, canvas_rows + 1) for k in (d, -(d - 1))]
+        candidates = [point_row + k for k in offsets if 0 <= point_row + k < canvas_rows]
+        row = next(
+            (
+                r
+                for r in candidates
+                if all(t != r or end + 1 < s or e + 1 < start for t, s, e in taken)
+            ),
+            min(point_row + 1, canvas_rows - 1),
+        )
+        taken.append((row, start, end))
+        chosen.append(row)
+    return chosen
 
 
 def frontier_text(
@@ -133,8 +163,7 @@ def frontier_text(
     plt.limit_size(False, False)  # WIDTH x HEIGHT even where it exceeds the terminal (a pipe)
     plt.plot_size(width, height)
     plt.theme("pro")  # no background colours: the terminal's own
-    plt.title(title)
-    draw_frontier(plt, points, height=height, xlabel=xlabel, width=width)
+    draw_frontier(plt, points, height=height, xlabel=xlabel, width=width, title=title)
     text = plt.build()
     plt.clear_figure()
     return text
