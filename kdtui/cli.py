@@ -367,8 +367,8 @@ EVALUATE = (
 OPTIMIZE = Flag(
     "export.optimize",
     ("--optimize",),
-    "transformer: also write model.opt.onnx, fused by ONNX Runtime's transformer optimiser "
-    "(1.1-1.2x the plain graph at batch 32 where attention fuses; slower in other shapes)",
+    "Also write model.opt.onnx, fused by ONNX Runtime's transformer optimiser: auto (where "
+    "attention fuses in every layer), transformer (always) or none",
 )
 
 
@@ -718,8 +718,8 @@ def export(
     Needs the export extra: pip install 'kdtui[export]' (in a source checkout: pip install -c
     constraints.txt -e '.[export]'). The export's logits
     are compared with PyTorch's on the split (data as for evaluate: the run's, unless
-    --profile/--set/--data is given). --optimize transformer adds model.opt.onnx (and
-    model.opt.int8.onnx with --int8), checked alike."""
+    --profile/--set/--data is given). Where attention fuses in every layer, model.opt.onnx (and
+    model.opt.int8.onnx with --int8) is written too, checked alike (--optimize)."""
     from kdtui.export import FORMATS, export_model
     from kdtui.exportdir import MODEL_FILES, OPT_FILE, default_output
     from kdtui.resolver import resolve_for_models

@@ -248,13 +248,14 @@ class EvaluateConfig:
 class ExportConfig:
     """`kdtui export`: which graphs are written besides model.onnx."""
 
-    # "transformer": also model.opt.onnx (and model.opt.int8.onnx with --int8), the graph after
-    # ONNX Runtime's transformer optimiser (onnxruntime.transformers.optimizer: attention,
-    # LayerNorm and GELU fused into single operators), checked against PyTorch like model.onnx.
-    # "none" by default: bench/export_speed.py measured it 1.10-1.19x the plain graph at batch
-    # 32, length 128, where attention fuses, but 0.81-1.18x in other shapes and on heads-ffn
-    # models whose layers kept different head counts (no attention fused there).
-    optimize: str = "none"
+    # Also model.opt.onnx (and model.opt.int8.onnx with --int8), the graph after ONNX Runtime's
+    # transformer optimiser (onnxruntime.transformers.optimizer: attention, LayerNorm and GELU
+    # fused into single operators), checked against PyTorch like model.onnx. "auto": where
+    # attention fuses in every layer, the only place it paid (bench/export_speed.py, each graph
+    # timed in a process of its own: 1.00-1.47x the plain graph there, 0.86-1.02x on heads-ffn
+    # models whose layers kept different head counts, where no attention fuses); "transformer":
+    # always, and a failure is an error; "none": the plain graphs alone.
+    optimize: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -301,7 +302,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "prune.pooling": ("cls", "mean"),
     "prune.sparse_values": ("float32", "float16"),
     "evaluate.sparse_kernels": ("auto", "all", "off"),
-    "export.optimize": ("none", "transformer"),
+    "export.optimize": ("auto", "none", "transformer"),
     "train.precision": ("auto", "bf16", "fp32"),
     "model.attn_implementation": ("auto", "sdpa", "eager"),
 }

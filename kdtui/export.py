@@ -1,14 +1,15 @@
 """`kdtui export`: a kdtui model as ONNX, runnable with ONNX Runtime alone.
 
 The export folder's layout (model.onnx, model.int8.onnx with --int8, model.opt.onnx and
-model.opt.int8.onnx with --optimize transformer, config.json, the tokenizer, kdtui_export.json)
-is named in kdtui.exportdir, which the loaders and the resolver read.
+model.opt.int8.onnx where attention fuses or with --optimize transformer, config.json, the
+tokenizer, kdtui_export.json) is named in kdtui.exportdir, which the loaders and the resolver
+read.
 
 Dense, unstructured (exported dense: ONNX Runtime multiplies the zeros as PyTorch does) and
 heads-ffn models (each layer with its own head count and FFN width) export alike: the exporter
 traces the model as loaded, so every layer keeps its own shapes.
 
-`--optimize transformer` (`export.optimize`) also writes the graph after ONNX Runtime's
+`export.optimize` (`--optimize`) also writes the graph after ONNX Runtime's
 transformer optimiser (`optimize_onnx`). What it fuses, read from onnxruntime 1.32's
 onnxruntime/transformers (fusion_*.py, onnx_model_bert.py) against the graph torch's TorchScript
 exporter makes of a transformers 5 BERT at opset 17:
@@ -33,9 +34,13 @@ exporter makes of a transformers 5 BERT at opset 17:
 
 ONNX Runtime's own graph optimisations (level "all", the default of every session) already fuse
 LayerNorm, GELU and the skip Adds at load time; what the Python optimiser can add beyond them is
-mostly the attention fusion. bench/export_speed.py measured it (MiniLM, 2 threads): 1.10-1.19x
-the plain graph at batch 32, length 128, where attention fused, 0.81-1.18x elsewhere, so
-`export.optimize` stays "none" by default.
+mostly the attention fusion. bench/export_speed.py measured it (MiniLM-L6 teacher, a 2-layer
+student, a 97% unstructured model and heads-ffn 70%; 2 threads, each graph timed in a process of
+its own): where attention fused in every layer, the optimised graph ran 1.00-1.47x the plain one
+in every shape and precision (batch 1 and 32, lengths 64 and 128, fp32 and int8); on heads-ffn,
+where it cannot fuse, 0.86-1.02x. So `export.optimize` is "auto" by default: the optimised
+graphs are kept where attention fused in every layer, and not written or not kept elsewhere
+(`optimized_graphs`).
 
 ONNX, ONNX Runtime and the quantiser are the optional `export` extra; nothing here imports them
 before a command needs them.
@@ -302,14 +307,53 @@ def optimize_onnx(model: torch.nn.Module, tokenizer: Any, path: Path) -> dict[st
     record["fused"] = fused
     if printed.getvalue().strip():
         record["optimizer_output"] = printed.getvalue().strip().splitlines()
+    record["layers"] = layers
+    record["attention_fused"] = fused.get("Attention", 0) + fused.get("MultiHeadAttention", 0)
     if "attention" not in record:
-        done = fused.get("Attention", 0) + fused.get("MultiHeadAttention", 0)
-        record["attention"] = f"fused in {done} of {layers} layers"
+        record["attention"] = f"fused in {record['attention_fused']} of {layers} layers"
     shown = ", ".join(f"{op} x{n}" for op, n in fused.items()) or "nothing"
     record["summary"] = (
         f"ONNX Runtime's transformer optimiser fused {shown}; attention {record['attention']}"
     )
     return record
+
+
+def optimized_graphs(
+    model: torch.nn.Module, tokenizer: Any, folder: Path, *, mode: str, int8: bool
+) -> dict[str, Any]:
+    """Write OPT_FILE (and OPT_INT8_FILE with INT8) into FOLDER as `export.optimize` MODE says;
+    returns the optimiser's record with "files": what was written and "kept".
+
+    "transformer" writes them whatever fused, and a failure of the optimiser is an error.
+    "auto" keeps them only where attention fused in every layer (the measured gain is there:
+    README, Speed): a model whose layers kept different head counts is not optimised at all,
+    and one where the optimiser fails or fuses attention in fewer layers keeps the plain graphs
+    alone, with the reason in the record's summary."""
+    if mode == "auto" and not attention_heads(model):
+        return {
+            "kept": False,
+            "files": [],
+            "summary": "not written: attention cannot fuse in a model whose layers have "
+            "different head counts (the optimised graph was no faster there)",
+        }
+    try:
+        record = optimize_onnx(model, tokenizer, folder / OPT_FILE)
+    except KdtuiError as e:
+        if mode == "transformer":
+            raise
+        reason = str(e).removesuffix("; export without --optimize")
+        return {"kept": False, "files": [], "summary": f"not written: {reason}"}
+    if mode == "auto" and not 0 < record["attention_fused"] == record["layers"]:
+        (folder / OPT_FILE).unlink()
+        record["summary"] = f"not kept: attention {record['attention']} ({record['summary']})"
+        return {**record, "kept": False, "files": []}
+    files = [OPT_FILE]
+    if int8:
+        # Quantised after fusing, as ONNX Runtime advises: the quantiser has an int8 form of the
+        # fused Attention (QAttention).
+        quantize_int8(folder / OPT_FILE, folder / OPT_INT8_FILE)
+        files.append(OPT_INT8_FILE)
+    return {**record, "kept": True, "files": files}
 
 
 def session(path: Path, threads: int, dims: dict[str, int] | None = None) -> Any:
@@ -442,14 +486,10 @@ def export_model(
         if int8:
             quantize_int8(tmp / ONNX_FILE, tmp / INT8_FILE)
             files.append(INT8_FILE)
-        if config.export.optimize == "transformer":
-            info["optimize"] = optimize_onnx(model, tokenizer, tmp / OPT_FILE)
-            files.append(OPT_FILE)
-            if int8:
-                # Quantised after fusing, as ONNX Runtime advises: the quantiser has an int8
-                # form of the fused Attention (QAttention).
-                quantize_int8(tmp / OPT_FILE, tmp / OPT_INT8_FILE)
-                files.append(OPT_INT8_FILE)
+        mode = config.export.optimize
+        if mode != "none":
+            info["optimize"] = optimized_graphs(model, tokenizer, tmp, mode=mode, int8=int8)
+            files += info["optimize"].pop("files")
         model.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         for name in files:
@@ -460,12 +500,17 @@ def export_model(
             info["check"][name]["bytes"] = (tmp / name).stat().st_size
         optimized = info["check"].get(OPT_FILE)
         if optimized is not None and not optimized["max_logit_diff"] <= OPTIMIZED_MAX_DIFF:
-            raise KdtuiError(
+            moved = (
                 f"{OPT_FILE}'s logits differ from PyTorch's by up to "
                 f"{optimized['max_logit_diff']:.2e} (more than {OPTIMIZED_MAX_DIFF:g}): ONNX "
-                "Runtime's transformer optimiser changed what this model computes; export "
-                "without --optimize"
+                "Runtime's transformer optimiser changed what this model computes"
             )
+            if mode == "transformer":
+                raise KdtuiError(f"{moved}; export without --optimize")
+            for name in (OPT_FILE, OPT_INT8_FILE):  # auto: the plain graphs are the export
+                info["check"].pop(name, None)
+                (tmp / name).unlink(missing_ok=True)
+            info["optimize"] = {"kept": False, "summary": f"not kept: {moved}"}
         (tmp / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info
 

@@ -4,11 +4,12 @@
                         attention_mask, token_type_ids where the model reads them; int64,
                         dynamic batch and sequence), output `logits` (batch, labels)
     model.int8.onnx     with --int8: the same, weights int8 (ONNX Runtime dynamic quantisation)
-    model.opt.onnx      with --optimize transformer: the same classifier (same inputs and
-                        output) after ONNX Runtime's transformer optimiser: attention, LayerNorm
-                        and GELU as fused operators of ONNX Runtime's com.microsoft domain, so
-                        it runs under ONNX Runtime only
-    model.opt.int8.onnx with --optimize transformer and --int8: model.opt.onnx quantised
+    model.opt.onnx      where the optimiser fused attention in every layer (--optimize auto,
+                        the default) or with --optimize transformer: the same classifier (same
+                        inputs and output) after ONNX Runtime's transformer optimiser:
+                        attention, LayerNorm and GELU as fused operators of ONNX Runtime's
+                        com.microsoft domain, so it runs under ONNX Runtime only
+    model.opt.int8.onnx with model.opt.onnx and --int8: model.opt.onnx quantised
     config.json         the model's config (label names in id2label / kdtui_labels)
     tokenizer files     the tokenizer the model was trained with
     kdtui_export.json   what was exported from what, and the check against kdtui's outputs

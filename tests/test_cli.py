@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kdtui import __version__
-from tests.conftest import REPO, events_of, invoke
+from tests.conftest import REPO, events_of, invoke, metrics_of
 
 
 def test_version_and_help() -> None:
@@ -68,8 +68,8 @@ def test_help_shows_the_defaults_and_every_command_has_a_length() -> None:
         assert option in distill
     assert "replaces a max_steps the profile sets" in _help("teacher")
     export = _help("export")
-    assert "--optimize none|transformer" in export
-    assert "[export.optimize; default none]" in export
+    assert "--optimize auto|none|transformer" in export
+    assert "[export.optimize; default auto]" in export
 
 
 def test_help_does_not_import_heavy_libraries() -> None:
@@ -279,6 +279,24 @@ def test_distill_takes_max_steps_for_each_stage(file_teacher: tuple[Path, object
     assert result.exit_code == 0, result.stderr
     started = next(e for e in events_of(runs / "d") if e.type == "run_started")
     assert started.total_steps == 4  # stage 1 and stage 2, two steps each
+
+
+def test_one_student_for_all_domains_together(file_teacher: tuple[Path, object]) -> None:
+    # The README's recipe: the data read as one domain named "all" gives one student, trained
+    # and scored on every domain's examples together (the teacher's data has domains a and b).
+    runs, _ = file_teacher
+    result = invoke(
+        *("distill", "--profile", "smoke", "--teacher", str(runs / "t"), "--domain", "all"),
+        *("--data", str(runs.parent / "d.jsonl"), "--set", "data.domain_column="),
+        *("--max-steps", "2", "--output-dir", str(runs), "--name", "pooled", "--quiet"),
+    )
+    assert result.exit_code == 0, result.stderr
+    metrics = metrics_of(runs / "pooled")
+    assert list(metrics["domains"]) == ["all"] and metrics["method"] == "vanilla"
+    assert sum(metrics["dev_classes"].values()) == 4  # 10% of both domains' 40 examples
+    assert (runs / "pooled" / "model").is_dir() and not (runs / "pooled" / "domains").exists()
+    started = next(e for e in events_of(runs / "pooled") if e.type == "run_started")
+    assert started.config["data"]["domain_column"] == ""
 
 
 def test_resume_of_a_finished_run_changes_nothing(file_teacher: tuple[Path, object]) -> None:

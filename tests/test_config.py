@@ -64,7 +64,7 @@ def test_wrong_types_name_the_key(section: str, values: dict, message: str) -> N
             {"domain_loss": "adversarial"},
             "teacher.domain_loss must be one of confusion, authors, got 'adversarial'",
         ),
-        ("export", {"optimize": "fast"}, "export.optimize must be one of none, transformer"),
+        ("export", {"optimize": "fast"}, "export.optimize must be one of auto, none, transformer"),
     ],
 )
 def test_ranges_are_checked(section: str, values: dict, message: str) -> None:

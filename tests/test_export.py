@@ -23,6 +23,7 @@ from kdtui.export import (  # noqa: E402
     attention_heads,
     export_onnx,
     optimize_onnx,
+    optimized_graphs,
     quantize_int8,
     session,
     session_forward,
@@ -127,6 +128,78 @@ def test_the_optimiser_fuses_attention_in_every_layer(make, heads: int, tmp_path
     assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
 
 
+def test_auto_keeps_the_optimised_graphs_where_attention_fuses_in_every_layer(
+    tmp_path: Path,
+) -> None:
+    record = optimized_graphs(MODELS["dense"](), BERT_INPUTS, tmp_path, mode="auto", int8=True)
+    assert record["kept"] and record["files"] == [OPT_FILE, OPT_INT8_FILE]
+    assert record["attention"] == "fused in 2 of 2 layers"
+    assert {p.name for p in tmp_path.iterdir()} == {OPT_FILE, OPT_INT8_FILE}
+
+
+def test_auto_does_not_optimise_layers_with_different_head_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kdtui.export
+
+    def never(*args: object) -> None:
+        raise AssertionError("the optimiser ran")
+
+    monkeypatch.setattr(kdtui.export, "optimize_onnx", never)
+    record = optimized_graphs(MODELS["heads-ffn"](), BERT_INPUTS, tmp_path, mode="auto", int8=True)
+    assert not record["kept"] and record["files"] == []
+    assert "different head counts" in record["summary"]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("mode", ["auto", "transformer"])
+def test_auto_drops_a_graph_whose_attention_fused_in_fewer_layers(
+    mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kdtui.export
+
+    def half_fused(model: object, tokenizer: object, path: Path) -> dict:
+        path.write_bytes(b"graph")
+        return {
+            "attention": "fused in 1 of 2 layers",
+            "attention_fused": 1,
+            "layers": 2,
+            "summary": "fused Attention x1",
+        }
+
+    monkeypatch.setattr(kdtui.export, "optimize_onnx", half_fused)
+    monkeypatch.setattr(kdtui.export, "quantize_int8", lambda a, b: b.write_bytes(b"int8"))
+    record = optimized_graphs(MODELS["dense"](), BERT_INPUTS, tmp_path, mode=mode, int8=True)
+    if mode == "auto":
+        assert not record["kept"] and record["files"] == []
+        assert record["summary"].startswith("not kept: attention fused in 1 of 2 layers")
+        assert list(tmp_path.iterdir()) == []
+    else:  # asked for: written whatever fused
+        assert record["kept"] and record["files"] == [OPT_FILE, OPT_INT8_FILE]
+
+
+def test_a_failing_optimiser_is_a_note_under_auto_and_an_error_when_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kdtui.export
+    from kdtui.errors import KdtuiError
+
+    def fails(*args: object) -> None:
+        raise KdtuiError(
+            "ONNX Runtime's transformer optimiser failed on this model (boom); "
+            "export without --optimize"
+        )
+
+    monkeypatch.setattr(kdtui.export, "optimize_onnx", fails)
+    record = optimized_graphs(MODELS["dense"](), BERT_INPUTS, tmp_path, mode="auto", int8=False)
+    assert not record["kept"] and record["files"] == []
+    assert record["summary"] == (
+        "not written: ONNX Runtime's transformer optimiser failed on this model (boom)"
+    )
+    with pytest.raises(KdtuiError, match="boom"):
+        optimized_graphs(MODELS["dense"](), BERT_INPUTS, tmp_path, mode="transformer", int8=False)
+
+
 def test_a_session_with_fixed_axes_runs_that_shape(tmp_path: Path) -> None:
     model = tiny_bert().eval()
     export_onnx(model, BERT_INPUTS, tmp_path / ONNX_FILE)
@@ -162,6 +235,7 @@ def test_export_then_evaluate_the_export(teacher: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     folder = teacher / "onnx"
     assert "max |logit difference| to kdtui" in result.stdout
+    assert f"{OPT_FILE}: ONNX Runtime's transformer optimiser fused" in result.stdout
     names = {p.name for p in folder.iterdir()}
     assert {ONNX_FILE, INT8_FILE, EXPORT_INFO_FILE, "config.json", "tokenizer.json"} <= names
     info = read_export_info(folder)
@@ -178,8 +252,11 @@ def test_export_then_evaluate_the_export(teacher: Path, tmp_path: Path) -> None:
     report_path = tmp_path / "report.json"
     result = invoke("evaluate", str(teacher), str(folder), "--json", str(report_path))
     assert result.exit_code == 0, result.stderr
-    torch_model, fp32, int8 = json.loads(report_path.read_text())["models"]
+    torch_model, fp32, int8, *optimised = json.loads(report_path.read_text())["models"]
     assert [fp32["model"], int8["model"]] == [str(folder / ONNX_FILE), str(folder / INT8_FILE)]
+    # By default (export.optimize = auto) the optimised graphs too: attention fuses in this BERT.
+    assert [m["model"] for m in optimised] == [str(folder / OPT_FILE), str(folder / OPT_INT8_FILE)]
+    assert info["optimize"]["kept"]
     assert fp32["runtime"] == int8["runtime"] == "onnxruntime"
     assert fp32["accuracy"] == pytest.approx(torch_model["accuracy"])
     assert set(int8["accuracy"]) == set(torch_model["accuracy"])
@@ -238,6 +315,12 @@ def test_an_optimised_graph_whose_logits_moved_is_refused(
     assert f"{OPT_FILE}'s logits differ from PyTorch's" in result.stderr
     assert "export without --optimize" in result.stderr
     assert not folder.exists()  # nothing half-written
+    # Not asked for (auto): the plain graph is the export, and the export says why.
+    result = invoke("export", str(teacher), "-o", str(folder))
+    assert result.exit_code == 0, result.stderr
+    assert f"{OPT_FILE}: not kept: {OPT_FILE}'s logits differ from PyTorch's" in result.stdout
+    assert {p.name for p in folder.glob("*.onnx")} == {ONNX_FILE}
+    assert set(read_export_info(folder)["check"]) == {"split", "examples", ONNX_FILE}
 
 
 def test_a_pytorch_loader_refuses_an_export_with_a_clear_error(teacher: Path) -> None:
