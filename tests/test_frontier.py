@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from kdtui.dashboard.frontier_plot import cell_of, frontier_text, label_rows, label_span
+from kdtui.dashboard.frontier_plot import cell_of, frontier_text, label_span, place_labels
 from kdtui.dashboard.runs import cached_frontier
 from kdtui.evalcache import CACHE_DIR, SELF, digest, make_entry
 from kdtui.frontier import (
@@ -174,19 +174,38 @@ def test_the_picture_labels_every_point() -> None:
     assert len(lines) == 24 and max(len(line) for line in lines) <= 100
 
 
+def rows_of(cells: list, spans: list, canvas_rows: int = 24) -> list:
+    """place_labels for left-aligned labels given by their spans: each label's row."""
+    lengths = [end - start + 1 for start, end in spans]
+    at = [(row, start) for (row, _), (start, _) in zip(cells, spans, strict=True)]
+    places = place_labels(at, lengths, ["left"] * len(cells), canvas_rows, 100)
+    assert all(p is None or p[1] == "left" for p in places)
+    return [None if p is None else p[0] for p in places]
+
+
 def test_a_label_moves_off_a_row_an_earlier_label_takes() -> None:
     # Same row, overlapping columns: the second label goes a row higher; apart: both stay.
-    assert label_rows([(10, 0), (10, 5)], [(0, 15), (5, 20)], 24) == [11, 12]
-    assert label_rows([(10, 0), (10, 30)], [(0, 15), (30, 40)], 24) == [11, 11]
-    assert label_rows([(10, 0), (3, 5)], [(0, 15), (5, 20)], 24) == [11, 4]
+    assert rows_of([(10, 0), (10, 5)], [(0, 15), (5, 20)]) == [11, 12]
+    assert rows_of([(10, 0), (10, 30)], [(0, 15), (30, 40)]) == [11, 11]
+    assert rows_of([(10, 0), (3, 5)], [(0, 15), (5, 20)]) == [11, 4]
     # Touching labels need a column of space between them.
-    assert label_rows([(10, 0), (10, 16)], [(0, 15), (16, 20)], 24) == [11, 12]
-    assert label_rows([(10, 0), (10, 17)], [(0, 15), (17, 20)], 24) == [11, 11]
-    # A point's marker on the first choice of row: the label goes a row higher.
-    assert label_rows([(10, 0), (11, 6)], [(0, 15), (40, 45)], 24) == [12, 12]
+    assert rows_of([(10, 0), (10, 16)], [(0, 15), (16, 20)]) == [11, 12]
+    assert rows_of([(10, 0), (10, 17)], [(0, 15), (17, 20)]) == [11, 11]
     # Then one below the point, then further out; never off the canvas.
-    assert label_rows([(10, 0), (10, 0), (10, 0)], [(0, 5)] * 3, 24) == [11, 12, 9]
-    assert label_rows([(23, 0), (23, 0)], [(0, 5)] * 2, 24) == [22, 21]
+    assert rows_of([(10, 0), (10, 0), (10, 0)], [(0, 5)] * 3) == [11, 12, 9]
+    assert rows_of([(23, 0), (23, 0)], [(0, 5)] * 2) == [22, 21]
+    # At most three rows away: the seventh label of one spot has no place and is left out.
+    assert rows_of([(10, 0)] * 7, [(0, 5)] * 7) == [11, 12, 9, 13, 8, 7, None]
+
+
+def test_a_label_does_not_cover_a_marker_aligns_another_way_or_is_left_out() -> None:
+    # A marker under the label's first row: a row higher.
+    places = place_labels([(10, 0), (11, 6)], [16, 1], ["left", "right"], 24, 100)
+    assert places[0] == (12, "left")
+    # The preferred alignment runs off the canvas's right edge: another way that fits.
+    assert place_labels([(5, 95)], [10], ["left"], 24, 100) == [(6, "center")]
+    # A canvas of two rows whose only other row is taken: no room, left out.
+    assert place_labels([(0, 0), (0, 0)], [5, 5], ["left", "left"], 2, 10) == [(1, "left"), None]
 
 
 def test_cells_and_spans_follow_plotexts_rounding_and_alignment() -> None:
@@ -195,9 +214,9 @@ def test_cells_and_spans_follow_plotexts_rounding_and_alignment() -> None:
     assert cell_of(10.0, 0.0, 10.0, 11) == 10
     assert cell_of(4.5, 0.0, 10.0, 11) == 5
     assert cell_of(4.49, 0.0, 10.0, 11) == 4
-    assert label_span("abcd", 10, "left") == (10, 13)
-    assert label_span("abcd", 10, "center") == (8, 11)
-    assert label_span("abcd", 10, "right") == (7, 10)
+    assert label_span(4, 10, "left") == (10, 13)
+    assert label_span(4, 10, "center") == (8, 11)
+    assert label_span(4, 10, "right") == (7, 10)
 
 
 # The benchmark's twelve models of 2026-12-07: six points within 0.2 points of each other

@@ -26,6 +26,8 @@ NON_CANVAS_ROWS = 4
 FRAME_COLUMNS = 2
 # A y tick on every this many canvas rows.
 TICK_EVERY_ROWS = 3
+# How many rows a label may sit from its point; further, it would read as another point's.
+LABEL_REACH = 3
 
 
 def draw_frontier(
@@ -42,8 +44,9 @@ def draw_frontier(
     point in the left third of the picture, ending at it in the right third and centred between,
     so labels at the edges stay inside the canvas (plotext drops what falls outside). Positions
     are worked out in plotext's own character cells (the y ticks are set here, so the canvas's
-    width is known): a label never overwrites a point or a label placed before it while a row
-    near its point is free (`label_rows`)."""
+    width is known): a label never overwrites a point or a label placed before it; it moves to
+    a free row near its point, or aligns another way, and is left out where there is no room
+    at all (`place_labels`; the table beside the picture names every model)."""
     shown = [p for p in points if math.isfinite(p.accuracy) and math.isfinite(p.latency_ms)]
     if title:
         plt.title(title)
@@ -97,12 +100,13 @@ def draw_frontier(
     ]
     wheres = [(p.latency_ms - x_lo) / (x_hi - x_lo) if x_hi > x_lo else 0.5 for p in shown]
     alignments = ["left" if w < 1 / 3 else "right" if w > 2 / 3 else "center" for w in wheres]
-    spans = [
-        label_span(p.label, column, a)
-        for p, (_, column), a in zip(shown, cells, alignments, strict=True)
-    ]
-    rows = label_rows(cells, spans, canvas_rows)
-    for p, alignment, row in zip(shown, alignments, rows, strict=True):
+    places = place_labels(
+        cells, [len(p.label) for p in shown], alignments, canvas_rows, canvas_columns
+    )
+    for p, place in zip(shown, places, strict=True):
+        if place is None:
+            continue  # no free place near its point: left out rather than written over another
+        row, alignment = place
         plt.text(
             p.label,
             p.latency_ms,
@@ -119,37 +123,53 @@ def cell_of(value: float, low: float, high: float, cells: int) -> int:
     return math.floor(round(0.5 + (cells - 1) * (value - low) / (high - low), 8))
 
 
-def label_span(label: str, column: int, alignment: str) -> tuple[int, int]:
-    """The first and last column LABEL covers when plotext places it at COLUMN with ALIGNMENT
-    (`_matrix.add_horizontal_string`)."""
-    n = len(label)
-    start = {"left": column, "center": column - n // 2, "right": column - n + 1}[alignment]
-    return start, start + n - 1
+def label_span(length: int, column: int, alignment: str) -> tuple[int, int]:
+    """The first and last column a label of LENGTH covers when plotext places it at COLUMN
+    with ALIGNMENT (`_matrix.add_horizontal_string`)."""
+    start = {"left": column, "center": column - length // 2, "right": column - length + 1}
+    return start[alignment], start[alignment] + length - 1
 
 
-def label_rows(
-    cells: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]], canvas_rows: int
-) -> list[int]:
-    """Each label's row: the first of a row above its point, two above, one below, three above,
-    two below, ... that lies on the canvas and on which its columns (SPANS) overlap no earlier
-    label (with a column of space between) and no point's marker (CELLS: each point's row and
-    column); a row above the point when every row is taken. Pure, for the tests."""
-    taken: list[tuple[int, int, int]] = [(r, c, c) for r, c in cells]
-    chosen: list[int] = []
-    for (point_row, _), (start, end) in zip(cells, spans, strict=True):
-        offsets = [1] + [k for d in range(2, canvas_rows + 1) for k in (d, -(d - 1))]
-        candidates = [point_row + k for k in offsets if 0 <= point_row + k < canvas_rows]
-        row = next(
-            (
-                r
-                for r in candidates
-                if all(t != r or end + 1 < s or e + 1 < start for t, s, e in taken)
-            ),
-            min(point_row + 1, canvas_rows - 1),
+def place_labels(
+    cells: Sequence[tuple[int, int]],
+    lengths: Sequence[int],
+    alignments: Sequence[str],
+    canvas_rows: int,
+    canvas_columns: int,
+) -> list[tuple[int, str] | None]:
+    """Each label's row and alignment, or None where there is no room for it: the first of a
+    row above its point, two above, one below, three above, two below and three below
+    (LABEL_REACH) on which the label, aligned as ALIGNMENTS prefer or else another way that
+    keeps it on the canvas, touches no point's marker (CELLS: each point's row and column) and
+    no earlier label (a column of space between, so that a label never reads as another
+    point's). Pure, for the tests."""
+    markers = set(cells)
+    labels: list[tuple[int, int, int]] = []  # row, first and last column
+    places: list[tuple[int, str] | None] = []
+    for (point_row, column), length, preferred in zip(cells, lengths, alignments, strict=True):
+        offsets = (
+            [1] + [k for d in range(2, LABEL_REACH + 1) for k in (d, -(d - 1))] + [-LABEL_REACH]
         )
-        taken.append((row, start, end))
-        chosen.append(row)
-    return chosen
+        rows = [point_row + k for k in offsets if 0 <= point_row + k < canvas_rows]
+        ways = [preferred] + [a for a in ("left", "center", "right") if a != preferred]
+        place = None
+        for row in rows:
+            for alignment in ways:
+                start, end = label_span(length, column, alignment)
+                free = (
+                    start >= 0
+                    and end < canvas_columns
+                    and not any((row, c) in markers for c in range(start - 1, end + 2))
+                    and all(r != row or end + 1 < s or e + 1 < start for r, s, e in labels)
+                )
+                if free:
+                    place = (row, alignment)
+                    labels.append((row, start, end))
+                    break
+            if place is not None:
+                break
+        places.append(place)
+    return places
 
 
 def frontier_text(
