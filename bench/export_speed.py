@@ -43,14 +43,12 @@ Each measurement is written to --records (bench/results/export-speed/ by default
 the command, the machine, every row and each export's kdtui_export.json (what the optimiser
 fused). Needs the export extra.
 
-Checked (2026-12-06, 2 threads, MiniLM-L6 teacher given as both the model and --baseline): the
-same PyTorch model times alike in both rows (14.4 / 14.4 ms at batch 1 length 64, 675 / 677 ms
-at batch 32 length 128), so the baseline is fair. ONNX Runtime is not as steady: a session
-timed in this rotation (up to eight sessions and two PyTorch models) ran up to twice as slow
-as in a process of its own (heads-ffn 70% int8, length 128: 7.9 ms in the table against
-3.6-4.0 ms at batch 1, 141 ms against 101-104 ms at batch 32, timed by hand alone or beside one
-other session), and the static-shape cells moved either way by as much. Read the ONNX cells as
-upper bounds on their time, so lower bounds on their speed-up.
+Checked (2026-12-07, 2 threads, MiniLM-L6 models; records minilm-isolated.json and
+minilm-rotation.json): the teacher given as a model too timed 0.91-1.11x its baseline, so read
+a speed-up as +-10%. In one process (--no-isolate) ONNX Runtime's batch-1 cells ran up to 2.5x
+slower than isolated (heads-ffn 70% int8, batch 1, length 64: 6.5 against 2.6 ms) and static
+cells up to 2.7x; at batch 32 both ways agreed on speed-ups within 12%, though every batch-32
+cell, PyTorch's too, timed 4-19% faster in the one long-lived process.
 """
 
 from __future__ import annotations
