@@ -156,16 +156,31 @@ def test_isolated_timing_runs_each_job_in_its_own_process_and_returns_every_cell
             "kind": "torch",
             "path": str(tmp_path / "m"),
             "dims": None,
-            "grid": [(1, 8), (2, 8)],
+            "grid": grid,
             "vocab": 0,  # a PyTorch job takes its model's own vocabulary
             "threads": 1,
         }
-        for name in ("a", "b")
+        for name, grid in (("a", [(1, 8), (2, 8)]), ("b", [(3, 4)]))
     ]
-    seconds = export_speed.time_isolated(jobs, warmup=1, repeats=2, rounds=2)
-    assert [sorted(s) for s in seconds] == [["1x8", "2x8"], ["1x8", "2x8"]]
+    # One process a job (a worker starts torch: seconds each), each job's own cells back.
+    seconds = export_speed.time_isolated(jobs, warmup=1, repeats=2, rounds=1)
+    assert [sorted(s) for s in seconds] == [["1x8", "2x8"], ["3x4"]]
     assert all(0 < v < 10 for s in seconds for v in s.values())
     # A worker that fails stops the measurement with its error, not a table with holes.
     gone = [{**jobs[0], "path": str(tmp_path / "missing")}]
     with pytest.raises(SystemExit, match="missing"):
         export_speed.time_isolated(gone, warmup=1, repeats=1)
+
+
+def test_in_process_timing_times_each_job_on_its_own_cells(tmp_path: Path) -> None:
+    from tests.test_pruning import tiny_bert
+
+    tiny_bert().save_pretrained(tmp_path / "m")
+    job = {"kind": "torch", "path": str(tmp_path / "m"), "dims": None, "vocab": 0, "threads": 1}
+    jobs = [
+        {**job, "runtime": "a", "grid": [(1, 8), (2, 8)]},
+        {**job, "runtime": "b", "grid": [(2, 8)]},
+    ]
+    seconds = export_speed.time_in_process(jobs, warmup=1, repeats=3)
+    assert [sorted(s) for s in seconds] == [["1x8", "2x8"], ["2x8"]]
+    assert all(0 < v < 10 for s in seconds for v in s.values())
