@@ -107,15 +107,19 @@ def test_timing_jobs_time_every_source_on_the_grid_and_each_graph_static_per_bat
         ("ONNX Runtime int8", "model.int8.onnx"),
     ]
     grid = [(1, 64), (1, 128), (32, 128)]
-    jobs = export_speed.timing_jobs(
-        sources,
-        grid,
-        model_paths={export_speed.BASELINE: "teacher", "PyTorch fp32": "heads"},
-        folder=tmp_path,
-        vocab=100,
-        threads=2,
-        static_batch1=True,
-    )
+
+    def jobs_of(static_batch1: bool) -> list[dict]:
+        return export_speed.timing_jobs(
+            sources,
+            grid,
+            model_paths={export_speed.BASELINE: "teacher", "PyTorch fp32": "heads"},
+            folder=tmp_path,
+            vocab=100,
+            threads=2,
+            static_batch1=static_batch1,
+        )
+
+    jobs = jobs_of(True)
     free = [(j["runtime"], j["kind"], j["path"]) for j in jobs if j["dims"] is None]
     assert free == [
         (export_speed.BASELINE, "torch", "teacher"),
@@ -130,16 +134,7 @@ def test_timing_jobs_time_every_source_on_the_grid_and_each_graph_static_per_bat
         ("ONNX Runtime int8", [(1, 128)], [1, 128]),
     ]
     assert {(j["threads"], j["vocab"]) for j in jobs} == {(2, 100)}
-    off = export_speed.timing_jobs(
-        sources,
-        grid,
-        model_paths={export_speed.BASELINE: "teacher", "PyTorch fp32": "heads"},
-        folder=tmp_path,
-        vocab=100,
-        threads=2,
-        static_batch1=False,
-    )
-    assert [j["dims"] for j in off] == [None, None, None]
+    assert [j["dims"] for j in jobs_of(False)] == [None, None, None]
 
 
 def test_isolated_timing_runs_each_job_in_its_own_process_and_returns_every_cell(
