@@ -329,12 +329,18 @@ def optimized_graphs(
     README, Speed): a model whose layers kept different head counts is not optimised at all,
     and one where the optimiser fails or fuses attention in fewer layers keeps the plain graphs
     alone, with the reason in the record's summary."""
-    if mode == "auto" and not attention_heads(model):
+    heads = attention_heads(model)
+    if mode == "auto" and not heads:
+        why = (
+            "a model whose layers have different head counts (the optimised graph was no "
+            "faster there)"
+            if heads is None
+            else "a model whose config has no head count"
+        )
         return {
             "kept": False,
             "files": [],
-            "summary": "not written: attention cannot fuse in a model whose layers have "
-            "different head counts (the optimised graph was no faster there)",
+            "summary": f"not written: attention cannot fuse in {why}",
         }
     try:
         record = optimize_onnx(model, tokenizer, folder / OPT_FILE)

@@ -58,8 +58,8 @@ def draw_frontier(
     x_lo, x_hi, y_lo, y_hi = min(xs), max(xs), min(ys), max(ys)
     x_span = x_hi - x_lo or max(abs(x_lo), 1.0)
     canvas_rows = max(height - NON_CANVAS_ROWS - (1 if title else 0), 6)
-    # One row, in accuracy points: the points take the rows from the second to the fourth from
-    # the top, leaving a row below them and three above for labels.
+    # One row, in accuracy points: the points take the rows from the second from the bottom to
+    # the fourth from the top, leaving a row below them and three above for labels.
     unit = (y_hi - y_lo) / (canvas_rows - 5) if y_hi > y_lo else 1.0
     y_bottom = y_lo - unit
     plt.ylim(y_bottom, y_bottom + (canvas_rows - 1) * unit)
@@ -146,10 +146,8 @@ def place_labels(
     markers = set(cells)
     labels: list[tuple[int, int, int]] = []  # row, first and last column
     places: list[tuple[int, str] | None] = []
+    offsets = [1] + [k for d in range(2, LABEL_REACH + 1) for k in (d, -(d - 1))] + [-LABEL_REACH]
     for (point_row, column), length, preferred in zip(cells, lengths, alignments, strict=True):
-        offsets = (
-            [1] + [k for d in range(2, LABEL_REACH + 1) for k in (d, -(d - 1))] + [-LABEL_REACH]
-        )
         rows = [point_row + k for k in offsets if 0 <= point_row + k < canvas_rows]
         ways = [preferred] + [a for a in ("left", "center", "right") if a != preferred]
         place = None
