@@ -352,10 +352,7 @@ def time_in_process(
     """Each job's median seconds per cell, all jobs in this process: per cell, the jobs that
     time it are rotated over rounds (kdtui.timing.median_seconds). The measurement of
     2026-12-06 (`--no-isolate`); ONNX sessions run slower here than alone."""
-    import torch
-
-    torch.set_num_threads(jobs[0]["threads"] if jobs else 1)
-    forwards = [job_forward(job) for job in jobs]
+    forwards = [job_forward(job) for job in jobs]  # on the threads `measure` set
     result: list[dict[str, float]] = [{} for _ in jobs]
     for batch, length in sorted({tuple(c) for job in jobs for c in job["grid"]}):
         timed = [k for k, job in enumerate(jobs) if [batch, length] in map(list, job["grid"])]

@@ -21,6 +21,21 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_unchanged() -> object:
+    """A test that leaves torch on another thread count fails: later tests compare runs made
+    in this process with runs made in child processes (on torch's default count), and a
+    changed count changes their sums' order (a bench helper once left it at 1, and 23 resume
+    tests found the resumed run 'different')."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    after = torch.get_num_threads()
+    torch.set_num_threads(before)
+    assert after == before, f"the test left torch on {after} threads (it found {before})"
+
+
 @pytest.fixture
 def runs(tmp_path: Path) -> Path:
     path = tmp_path / "runs"
