@@ -322,27 +322,26 @@ def time_isolated(
     as alone (module docstring), so here a process loads one model or session, times its share
     of REPEATS on every cell after WARMUP untimed calls, and exits. Over ROUNDS rounds every job
     gets a process per round, in an order rotated from round to round, so slow spells from
-    elsewhere hit every job alike (as kdtui.timing.median_seconds does within a process)."""
+    elsewhere hit every job alike (kdtui.timing.rotated_blocks, as median_seconds within a
+    process)."""
     import statistics
     import subprocess
 
-    rounds = max(1, min(rounds, repeats))
-    shares = [repeats // rounds + (1 if r < repeats % rounds else 0) for r in range(rounds)]
+    from kdtui.timing import rotated_blocks
+
     times: list[dict[str, list[float]]] = [{} for _ in jobs]
-    for r, share in enumerate(shares):
-        for i in range(len(jobs)):
-            k = (i + r) % len(jobs)
-            order = json.dumps({**jobs[k], "warmup": warmup, "repeats": share})
-            done = subprocess.run(
-                [sys.executable, __file__, "--worker", order],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if done.returncode != 0:
-                sys.exit(f"timing {jobs[k]['path']} failed:\n{done.stderr[-2000:]}")
-            for key, spent in json.loads(done.stdout.splitlines()[-1]).items():
-                times[k].setdefault(key, []).extend(spent)
+    for k, share in rotated_blocks(len(jobs), repeats, rounds):
+        order = json.dumps({**jobs[k], "warmup": warmup, "repeats": share})
+        done = subprocess.run(
+            [sys.executable, __file__, "--worker", order],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            sys.exit(f"timing {jobs[k]['path']} failed:\n{done.stderr[-2000:]}")
+        for key, spent in json.loads(done.stdout.splitlines()[-1]).items():
+            times[k].setdefault(key, []).extend(spent)
     return [{key: statistics.median(s) for key, s in t.items()} for t in times]
 
 

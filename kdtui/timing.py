@@ -71,26 +71,30 @@ def estimate_seconds(earlier: list[tuple[int, dict[str, float]]], steps: int) ->
     return per_step * steps + fixed
 
 
+def rotated_blocks(count: int, repeats: int, rounds: int = 3) -> list[tuple[int, int]]:
+    """The blocks in which COUNT things are timed REPEATS times each: (which, how many) in the
+    order to run them. Every thing gets one block a round, its share of the repeats, and the
+    order rotates from round to round, so slow spells from elsewhere hit every thing alike."""
+    rounds = max(1, min(rounds, repeats))
+    shares = [repeats // rounds + (1 if r < repeats % rounds else 0) for r in range(rounds)]
+    return [((i + r) % count, share) for r, share in enumerate(shares) for i in range(count)]
+
+
 def median_seconds(
     calls: Sequence[Callable[[], object]], repeats: int, rounds: int = 3
 ) -> list[float]:
     """The median wall time of each of CALLS over REPEATS timed calls.
 
-    The calls are timed in blocks: each round gives every call one block (an untimed call, then
-    its share of the REPEATS timed ones in a row), and the order of the blocks rotates from round
-    to round. Timing them one after another instead let one call's after-effects land on the
-    next (ONNX Runtime's worker threads, for one, spin-wait after a run by default): interleaved,
-    the same PyTorch forward measured 43.8 ms in one slot and 12.9 ms in another. Over the
-    rounds, slow spells from other processes still hit every call alike."""
-    rounds = max(1, min(rounds, repeats))
-    shares = [repeats // rounds + (1 if r < repeats % rounds else 0) for r in range(rounds)]
+    The calls are timed in blocks (`rotated_blocks`): an untimed call, then the block's timed
+    ones in a row. Timing them one after another instead let one call's after-effects land on
+    the next (ONNX Runtime's worker threads, for one, spin-wait after a run by default):
+    interleaved, the same PyTorch forward measured 43.8 ms in one slot and 12.9 ms in another.
+    Over the rounds, slow spells from other processes still hit every call alike."""
     times: list[list[float]] = [[] for _ in calls]
-    for r, share in enumerate(shares):
-        for i in range(len(calls)):
-            k = (i + r) % len(calls)
+    for k, share in rotated_blocks(len(calls), repeats, rounds):
+        calls[k]()
+        for _ in range(share):
+            start = time.perf_counter()
             calls[k]()
-            for _ in range(share):
-                start = time.perf_counter()
-                calls[k]()
-                times[k].append(time.perf_counter() - start)
+            times[k].append(time.perf_counter() - start)
     return [statistics.median(spent) for spent in times]

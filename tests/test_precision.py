@@ -120,6 +120,15 @@ def test_median_seconds_times_each_call_in_its_own_block_rotating_the_order(
     assert calls == ["a"] * 3 + ["b"] * 3 + ["b"] * 2 + ["a"] * 2 + ["a"] * 2 + ["b"] * 2
 
 
+def test_rotated_blocks_give_each_thing_a_block_a_round_in_rotated_order() -> None:
+    # 10 repeats over 3 rounds: shares of 4, 3, 3; the first block of a round moves along.
+    assert timing.rotated_blocks(3, repeats=10, rounds=3) == [
+        (0, 4), (1, 4), (2, 4), (1, 3), (2, 3), (0, 3), (2, 3), (0, 3), (1, 3)
+    ]  # fmt: skip
+    # Fewer repeats than rounds: one round a repeat.
+    assert timing.rotated_blocks(2, repeats=1, rounds=3) == [(0, 1), (1, 1)]
+
+
 def test_a_smoke_run_reports_its_precision_and_fixed_costs(runs: Path) -> None:
     result = invoke(
         "teacher", "--profile", "smoke", "--no-bf16", "--output-dir", str(runs), "--name", "t"
