@@ -271,31 +271,31 @@ def timing_jobs(
     session serves one shape only). Pure."""
     from kdtui.export import BATCH_AXIS, SEQUENCE_AXIS
 
-    common = {"vocab": vocab, "threads": threads}
-    jobs = []
-    for runtime, name in sources:
-        where = model_paths[runtime] if name is None else str(folder / name)
-        kind = "torch" if name is None else "onnx"
-        jobs.append(
-            {"runtime": runtime, "kind": kind, "path": where, "dims": None, "grid": list(grid)}
-        )
-    for runtime, name in sources:
-        if name is None or not static_batch1:
-            continue
-        for batch, length in grid:
-            if batch == 1:
-                dims = {BATCH_AXIS: 1, SEQUENCE_AXIS: length}
-                where = str(folder / name)
-                jobs.append(
-                    {
-                        "runtime": runtime,
-                        "kind": "onnx",
-                        "path": where,
-                        "dims": dims,
-                        "grid": [(batch, length)],
-                    }
-                )
-    return [{**job, **common} for job in jobs]
+    jobs = [
+        {
+            "runtime": runtime,
+            "kind": "torch" if name is None else "onnx",
+            "path": model_paths[runtime] if name is None else str(folder / name),
+            "dims": None,
+            "grid": list(grid),
+        }
+        for runtime, name in sources
+    ]
+    if static_batch1:
+        jobs += [
+            {
+                "runtime": runtime,
+                "kind": "onnx",
+                "path": str(folder / name),
+                "dims": {BATCH_AXIS: 1, SEQUENCE_AXIS: length},
+                "grid": [(1, length)],
+            }
+            for runtime, name in sources
+            if name is not None
+            for batch, length in grid
+            if batch == 1
+        ]
+    return [{**job, "vocab": vocab, "threads": threads} for job in jobs]
 
 
 def job_forward(job: dict[str, Any]) -> tuple[Callable[[Any], Any], int]:
